@@ -1,0 +1,1 @@
+"""picostim: host tool for the picostim RP2040 pulse generator."""
