@@ -1,0 +1,22 @@
+"""Hard safety limits of this firmware build. Nothing received over the link can raise them.
+
+The host learns them from HELLO and checks the same rules (protocol.params.validate) for a friendly
+message, but the decision that counts is the firmware's. Sources for the figures are in
+docs/SAFETY.md.
+"""
+
+LIMITS = {
+    "max_amplitude_ua": 10000,  # 10 mA: the bench current source's full scale
+    "max_charge_nc": 5000,  # 5 µC per phase
+    "shannon_k_centi": 185,  # Shannon (1992) k = 1.85
+    "min_period_ns": 100000,  # 10 kHz maximum pulse rate
+    "max_duty_permille": 500,  # active phases at most half of each period
+    "min_phase_ns": 40,  # 5 PIO ticks: the shortest segment the PIO program can produce
+    "max_phase_ns": 10000000,  # 10 ms
+    "max_interphase_ns": 10000000,  # 10 ms
+    "max_recovery_ns": 100000000,  # 100 ms
+    "max_duration_ns": 86400000000000,  # 24 h for periods, delays and trains
+    "max_ramp_ns": 60000000000,  # 60 s
+    "max_burst_pulses": 10000,
+    "min_electrode_area_um2": 100,
+}

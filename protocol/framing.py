@@ -1,0 +1,119 @@
+"""Frame layout and the streaming decoder.
+
+On the wire a frame is ``COBS(payload) + b"\\x00"`` where payload is::
+
+    version:u8 | type:u8 | seq:u16 LE | body (0..MAX_BODY bytes) | crc:u16 BE
+
+The CRC is CRC-16/CCITT-FALSE over version..body. Every malformed input is counted and dropped by
+:class:`FrameDecoder`; it never raises and always resynchronises on the next 0x00.
+"""
+
+import struct
+
+from protocol import cobs
+
+try:  # host: crcmod's C extension (same polynomial/init as protocol.crc16, proven equal in tests)
+    import crcmod
+
+    crc16 = crcmod.mkCrcFun(0x11021, initCrc=0xFFFF, rev=False, xorOut=0)
+except ImportError:  # board / MicroPython: the table-driven implementation
+    from protocol.crc16 import crc16
+
+PROTOCOL_VERSION = 1
+HEADER_LEN = 4
+CRC_LEN = 2
+MAX_BODY = 250
+MAX_PAYLOAD = HEADER_LEN + MAX_BODY + CRC_LEN
+# COBS adds one byte per 254 plus one; anything longer between delimiters is garbage.
+MAX_ENCODED = MAX_PAYLOAD + MAX_PAYLOAD // 254 + 1
+
+
+def encode_frame(msg_type, seq, body=b"", version=PROTOCOL_VERSION):
+    """Build the wire bytes (including the trailing 0x00 delimiter) of one frame."""
+    if len(body) > MAX_BODY:
+        raise ValueError("body too long")
+    payload = struct.pack("<BBH", version, msg_type, seq & 0xFFFF) + bytes(body)
+    payload += struct.pack(">H", crc16(payload))
+    return cobs.encode(payload) + b"\x00"
+
+
+class Frame:
+    """A frame whose CRC checked out. ``version`` may still be foreign: the receiver decides."""
+
+    __slots__ = ("version", "type", "seq", "body", "crc")
+
+    def __init__(self, version, msg_type, seq, body, crc):
+        self.version = version
+        self.type = msg_type
+        self.seq = seq
+        self.body = body
+        self.crc = crc
+
+    def __repr__(self):
+        return "Frame(v%d type=0x%02x seq=%d body=%s)" % (self.version, self.type, self.seq, self.body.hex())
+
+
+class FrameDecoder:
+    """Byte stream -> frames. Counts what it drops: ``crc_errors``, ``frames_dropped`` (truncated,
+    oversize, bad COBS) and ``bytes_discarded``; ``frames_ok`` counts good frames."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self._overflow = False
+        self.frames_ok = 0
+        self.crc_errors = 0
+        self.frames_dropped = 0
+        self.bytes_discarded = 0
+
+    def feed(self, data):
+        """Consume ``data`` (bytes-like) and return the list of good :class:`Frame` objects in it."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        frames = []
+        start = 0
+        n = len(data)
+        while start < n:
+            end = data.find(b"\x00", start)
+            if end < 0:
+                self._append(data[start:])
+                break
+            self._append(data[start:end])
+            frame = self._finish()
+            if frame is not None:
+                frames.append(frame)
+            start = end + 1
+        return frames
+
+    def _append(self, chunk):
+        if self._overflow:
+            self.bytes_discarded += len(chunk)
+            return
+        self._buf.extend(chunk)
+        if len(self._buf) > MAX_ENCODED:
+            self.bytes_discarded += len(self._buf)
+            self._buf = bytearray()
+            self._overflow = True
+
+    def _finish(self):
+        """A delimiter arrived: decode what was collected since the previous one."""
+        raw = self._buf
+        self._buf = bytearray()
+        if self._overflow:
+            self._overflow = False
+            self.frames_dropped += 1
+            return None
+        if not raw:  # back-to-back delimiters are legal padding
+            return None
+        payload = cobs.decode(raw)
+        if payload is None or len(payload) < HEADER_LEN + CRC_LEN:
+            self.frames_dropped += 1
+            self.bytes_discarded += len(raw)
+            return None
+        crc = (payload[-2] << 8) | payload[-1]
+        if crc16(payload[:-2]) != crc:
+            self.crc_errors += 1
+            self.bytes_discarded += len(raw)
+            return None
+        version, msg_type, seq = struct.unpack("<BBH", payload[:HEADER_LEN])
+        self.frames_ok += 1
+        return Frame(version, msg_type, seq, bytes(payload[HEADER_LEN:-2]), crc)

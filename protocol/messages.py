@@ -1,0 +1,194 @@
+"""Message catalogue: type codes, NACK codes, event kinds and the body codecs.
+
+Requests come from the host with type < 0x80. A response echoes the request's sequence number with
+type ``request | RESPONSE``; a refusal is a NACK (same seq). EVENT frames are unsolicited, carry the
+device's own event counter as seq, and are never a response, so the host can tell them apart.
+All integers are little-endian.
+"""
+
+import struct
+
+from protocol import params as P
+from protocol.framing import PROTOCOL_VERSION
+
+# Requests (host -> device)
+HELLO = 0x01
+GET_PARAMS = 0x02
+SET_PARAMS = 0x03
+START = 0x04
+STOP = 0x05
+TRIGGER = 0x06
+STATUS = 0x07
+IMPEDANCE = 0x08
+CLEAR_FAULT = 0x09
+
+REQUEST_NAMES = {
+    HELLO: "hello", GET_PARAMS: "get_params", SET_PARAMS: "set_params", START: "start", STOP: "stop",
+    TRIGGER: "trigger", STATUS: "status", IMPEDANCE: "impedance", CLEAR_FAULT: "clear_fault",
+}
+
+RESPONSE = 0x80
+NACK = 0xFE
+EVENT = 0xFF
+
+# NACK error codes
+E_BAD_VERSION = 1
+E_UNKNOWN_TYPE = 2
+E_BAD_LENGTH = 3
+E_OUT_OF_RANGE = 4
+E_BAD_CHANNEL = 5
+E_BAD_STATE = 6
+E_FAULT_LATCHED = 7
+E_IMPEDANCE = 8
+E_NOT_CONFIGURED = 9
+ERROR_NAMES = {
+    E_BAD_VERSION: "unsupported protocol version",
+    E_UNKNOWN_TYPE: "unknown message type",
+    E_BAD_LENGTH: "wrong body length",
+    E_OUT_OF_RANGE: "value outside the firmware's limits",
+    E_BAD_CHANNEL: "no such channel",
+    E_BAD_STATE: "not allowed in the current state",
+    E_FAULT_LATCHED: "channel fault latched; clear it first",
+    E_IMPEDANCE: "electrode check failed",
+    E_NOT_CONFIGURED: "channel has no parameters",
+}
+
+# Channel states
+ST_IDLE = 0
+ST_ARMED = 1
+ST_RUNNING = 2
+ST_FAULT = 3
+STATE_NAMES = ("idle", "armed", "running", "fault")
+
+# Event kinds
+EV_BOOT = 1
+EV_TRAIN_DONE = 2
+EV_TRIGGER_SEEN = 3
+EV_FAULT_OPEN = 4
+EV_FAULT_SHORT = 5
+EVENT_NAMES = {EV_BOOT: "boot", EV_TRAIN_DONE: "train_done", EV_TRIGGER_SEEN: "trigger_seen",
+               EV_FAULT_OPEN: "open", EV_FAULT_SHORT: "short"}
+
+# Impedance classes
+Z_OK = 0
+Z_HIGH = 1
+Z_OPEN = 2
+Z_SHORT = 3
+Z_UNKNOWN = 4
+Z_NAMES = ("ok", "high", "open", "short", "unknown")
+
+# Counters reported by STATUS, in wire order.
+COUNTER_NAMES = ("rx_frames", "crc_errors", "frames_dropped", "nacks", "duplicates", "events_sent")
+
+_NACK = "<BBBqq"
+_EVENT = "<BBQi"
+_HELLO_HEAD = "<BBBBB8s"
+_CHAN_STATUS = "<BBII"
+_REALISED = "<QQQQQQQQIIiIII"
+REALISED_NAMES = (
+    "phase1_ticks", "interphase_ticks", "phase2_ticks", "recovery_ticks", "period_ticks",
+    "interburst_ticks", "train_delay_ticks", "train_duration_ticks",
+    "amplitude1_na", "amplitude2_na", "residual_charge_fc", "pulses_per_cycle", "repeats", "tick_hz",
+)
+
+
+def encode_nack(code, field=P.NO_FIELD, value=0, limit=0, relation="<="):
+    """NACK body: error code, offending field id, how value relates to limit, value, limit."""
+    value = value if isinstance(value, int) else 0
+    return struct.pack(_NACK, code, field, P.RELATIONS.index(relation), value, limit)
+
+
+def encode_violation_nack(violation):
+    return encode_nack(E_OUT_OF_RANGE, P.field_id(violation.field) if violation.field in P.NAMES else P.NO_FIELD,
+                       violation.value, violation.limit, violation.relation)
+
+
+def decode_nack(body):
+    code, field, relation, value, limit = struct.unpack(_NACK, body)
+    return {"code": code, "error": ERROR_NAMES.get(code, "error %d" % code),
+            "field": None if field == P.NO_FIELD else P.field_name(field),
+            "relation": P.RELATIONS[relation] if relation < len(P.RELATIONS) else "?",
+            "value": value, "limit": limit}
+
+
+def encode_event(kind, channel, time_us, value):
+    return struct.pack(_EVENT, kind, channel, time_us, value)
+
+
+def decode_event(body):
+    kind, channel, time_us, value = struct.unpack(_EVENT, body)
+    return {"kind": EVENT_NAMES.get(kind, str(kind)), "channel": channel, "time_us": time_us, "value": value}
+
+
+def encode_hello(fw_version, channels, board_id, reset_reason, limits):
+    head = struct.pack(_HELLO_HEAD, fw_version[0], fw_version[1], fw_version[2], PROTOCOL_VERSION,
+                       channels, board_id)
+    return head + struct.pack("<B", reset_reason) + struct.pack(
+        "<" + "Q" * len(P.LIMIT_NAMES), *[limits[n] for n in P.LIMIT_NAMES])
+
+
+def decode_hello(body):
+    n = struct.calcsize(_HELLO_HEAD)
+    a, b, c, proto, channels, board_id = struct.unpack(_HELLO_HEAD, body[:n])
+    reset_reason = body[n]
+    values = struct.unpack("<" + "Q" * len(P.LIMIT_NAMES), body[n + 1:])
+    return {"firmware_version": "%d.%d.%d" % (a, b, c), "protocol_version": proto, "channels": channels,
+            "board_id": board_id.hex(), "reset_reason": reset_reason, "limits": dict(zip(P.LIMIT_NAMES, values))}
+
+
+def encode_params(channel, params):
+    return bytes((channel,)) + P.pack(params)
+
+
+def decode_params_request(body):
+    """(channel, params) of a SET_PARAMS body, or None if its length is wrong."""
+    if len(body) != 1 + P.SIZE:
+        return None
+    return body[0], P.unpack(body[1:])
+
+
+def encode_params_response(channel, params, realised):
+    return encode_params(channel, params) + struct.pack(_REALISED, *[realised[n] for n in REALISED_NAMES])
+
+
+def decode_params_response(body):
+    channel = body[0]
+    params = P.unpack(body[1:1 + P.SIZE])
+    realised = dict(zip(REALISED_NAMES, struct.unpack(_REALISED, body[1 + P.SIZE:])))
+    return {"channel": channel, "params": params, "realised": realised}
+
+
+def encode_status(uptime_ms, channels, counters):
+    """``channels``: list of (state, fault_kind, pulses, impedance_ohm); ``counters``: dict."""
+    out = struct.pack("<IB", uptime_ms, len(channels))
+    for ch in channels:
+        out += struct.pack(_CHAN_STATUS, *ch)
+    return out + struct.pack("<" + "I" * len(COUNTER_NAMES), *[counters[n] for n in COUNTER_NAMES])
+
+
+def decode_status(body):
+    uptime_ms, n = struct.unpack("<IB", body[:5])
+    size = struct.calcsize(_CHAN_STATUS)
+    chans = []
+    for i in range(n):
+        state, fault, pulses, ohm = struct.unpack(_CHAN_STATUS, body[5 + i * size:5 + (i + 1) * size])
+        chans.append({"channel": i, "state": STATE_NAMES[state], "fault": EVENT_NAMES.get(fault, "none"),
+                      "pulses": pulses, "impedance_ohm": ohm})
+    counters = struct.unpack("<" + "I" * len(COUNTER_NAMES), body[5 + n * size:])
+    return {"uptime_ms": uptime_ms, "channels": chans, "counters": dict(zip(COUNTER_NAMES, counters))}
+
+
+def encode_impedance(readings):
+    """``readings``: list of (channel, ohms, class)."""
+    out = bytes((len(readings),))
+    for ch, ohm, cls in readings:
+        out += struct.pack("<BIB", ch, ohm, cls)
+    return out
+
+
+def decode_impedance(body):
+    out = []
+    for i in range(body[0]):
+        ch, ohm, cls = struct.unpack("<BIB", body[1 + 6 * i:7 + 6 * i])
+        out.append({"channel": ch, "ohms": ohm, "class": Z_NAMES[cls]})
+    return out

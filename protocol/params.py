@@ -1,0 +1,221 @@
+"""The parameter model: canonical per-channel parameters, their wire packing and validation.
+
+Canonical units are integers: nanoseconds, µA, µm². The same :func:`validate` runs in the firmware
+(authoritative, with the firmware's hard limits) and on the host (for a friendly message before
+anything is sent). It returns ``None`` or a :class:`Violation`; it never raises on bad input.
+"""
+
+import math
+import struct
+
+# name, struct format, default. Order is the wire order: never reorder, only append.
+FIELDS = (
+    ("phase1_ns", "Q", 200000),
+    ("interphase_ns", "Q", 0),
+    ("phase2_ns", "Q", 200000),
+    ("recovery_ns", "Q", 0),
+    ("period_ns", "Q", 50000000),
+    ("amplitude_ua", "I", 1000),
+    ("polarity", "B", 0),
+    ("burst_pulses", "I", 0),
+    ("interburst_ns", "Q", 0),
+    ("train_duration_ns", "Q", 0),
+    ("train_delay_ns", "Q", 0),
+    ("ramp_up_ns", "Q", 0),
+    ("trigger", "B", 0),
+    ("electrode_area_um2", "I", 6000000),
+)
+FIELD_NAMES = tuple(f[0] for f in FIELDS)
+FORMAT = "<" + "".join(f[1] for f in FIELDS)
+SIZE = struct.calcsize(FORMAT)
+DEFAULTS = dict((f[0], f[2]) for f in FIELDS)
+
+POLARITY_CATHODIC_FIRST = 0
+POLARITY_ANODIC_FIRST = 1
+POLARITY_NAMES = ("cathodic-first", "anodic-first")
+
+TRIGGER_SOFTWARE = 0
+TRIGGER_EXT1 = 1
+TRIGGER_EXT2 = 2
+TRIGGER_GATED1 = 3
+TRIGGER_GATED2 = 4
+TRIGGER_NAMES = ("software", "ext1", "ext2", "gated1", "gated2")
+
+# Quantities a limit can apply to that are not a single field; NACKs name them by these ids.
+DERIVED_NAMES = ("charge_per_phase_nc", "shannon_k_centi", "duty_permille", "phase2_amplitude_ua", "pulse_length_ns")
+# Names of the other request fields a NACK can point at.
+OTHER_NAMES = ("channel", "mask", "body")
+NAMES = FIELD_NAMES + DERIVED_NAMES + OTHER_NAMES
+NO_FIELD = 0xFF
+# How a value relates to its limit; the index travels in NACKs.
+RELATIONS = ("<=", ">=", "known", "integer")
+
+# Firmware limits, in the order they travel in the HELLO response (u64 each).
+LIMIT_NAMES = (
+    "max_amplitude_ua",
+    "max_charge_nc",
+    "shannon_k_centi",
+    "min_period_ns",
+    "max_duty_permille",
+    "min_phase_ns",
+    "max_phase_ns",
+    "max_interphase_ns",
+    "max_recovery_ns",
+    "max_duration_ns",
+    "max_ramp_ns",
+    "max_burst_pulses",
+    "min_electrode_area_um2",
+)
+
+
+def field_id(name):
+    return NAMES.index(name)
+
+
+def field_name(fid):
+    return NAMES[fid] if 0 <= fid < len(NAMES) else "?"
+
+
+class Violation:
+    """Why a parameter set was refused: the field (or derived quantity), its value, the limit."""
+
+    __slots__ = ("field", "value", "limit", "relation")
+
+    def __init__(self, field, value, limit, relation):
+        self.field = field
+        self.value = value
+        self.limit = limit
+        self.relation = relation  # one of RELATIONS
+
+    def message(self):
+        if self.relation == "known":
+            return "%s is not a known parameter" % self.field
+        if self.relation == "integer":
+            return "%s = %r is not a non-negative integer" % (self.field, self.value)
+        return "%s = %s violates limit %s %s" % (self.field, self.value, self.relation, self.limit)
+
+    def __repr__(self):
+        return "Violation(%s)" % self.message()
+
+
+def complete(params):
+    """Return a full canonical dict: defaults for missing fields (unknown keys are refused by validate)."""
+    out = dict(DEFAULTS)
+    out.update(params)
+    return out
+
+
+def pack(params):
+    return struct.pack(FORMAT, *[params[name] for name in FIELD_NAMES])
+
+
+def unpack(data):
+    return dict(zip(FIELD_NAMES, struct.unpack(FORMAT, data)))
+
+
+def pulse_length_ns(p):
+    return p["phase1_ns"] + p["interphase_ns"] + p["phase2_ns"] + p["recovery_ns"]
+
+
+def charge_pc(amplitude_ua, phase_ns):
+    """Charge of one phase in pC (µA × ns = fC)."""
+    return amplitude_ua * phase_ns // 1000
+
+
+def shannon_k(charge_pc_value, area_um2):
+    """Shannon's k = log10(Q) + log10(Q/A), Q in µC, A in cm² (Shannon 1992)."""
+    if charge_pc_value <= 0:
+        return -99.0
+    q_uc = charge_pc_value / 1e6
+    return math.log10(q_uc) + math.log10(q_uc / (area_um2 / 1e8))
+
+
+def shannon_bound_milli(k_centi):
+    """floor(1000 * 10^(k/100)) in exact integer arithmetic, so board floats (single precision) and
+    host floats can never disagree on a limit decision."""
+    target = 10 ** (k_centi + 300)
+    lo, hi = 0, 10 ** ((k_centi + 300) // 100 + 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if mid ** 100 <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _check_max(field, value, limit):
+    return None if value <= limit else Violation(field, value, limit, "<=")
+
+
+def _check_min(field, value, limit):
+    return None if value >= limit else Violation(field, value, limit, ">=")
+
+
+def validate(params, limits):
+    """First violated rule of a canonical parameter dict against ``limits``, or None if it is safe."""
+    for name in params:
+        if name not in DEFAULTS:
+            return Violation(name, params[name], 0, "known")
+    for name, fmt, _ in FIELDS:
+        value = params.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return Violation(name, value, 0, "integer")
+        if value < 0:
+            return Violation(name, value, 0, ">=")
+        top = (1 << (8 * struct.calcsize(fmt))) - 1
+        if value > top:
+            return Violation(name, value, top, "<=")
+    p = params
+    min_phase = limits["min_phase_ns"]
+    checks = (
+        _check_max("polarity", p["polarity"], len(POLARITY_NAMES) - 1),
+        _check_max("trigger", p["trigger"], len(TRIGGER_NAMES) - 1),
+        _check_min("amplitude_ua", p["amplitude_ua"], 1),
+        _check_max("amplitude_ua", p["amplitude_ua"], limits["max_amplitude_ua"]),
+        _check_min("phase1_ns", p["phase1_ns"], min_phase),
+        _check_max("phase1_ns", p["phase1_ns"], limits["max_phase_ns"]),
+        _check_min("phase2_ns", p["phase2_ns"], min_phase),
+        _check_max("phase2_ns", p["phase2_ns"], limits["max_phase_ns"]),
+        _check_max("interphase_ns", p["interphase_ns"], limits["max_interphase_ns"]),
+        _check_max("recovery_ns", p["recovery_ns"], limits["max_recovery_ns"]),
+        _check_min("electrode_area_um2", p["electrode_area_um2"], limits["min_electrode_area_um2"]),
+        _check_max("burst_pulses", p["burst_pulses"], limits["max_burst_pulses"]),
+        _check_max("ramp_up_ns", p["ramp_up_ns"], limits["max_ramp_ns"]),
+    )
+    for v in checks:
+        if v is not None:
+            return v
+    # A non-zero gap shorter than one PIO segment cannot be produced exactly.
+    for name in ("interphase_ns", "recovery_ns", "interburst_ns"):
+        if 0 < p[name] < min_phase:
+            return Violation(name, p[name], min_phase, ">=")
+    for name in ("period_ns", "interburst_ns", "train_duration_ns", "train_delay_ns"):
+        v = _check_max(name, p[name], limits["max_duration_ns"])
+        if v is not None:
+            return v
+    length = pulse_length_ns(p)
+    v = (_check_min("period_ns", p["period_ns"], limits["min_period_ns"])
+         or _check_min("period_ns", p["period_ns"], length + min_phase))
+    if v is not None:
+        return v
+    duty = (p["phase1_ns"] + p["phase2_ns"]) * 1000 // p["period_ns"]
+    v = _check_max("duty_permille", duty, limits["max_duty_permille"])
+    if v is not None:
+        return v
+    # Phase 2 carries the same charge: amp2 = amp1 * phase1 / phase2 (rounded up: the worst case).
+    amp2 = -(-p["amplitude_ua"] * p["phase1_ns"] // p["phase2_ns"])
+    v = _check_max("phase2_amplitude_ua", amp2, limits["max_amplitude_ua"])
+    if v is not None:
+        return v
+    q = charge_pc(p["amplitude_ua"], p["phase1_ns"])
+    v = _check_max("charge_per_phase_nc", (q + 999) // 1000, limits["max_charge_nc"])
+    if v is not None:
+        return v
+    # Shannon: Q^2/A <= 10^k in integers (Q in pC, A in µm²): Q_pC^2 <= 10^k * A_um2 * 1e4.
+    k_centi = limits["shannon_k_centi"]
+    bound = shannon_bound_milli(k_centi) * p["electrode_area_um2"] * 10
+    if q * q > bound:
+        actual = int(shannon_k(q, p["electrode_area_um2"]) * 100 + 0.5)
+        return Violation("shannon_k_centi", max(actual, k_centi + 1), k_centi, "<=")
+    return None
