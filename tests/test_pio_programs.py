@@ -186,3 +186,27 @@ def test_trigger_entry_waits_for_rising_edge():
 def test_gate_entry_starts_on_level():
     outs = run([word(10, 2)], 40, entry=pp.GATE_ENTRY, trig=lambda clock: 1)
     assert outs[0][0] <= 4 and outs[0][1] == 2
+
+
+# ---------------------------------------------------------------- board pin map vs the program
+
+def test_board_pin_groups_match_program_bits():
+    from firmware import board as b
+
+    used = []
+    for ch in range(b.CHANNELS):
+        base = b.CH_OUT_BASE[ch]
+        assert b.CH_POS[ch] == base + pp.PIN_BITS["POS"]
+        assert b.CH_NEG[ch] == base + pp.PIN_BITS["NEG"]
+        assert b.CH_RECOVERY[ch] == base + pp.PIN_BITS["RECOVERY"]
+        assert b.CH_OUT_COUNT[ch] in (3, pp.OUT_COUNT)
+        used += list(range(base, base + b.CH_OUT_COUNT[ch]))
+    assert b.SYNC_PIN == b.CH_OUT_BASE[b.SYNC_CHANNEL] + pp.PIN_BITS["SYNC"]
+    assert b.CH_OUT_COUNT[b.SYNC_CHANNEL] == 4
+    used += list(b.TRIG_PINS) + [b.LED_PIN, b.ADC_PIN, b.DAC_SCK_PIN, b.DAC_MOSI_PIN, b.DAC_LDAC_PIN]
+    used += list(b.CH_DAC_CS) + list(b.ADC_MUX_SEL_PINS)
+    assert len(used) == len(set(used)), "a GPIO is assigned twice"
+    assert all(0 <= g <= 22 or g in (25, 26, 27, 28) for g in used)  # pins the Pico exposes
+    assert b.ADC_PIN in (26, 27, 28)
+    assert len(set(zip(b.CH_PIO, b.CH_SM))) == b.CHANNELS
+    assert b.DAC_FULL_SCALE_UA * b.DAC_MAX_CODE // 4096 >= 10000  # covers limits max amplitude
