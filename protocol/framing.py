@@ -105,7 +105,8 @@ class FrameDecoder:
         if not raw:  # back-to-back delimiters are legal padding
             return None
         payload = cobs.decode(raw)
-        if payload is None or len(payload) < HEADER_LEN + CRC_LEN:
+        # COBS lets a payload one byte longer than MAX_PAYLOAD fit in MAX_ENCODED: refuse it too.
+        if payload is None or not HEADER_LEN + CRC_LEN <= len(payload) <= MAX_PAYLOAD:
             self.frames_dropped += 1
             self.bytes_discarded += len(raw)
             return None
