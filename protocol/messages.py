@@ -92,10 +92,22 @@ REALISED_NAMES = (
 )
 
 
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+
+
+def _i64(v):
+    """Clamp to the NACK's int64 slots: params are u64 on the wire, and struct must never raise
+    (CPython) nor silently wrap (MicroPython) on a value we are refusing."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        return 0
+    return _I64_MIN if v < _I64_MIN else _I64_MAX if v > _I64_MAX else v
+
+
 def encode_nack(code, field=P.NO_FIELD, value=0, limit=0, relation="<="):
-    """NACK body: error code, offending field id, how value relates to limit, value, limit."""
-    value = value if isinstance(value, int) else 0
-    return struct.pack(_NACK, code, field, P.RELATIONS.index(relation), value, limit)
+    """NACK body: error code, offending field id, how value relates to limit, value, limit
+    (value and limit clamped to int64; a non-integer value travels as 0)."""
+    return struct.pack(_NACK, code, field, P.RELATIONS.index(relation), _i64(value), _i64(limit))
 
 
 def encode_violation_nack(violation):
