@@ -84,11 +84,13 @@ _NACK = "<BBBqq"
 _EVENT = "<BBQi"
 _HELLO_HEAD = "<BBBBB8s"
 _CHAN_STATUS = "<BBII"
-_REALISED = "<QQQQQQQQIIiIII"
+# Realised values returned with the parameters: times in PIO ticks (see tick_hz), amplitudes as
+# realised by the 12-bit DAC, the charge-balance residual per pulse in fC (phase 1 minus phase 2).
+_REALISED = "<QQQQQQQQQIIHHqIII"
 REALISED_NAMES = (
-    "phase1_ticks", "interphase_ticks", "phase2_ticks", "recovery_ticks", "period_ticks",
-    "interburst_ticks", "train_delay_ticks", "train_duration_ticks",
-    "amplitude1_na", "amplitude2_na", "residual_charge_fc", "pulses_per_cycle", "repeats", "tick_hz",
+    "phase1", "interphase", "phase2", "recovery", "period", "interburst", "train_delay", "train_duration",
+    "ramp_up", "amplitude_na", "amplitude2_na", "dac_code1", "dac_code2", "residual_fc",
+    "pulses_per_cycle", "repeats", "tick_hz",
 )
 
 
