@@ -199,7 +199,8 @@ def validate(params, limits):
          or _check_min("period_ns", p["period_ns"], length + min_phase))
     if v is not None:
         return v
-    duty = (p["phase1_ns"] + p["phase2_ns"]) * 1000 // p["period_ns"]
+    # Rounded up (like every derived quantity here): a floor let 500.9 permille pass a 500 limit.
+    duty = -(-(p["phase1_ns"] + p["phase2_ns"]) * 1000 // p["period_ns"])
     v = _check_max("duty_permille", duty, limits["max_duty_permille"])
     if v is not None:
         return v
@@ -208,14 +209,16 @@ def validate(params, limits):
     v = _check_max("phase2_amplitude_ua", amp2, limits["max_amplitude_ua"])
     if v is not None:
         return v
-    q = charge_pc(p["amplitude_ua"], p["phase1_ns"])
-    v = _check_max("charge_per_phase_nc", (q + 999) // 1000, limits["max_charge_nc"])
+    # Exact charge in fC (µA × ns); flooring to pC first let up to 1 pC over the limit pass.
+    q_fc = p["amplitude_ua"] * p["phase1_ns"]
+    v = _check_max("charge_per_phase_nc", -(-q_fc // 1000000), limits["max_charge_nc"])
     if v is not None:
         return v
-    # Shannon: Q^2/A <= 10^k in integers (Q in pC, A in µm²): Q_pC^2 <= 10^k * A_um2 * 1e4.
+    # Shannon: Q^2/A <= 10^k in integers (Q in fC, A in µm²): Q_fC^2 <= 10^k * A_um2 * 1e10
+    # = (1000 * 10^k) * A_um2 * 1e7, with 1000 * 10^k floored (conservative).
     k_centi = limits["shannon_k_centi"]
-    bound = shannon_bound_milli(k_centi) * p["electrode_area_um2"] * 10
-    if q * q > bound:
-        actual = int(shannon_k(q, p["electrode_area_um2"]) * 100 + 0.5)
+    bound = shannon_bound_milli(k_centi) * p["electrode_area_um2"] * 10000000
+    if q_fc * q_fc > bound:
+        actual = int(shannon_k(q_fc // 1000, p["electrode_area_um2"]) * 100 + 0.5)
         return Violation("shannon_k_centi", max(actual, k_centi + 1), k_centi, "<=")
     return None
