@@ -346,8 +346,17 @@ def test_hello_fits_one_frame():
 
 wire_params = st.fixed_dictionaries({name: st.integers(0, (1 << (8 * struct.calcsize(fmt))) - 1)
                                      for name, fmt, _ in P.FIELDS})
-realised = st.fixed_dictionaries({n: st.integers(-(2**31), 2**31 - 1) if n == "residual_charge_fc"
-                                  else st.integers(0, 2**32 - 1) for n in M.REALISED_NAMES})
+
+
+def _int_range(code):
+    bits = 8 * struct.calcsize("<" + code)
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+
+
+# ranges follow the realised block's own struct format, so the test tracks the catalogue
+_REALISED_CODES = M._REALISED.lstrip("<")
+assert len(_REALISED_CODES) == len(M.REALISED_NAMES)
+realised = st.fixed_dictionaries({n: st.integers(*_int_range(c)) for n, c in zip(M.REALISED_NAMES, _REALISED_CODES)})
 
 
 @FAST
