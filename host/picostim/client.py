@@ -1,0 +1,306 @@
+"""Host side of the protocol: request/response with retries, NACKs as exceptions, queued events.
+
+``Client(serial_like)`` works over anything with ``read(n)`` / ``write(b)`` (a pyserial object from
+:func:`picostim.transport.open_port`, or a test double). Rules:
+
+- Sequence numbers start at a random value per connection and increase by one per request.
+- The first request of a connection is HELLO (sent automatically if the caller did not): the device
+  never answers HELLO from its duplicate cache, so a new connection cannot be served a stale reply.
+- A timed-out request is resent byte for byte (same seq, same CRC); the device recognises the
+  duplicate and answers it from its cache without executing twice.
+- A NACK raises :class:`DeviceError` with the decoded NACK and a user-unit message.
+- EVENT frames are queued (``events()``), never taken for a response; responses to other sequence
+  numbers (late answers to an abandoned request) are counted and dropped.
+"""
+
+import random
+import time
+from collections import deque
+
+from picostim import paramfile
+from protocol import messages as M
+from protocol import params as P
+from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
+
+
+class LinkError(IOError):
+    """The link failed: no answer after all retries, or the port broke."""
+
+
+class DeviceError(Exception):
+    """The device refused a request (NACK). ``nack`` is the decoded NACK dict: code, error, field,
+    relation, value, limit."""
+
+    def __init__(self, nack, request=None):
+        self.nack = nack
+        self.request = request
+        self.code = nack["code"]
+        self.field = nack["field"]
+        self.value = nack["value"]
+        self.limit = nack["limit"]
+        self.relation = nack["relation"]
+        super().__init__(describe_nack(nack, request))
+
+
+def describe_nack(nack, request=None):
+    """One line in user units: "<what> refused: <field> = <value> exceeds the firmware limit <limit>"."""
+    what = "%s refused" % M.REQUEST_NAMES.get(request, "request") if request is not None else "device refused"
+    code = nack["code"]
+    field = nack["field"]
+    if code == M.E_OUT_OF_RANGE and field:
+        detail = paramfile.describe_violation(field, nack["value"], nack["limit"], nack["relation"])
+    elif code == M.E_BAD_CHANNEL and field in ("channel", "mask"):
+        detail = "%s = %s is not available (the device has channels 0..%s)" % (
+            field, nack["value"] if field == "channel" else "0x%02x" % nack["value"],
+            nack["limit"] if field == "channel" else bin(nack["limit"]).count("1") - 1)
+    elif code in (M.E_FAULT_LATCHED, M.E_NOT_CONFIGURED, M.E_BAD_STATE) and field == "channel":
+        extra = ""
+        if code == M.E_BAD_STATE and 0 <= nack["limit"] < len(M.STATE_NAMES):
+            extra = " (it is %s)" % M.STATE_NAMES[nack["limit"]]
+        detail = "channel %d: %s%s" % (nack["value"], nack["error"], extra)
+    elif code == M.E_IMPEDANCE and field == "channel":
+        detail = "channel %d: %s (%d ohm)" % (nack["value"], nack["error"], nack["limit"])
+    elif code == M.E_BAD_VERSION:
+        detail = "%s (sent %d, device speaks %d)" % (nack["error"], nack["value"], nack["limit"])
+    elif field:
+        detail = "%s: %s = %s (limit %s %s)" % (nack["error"], field, nack["value"], nack["relation"], nack["limit"])
+    else:
+        detail = nack["error"]
+    return "%s: %s" % (what, detail)
+
+
+def mask_of(channels):
+    mask = 0
+    for ch in channels:
+        mask |= 1 << ch
+    return mask
+
+
+class Client:
+    """One connection to a board (or a virtual Pico)."""
+
+    def __init__(self, port, timeout=1.0, retries=3, seq=None):
+        self.port = port
+        self.timeout = timeout
+        self.retries = retries
+        self.seq = random.randrange(0x10000) if seq is None else seq & 0xFFFF
+        self.decoder = FrameDecoder()
+        self._events = deque()
+        self._said_hello = False
+        self.device = None  # decoded HELLO
+        # host-side link counters (the decoder's crc_errors / frames_dropped are added by counters())
+        self.tx_frames = 0
+        self.retransmits = 0
+        self.timeouts = 0
+        self.stale_responses = 0
+        self.nacks = 0
+        self.events_received = 0
+        self.foreign_version = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def close(self):
+        try:
+            self.port.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def limits(self):
+        if self.device is None:
+            self.hello()
+        return self.device["limits"]
+
+    @property
+    def channels(self):
+        if self.device is None:
+            self.hello()
+        return self.device["channels"]
+
+    def counters(self):
+        d = self.decoder
+        return {
+            "tx_frames": self.tx_frames, "rx_frames": d.frames_ok, "crc_errors": d.crc_errors,
+            "frames_dropped": d.frames_dropped, "bytes_discarded": d.bytes_discarded,
+            "retransmits": self.retransmits, "timeouts": self.timeouts, "stale_responses": self.stale_responses,
+            "nacks": self.nacks, "events": self.events_received,
+        }
+
+    # ---- raw I/O ------------------------------------------------------------------------------
+    def _read_some(self):
+        try:
+            n = getattr(self.port, "in_waiting", 0) or 1
+            data = self.port.read(n)
+        except Exception as e:  # serial.SerialException, OSError: the port went away
+            raise LinkError("read failed: %s" % e) from e
+        return data or b""
+
+    def _write(self, data):
+        try:
+            self.port.write(data)
+            flush = getattr(self.port, "flush", None)
+            if flush is not None:
+                flush()
+        except Exception as e:
+            raise LinkError("write failed: %s" % e) from e
+
+    def _pump(self):
+        """Read what is available; return the non-event frames, queue the events."""
+        data = self._read_some()
+        if not data:
+            return []
+        out = []
+        for frame in self.decoder.feed(data):
+            if frame.type == M.EVENT:
+                self.events_received += 1
+                try:
+                    ev = M.decode_event(frame.body)
+                except Exception:
+                    continue
+                ev["seq"] = frame.seq
+                self._events.append(ev)
+            else:
+                out.append(frame)
+        return out
+
+    def next_seq(self):
+        self.seq = (self.seq + 1) & 0xFFFF
+        return self.seq
+
+    def request(self, msg_type, body=b"", timeout=None, retries=None):
+        """Send one request and return the response body. Retries resend the same bytes.
+
+        Raises DeviceError on NACK, LinkError when no answer arrived after all retries."""
+        if msg_type != M.HELLO and not self._said_hello:
+            self.hello()
+        timeout = self.timeout if timeout is None else timeout
+        retries = self.retries if retries is None else retries
+        seq = self.next_seq()
+        wire = encode_frame(msg_type, seq, body)
+        for attempt in range(retries + 1):
+            if attempt:
+                self.retransmits += 1
+            self._write(wire)
+            self.tx_frames += 1
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for frame in self._pump():
+                    if frame.seq != seq or frame.type not in (msg_type | M.RESPONSE, M.NACK):
+                        self.stale_responses += 1
+                        continue
+                    if frame.version != PROTOCOL_VERSION:
+                        self.foreign_version += 1
+                    if frame.type == M.NACK:
+                        self.nacks += 1
+                        try:
+                            nack = M.decode_nack(frame.body)
+                        except Exception:
+                            nack = {"code": 0, "error": "malformed NACK", "field": None, "relation": "?",
+                                    "value": 0, "limit": 0}
+                        raise DeviceError(nack, msg_type)
+                    return frame.body
+            self.timeouts += 1
+        raise LinkError("no answer to %s (seq %d) after %d attempt(s) of %.2f s"
+                        % (M.REQUEST_NAMES.get(msg_type, hex(msg_type)), seq, retries + 1, timeout))
+
+    # ---- events -------------------------------------------------------------------------------
+    def events(self, timeout=0.0):
+        """Drain and return queued EVENT dicts (kind, channel, time_us, value, seq); waits up to
+        ``timeout`` seconds for the first one if none is queued."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for frame in self._pump():
+                self.stale_responses += 1  # a response nobody is waiting for
+            if self._events or time.monotonic() >= deadline:
+                break
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def wait_event(self, kind=None, channel=None, timeout=5.0):
+        """Wait for an event (optionally of ``kind`` / ``channel``); None on timeout. Other events
+        stay queued."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self._events):
+                if (kind is None or ev["kind"] == kind) and (channel is None or ev["channel"] == channel):
+                    del self._events[i]
+                    return ev
+            if time.monotonic() >= deadline:
+                return None
+            for frame in self._pump():
+                self.stale_responses += 1
+
+    # ---- typed requests -----------------------------------------------------------------------
+    def hello(self):
+        self._said_hello = True
+        self.device = M.decode_hello(self.request(M.HELLO))
+        return self.device
+
+    def info(self):
+        """HELLO, cached per connection."""
+        return self.device if self.device is not None else self.hello()
+
+    def set_params(self, channel, params):
+        """Send canonical params (missing fields take the defaults). Returns
+        {"channel", "params", "realised"} as echoed by the device."""
+        full = P.complete(params)
+        return M.decode_params_response(self.request(M.SET_PARAMS, M.encode_params(channel, full)))
+
+    def get_params(self, channel):
+        return M.decode_params_response(self.request(M.GET_PARAMS, bytes((channel,))))
+
+    def _mask_body(self, mask):
+        if isinstance(mask, (list, tuple, set)):
+            mask = mask_of(mask)
+        return bytes((mask & 0xFF,))
+
+    def start(self, mask):
+        self.request(M.START, self._mask_body(mask))
+
+    def stop(self, mask):
+        self.request(M.STOP, self._mask_body(mask))
+
+    def trigger(self, mask):
+        self.request(M.TRIGGER, self._mask_body(mask))
+
+    def clear_fault(self, mask):
+        self.request(M.CLEAR_FAULT, self._mask_body(mask))
+
+    def status(self):
+        return M.decode_status(self.request(M.STATUS))
+
+    def impedance(self, mask):
+        return M.decode_impedance(self.request(M.IMPEDANCE, self._mask_body(mask)))
+
+    def configured_mask(self):
+        """Mask of the channels that have parameters on the device (GET_PARAMS answers)."""
+        mask = 0
+        for ch in range(self.channels):
+            try:
+                self.get_params(ch)
+            except DeviceError as e:
+                if e.code == M.E_NOT_CONFIGURED:
+                    continue
+                raise
+            mask |= 1 << ch
+        return mask
+
+
+def connect(port=None, timeout=1.0, retries=3):
+    """Open ``port`` (path or URL) and say HELLO. Returns a Client."""
+    from picostim import transport
+
+    ser = transport.open_port(port)
+    client = Client(ser, timeout=timeout, retries=retries)
+    try:
+        client.hello()
+    except BaseException:
+        client.close()
+        raise
+    return client

@@ -1,0 +1,495 @@
+"""TOML parameter files with units in the keys -> canonical parameters (protocol.params).
+
+A parameter file looks like::
+
+    name = "PTNS"
+    description = "Percutaneous tibial nerve stimulation"
+    [channel]                    # optional: the same keys may also sit at the top level
+    frequency_hz = 20
+    phase1_us = 200
+    phase2_us = 200
+    amplitude_ma = 2.0
+    polarity = "cathodic-first"
+    electrode_area_mm2 = 12.6
+
+Time keys take a unit suffix (``_ns``, ``_us``, ``_ms``, ``_s``); the pulse rate is given by exactly
+one of ``frequency_hz``, ``period_*`` or ``interpulse_*`` (the gap from the end of one pulse to the
+start of the next, Pulse Pal's meaning). Bursts: ``burst_pulses`` plus ``interburst_*``,
+``burst_frequency_hz`` or ``burst_duration_*``. Values are converted to integer nanoseconds rounded to
+the nearest ns. Anything malformed raises :class:`ParamFileError` naming the key, the value and what
+is allowed; :func:`check` then applies the firmware's own rules (protocol.params.validate) and raises
+:class:`ParamLimitError` with a message in user units.
+"""
+
+import math
+import tomllib
+from fractions import Fraction
+
+from protocol import params as P
+
+# canonical time field -> the stem users write before the unit suffix
+TIME_FIELDS = {
+    "phase1_ns": "phase1",
+    "interphase_ns": "interphase",
+    "phase2_ns": "phase2",
+    "recovery_ns": "recovery",
+    "interburst_ns": "interburst",
+    "train_duration_ns": "train_duration",
+    "train_delay_ns": "train_delay",
+    "ramp_up_ns": "ramp_up",
+}
+TIME_UNITS = {"ns": Fraction(1), "us": Fraction(1000), "ms": Fraction(1000000), "s": Fraction(1000000000)}
+AMPLITUDE_UNITS = {"ua": Fraction(1), "ma": Fraction(1000)}
+AREA_UNITS = {"um2": Fraction(1), "mm2": Fraction(1000000), "cm2": Fraction(100000000)}
+# stems that define the period; only one may appear (in any unit)
+RATE_STEMS = ("period", "interpulse")
+BURST_STEMS = ("interburst", "burst_duration")
+META_KEYS = ("name", "description")
+CHANNEL_TABLE = "channel"
+
+# Every key a file may use (for the "allowed" part of error messages).
+ALLOWED_KEYS = tuple(
+    ["%s_%s" % (stem, u) for stem in list(TIME_FIELDS.values()) + list(RATE_STEMS) + ["burst_duration"]
+     for u in TIME_UNITS]
+    + ["frequency_hz", "burst_frequency_hz", "burst_pulses", "amplitude_ua", "amplitude_ma",
+       "electrode_area_um2", "electrode_area_mm2", "electrode_area_cm2", "polarity", "trigger"]
+)
+
+
+class ParamFileError(ValueError):
+    """A parameter file that cannot be turned into canonical parameters. ``key``/``value`` name the
+    offending entry (``key`` may be None for file-level problems)."""
+
+    def __init__(self, message, key=None, value=None):
+        super().__init__(message)
+        self.key = key
+        self.value = value
+
+
+class ParamLimitError(ParamFileError):
+    """Well-formed parameters that break a firmware limit; carries the protocol Violation."""
+
+    def __init__(self, message, violation):
+        super().__init__(message, violation.field, violation.value)
+        self.violation = violation
+
+
+class ParamSet:
+    """The result of loading a file: canonical ``params`` (complete dict), plus metadata."""
+
+    def __init__(self, params, name=None, description=None, source=None, keys=None):
+        self.params = params
+        self.name = name
+        self.description = description
+        self.source = source
+        self.keys = keys or {}  # canonical field -> the key the user wrote (for messages)
+
+    def __repr__(self):
+        return "ParamSet(%r, %r)" % (self.name or self.source, self.params)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def load(path):
+    """Load a TOML parameter file -> :class:`ParamSet` (not yet checked against limits)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ParamFileError("cannot read %s: %s" % (path, e.strerror or e))
+    except tomllib.TOMLDecodeError as e:
+        raise ParamFileError("%s is not valid TOML: %s" % (path, e))
+    ps = from_dict(data)
+    ps.source = str(path)
+    return ps
+
+
+def loads(text):
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ParamFileError("not valid TOML: %s" % e)
+    return from_dict(data)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(key, value, allowed="a number"):
+    if not _is_number(value):
+        raise ParamFileError("%s = %r: expected %s" % (key, value, allowed), key, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamFileError("%s = %r: expected a finite number" % (key, value), key, value)
+    if value < 0:
+        raise ParamFileError("%s = %r: must not be negative" % (key, value), key, value)
+    return Fraction(value)
+
+
+def _round(x):
+    """Round a non-negative Fraction to the nearest integer (halves up)."""
+    return int(math.floor(x + Fraction(1, 2)))
+
+
+def _split_unit(key, units):
+    for u in units:
+        if key.endswith("_" + u):
+            return key[: -len(u) - 1], u
+    return None, None
+
+
+def _flatten(data):
+    """Merge the optional [channel] table with top-level keys; return (entries, name, description)."""
+    if not isinstance(data, dict):
+        raise ParamFileError("a parameter file is a TOML table")
+    entries = {}
+    name = data.get("name")
+    description = data.get("description")
+    for meta, val in (("name", name), ("description", description)):
+        if val is not None and not isinstance(val, str):
+            raise ParamFileError("%s = %r: expected a string" % (meta, val), meta, val)
+    for key, value in data.items():
+        if key in META_KEYS:
+            continue
+        if key == CHANNEL_TABLE:
+            if not isinstance(value, dict):
+                raise ParamFileError("[channel] must be a table of parameters, got %r" % (value,), key, value)
+            for k, v in value.items():
+                if k in entries:
+                    raise ParamFileError("%s is given both at the top level and in [channel]" % k, k, v)
+                if isinstance(v, dict):
+                    raise ParamFileError("[channel.%s]: nested tables are not allowed" % k, k, v)
+                entries[k] = v
+            continue
+        if isinstance(value, dict):
+            raise ParamFileError("[%s]: unknown table; allowed: [channel]" % key, key, value)
+        if key in entries:
+            raise ParamFileError("%s is given both at the top level and in [channel]" % key, key, value)
+        entries[key] = value
+    return entries, name, description
+
+
+def from_dict(data):
+    """Convert an already-parsed TOML document -> :class:`ParamSet`."""
+    entries, name, description = _flatten(data)
+    params = {}
+    keys = {}
+    times = {}  # stem -> (key, Fraction ns)
+    extra = {}  # non-field helper values: frequency_hz, burst_frequency_hz, ...
+
+    def put(field, value, key):
+        if field in params:
+            raise ParamFileError("%s conflicts with %s: give only one of them" % (key, keys[field]), key, entries[key])
+        params[field] = value
+        keys[field] = key
+
+    time_stems = set(TIME_FIELDS.values()) | set(RATE_STEMS) | {"burst_duration"}
+    for key, value in entries.items():
+        stem, unit = _split_unit(key, TIME_UNITS)
+        if stem in time_stems:
+            if stem in times:
+                raise ParamFileError("%s conflicts with %s: give only one of them" % (key, times[stem][0]),
+                                     key, value)
+            times[stem] = (key, _number(key, value) * TIME_UNITS[unit])
+            continue
+        if key in ("frequency_hz", "burst_frequency_hz"):
+            f = _number(key, value, "a frequency in Hz")
+            if f == 0:
+                raise ParamFileError("%s = %r: must be greater than 0" % (key, value), key, value)
+            extra[key] = f
+            continue
+        stem, unit = _split_unit(key, AMPLITUDE_UNITS)
+        if stem == "amplitude":
+            put("amplitude_ua", _round(_number(key, value) * AMPLITUDE_UNITS[unit]), key)
+            continue
+        stem, unit = _split_unit(key, AREA_UNITS)
+        if stem == "electrode_area":
+            put("electrode_area_um2", _round(_number(key, value) * AREA_UNITS[unit]), key)
+            continue
+        if key == "burst_pulses":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ParamFileError("burst_pulses = %r: expected a non-negative integer (0 = no bursts)" % (value,),
+                                     key, value)
+            put("burst_pulses", value, key)
+            continue
+        if key in ("polarity", "trigger"):
+            names = P.POLARITY_NAMES if key == "polarity" else P.TRIGGER_NAMES
+            if not isinstance(value, str) or value.lower() not in names:
+                raise ParamFileError("%s = %r: allowed values are %s" % (key, value, ", ".join('"%s"' % n for n in names)),
+                                     key, value)
+            put(key, names.index(value.lower()), key)
+            continue
+        raise ParamFileError("unknown key %s = %r; allowed keys: %s" % (key, value, ", ".join(ALLOWED_KEYS)),
+                             key, value)
+
+    for field, stem in TIME_FIELDS.items():
+        if stem in times:
+            key, ns = times[stem]
+            put(field, _round(ns), key)
+
+    _resolve_period(params, keys, times, extra)
+    _resolve_bursts(params, keys, times, extra)
+    return ParamSet(P.complete(params), name, description, keys=keys)
+
+
+def _resolve_period(params, keys, times, extra):
+    given = [(times[s][0], s) for s in RATE_STEMS if s in times]
+    if "frequency_hz" in extra:
+        given.append(("frequency_hz", "frequency"))
+    if len(given) > 1:
+        raise ParamFileError("%s conflict: give exactly one of frequency_hz, period_us or interpulse_us"
+                             % " and ".join(k for k, _ in given), given[1][0])
+    if not given:
+        raise ParamFileError("the pulse rate is missing: give exactly one of frequency_hz, period_us or interpulse_us")
+    key, stem = given[0]
+    if stem == "frequency":
+        period = Fraction(1000000000) / extra["frequency_hz"]
+    elif stem == "period":
+        period = times["period"][1]
+    else:  # interpulse: gap from the end of the pulse to the next pulse start
+        full = P.complete(params)
+        period = times["interpulse"][1] + P.pulse_length_ns(full)
+    params["period_ns"] = _round(period)
+    keys["period_ns"] = key
+
+
+def _resolve_bursts(params, keys, times, extra):
+    given = [times[s][0] for s in BURST_STEMS if s in times]
+    if "burst_frequency_hz" in extra:
+        given.append("burst_frequency_hz")
+    if len(given) > 1:
+        raise ParamFileError("%s conflict: give only one of interburst_us, burst_frequency_hz or burst_duration_us"
+                             % " and ".join(given), given[1])
+    if not given:
+        return
+    key = given[0]
+    period = params["period_ns"]
+    if key == "burst_frequency_hz" or key.startswith("burst_duration"):
+        if key.startswith("burst_duration"):
+            duration = times["burst_duration"][1]
+            n = duration / period
+            if n.denominator != 1 and abs(n - round(n)) * period > 1:
+                raise ParamFileError("%s = %s µs is not a whole number of periods (%s µs each)"
+                                     % (key, _fmt_num(duration / 1000), _fmt_num(Fraction(period, 1000))), key)
+            n = round(n)
+            if params.get("burst_pulses", n) != n:
+                raise ParamFileError("%s gives %d pulses per burst but burst_pulses = %d"
+                                     % (key, n, params["burst_pulses"]), key)
+            params["burst_pulses"] = n
+            keys.setdefault("burst_pulses", key)
+            return
+        n = params.get("burst_pulses", 0)
+        if n < 1:
+            raise ParamFileError("burst_frequency_hz needs burst_pulses >= 1", "burst_pulses", n)
+        cycle = Fraction(1000000000) / extra["burst_frequency_hz"]
+        gap = cycle - n * period
+        if gap < 0:
+            raise ParamFileError("burst_frequency_hz = %s: %d pulses at a %s µs period take %s µs, longer than the "
+                                 "burst cycle %s µs" % (_fmt_num(extra["burst_frequency_hz"]), n,
+                                                       _fmt_num(Fraction(period, 1000)),
+                                                       _fmt_num(Fraction(n * period, 1000)), _fmt_num(cycle / 1000)),
+                                 key, float(extra["burst_frequency_hz"]))
+        params["interburst_ns"] = _round(gap)
+        keys["interburst_ns"] = key
+
+
+# ----------------------------------------------------------------------------------------------
+# limits and user-facing units
+
+
+def _fmt_num(x, digits=3):
+    """Compact decimal: 200, 0.04, 1234.5 (no trailing zeros)."""
+    x = float(x)
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    s = ("%%.%df" % digits) % x
+    return s.rstrip("0").rstrip(".")
+
+
+def ns_to_us(ns):
+    return _fmt_num(Fraction(ns, 1000))
+
+
+# canonical/derived name -> (user-facing name, formatter of a raw value)
+def _us(v):
+    return "%s µs" % ns_to_us(v)
+
+
+def _period(v):
+    s = "%s µs" % ns_to_us(v)
+    if v:
+        s += " (%s Hz)" % _fmt_num(Fraction(1000000000, v))
+    return s
+
+
+USER_FIELDS = {
+    "phase1_ns": ("phase1_us", _us),
+    "interphase_ns": ("interphase_us", _us),
+    "phase2_ns": ("phase2_us", _us),
+    "recovery_ns": ("recovery_us", _us),
+    "period_ns": ("period_us", _period),
+    "interburst_ns": ("interburst_us", _us),
+    "train_duration_ns": ("train_duration_us", _us),
+    "train_delay_ns": ("train_delay_us", _us),
+    "ramp_up_ns": ("ramp_up_us", _us),
+    "pulse_length_ns": ("pulse length", _us),
+    "amplitude_ua": ("amplitude_ua", lambda v: "%d µA" % v),
+    "phase2_amplitude_ua": ("phase-2 amplitude", lambda v: "%d µA" % v),
+    "electrode_area_um2": ("electrode_area_mm2", lambda v: "%s mm²" % _fmt_num(Fraction(v, 1000000), 6)),
+    "charge_per_phase_nc": ("charge per phase", lambda v: "%d nC" % v),
+    "shannon_k_centi": ("charge density (Shannon k)", lambda v: _fmt_num(Fraction(v, 100), 2)),
+    "duty_permille": ("duty cycle", lambda v: "%s %%" % _fmt_num(Fraction(v, 10), 1)),
+    "burst_pulses": ("burst_pulses", lambda v: "%d" % v),
+    "polarity": ("polarity", lambda v: '"%s"' % P.POLARITY_NAMES[v] if 0 <= v < len(P.POLARITY_NAMES) else str(v)),
+    "trigger": ("trigger", lambda v: '"%s"' % P.TRIGGER_NAMES[v] if 0 <= v < len(P.TRIGGER_NAMES) else str(v)),
+}
+
+
+def user_name(field):
+    return USER_FIELDS.get(field, (field, None))[0]
+
+
+def user_value(field, value):
+    fmt = USER_FIELDS.get(field, (None, None))[1]
+    if fmt is None or not isinstance(value, int) or isinstance(value, bool):
+        return str(value)
+    try:
+        return fmt(value)
+    except (ValueError, ZeroDivisionError, IndexError):
+        return str(value)
+
+
+def describe_violation(field, value, limit, relation, user_key=None):
+    """The friendly sentence for a limit violation (host validation or firmware NACK), in user units:
+    "<field> = <value> exceeds the firmware limit <limit>"."""
+    name = (user_key or user_name(field)) if field else "request"
+    if relation == "known":
+        return "%s is not a known parameter" % name
+    if relation == "integer":
+        return "%s = %r is not a non-negative integer" % (name, value)
+    if field == "polarity" or field == "trigger":
+        names = P.POLARITY_NAMES if field == "polarity" else P.TRIGGER_NAMES
+        return "%s = %s is not one of %s" % (name, value, ", ".join(names))
+    if field in ("channel", "mask"):
+        return "%s = %s exceeds the firmware limit %s" % (name, value, limit)
+    v = user_value(field, value)
+    lim = user_value(field, limit)
+    if user_key and user_key != user_name(field):
+        name = "%s (%s)" % (user_key, user_name(field))
+    if relation == ">=":
+        if field in ("period_ns",):
+            return "%s = %s is below the firmware minimum %s" % (name, v, lim)
+        return "%s = %s is below the firmware limit %s" % (name, v, lim)
+    return "%s = %s exceeds the firmware limit %s" % (name, v, lim)
+
+
+def check(paramset_or_params, limits):
+    """Run protocol.params.validate; raise :class:`ParamLimitError` with a user-unit message."""
+    if isinstance(paramset_or_params, ParamSet):
+        params, keys = paramset_or_params.params, paramset_or_params.keys
+    else:
+        params, keys = paramset_or_params, {}
+    v = P.validate(params, limits)
+    if v is None:
+        return params
+    key = keys.get(v.field)
+    msg = describe_violation(v.field, v.value, v.limit, v.relation, user_key=None)
+    if key and key != user_name(v.field):
+        msg += " (from %s)" % key
+    if v.field in ("shannon_k_centi", "charge_per_phase_nc"):
+        msg += " (%s µA × %s µs = %s nC per phase on %s)" % (
+            params["amplitude_ua"], ns_to_us(params["phase1_ns"]),
+            _fmt_num(Fraction(params["amplitude_ua"] * params["phase1_ns"], 1000000)),
+            user_value("electrode_area_um2", params["electrode_area_um2"]))
+    raise ParamLimitError(msg, v)
+
+
+def load_checked(path, limits):
+    """load() + check(): the usual path for the CLI."""
+    ps = load(path)
+    check(ps, limits)
+    return ps
+
+
+# ----------------------------------------------------------------------------------------------
+# requested vs realised
+
+
+def ticks_to_ns(ticks, tick_hz):
+    return Fraction(ticks * 1000000000, tick_hz)
+
+
+def _time_names(realised):
+    """Realised entries that are tick counts of a canonical *_ns field (phase1, period, ...)."""
+    return [n for n in realised if n + "_ns" in P.FIELD_NAMES]
+
+
+def _get(realised, *names):
+    for n in names:
+        if n in realised:
+            return realised[n]
+    return 0
+
+
+def phase2_amplitude_ua(params):
+    """Requested phase-2 amplitude for charge balance: amp1 × phase1 / phase2 (float µA)."""
+    if not params["phase2_ns"]:
+        return 0.0
+    return params["amplitude_ua"] * params["phase1_ns"] / params["phase2_ns"]
+
+
+def compare(params, realised):
+    """Rows of (quantity, unit, requested, realised) as floats for display; times in µs."""
+    tick_hz = realised["tick_hz"]
+    rows = []
+    for name in _time_names(realised):
+        req = Fraction(params[name + "_ns"], 1000)
+        real = ticks_to_ns(realised[name], tick_hz) / 1000
+        rows.append((name + "_us", "µs", float(req), float(real)))
+    rows.append(("amplitude_ua", "µA", float(params["amplitude_ua"]),
+                 _get(realised, "amplitude_na", "amplitude1_na") / 1000.0))
+    rows.append(("phase2_amplitude_ua", "µA", phase2_amplitude_ua(params),
+                 _get(realised, "amplitude2_na") / 1000.0))
+    rows.append(("charge_residual_pc", "pC", 0.0, _get(realised, "residual_fc", "residual_charge_fc") / 1000.0))
+    return rows
+
+
+def requested_us(params):
+    """Canonical params -> user-facing dict (µs, µA, mm², names) for JSON output."""
+    out = {}
+    for field, value in params.items():
+        if field.endswith("_ns"):
+            out[field[:-3] + "_us"] = float(Fraction(value, 1000))
+        elif field == "polarity":
+            out[field] = P.POLARITY_NAMES[value] if value < len(P.POLARITY_NAMES) else value
+        elif field == "trigger":
+            out[field] = P.TRIGGER_NAMES[value] if value < len(P.TRIGGER_NAMES) else value
+        elif field == "electrode_area_um2":
+            out["electrode_area_mm2"] = value / 1e6
+        else:
+            out[field] = value
+    out["phase2_amplitude_ua"] = phase2_amplitude_ua(params)
+    if params.get("period_ns"):
+        out["frequency_hz"] = 1e9 / params["period_ns"]
+    return out
+
+
+def realised_us(realised):
+    """Realised ticks -> µs / µA / pC dict for JSON output (the raw tick counts are kept as *_ticks)."""
+    tick_hz = realised["tick_hz"]
+    out = {}
+    for name in _time_names(realised):
+        out[name + "_us"] = float(ticks_to_ns(realised[name], tick_hz) / 1000)
+        out[name + "_ticks"] = realised[name]
+    out["amplitude_ua"] = _get(realised, "amplitude_na", "amplitude1_na") / 1000.0
+    out["phase2_amplitude_ua"] = _get(realised, "amplitude2_na") / 1000.0
+    out["charge_residual_pc"] = _get(realised, "residual_fc", "residual_charge_fc") / 1000.0
+    for name in ("dac_code1", "dac_code2", "pulses_per_cycle", "repeats"):
+        if name in realised:
+            out[name] = realised[name]
+    out["tick_hz"] = tick_hz
+    if realised.get("period"):
+        out["frequency_hz"] = tick_hz / realised["period"]
+    return out
