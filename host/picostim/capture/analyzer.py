@@ -1,0 +1,587 @@
+"""The timing analyzer: every pulse of one stimulation channel, measured from edges with NumPy.
+
+Pulse anatomy (one channel ``k``; names ``POS``/``NEG``/``RECOVERY``/``SYNC``, suffixed ``_k`` for k > 0)::
+
+    phase 1 (NEG high if cathodic-first, POS high if anodic-first)
+    interphase gap, both low (may be zero: phase 2 starts on the sample phase 1 ends)
+    phase 2 on the other line
+    optional RECOVERY high (after phase 2)
+    SYNC high from phase-1 start to phase-2 end
+
+Everything is computed from edge arrays (``searchsorted``, ``diff``, masks): no Python loop over samples
+or pulses, so a 100 M-sample capture costs time per edge only.
+
+Tolerances (honest, derived from the sample rate):
+
+* *exact* mode (sample rate == PIO clock, i.e. emulation where one sample is one PIO tick, or forced with
+  ``exact=True``): a measured width must equal the expected width rounded to the sample (±0.5 sample
+  means "the nearest integer").
+* asynchronous sampling (a real analyzer): a width or interval is the difference of two edges each
+  quantised to the sampling grid, so it is within ±1 sample of the true value; plus the frequency error
+  of the two clocks (``clock_ppm``, default 100 ppm) proportional to the measured span.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from .trace import Channel, Trace
+
+PIO_CLOCK_HZ = 125_000_000
+WIDTH_KEYS = ("phase1", "interphase", "phase2", "recovery", "recovery_gap", "period", "interburst",
+              "burst_period", "sync_start", "sync_end")
+EXPECTED_KEYS = {
+    "phase1_us", "interphase_us", "phase2_us", "recovery_us", "recovery_gap_us", "period_us", "frequency_hz",
+    "burst_pulses", "interburst_us", "burst_period_us", "bursts", "pulses", "polarity",
+    "trigger_latency_us", "trigger_latency_max_cycles", "train_delay_us",
+}
+_MAX_LISTED = 100  # times listed in the JSON per kind
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def channel_names(channel: int = 0) -> dict[str, str]:
+    """Trace channel names of stimulation channel ``channel``."""
+    sfx = "" if channel == 0 else f"_{channel}"
+    return {k: k + sfx for k in ("POS", "NEG", "RECOVERY", "SYNC")}
+
+
+def _normalise(ch: Channel) -> tuple[int, np.ndarray]:
+    """(level at sample 0, toggles > 0)."""
+    tg = ch.toggles
+    init = ch.level_at(0)
+    return init, tg[tg > 0]
+
+
+@dataclass
+class _Intervals:
+    starts: np.ndarray
+    ends: np.ndarray
+    cut_start: np.ndarray  # bool: high at sample 0 (began before the capture)
+    cut_end: np.ndarray  # bool: still high at the capture end
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def _intervals(ch: Channel | None, n_samples: int) -> _Intervals:
+    """High intervals [start, end) of a line; a line high at the end ends at ``n_samples`` (cut)."""
+    if ch is None:
+        z = np.zeros(0, np.int64)
+        return _Intervals(z, z, np.zeros(0, bool), np.zeros(0, bool))
+    init, tg = _normalise(ch)
+    tg = tg[tg < n_samples]
+    if init:
+        tg = np.concatenate(([0], tg))
+    starts = tg[0::2]
+    ends = tg[1::2]
+    cut_end = np.zeros(len(starts), bool)
+    if len(ends) < len(starts):
+        ends = np.concatenate((ends, [n_samples]))
+        cut_end[-1] = True
+    cut_start = np.zeros(len(starts), bool)
+    if init and len(starts):
+        cut_start[0] = True
+    return _Intervals(starts.astype(np.int64), ends.astype(np.int64), cut_start, cut_end)
+
+
+def both_high(a: Channel, b: Channel, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Intervals [start, end) where both lines are high, by merging the two edge arrays."""
+    ia, ta = _normalise(a)
+    ib, tb = _normalise(b)
+    t = np.unique(np.concatenate(([0], ta, tb)))
+    t = t[t < n_samples]
+    la = ia ^ (np.searchsorted(ta, t, side="right") & 1)
+    lb = ib ^ (np.searchsorted(tb, t, side="right") & 1)
+    both = (la & lb).astype(np.int8)
+    d = np.diff(np.concatenate(([0], both, [0])))
+    bounds = np.concatenate((t, [n_samples]))
+    return bounds[np.flatnonzero(d == 1)], bounds[np.flatnonzero(d == -1)]
+
+
+def _follow_gaps(x: _Intervals, y: _Intervals) -> np.ndarray:
+    """For each complete interval of x: samples from its end to the next start of y."""
+    ends = x.ends[~x.cut_end]
+    j = np.searchsorted(y.starts, ends, side="left")
+    ok = j < len(y.starts)
+    return y.starts[j[ok]] - ends[ok]
+
+
+def _detect_polarity(neg: _Intervals, pos: _Intervals) -> str | None:
+    """Phase 2 follows phase 1 after the interphase gap, which is shorter than the gap from phase 2 to
+    the next pulse: the orientation with the smaller median follow-gap is the pulse order (robust to a
+    capture that starts mid-pulse)."""
+    if not len(neg) and not len(pos):
+        return None
+    if not len(pos):
+        return "cathodic-first"
+    if not len(neg):
+        return "anodic-first"
+    if not neg.cut_start.any() and not pos.cut_start.any():
+        # both lines low at the capture start: the first rising edge is a phase 1 (unless the capture began
+        # inside an interphase gap, which the follow-gap rule below handles only when the gap is shorter)
+        if neg.starts[0] != pos.starts[0]:
+            first_is_neg = neg.starts[0] < pos.starts[0]
+            g_np, g_pn = _follow_gaps(neg, pos), _follow_gaps(pos, neg)
+            # the capture began in an interphase gap: the second line's first interval is a lone phase 2
+            lone = (len(g_pn) > len(g_np)) if first_is_neg else (len(g_np) > len(g_pn))
+            if not lone:
+                return "cathodic-first" if first_is_neg else "anodic-first"
+    g_np, g_pn = _follow_gaps(neg, pos), _follow_gaps(pos, neg)
+    if len(g_np) and len(g_pn) and np.median(g_np) != np.median(g_pn):
+        return "cathodic-first" if np.median(g_np) < np.median(g_pn) else "anodic-first"
+    if len(g_np) != len(g_pn):
+        return "cathodic-first" if len(g_np) > len(g_pn) else "anodic-first"
+    return "cathodic-first" if neg.starts[0] <= pos.starts[0] else "anodic-first"
+
+
+def _polarity_name(p: Any) -> str | None:
+    if p is None:
+        return None
+    s = str(p).lower()
+    if s in ("0", "cathodic", "cathodic-first", "cathodic_first", "neg", "negative"):
+        return "cathodic-first"
+    if s in ("1", "anodic", "anodic-first", "anodic_first", "pos", "positive"):
+        return "anodic-first"
+    raise ValueError(f"unknown polarity {p!r}")
+
+
+@dataclass
+class Stat:
+    """min/mean/max/std of a measure, in samples (``*_us`` converts)."""
+
+    n: int
+    min: float | None
+    mean: float | None
+    max: float | None
+    std: float | None
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "Stat":
+        if len(values) == 0:
+            return cls(0, None, None, None, None)
+        v = values.astype(np.float64)
+        return cls(len(v), float(v.min()), float(v.mean()), float(v.max()), float(v.std()))
+
+    def scaled(self, k: float) -> dict[str, float | None]:
+        f = (lambda x: None if x is None else x * k)
+        return {"min": f(self.min), "mean": f(self.mean), "max": f(self.max), "std": f(self.std)}
+
+
+@dataclass
+class Pulses:
+    """Per-pulse sample indices (arrays of equal length, one entry per phase-1 interval); -1 = absent."""
+
+    start: np.ndarray  # phase-1 start
+    phase1_end: np.ndarray
+    phase2_start: np.ndarray
+    phase2_end: np.ndarray
+    recovery_start: np.ndarray
+    recovery_end: np.ndarray
+    complete: np.ndarray  # bool
+    truncated: np.ndarray  # bool: phase 1 without phase 2 before the next phase 1 / capture end
+    cut_end: np.ndarray  # bool: cut by the capture end
+    cut_start: np.ndarray  # bool: began before the capture
+
+    def end(self) -> np.ndarray:
+        """Pulse end (recovery end if there is a recovery, else phase-2 end)."""
+        return np.where(self.recovery_end >= 0, self.recovery_end, self.phase2_end)
+
+
+@dataclass
+class Report:
+    samplerate_hz: float
+    n_samples: int
+    channel: int
+    polarity: str | None
+    exact: bool
+    tolerance_samples: float  # base width tolerance (0.5 = exact to the sample, 1 = ±1 sample)
+    clock_ppm: float
+    pulses: Pulses
+    stats: dict[str, Stat]
+    values: dict[str, np.ndarray]  # raw per-pulse measures in samples (complete pulses)
+    overlaps: tuple[np.ndarray, np.ndarray]
+    incomplete: dict[str, Any]
+    bursts: dict[str, Any]
+    train: dict[str, Any]
+    trigger: dict[str, Any]
+    sync_errors: int
+    failures: list[str] = field(default_factory=list)
+    expected: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def n_pulses(self) -> int:
+        return int(self.pulses.complete.sum())
+
+    def us(self, samples: float) -> float:
+        return samples * 1e6 / self.samplerate_hz
+
+    def stat_us(self, name: str) -> dict[str, float | None]:
+        return self.stats[name].scaled(1e6 / self.samplerate_hz)
+
+    def to_json(self) -> dict[str, Any]:
+        k = 1e6 / self.samplerate_hz
+        ov_s, ov_e = self.overlaps
+        out: dict[str, Any] = {
+            "ok": self.ok,
+            "failures": list(self.failures),
+            "samplerate_hz": self.samplerate_hz,
+            "n_samples": self.n_samples,
+            "duration_us": self.n_samples * k,
+            "channel": self.channel,
+            "polarity": self.polarity,
+            "exact": self.exact,
+            "tolerance_samples": self.tolerance_samples,
+            "clock_ppm": self.clock_ppm,
+            "pulses": self.n_pulses,
+        }
+        for name in WIDTH_KEYS:
+            out[f"{name}_us"] = self.stats[name].scaled(k)
+            out[f"{name}_samples"] = self.stats[name].scaled(1.0)
+        out["overlaps"] = {
+            "count": int(len(ov_s)),
+            "times_us": [float(x) * k for x in ov_s[:_MAX_LISTED]],
+            "samples": [int(x) for x in ov_s[:_MAX_LISTED]],
+            "durations_samples": [int(x) for x in (ov_e - ov_s)[:_MAX_LISTED]],
+        }
+        out["incomplete"] = self.incomplete
+        out["bursts"] = self.bursts
+        out["train"] = self.train
+        out["trigger_latency_cycles"] = self.trigger.get("latency_cycles")
+        out["trigger_latency_us"] = self.trigger.get("latency_us")
+        out["trigger"] = self.trigger
+        out["sync_errors"] = self.sync_errors
+        out["expected"] = self.expected
+        return out
+
+    def to_json_text(self, indent: int = 2) -> str:
+        return json.dumps(self.to_json(), indent=indent)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [f"{'OK' if self.ok else 'FAIL'}: {self.n_pulses} pulses at {self.samplerate_hz / 1e6:g} MS/s"
+                 f" ({self.polarity or '?'}), overlaps {len(self.overlaps[0])},"
+                 f" incomplete {self.incomplete['truncated']} truncated / {self.incomplete['cut_by_capture_end']} cut"]
+        for name in ("phase1", "interphase", "phase2", "recovery", "period", "interburst"):
+            st = self.stats[name]
+            if st.n:
+                s = self.stat_us(name)
+                lines.append(f"  {name:<11} min {s['min']:.3f}  mean {s['mean']:.3f}  max {s['max']:.3f}"
+                             f"  std {s['std']:.4f} µs  (n={st.n})")
+        lines += [f"  - {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- analyze
+def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None = None,
+            polarity: Any = None, *, pio_clock_hz: float = PIO_CLOCK_HZ, exact: bool | None = None,
+            clock_ppm: float | None = None, trigger: str | None = "auto",
+            allow_partial_last_burst: bool = False) -> Report:
+    """Extract and measure every pulse of stimulation ``channel`` in ``trace``.
+
+    ``expected``: values in µs (``phase1_us``, ``interphase_us``, ``phase2_us``, ``recovery_us`` (0 = no
+    recovery allowed), ``recovery_gap_us``, ``period_us`` or ``frequency_hz``, ``burst_pulses``,
+    ``interburst_us`` (end of a burst's last pulse -> next burst's first phase-1 start),
+    ``burst_period_us`` (burst start to start), ``bursts`` (count), ``pulses`` (complete pulses),
+    ``polarity``, ``trigger_latency_us``, ``trigger_latency_max_cycles``, ``train_delay_us``). Unknown keys
+    raise ``ValueError`` (a typo must not silently skip a check).
+    ``polarity``: ``"cathodic-first"``/``"anodic-first"`` (or 0/1); ``None`` = detect from the first pulse.
+    ``exact``: ``None`` = exact iff the sample rate equals ``pio_clock_hz``. ``clock_ppm``: relative clock
+    error allowed for asynchronous captures (default 100 ppm; 0 in exact mode).
+    ``trigger``: trace channel of the trigger input, ``"auto"`` (TRIG1 then TRIG2) or ``None``.
+    """
+    expected = dict(expected or {})
+    unknown = set(expected) - EXPECTED_KEYS
+    if unknown:
+        raise ValueError(f"unknown expected keys: {sorted(unknown)} (known: {sorted(EXPECTED_KEYS)})")
+    if "frequency_hz" in expected and "period_us" not in expected and expected["frequency_hz"]:
+        expected["period_us"] = 1e6 / float(expected["frequency_hz"])
+    sr = float(trace.samplerate_hz)
+    n = int(trace.n_samples)
+    if exact is None:
+        exact = abs(sr - pio_clock_hz) < 1e-6 * pio_clock_hz
+    if clock_ppm is None:
+        clock_ppm = 0.0 if exact else 100.0
+    tol0 = 0.5 if exact else 1.0
+    us_per_sample = 1e6 / sr
+
+    names = channel_names(channel)
+    ch = trace.channels
+    if names["POS"] not in ch or names["NEG"] not in ch:
+        raise KeyError(f"trace has no {names['POS']}/{names['NEG']} (channels: {list(ch)})")
+    pos, neg = ch[names["POS"]], ch[names["NEG"]]
+    rec = ch.get(names["RECOVERY"])
+    sync = ch.get(names["SYNC"])
+
+    failures: list[str] = []
+
+    # --- polarity: which line carries phase 1
+    want_pol = _polarity_name(polarity if polarity is not None else expected.get("polarity"))
+    ip, iN = _intervals(pos, n), _intervals(neg, n)
+    seen_pol = _detect_polarity(iN, ip)
+    pol = want_pol or seen_pol or "cathodic-first"
+    if want_pol and seen_pol and want_pol != seen_pol:
+        failures.append(f"polarity: expected {want_pol}, first pulse is {seen_pol}")
+    A, B = (iN, ip) if pol == "cathodic-first" else (ip, iN)
+    R = _intervals(rec, n)
+
+    # --- pulses: each phase-1 interval, its phase 2 (first B start >= phase-1 end, before the next phase 1)
+    s, e = A.starts, A.ends
+    big = np.iinfo(np.int64).max
+    nxt = np.concatenate((s[1:], [big])) if len(s) else s
+    nB = len(B)
+    j = np.searchsorted(B.starts, e, side="left")
+    jj = np.minimum(j, max(nB - 1, 0))
+    if nB:
+        has_b = (j < nB) & (B.starts[jj] < nxt) & ~A.cut_end
+    else:
+        has_b = np.zeros(len(s), bool)
+    p2s = np.where(has_b, B.starts[jj] if nB else -1, -1)
+    p2e = np.where(has_b, B.ends[jj] if nB else -1, -1)
+    b_cut = has_b & (B.cut_end[jj] if nB else False)
+    # recovery: first RECOVERY start >= phase-2 end, before the next phase 1
+    nR = len(R)
+    k = np.searchsorted(R.starts, p2e, side="left")
+    kk = np.minimum(k, max(nR - 1, 0))
+    if nR:
+        has_r = has_b & ~b_cut & (k < nR) & (R.starts[kk] < nxt)
+    else:
+        has_r = np.zeros(len(s), bool)
+    rs = np.where(has_r, R.starts[kk] if nR else -1, -1)
+    re_ = np.where(has_r, R.ends[kk] if nR else -1, -1)
+    r_cut = has_r & (R.cut_end[kk] if nR else False)
+
+    cut_start = A.cut_start.copy()
+    complete = has_b & ~b_cut & ~r_cut & ~cut_start
+    # a phase 1 without phase 2: cut by the capture end if the capture ended before phase 2 could start
+    no_b = ~has_b & ~cut_start & ~A.cut_end
+    is_last = np.zeros(len(s), bool)
+    if len(s):
+        is_last[-1] = True
+    if "interphase_us" in expected:
+        max_gap = expected["interphase_us"] / us_per_sample + tol0 + 1
+    else:
+        ig = (p2s - e)[complete]
+        max_gap = float(ig.max()) + tol0 + 1 if len(ig) else float("inf")
+    ran_out = no_b & is_last & ((n - e) <= max_gap)
+    cut_end = (A.cut_end | b_cut | r_cut | ran_out) & ~cut_start
+    truncated = no_b & ~ran_out
+    pulses = Pulses(s, e, p2s, p2e, rs, re_, complete, truncated, cut_end, cut_start)
+
+    # orphans: phase-2 (or recovery) intervals that belong to no pulse
+    matched_b = np.zeros(nB, bool)
+    if nB:
+        matched_b[jj[has_b]] = True
+    orphan_b = ~matched_b & ~B.cut_start
+    matched_r = np.zeros(nR, bool)
+    if nR:
+        matched_r[kk[has_r]] = True
+    orphan_r = ~matched_r & ~R.cut_start
+
+    # --- measures (complete pulses)
+    c = complete
+    values: dict[str, np.ndarray] = {
+        "phase1": (e - s)[c],
+        "interphase": (p2s - e)[c],
+        "phase2": (p2e - p2s)[c],
+        "recovery": (re_ - rs)[c & has_r],
+        "recovery_gap": (rs - p2e)[c & has_r],
+    }
+    starts_c = s[c]
+    ends_c = pulses.end()[c]
+    d = np.diff(starts_c)
+    exp_period = expected.get("period_us")
+    if exp_period:
+        thr = 1.5 * exp_period / us_per_sample
+    elif len(d):
+        thr = 1.5 * float(d.min()) + tol0
+    else:
+        thr = float("inf")
+    split = d > thr
+    burst_id = np.concatenate(([0], np.cumsum(split))) if len(starts_c) else np.zeros(0, np.int64)
+    sizes = np.bincount(burst_id) if len(burst_id) else np.zeros(0, np.int64)
+    first_idx = np.concatenate(([0], np.flatnonzero(split) + 1)) if len(starts_c) else np.zeros(0, np.int64)
+    last_idx = np.concatenate((np.flatnonzero(split), [len(starts_c) - 1])) if len(starts_c) else first_idx
+    if expected.get("burst_pulses") or (not exp_period and split.any()):
+        values["period"] = d[~split]
+        values["interburst"] = starts_c[first_idx[1:]] - ends_c[last_idx[:-1]]
+        values["burst_period"] = np.diff(starts_c[first_idx])
+    else:
+        values["period"] = d
+        values["interburst"] = np.zeros(0, np.int64)
+        values["burst_period"] = np.zeros(0, np.int64)
+
+    # --- SYNC: high from phase-1 start to phase-2 end
+    sync_errors = 0
+    if sync is not None and c.any():
+        S = _intervals(sync, n)
+        if len(S):
+            m = np.searchsorted(S.starts, starts_c, side="right") - 1
+            mm = np.maximum(m, 0)
+            valid = m >= 0
+            values["sync_start"] = np.where(valid, S.starts[mm] - starts_c, big)
+            values["sync_end"] = np.where(valid, S.ends[mm] - p2e[c], big)
+            tol_sync = tol0 if not exact else 0.5
+            bad = ~valid | (np.abs(values["sync_start"]) > tol_sync) | (np.abs(values["sync_end"]) > tol_sync)
+            sync_errors = int(bad.sum())
+            values["sync_start"] = values["sync_start"][valid]
+            values["sync_end"] = values["sync_end"][valid]
+        else:
+            sync_errors = int(c.sum())
+        if sync_errors:
+            failures.append(f"SYNC: {sync_errors} pulses without SYNC high exactly from phase-1 start to "
+                            f"phase-2 end")
+    for key in WIDTH_KEYS:
+        values.setdefault(key, np.zeros(0, np.int64))
+    stats = {key: Stat.of(values[key]) for key in WIDTH_KEYS}
+
+    # --- overlaps (safety)
+    ov = both_high(pos, neg, n)
+    if len(ov[0]):
+        failures.append(f"OVERLAP: POS and NEG both high {len(ov[0])} times, first at sample {int(ov[0][0])} "
+                        f"({ov[0][0] * us_per_sample:.3f} µs) for {int(ov[1][0] - ov[0][0])} samples")
+
+    def tlist(mask: np.ndarray) -> list[float]:
+        return [float(x) * us_per_sample for x in s[mask][:_MAX_LISTED]]
+
+    incomplete = {
+        "truncated": int(truncated.sum()),
+        "truncated_times_us": tlist(truncated),
+        "cut_by_capture_end": int(cut_end.sum()),
+        "cut_by_capture_end_times_us": tlist(cut_end),
+        "cut_by_capture_start": int(cut_start.sum()) + int(B.cut_start.sum() and not A.cut_start.sum()),
+        "orphan_phase2": int(orphan_b.sum()),
+        "orphan_phase2_times_us": [float(x) * us_per_sample for x in B.starts[orphan_b][:_MAX_LISTED]],
+        "orphan_recovery": int(orphan_r.sum()),
+    }
+    if incomplete["truncated"]:
+        failures.append(f"INCOMPLETE: {incomplete['truncated']} pulses with phase 1 but no phase 2, first at "
+                        f"{incomplete['truncated_times_us'][0]:.3f} µs")
+    if incomplete["orphan_phase2"]:
+        failures.append(f"INCOMPLETE: {incomplete['orphan_phase2']} phase-2 intervals without a phase 1, first at "
+                        f"{incomplete['orphan_phase2_times_us'][0]:.3f} µs")
+    if incomplete["orphan_recovery"]:
+        failures.append(f"RECOVERY: {incomplete['orphan_recovery']} RECOVERY intervals not after a phase 2")
+
+    bursts = {
+        "count": int(len(sizes)),
+        "pulses_per_burst": {"min": int(sizes.min()) if len(sizes) else None,
+                             "max": int(sizes.max()) if len(sizes) else None},
+        "sizes": [int(x) for x in sizes[:_MAX_LISTED]],
+        "starts_us": [float(x) * us_per_sample for x in starts_c[first_idx][:_MAX_LISTED]],
+        "split_threshold_us": None if thr == float("inf") else thr * us_per_sample,
+    }
+    train = {
+        "start_us": float(starts_c[0]) * us_per_sample if len(starts_c) else None,
+        "end_us": float(ends_c[-1]) * us_per_sample if len(ends_c) else None,
+        "duration_us": float(ends_c[-1] - starts_c[0]) * us_per_sample if len(starts_c) else None,
+    }
+
+    # --- trigger latency: TRIG rising edge -> first phase-1 start at or after it
+    trig: dict[str, Any] = {"channel": None, "latency_samples": None, "latency_cycles": None, "latency_us": None}
+    tname = None
+    if trigger == "auto":
+        for cand in ("TRIG1", "TRIG2"):
+            if cand in ch and len(_intervals(ch[cand], n).starts[~_intervals(ch[cand], n).cut_start]):
+                tname = cand
+                break
+    elif trigger:
+        tname = trigger if trigger in ch else None
+        if tname is None:
+            failures.append(f"trigger channel {trigger!r} not in trace")
+    if tname is not None:
+        ti = _intervals(ch[tname], n)
+        rises = ti.starts[~ti.cut_start]
+        all_starts = s[~cut_start]
+        if len(rises):
+            q = np.searchsorted(all_starts, rises[0], side="left")
+            trig["channel"] = tname
+            trig["edge_us"] = float(rises[0]) * us_per_sample
+            if q < len(all_starts):
+                lat = int(all_starts[q] - rises[0])
+                trig["latency_samples"] = lat
+                trig["latency_cycles"] = lat * pio_clock_hz / sr if not exact else lat
+                trig["latency_us"] = lat * us_per_sample
+
+    # --- comparisons with expected values
+    def tol_for(exp_samples: float) -> float:
+        return tol0 + clock_ppm * 1e-6 * abs(exp_samples) + 1e-9
+
+    def check(key: str, name: str) -> None:
+        if key not in expected or expected[key] is None:
+            return
+        exp_s = float(expected[key]) / us_per_sample
+        v = values[name]
+        tol = tol_for(exp_s)
+        if len(v) == 0:
+            if name in ("interburst", "burst_period", "period") and n_complete <= 1:
+                return
+            failures.append(f"{name}: expected {expected[key]} µs but nothing measured")
+            return
+        bad = np.abs(v - exp_s) > tol
+        if bad.any():
+            idx = int(np.flatnonzero(bad)[0])
+            failures.append(
+                f"{name}: {int(bad.sum())}/{len(v)} outside {expected[key]} µs ± {tol * us_per_sample:.4g} µs "
+                f"(measured {v.min() * us_per_sample:.4f}..{v.max() * us_per_sample:.4f} µs; first bad #{idx}: "
+                f"{v[idx] * us_per_sample:.4f} µs = {int(v[idx])} samples vs {exp_s:.2f})")
+
+    n_complete = int(c.sum())
+    if n_complete == 0 and expected.get("pulses", None) != 0:
+        failures.append("no complete pulse found")
+    for name in ("phase1", "interphase", "phase2", "recovery_gap", "period", "interburst", "burst_period"):
+        check(f"{name}_us", name)
+    if "recovery_us" in expected and expected["recovery_us"] is not None:
+        if float(expected["recovery_us"]) == 0:
+            if len(values["recovery"]):
+                failures.append(f"recovery: expected none, found {len(values['recovery'])}")
+        else:
+            missing = int((c & ~has_r).sum())
+            if missing:
+                failures.append(f"recovery: {missing}/{n_complete} pulses without RECOVERY")
+            check("recovery_us", "recovery")
+    if "pulses" in expected and expected["pulses"] is not None and n_complete != int(expected["pulses"]):
+        failures.append(f"pulses: expected {int(expected['pulses'])}, found {n_complete}")
+    if expected.get("burst_pulses"):
+        bp = int(expected["burst_pulses"])
+        body = sizes[:-1] if (allow_partial_last_burst and len(sizes)) else sizes
+        bad = body != bp
+        if allow_partial_last_burst and len(sizes) and sizes[-1] > bp:
+            bad = np.concatenate((bad, [True]))
+        if bad.any():
+            failures.append(f"bursts: expected {bp} pulses per burst, found sizes "
+                            f"{sorted(set(int(x) for x in sizes))} ({int(bad.sum())} bursts wrong)")
+    if "bursts" in expected and expected["bursts"] is not None and len(sizes) != int(expected["bursts"]):
+        failures.append(f"bursts: expected {int(expected['bursts'])} bursts, found {len(sizes)}")
+    if tname is None and any(k in expected for k in ("trigger_latency_us", "trigger_latency_max_cycles",
+                                                      "train_delay_us")):
+        failures.append("trigger: expected a trigger latency but the trace has no trigger edge")
+    elif tname is not None:
+        lat = trig["latency_samples"]
+        if lat is None and any(k in expected for k in ("trigger_latency_us", "trigger_latency_max_cycles")):
+            failures.append("trigger: no pulse after the trigger edge")
+        if lat is not None:
+            if "trigger_latency_us" in expected:
+                exp_s = float(expected["trigger_latency_us"]) / us_per_sample
+                if abs(lat - exp_s) > tol_for(exp_s):
+                    failures.append(f"trigger latency: {lat * us_per_sample:.4f} µs, expected "
+                                    f"{expected['trigger_latency_us']} µs")
+            if "trigger_latency_max_cycles" in expected:
+                delay_cycles = float(expected.get("train_delay_us", 0)) * 1e-6 * pio_clock_hz
+                over = trig["latency_cycles"] - delay_cycles
+                slack = 0 if exact else pio_clock_hz / sr  # one sample of the analyzer
+                if over > float(expected["trigger_latency_max_cycles"]) + slack + 1e-9:
+                    failures.append(f"trigger latency: {over:.1f} PIO cycles beyond the train delay, max "
+                                    f"{expected['trigger_latency_max_cycles']}")
+
+    return Report(samplerate_hz=sr, n_samples=n, channel=channel, polarity=pol if (seen_pol or want_pol) else None,
+                  exact=bool(exact), tolerance_samples=tol0, clock_ppm=float(clock_ppm), pulses=pulses,
+                  stats=stats, values=values, overlaps=ov, incomplete=incomplete, bursts=bursts, train=train,
+                  trigger=trig, sync_errors=sync_errors, failures=failures, expected=dict(expected))
