@@ -43,7 +43,6 @@ AMPLITUDE_UNITS = {"ua": Fraction(1), "ma": Fraction(1000)}
 AREA_UNITS = {"um2": Fraction(1), "mm2": Fraction(1000000), "cm2": Fraction(100000000)}
 # stems that define the period; only one may appear (in any unit)
 RATE_STEMS = ("period", "interpulse")
-BURST_STEMS = ("interburst", "burst_duration")
 META_KEYS = ("name", "description")
 CHANNEL_TABLE = "channel"
 
@@ -256,43 +255,41 @@ def _resolve_period(params, keys, times, extra):
 
 
 def _resolve_bursts(params, keys, times, extra):
-    given = [times[s][0] for s in BURST_STEMS if s in times]
-    if "burst_frequency_hz" in extra:
-        given.append("burst_frequency_hz")
-    if len(given) > 1:
-        raise ParamFileError("%s conflict: give only one of interburst_us, burst_frequency_hz or burst_duration_us"
-                             % " and ".join(given), given[1])
-    if not given:
-        return
-    key = given[0]
+    """Pulses per burst: ``burst_pulses`` or ``burst_duration_*`` (a whole number of periods).
+    Gap: ``interburst_*`` (from the end of the burst's last period to the next burst) or
+    ``burst_frequency_hz`` (interburst = 1/f - burst_pulses x period)."""
     period = params["period_ns"]
-    if key == "burst_frequency_hz" or key.startswith("burst_duration"):
-        if key.startswith("burst_duration"):
-            duration = times["burst_duration"][1]
-            n = duration / period
-            if n.denominator != 1 and abs(n - round(n)) * period > 1:
-                raise ParamFileError("%s = %s µs is not a whole number of periods (%s µs each)"
-                                     % (key, _fmt_num(duration / 1000), _fmt_num(Fraction(period, 1000))), key)
-            n = round(n)
-            if params.get("burst_pulses", n) != n:
-                raise ParamFileError("%s gives %d pulses per burst but burst_pulses = %d"
-                                     % (key, n, params["burst_pulses"]), key)
-            params["burst_pulses"] = n
-            keys.setdefault("burst_pulses", key)
-            return
-        n = params.get("burst_pulses", 0)
-        if n < 1:
-            raise ParamFileError("burst_frequency_hz needs burst_pulses >= 1", "burst_pulses", n)
-        cycle = Fraction(1000000000) / extra["burst_frequency_hz"]
-        gap = cycle - n * period
-        if gap < 0:
-            raise ParamFileError("burst_frequency_hz = %s: %d pulses at a %s µs period take %s µs, longer than the "
-                                 "burst cycle %s µs" % (_fmt_num(extra["burst_frequency_hz"]), n,
-                                                       _fmt_num(Fraction(period, 1000)),
-                                                       _fmt_num(Fraction(n * period, 1000)), _fmt_num(cycle / 1000)),
-                                 key, float(extra["burst_frequency_hz"]))
-        params["interburst_ns"] = _round(gap)
-        keys["interburst_ns"] = key
+    if "burst_duration" in times:
+        key, duration = times["burst_duration"]
+        n = duration / period
+        if abs(n - round(n)) * period > 1:
+            raise ParamFileError("%s = %s µs is not a whole number of periods (%s µs each)"
+                                 % (key, _fmt_num(duration / 1000), _fmt_num(Fraction(period, 1000))), key,
+                                 float(duration / TIME_UNITS[key.rsplit("_", 1)[1]]))
+        n = round(n)
+        if "burst_pulses" in params and params["burst_pulses"] != n:
+            raise ParamFileError("%s gives %d pulses per burst but burst_pulses = %d: give only one of them"
+                                 % (key, n, params["burst_pulses"]), key)
+        params["burst_pulses"] = n
+        keys.setdefault("burst_pulses", key)
+    if "burst_frequency_hz" not in extra:
+        return
+    if "interburst" in times:
+        raise ParamFileError("%s and burst_frequency_hz conflict: give only one of them" % times["interburst"][0],
+                             "burst_frequency_hz", float(extra["burst_frequency_hz"]))
+    n = params.get("burst_pulses", 0)
+    if n < 1:
+        raise ParamFileError("burst_frequency_hz needs burst_pulses >= 1 (or burst_duration_*)", "burst_pulses", n)
+    cycle = Fraction(1000000000) / extra["burst_frequency_hz"]
+    gap = cycle - n * period
+    if gap < 0:
+        raise ParamFileError("burst_frequency_hz = %s: %d pulses at a %s µs period take %s µs, longer than the "
+                             "burst cycle %s µs" % (_fmt_num(extra["burst_frequency_hz"]), n,
+                                                   _fmt_num(Fraction(period, 1000)),
+                                                   _fmt_num(Fraction(n * period, 1000)), _fmt_num(cycle / 1000)),
+                             "burst_frequency_hz", float(extra["burst_frequency_hz"]))
+    params["interburst_ns"] = _round(gap)
+    keys["interburst_ns"] = "burst_frequency_hz"
 
 
 # ----------------------------------------------------------------------------------------------
