@@ -239,6 +239,8 @@ def build_train(params):
     # Amplitude: phase 2 derived for charge balance from the realised phase-1 code and ticks.
     code1 = dac_code(params["amplitude_ua"])
     code2 = balance_code(code1, ph1, ph2)
+    if code2 < 1:
+        code2 = 1  # a phase 2 without current would leave all of phase 1's charge: 1 LSB is closer
     if not (1 <= code1 <= board.DAC_MAX_CODE and 1 <= code2 <= board.DAC_MAX_CODE):
         raise ValueError("amplitude_ua: DAC codes %d/%d out of range" % (code1, code2))
     t.code1, t.phase1_ticks, t.phase2_ticks = code1, ph1, ph2
