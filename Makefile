@@ -1,0 +1,52 @@
+# picostim — every target works on a fresh machine: it creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?=
+ANALYZER ?= fx2lafw
+
+.PHONY: all demo test test-slow firmware flash hil bench typecheck system-deps clean
+
+all: test
+
+# Debian packages: sigrok-cli for captures (real analyzers, and its demo driver in CI).
+system-deps:
+	@command -v sigrok-cli >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq sigrok-cli; }
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# the PIO assembler is only used to check/regenerate firmware/pio_programs.py; its Blinka
+	# dependency is for CircuitPython hardware and not needed here
+	$(BIN)/pip install -q --no-deps adafruit-circuitpython-pioasm==1.3.8
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP) system-deps
+	$(BIN)/python tools/demo.py
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m slow
+
+firmware: $(STAMP)
+	$(BIN)/python tools/build_firmware.py
+
+flash: firmware
+	$(BIN)/picostim --port $(PORT) flash
+
+hil: $(STAMP) system-deps
+	PICOSTIM_PORT=$(PORT) PICOSTIM_ANALYZER=$(ANALYZER) $(BIN)/python -m pytest hil_tests -m hil
+
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build out .pytest_cache .hypothesis

@@ -1,0 +1,257 @@
+"""The controller: command dispatch and the per-channel state machine (IDLE -> ARMED/RUNNING -> FAULT).
+
+It touches hardware only through a HAL object (firmware/hal_rp2.py on the board, the virtual Pico's
+simulated HAL on the host), so the same code runs on both. Every request is fully validated before
+anything changes; a refused request is answered with a NACK and leaves all state as it was.
+
+HAL contract (duck-typed; MicroPython has no abc):
+    channels                      number of stimulation channels
+    board_id() -> bytes(8)        unique id
+    reset_reason() -> int         0 power-on, 1 watchdog, 2 soft
+    time_us() -> int              monotonic microseconds
+    start(trains, mask, wait_trigger)
+                                  load each masked channel's Train and start all of them on the
+                                  same PIO cycle; wait_trigger[ch] = 0 (start now) or trigger input 1/2
+    replace(ch, train)            double-buffered: switch to ``train`` at the next pulse boundary
+    stop(mask)                    end each masked stream at the next pulse boundary (never mid-pulse)
+    running(ch) -> bool           stream still producing (or waiting for its trigger)
+    waiting(ch) -> bool           stream armed, waiting for its external trigger
+    pulses(ch) -> int             pulses delivered since the channel was last started
+    measure_impedance(ch) -> int  ohms from a sub-threshold test pulse
+    feed_watchdog()
+"""
+
+from firmware import board, impedance, pulse_engine
+from firmware.limits import LIMITS
+from protocol import messages as M
+from protocol import params as P
+from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
+
+FIRMWARE_VERSION = (0, 1, 0)
+_FAULT_EVENT = {M.Z_OPEN: M.EV_FAULT_OPEN, M.Z_SHORT: M.EV_FAULT_SHORT}
+
+
+class Refused(Exception):
+    """A request that is answered with a NACK; raised before any state changes."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+
+def _refuse(code, field=None, value=0, limit=0):
+    fid = P.NO_FIELD if field is None else P.field_id(field)
+    raise Refused(M.encode_nack(code, fid, value, limit))
+
+
+class Controller:
+    def __init__(self, hal, send, limits=LIMITS):
+        """``send(bytes)`` writes to the host link."""
+        self.hal = hal
+        self.send = send
+        self.limits = limits
+        self.decoder = FrameDecoder()
+        n = hal.channels
+        self.params = [None] * n
+        self.trains = [None] * n
+        self.state = [M.ST_IDLE] * n
+        self.fault = [0] * n
+        self.impedance_ohm = [0] * n
+        self.nacks = 0
+        self.duplicates = 0
+        self.events_sent = 0
+        self._last_key = None
+        self._last_response = b""
+        self._handlers = {
+            M.HELLO: self._hello,
+            M.GET_PARAMS: self._get_params,
+            M.SET_PARAMS: self._set_params,
+            M.START: self._start,
+            M.STOP: self._stop,
+            M.TRIGGER: self._trigger,
+            M.STATUS: self._status,
+            M.IMPEDANCE: self._impedance,
+            M.CLEAR_FAULT: self._clear_fault,
+        }
+
+    # ---- link ---------------------------------------------------------------------------------
+    def receive(self, data):
+        """Feed bytes from the host; answers every good frame (garbage is counted and dropped)."""
+        for frame in self.decoder.feed(data):
+            self.send(self._respond(frame))
+
+    def _respond(self, frame):
+        key = (frame.seq, frame.crc)
+        if key == self._last_key and frame.type != M.HELLO:
+            self.duplicates += 1  # a retry: answer from the cache, do not execute twice
+            return self._last_response
+        if frame.version != PROTOCOL_VERSION:
+            reply = self._nack(frame.seq, M.encode_nack(M.E_BAD_VERSION, P.NO_FIELD, frame.version,
+                                                        PROTOCOL_VERSION))
+        else:
+            handler = self._handlers.get(frame.type)
+            if handler is None:
+                reply = self._nack(frame.seq, M.encode_nack(M.E_UNKNOWN_TYPE, P.NO_FIELD, frame.type, 0))
+            else:
+                try:
+                    reply = encode_frame(frame.type | M.RESPONSE, frame.seq, handler(frame.body))
+                except Refused as refusal:
+                    reply = self._nack(frame.seq, refusal.body)
+        self._last_key = key
+        self._last_response = reply
+        return reply
+
+    def _nack(self, seq, body):
+        self.nacks += 1
+        return encode_frame(M.NACK, seq, body)
+
+    def emit(self, kind, channel, value=0):
+        """Send an asynchronous EVENT frame (its seq is the device's own event counter)."""
+        self.events_sent += 1
+        self.send(encode_frame(M.EVENT, self.events_sent, M.encode_event(kind, channel, self.hal.time_us(), value)))
+
+    # ---- periodic work ------------------------------------------------------------------------
+    def poll(self):
+        """Follow the hardware: finished trains, triggers. Called from the main loop."""
+        for ch in range(self.hal.channels):
+            st = self.state[ch]
+            if st == M.ST_ARMED and not self.hal.waiting(ch):
+                self.state[ch] = M.ST_RUNNING
+                self.emit(M.EV_TRIGGER_SEEN, ch)
+            if st in (M.ST_ARMED, M.ST_RUNNING) and not self.hal.running(ch):
+                self.state[ch] = M.ST_IDLE
+                self.emit(M.EV_TRAIN_DONE, ch, self.hal.pulses(ch))
+        self.hal.feed_watchdog()
+
+    # ---- request bodies -----------------------------------------------------------------------
+    def _channel(self, body, length):
+        if len(body) != length:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), length)
+        ch = body[0]
+        if ch >= self.hal.channels:
+            _refuse(M.E_BAD_CHANNEL, "channel", ch, self.hal.channels - 1)
+        return ch
+
+    def _mask(self, body):
+        if len(body) != 1:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), 1)
+        mask = body[0]
+        if mask == 0 or mask >> self.hal.channels:
+            _refuse(M.E_BAD_CHANNEL, "mask", mask, (1 << self.hal.channels) - 1)
+        return [ch for ch in range(self.hal.channels) if mask >> ch & 1]
+
+    def _hello(self, body):
+        return M.encode_hello(FIRMWARE_VERSION, self.hal.channels, self.hal.board_id(), self.hal.reset_reason(),
+                              self.limits)
+
+    def _params_response(self, ch):
+        train = self.trains[ch]
+        realised = dict(train.realised)
+        realised["pulses_per_cycle"] = train.pulses_per_cycle
+        realised["repeats"] = train.repeats
+        realised["tick_hz"] = board.SYS_CLK_HZ
+        return M.encode_params_response(ch, self.params[ch], realised)
+
+    def _get_params(self, body):
+        ch = self._channel(body, 1)
+        if self.params[ch] is None:
+            _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
+        return self._params_response(ch)
+
+    def _set_params(self, body):
+        if len(body) != 1 + P.SIZE:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), 1 + P.SIZE)
+        ch = self._channel(body[:1], 1)
+        params = P.unpack(body[1:])
+        violation = P.validate(params, self.limits)
+        if violation is not None:
+            raise Refused(M.encode_violation_nack(violation))
+        train = pulse_engine.build_train(params)
+        if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING):
+            self.hal.replace(ch, train)  # takes effect at the next pulse boundary
+        self.params[ch] = params
+        self.trains[ch] = train
+        return self._params_response(ch)
+
+    def _check_startable(self, channels):
+        for ch in channels:
+            if self.state[ch] == M.ST_FAULT:
+                _refuse(M.E_FAULT_LATCHED, "channel", ch, 0)
+            if self.params[ch] is None:
+                _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
+            if self.state[ch] != M.ST_IDLE:
+                _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
+        for ch in channels:  # electrode check before any output moves
+            ohm = self.hal.measure_impedance(ch)
+            self.impedance_ohm[ch] = ohm
+            cls = impedance.classify(ohm)
+            if cls in (M.Z_OPEN, M.Z_SHORT):
+                _refuse(M.E_IMPEDANCE, "channel", ch, ohm)
+
+    def _launch(self, channels, software):
+        mask = 0
+        wait = [0] * self.hal.channels
+        for ch in channels:
+            mask |= 1 << ch
+            trig = self.params[ch]["trigger"]
+            wait[ch] = 0 if software or trig == P.TRIGGER_SOFTWARE else (1 if trig in (1, 3) else 2)
+        self.hal.start(self.trains, mask, wait)
+        for ch in channels:
+            self.state[ch] = M.ST_ARMED if wait[ch] else M.ST_RUNNING
+        return b""
+
+    def _start(self, body):
+        channels = self._mask(body)
+        self._check_startable(channels)
+        return self._launch(channels, False)
+
+    def _trigger(self, body):
+        """Software trigger: start the masked channels now, whatever their trigger source."""
+        channels = self._mask(body)
+        armed = [ch for ch in channels if self.state[ch] == M.ST_ARMED]
+        if armed:
+            self.hal.stop(self._bits(armed))
+            for ch in armed:
+                self.state[ch] = M.ST_IDLE
+        self._check_startable(channels)
+        return self._launch(channels, True)
+
+    def _stop(self, body):
+        channels = self._mask(body)
+        self.hal.stop(self._bits(channels))  # the running pulse completes; poll() reports train_done
+        return b""
+
+    @staticmethod
+    def _bits(channels):
+        mask = 0
+        for ch in channels:
+            mask |= 1 << ch
+        return mask
+
+    def _status(self, body):
+        if body:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), 0)
+        d = self.decoder
+        counters = {
+            "rx_frames": d.frames_ok, "crc_errors": d.crc_errors, "frames_dropped": d.frames_dropped,
+            "nacks": self.nacks, "duplicates": self.duplicates, "events_sent": self.events_sent,
+        }
+        chans = [(self.state[ch], self.fault[ch], self.hal.pulses(ch), self.impedance_ohm[ch])
+                 for ch in range(self.hal.channels)]
+        return M.encode_status(self.hal.time_us() // 1000 & 0xFFFFFFFF, chans, counters)
+
+    def _impedance(self, body):
+        channels = self._mask(body)
+        readings = []
+        for ch in channels:
+            ohm = self.hal.measure_impedance(ch)
+            self.impedance_ohm[ch] = ohm
+            readings.append((ch, min(ohm, 0xFFFFFFFF), impedance.classify(ohm)))
+        return M.encode_impedance(readings)
+
+    def _clear_fault(self, body):
+        for ch in self._mask(body):
+            if self.state[ch] == M.ST_FAULT:
+                self.state[ch] = M.ST_IDLE
+                self.fault[ch] = 0
+        return b""

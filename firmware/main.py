@@ -1,0 +1,31 @@
+"""Firmware entry point (deployed as /main.py): safe state first, then the controller loop.
+
+The HAL constructor drives every output idle and starts the watchdog before anything else runs, so
+power-on, a crash and a watchdog reset all land in the same safe state: outputs idle, nothing armed.
+"""
+
+from firmware.controller import Controller
+from firmware.transport import UsbCdc
+from protocol import messages as M
+
+
+def run(hal=None, link=None, loops=-1):
+    """Serve the host forever (or ``loops`` iterations, for tests)."""
+    if hal is None:
+        from firmware.hal_rp2 import Rp2Hal
+
+        hal = Rp2Hal()
+    if link is None:
+        link = UsbCdc()
+    controller = Controller(hal, link.write)
+    controller.emit(M.EV_BOOT, 0, hal.reset_reason())
+    while loops != 0:
+        loops -= 1
+        data = link.read(1)
+        if data:
+            controller.receive(data)
+        controller.poll()
+
+
+if __name__ == "__main__":
+    run()
