@@ -38,6 +38,15 @@ class UnsafeWord(AssertionError):
     """A word that must never reach the PIO (POS and NEG together, count out of range)."""
 
 
+class Unrealisable(ValueError):
+    """Parameters the PIO cannot produce exactly; `field` names the canonical field for a NACK."""
+
+    def __init__(self, field, value, msg):
+        super().__init__("%s: %s" % (field, msg))
+        self.field = field
+        self.value = value
+
+
 def ns_to_ticks(ns):
     """Nearest tick, halves up: the realised value is never more than half a tick off."""
     return (ns * board.SYS_CLK_HZ + _HALF_NS_PER_S) // _NS_PER_S
@@ -107,8 +116,8 @@ def _field_ticks(params, name, zero_ok):
     if t == 0 and zero_ok:
         return 0
     if t < OVERHEAD:
-        raise ValueError("%s: %d ns is below the minimum segment of %d ns"
-                         % (name, params[name], min_segment_ns()))
+        raise Unrealisable(name, params[name], "%d ns is below the minimum segment of %d ns"
+                           % (params[name], min_segment_ns()))
     return t
 
 
@@ -183,15 +192,15 @@ def build_train(params):
     interburst = ns_to_ticks(params["interburst_ns"]) if n_burst > 0 else 0
     pulse_ticks = ph1 + ip + ph2 + rec
     if period < pulse_ticks + OVERHEAD:
-        raise ValueError("period_ns: %d ns leaves less than %d ns idle after the pulse"
-                         % (params["period_ns"], min_segment_ns()))
+        raise Unrealisable("period_ns", params["period_ns"], "%d ns leaves less than %d ns idle"
+                           " after the pulse" % (params["period_ns"], min_segment_ns()))
     polarity = params["polarity"]
     if polarity == CATHODIC_FIRST:
         first, second = NEG, POS
     elif polarity == ANODIC_FIRST:
         first, second = POS, NEG
     else:
-        raise ValueError("polarity: %r" % polarity)
+        raise Unrealisable("polarity", polarity, "not 0 or 1")
 
     pulse = []
     append_segment(pulse, ph1, first | SYNC)
@@ -234,7 +243,7 @@ def build_train(params):
     elif trig in (3, 4):
         t.entry, t.trigger_pin = pio.GATE_ENTRY, board.TRIG_PINS[trig - 3]
     else:
-        raise ValueError("trigger: %r" % trig)
+        raise Unrealisable("trigger", trig, "not 0..4")
 
     # Amplitude: phase 2 derived for charge balance from the realised phase-1 code and ticks.
     code1 = dac_code(params["amplitude_ua"])
@@ -242,7 +251,8 @@ def build_train(params):
     if code2 < 1:
         code2 = 1  # a phase 2 without current would leave all of phase 1's charge: 1 LSB is closer
     if not (1 <= code1 <= board.DAC_MAX_CODE and 1 <= code2 <= board.DAC_MAX_CODE):
-        raise ValueError("amplitude_ua: DAC codes %d/%d out of range" % (code1, code2))
+        raise Unrealisable("amplitude_ua", params["amplitude_ua"],
+                           "DAC codes %d/%d out of range" % (code1, code2))
     t.code1, t.phase1_ticks, t.phase2_ticks = code1, ph1, ph2
     t.ramp_ticks = ns_to_ticks(params["ramp_up_ns"])
     t.first = first

@@ -196,8 +196,9 @@ def test_unrealisable_timing_refused_with_field_name():
         pe.build_train(params(interphase_ns=16))
     with pytest.raises(ValueError, match="period_ns"):
         pe.build_train(params(period_ns=400_000))
-    with pytest.raises(ValueError, match="train_delay_ns"):
+    with pytest.raises(pe.Unrealisable, match="train_delay_ns") as e:
         pe.build_train(params(train_delay_ns=8))
+    assert (e.value.field, e.value.value) == ("train_delay_ns", 8)
     assert pe.min_segment_ns() == 40
 
 
