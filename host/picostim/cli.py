@@ -1,0 +1,443 @@
+"""``picostim`` command line: argument parsing and output formatting only (logic lives in client.py,
+paramfile.py and transport.py).
+
+Exit codes: 0 ok, 2 bad input or a refusal by the device (NACK), 1 link or other error.
+
+Each ``--virtual`` invocation starts a fresh virtual Pico that lives only for that command; to keep a
+virtual board's state across commands run ``picostim virtual`` in one terminal and pass the pty path
+it prints to ``--port`` (or set PICOSTIM_PORT).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+from picostim import paramfile, transport
+from picostim.client import Client, DeviceError, LinkError, mask_of
+from protocol import messages as M
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad input detected on the host (exit 2)."""
+
+
+# ---- connection -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _virtual_board(channels):
+    try:
+        from picostim.virtual.device import VirtualPico
+    except ImportError as e:  # pragma: no cover - only while the virtual Pico is incomplete
+        raise LinkError("the virtual Pico is not available: %s" % e) from e
+    vp = VirtualPico(channels=channels, realtime=True)
+    path = vp.open()
+    try:
+        yield vp, path
+    finally:
+        vp.close()
+
+
+@contextlib.contextmanager
+def connect(args):
+    """Yield a Client for --port / --virtual / USB discovery; HELLO already done."""
+    with contextlib.ExitStack() as stack:
+        if args.virtual:
+            _, path = stack.enter_context(_virtual_board(args.virtual_channels))
+        elif args.port:
+            path = args.port
+        else:
+            path = transport.discover(serial_number=args.serial)
+        ser = transport.open_port(path)
+        client = Client(ser, timeout=args.timeout, retries=args.retries)
+        stack.callback(client.close)
+        client.port_name = path
+        client.hello()
+        yield client
+
+
+def _channels_mask(client, channels, default):
+    """Mask from --channel (repeatable) or the default: 'configured' or 'all'."""
+    n = client.channels
+    if channels:
+        for ch in channels:
+            if not 0 <= ch < n:
+                raise UsageError("--channel %d: the device has channels 0..%d" % (ch, n - 1))
+        return mask_of(channels)
+    if default == "all":
+        return (1 << n) - 1
+    mask = client.configured_mask()
+    if not mask:
+        raise UsageError("no channel has parameters yet: upload a parameter file first (picostim upload FILE.toml)")
+    return mask
+
+
+def _chan_list(mask):
+    return [ch for ch in range(8) if mask >> ch & 1]
+
+
+def _print_json(obj):
+    print(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False))
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_ports(args):
+    ports = transport.list_ports()
+    if args.json:
+        _print_json(ports)
+    else:
+        print(transport.format_ports(ports))
+    return EXIT_OK
+
+
+def cmd_info(args):
+    with connect(args) as c:
+        info = dict(c.device)
+        info["port"] = c.port_name
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    print("port:             %s" % info["port"])
+    print("firmware version: %s" % info["firmware_version"])
+    print("protocol version: %d" % info["protocol_version"])
+    print("board id:         %s" % info["board_id"])
+    print("channels:         %d" % info["channels"])
+    print("reset reason:     %s" % {0: "power-on", 1: "watchdog", 2: "soft"}.get(info["reset_reason"],
+                                                                               info["reset_reason"]))
+    print("firmware limits:")
+    for name, value in info["limits"].items():
+        print("  %-24s %s" % (name, _limit_text(name, value)))
+    return EXIT_OK
+
+
+def _limit_text(name, value):
+    if name.endswith("_ns"):
+        text = "%s µs" % paramfile.ns_to_us(value)
+        if name == "min_period_ns" and value:
+            text += " (max %s Hz)" % paramfile._fmt_num(1e9 / value)
+        return text
+    if name.endswith("_ua"):
+        return "%d µA" % value
+    if name.endswith("_nc"):
+        return "%d nC" % value
+    if name == "shannon_k_centi":
+        return "k = %s" % paramfile._fmt_num(value / 100, 2)
+    if name.endswith("_permille"):
+        return "%s %%" % paramfile._fmt_num(value / 10, 1)
+    if name.endswith("_um2"):
+        return "%s mm²" % paramfile._fmt_num(value / 1e6, 6)
+    return str(value)
+
+
+def _fmt_val(x, unit):
+    if unit == "pC":
+        return "%.3f" % x
+    return paramfile._fmt_num(x, 3)
+
+
+def format_comparison(channel, ps, result):
+    params = result["params"]
+    realised = result["realised"]
+    title = "channel %d" % channel
+    if ps is not None and (ps.name or ps.source):
+        title += ": %s" % (ps.name or "")
+        if ps.source:
+            title += " (%s)" % ps.source
+    lines = [title, "%-22s %14s %14s %10s" % ("", "requested", "realised", "diff")]
+    for name, unit, req, real in paramfile.compare(params, realised):
+        if req == 0 and real == 0 and name not in ("charge_residual_pc",):
+            continue
+        label = "%s [%s]" % (name.rsplit("_", 1)[0] if name.endswith(("_us", "_ua", "_pc")) else name, unit)
+        diff = real - req
+        lines.append("%-22s %14s %14s %10s" % (label, _fmt_val(req, unit), _fmt_val(real, unit),
+                                               "0" if abs(diff) < 1e-9 else "%+.3f" % diff))
+    rq = paramfile.requested_us(params)
+    lines.append("%-22s %14s" % ("frequency [Hz]", paramfile._fmt_num(rq.get("frequency_hz", 0), 4)))
+    extras = ["polarity %s" % rq["polarity"], "trigger %s" % rq["trigger"],
+              "electrode %s mm²" % paramfile._fmt_num(rq["electrode_area_mm2"], 6)]
+    if params["burst_pulses"]:
+        extras.append("%d pulses per burst" % params["burst_pulses"])
+    extras.append("tick %s ns" % paramfile._fmt_num(1e9 / realised["tick_hz"], 3))
+    lines.append(", ".join(extras))
+    lines.append("charge-balance residual per pulse: %.3f pC (phase 2 amplitude derived from phase 1 charge)"
+                 % (paramfile._get(realised, "residual_fc", "residual_charge_fc") / 1000.0))
+    return "\n".join(lines)
+
+
+def _result_json(channel, ps, result):
+    out = {"channel": channel,
+           "requested": paramfile.requested_us(result["params"]),
+           "realised": paramfile.realised_us(result["realised"])}
+    if ps is not None:
+        out["name"] = ps.name
+        out["source"] = ps.source
+    return out
+
+
+def cmd_upload(args):
+    ps = paramfile.load(args.file)  # ParamFileError -> exit 2 before any connection
+    paramfile.check(ps, _offline_limits())  # offline first: nothing is opened for a bad file
+    with connect(args) as c:
+        if not 0 <= args.channel < c.channels:
+            raise UsageError("--channel %d: the device has channels 0..%d" % (args.channel, c.channels - 1))
+        paramfile.check(ps, c.limits)  # the device's own limits (they may be stricter than this build's)
+        result = c.set_params(args.channel, ps.params)
+    if args.json:
+        _print_json(_result_json(args.channel, ps, result))
+    else:
+        print(format_comparison(args.channel, ps, result))
+    return EXIT_OK
+
+
+def cmd_validate(args):
+    """Offline: check files against this firmware build's limits (no board needed)."""
+    bad = 0
+    for f in args.files:
+        try:
+            ps = paramfile.load(f)
+            paramfile.check(ps, _offline_limits())
+            print("%s: ok (%s)" % (f, ps.name or "unnamed"))
+        except paramfile.ParamFileError as e:
+            print("%s: %s" % (f, e), file=sys.stderr)
+            bad += 1
+    return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+def _offline_limits():
+    from firmware.limits import LIMITS
+
+    return LIMITS
+
+
+def cmd_params(args):
+    with connect(args) as c:
+        chans = args.channel if args.channel else range(c.channels)
+        results = []
+        for ch in chans:
+            try:
+                results.append((ch, c.get_params(ch)))
+            except DeviceError as e:
+                if e.code != M.E_NOT_CONFIGURED or args.channel:
+                    raise
+                results.append((ch, None))
+    if args.json:
+        _print_json([_result_json(ch, None, r) if r else {"channel": ch, "configured": False} for ch, r in results])
+    else:
+        for ch, r in results:
+            print(format_comparison(ch, None, r) if r else "channel %d: no parameters" % ch)
+            print()
+    return EXIT_OK
+
+
+def _simple(method, default):
+    def run(args):
+        with connect(args) as c:
+            mask = _channels_mask(c, args.channel, default)
+            getattr(c, method)(mask)
+            print("%s: channel%s %s" % (method.replace("_", " "), "s" if bin(mask).count("1") > 1 else "",
+                                        ", ".join(str(ch) for ch in _chan_list(mask))))
+        return EXIT_OK
+
+    return run
+
+
+def cmd_status(args):
+    with connect(args) as c:
+        st = c.status()
+        host = c.counters()
+        events = c.events()
+    st["host_counters"] = host
+    st["events"] = events
+    if args.json:
+        _print_json(st)
+        return EXIT_OK
+    print(format_status(st))
+    return EXIT_OK
+
+
+def format_status(st):
+    lines = ["uptime %.3f s" % (st["uptime_ms"] / 1000.0),
+             "%-8s %-8s %-7s %12s %12s" % ("channel", "state", "fault", "pulses", "impedance")]
+    for ch in st["channels"]:
+        lines.append("%-8d %-8s %-7s %12d %10d Ω" % (ch["channel"], ch["state"], ch["fault"], ch["pulses"],
+                                                    ch["impedance_ohm"]))
+    lines.append("device link: " + ", ".join("%s %d" % kv for kv in st["counters"].items()))
+    if "host_counters" in st:
+        lines.append("host link:   " + ", ".join("%s %d" % kv for kv in st["host_counters"].items()))
+    for ev in st.get("events", []):
+        lines.append("event: %s" % format_event(ev))
+    return "\n".join(lines)
+
+
+def format_event(ev):
+    return "t=%.6f s channel %d %s (value %d)" % (ev["time_us"] / 1e6, ev["channel"], ev["kind"], ev["value"])
+
+
+def cmd_impedance(args):
+    with connect(args) as c:
+        mask = _channels_mask(c, args.channel, "all")
+        readings = c.impedance(mask)
+    if args.json:
+        _print_json(readings)
+    else:
+        for r in readings:
+            print("channel %d: %d Ω (%s)" % (r["channel"], r["ohms"], r["class"]))
+    return EXIT_OK
+
+
+def cmd_watch(args):
+    """Live status: events as they arrive, pulses and train progress, until Ctrl-C or all idle."""
+    with connect(args) as c:
+        durations = {}
+        for ch in range(c.channels):
+            try:
+                durations[ch] = c.get_params(ch)["params"]["train_duration_ns"]
+            except DeviceError:
+                pass
+        t_end = time.monotonic() + args.duration if args.duration else None
+        try:
+            while True:
+                for ev in c.events(timeout=args.interval):
+                    print(json.dumps(ev) if args.json else "event: %s" % format_event(ev), flush=True)
+                st = c.status()
+                active = [ch for ch in st["channels"] if ch["state"] in ("running", "armed")]
+                if args.json:
+                    print(json.dumps({"uptime_ms": st["uptime_ms"], "channels": st["channels"]}), flush=True)
+                else:
+                    parts = []
+                    for ch in st["channels"]:
+                        if ch["channel"] not in durations:
+                            continue
+                        text = "ch%d %s %d pulses" % (ch["channel"], ch["state"], ch["pulses"])
+                        parts.append(text)
+                    print("\r" + " | ".join(parts) + "   ", end="", flush=True)
+                if not active and not args.follow:
+                    break
+                if t_end is not None and time.monotonic() >= t_end:
+                    break
+        except KeyboardInterrupt:
+            pass
+        if not args.json:
+            print()
+    return EXIT_OK
+
+
+def cmd_virtual(args):
+    with _virtual_board(args.virtual_channels) as (vp, path):
+        print(path, flush=True)
+        print("virtual Pico with %d channels serving on %s; use: picostim --port %s info   (Ctrl-C to stop)"
+              % (args.virtual_channels, path, path), file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="picostim", description="picostim RP2040 pulse generator (research and bench "
+                                                             "use only; not a medical device)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--port", "-p", default=os.environ.get("PICOSTIM_PORT"),
+                       help="serial device or pyserial URL (loop://, socket://host:port, /dev/pts/N); "
+                            "default $PICOSTIM_PORT, else USB discovery")
+    where.add_argument("--virtual", action="store_true",
+                       help="start a fresh virtual Pico for this one command (state is not kept between commands)")
+    p.add_argument("--serial", help="USB serial number (or prefix) of the board to use")
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each answer (default 1.0)")
+    p.add_argument("--retries", type=int, default=3, help="resends of a request without answer (default 3)")
+    p.add_argument("--virtual-channels", type=int, default=4, help="channels of the virtual Pico (default 4)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("info", help="firmware and protocol version, channels, limits")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("upload", help="validate a TOML parameter file and send it to a channel")
+    s.add_argument("file")
+    s.add_argument("--channel", "-c", type=int, default=0, help="channel (default 0)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_upload)
+
+    s = sub.add_parser("validate", help="check parameter files against this firmware build's limits (offline)")
+    s.add_argument("files", nargs="+")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("params", help="show the parameters on the device (requested vs realised)")
+    s.add_argument("--channel", "-c", type=int, action="append")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_params)
+
+    for name, default, text in (("start", "configured", "start trains (default: every configured channel)"),
+                                ("stop", "all", "stop at the next pulse boundary (default: all channels)"),
+                                ("trigger", "configured", "software trigger (default: every configured channel)"),
+                                ("clear-fault", "all", "clear latched faults (default: all channels)")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--channel", "-c", type=int, action="append", help="channel (repeatable)")
+        s.set_defaults(func=_simple(name.replace("-", "_"), default))
+
+    s = sub.add_parser("status", help="state, pulses, faults and link counters")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("impedance", help="measure electrode impedance (default: all channels)")
+    s.add_argument("--channel", "-c", type=int, action="append")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_impedance)
+
+    s = sub.add_parser("watch", help="live events and pulse counts until the trains end (or Ctrl-C)")
+    s.add_argument("--interval", type=float, default=0.5)
+    s.add_argument("--follow", action="store_true", help="keep watching after all channels are idle")
+    s.add_argument("--duration", type=float, help="stop watching after this many seconds")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.set_defaults(func=cmd_watch)
+
+    s = sub.add_parser("ports", help="list serial ports; picostim boards are marked")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ports)
+
+    s = sub.add_parser("virtual", help="serve a virtual Pico on a pty (prints its path) until Ctrl-C")
+    s.set_defaults(func=cmd_virtual)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        return args.func(args)
+    except (paramfile.ParamFileError, UsageError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT, as_json, {"field": getattr(e, "key", None)})
+    except DeviceError as e:
+        return _fail(str(e), EXIT_BAD_INPUT, as_json, {"nack": e.nack})
+    except (LinkError, transport.TransportError, OSError) as e:
+        return _fail(str(e), EXIT_ERROR, as_json)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message, code, as_json, extra=None):
+    print("picostim: error: %s" % message, file=sys.stderr)
+    if as_json:
+        obj = {"error": message}
+        obj.update(extra or {})
+        _print_json(obj)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
