@@ -1,0 +1,151 @@
+"""The main job: upload a parameter file, run the train, capture the pins, check the timing, plot.
+
+On the virtual Pico the capture is the pin trace of the emulated PIO (one sample per PIO cycle); on a
+real board it is a sigrok-cli capture from a logic analyzer wired to POS/NEG/RECOVERY/SYNC. Either way
+the same analyzer checks the measured edges against the *requested* values of the parameter file
+(tolerance: half a sample when one sample is one PIO tick, so a value realised to the nearest tick
+passes and an edge one tick off fails).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from picostim.capture import analyze, plot, write_capture
+from picostim.capture import sigrok as sigrok_capture
+from picostim.capture.analyzer import Report
+from picostim.capture.trace import Trace
+from picostim.client import Client
+from protocol import params as P
+
+# Analyzer wiring of `make hil` / `picostim run --analyzer`: logic channel -> trace name.
+DEFAULT_WIRING = {"D0": "POS", "D1": "NEG", "D2": "RECOVERY", "D3": "SYNC", "D4": "TRIG1"}
+
+
+def requested_us(params: dict[str, int]) -> dict[str, Any]:
+    """Canonical parameters with times in µs (``phase1_ns`` -> ``phase1_us``), for reports."""
+    return {(k[:-3] + "_us" if k.endswith("_ns") else k): (v / 1000 if k.endswith("_ns") else v)
+            for k, v in params.items()}
+
+
+def cycle_ns(params: dict[str, int]) -> int:
+    """Length of one repetition of the pattern: a period, or a whole burst plus its interburst."""
+    if params["burst_pulses"] > 0:
+        return params["burst_pulses"] * params["period_ns"] + params["interburst_ns"]
+    return params["period_ns"]
+
+
+def expected_from_params(params: dict[str, int], run_s: float | None = None) -> dict[str, Any]:
+    """What the capture must show, in µs, from the canonical *requested* parameters."""
+    us = 1e-3
+    exp: dict[str, Any] = {
+        "phase1_us": params["phase1_ns"] * us,
+        "interphase_us": params["interphase_ns"] * us,
+        "phase2_us": params["phase2_ns"] * us,
+        "recovery_us": params["recovery_ns"] * us,
+        "period_us": params["period_ns"] * us,
+        "polarity": P.POLARITY_NAMES[params["polarity"]],
+    }
+    n_burst = params["burst_pulses"]
+    cycle = cycle_ns(params)
+    if n_burst > 0:
+        exp["burst_pulses"] = n_burst
+        if run_s is None or run_s * 1e9 >= params["train_delay_ns"] + 2 * cycle:
+            exp["burst_period_us"] = cycle * us  # measurable: at least two bursts start
+    dur = params["train_duration_ns"]
+    if dur > 0 and (run_s is None or run_s * 1e9 >= params["train_delay_ns"] + dur + cycle):
+        exp["pulses"] = -(-dur // cycle) * max(1, n_burst)
+    return exp
+
+
+@dataclass
+class RunResult:
+    params: dict[str, int]
+    realised: dict[str, int]
+    trace: Trace
+    report: Report
+    events: list[dict] = field(default_factory=list)
+    capture_path: Path | None = None
+    plot_path: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.report.to_json()
+        out["requested"] = requested_us(self.params)
+        out["realised_ticks"] = self.realised
+        out["events"] = self.events
+        out["capture"] = str(self.capture_path) if self.capture_path else None
+        out["plot"] = str(self.plot_path) if self.plot_path else None
+        return out
+
+
+def _finish(params, realised, trace, events, capture, plot_png, channel, run_s) -> RunResult:
+    expected = expected_from_params(params, run_s)
+    # a train stopped by the host (not finished by itself) may end inside a burst, after a pulse
+    stopped = "pulses" not in expected
+    report = analyze(trace, channel=channel, expected=expected, allow_partial_last_burst=stopped)
+    capture_path = plot_path = None
+    if capture:
+        capture_path = Path(capture)
+        write_capture(trace, capture_path)
+    if plot_png:
+        plot_path = Path(plot_png)
+        plot(trace, report, plot_path)
+    return RunResult(params, realised, trace, report, events, capture_path, plot_path)
+
+
+def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *, channel: int = 0,
+                capture: str | Path | None = None, plot_png: str | Path | None = None) -> RunResult:
+    """Run on a :class:`~picostim.virtual.device.VirtualPico` in stepped (virtual) time: start, emulate
+    ``duration_s`` seconds, stop (the running pulse completes), drain, capture the emulated pins."""
+    mask = 1 << channel
+    resp = client.set_params(channel, params)
+    client.start(mask)
+    vp.advance(duration_s)
+    if vp.hal.running(channel):
+        client.stop(mask)
+        # the stream ends at the next pulse boundary, at the latest one burst cycle later
+        vp.advance(cycle_ns(params) * 1e-9 + 1e-3)
+    events = client.events(timeout=0.05)
+    trace = vp.hal.trace([channel])
+    return _finish(params, resp["realised"], trace, events, capture, plot_png, channel, duration_s)
+
+
+def run_board(client: Client, params: dict[str, int], duration_s: float, *, driver: str,
+              samplerate: float, channel: int = 0, wiring: dict[str, str] | None = None,
+              capture: str | Path, plot_png: str | Path | None = None) -> RunResult:
+    """Run on a real board while sigrok-cli captures the pins (capture armed before the start)."""
+    mask = 1 << channel
+    resp = client.set_params(channel, params)
+    out: dict[str, Any] = {}
+
+    def grab() -> None:
+        try:
+            out["trace"] = sigrok_capture.capture(driver, samplerate, capture, duration_s=duration_s + 0.2,
+                                                  channels=wiring or DEFAULT_WIRING)
+        except Exception as exc:  # reported below, after the board is stopped
+            out["error"] = exc
+
+    thread = threading.Thread(target=grab)
+    thread.start()
+    try:
+        client.start(mask)
+        thread.join(duration_s + 30)
+    finally:
+        client.stop(mask)
+    if "error" in out:
+        raise out["error"]
+    events = client.events(timeout=0.2)
+    return _finish(params, resp["realised"], out["trace"], events, None, plot_png, channel, None)
+
+
+def check_capture(path: str | Path, params: dict[str, int], *, channel: int = 0,
+                  plot_png: str | Path | None = None) -> Report:
+    """Check any capture file against a parameter set."""
+    trace = sigrok_capture.read_capture(path)
+    report = analyze(trace, channel=channel, expected=expected_from_params(params))
+    if plot_png:
+        plot(trace, report, plot_png)
+    return report
