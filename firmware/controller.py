@@ -166,7 +166,10 @@ class Controller:
         violation = P.validate(params, self.limits)
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
-        train = pulse_engine.build_train(params)
+        try:
+            train = pulse_engine.build_train(params)
+        except pulse_engine.Unrealisable as exc:  # validate() should have caught it: refuse anyway
+            _refuse(M.E_OUT_OF_RANGE, exc.field if exc.field in P.NAMES else None, exc.value, 0)
         if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING):
             self.hal.replace(ch, train)  # takes effect at the next pulse boundary
         self.params[ch] = params
