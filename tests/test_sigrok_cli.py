@@ -43,7 +43,7 @@ def test_build_capture_command():
 @needs_sigrok
 def test_demo_capture_sr_and_vcd_agree(tmp_path):
     ch = {"D0": "POS", "D1": "NEG", "D2": "RECOVERY", "D3": "SYNC"}
-    t = capture("demo", 1e6, tmp_path / "d.sr", samples=20_000, channels=ch)
+    t = capture("demo", 1e6, 20_000, ch, tmp_path / "d.sr")
     assert t.n_samples == 20_000 and t.samplerate_hz == 1e6
     assert list(t.channels) == ["POS", "NEG", "RECOVERY", "SYNC"]
     assert sum(len(c.toggles) for c in t.channels.values()) > 1000  # the demo pattern toggles a lot
@@ -52,7 +52,7 @@ def test_demo_capture_sr_and_vcd_agree(tmp_path):
     vcd.write_bytes(sigrok("-i", str(tmp_path / "d.sr"), "-O", "vcd").stdout)
     assert_same(t, read_vcd(vcd))
     # capture straight to VCD
-    t2 = capture("demo", 1e6, tmp_path / "e.vcd", samples=5_000, channels=ch)
+    t2 = capture("demo", 1e6, channels=ch, out_path=tmp_path / "e.vcd", duration_s=0.005)
     assert t2.n_samples == 5_000 and set(t2.channels) == set(ch.values())
 
 

@@ -92,7 +92,9 @@ def both_high(a: Channel, b: Channel, n_samples: int) -> tuple[np.ndarray, np.nd
     """Intervals [start, end) where both lines are high, by merging the two edge arrays."""
     ia, ta = _normalise(a)
     ib, tb = _normalise(b)
-    t = np.unique(np.concatenate(([0], ta, tb)))
+    t = np.sort(np.concatenate(([0], ta, tb)), kind="stable")  # two sorted runs: timsort merges them
+    if len(t) > 1:
+        t = t[np.concatenate(([True], t[1:] != t[:-1]))]
     t = t[t < n_samples]
     la = ia ^ (np.searchsorted(ta, t, side="right") & 1)
     lb = ib ^ (np.searchsorted(tb, t, side="right") & 1)
