@@ -301,3 +301,18 @@ def test_throughput_100M_sample_capture():
     dt = time.perf_counter() - t0
     assert r.ok, r.failures
     assert dt < 3.0, f"analyze took {dt:.2f} s"
+
+
+def test_bursts_with_short_interburst():
+    # interburst gap shorter than half a period: split by the expected burst period, not by 1.5 periods
+    period, n_b = 250_000, 4
+    t = make_train(n_pulses=12, period=period, burst=n_b, interburst=period - 51_000 + 50_000)
+    # spacing last->first = pulse_len + interburst = 51_000 + 249_000 = 300_000 samples (2.4 ms vs 2 ms)
+    bp_us = us((n_b - 1) * period + 300_000)
+    exp = dict(phase1_us=200, interphase_us=8, phase2_us=200, period_us=2000, burst_pulses=n_b,
+               burst_period_us=bp_us, pulses=12)
+    r = analyze(t, expected=exp)
+    assert r.ok, r.failures
+    assert r.bursts["sizes"] == [4, 4, 4]
+    r2 = analyze(t, expected={k: v for k, v in exp.items() if k != "burst_period_us"} | {"interburst_us": us(249_000)})
+    assert r2.ok, r2.failures

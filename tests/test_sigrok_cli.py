@@ -106,3 +106,9 @@ def test_timing_decoder(tmp_path):
     np.testing.assert_array_equal(res.starts, tg[:-1])
     np.testing.assert_array_equal(res.widths, np.diff(tg))
     assert res.texts[0].startswith("200.000 μs") or "200" in res.texts[0]
+
+
+@needs_sigrok
+def test_capture_accepts_path_as_third_argument(tmp_path):
+    t = capture("demo", "1m", tmp_path / "p.sr", duration_s=0.002, channels={"D0": "POS", "D1": "NEG"})
+    assert t.samplerate_hz == 1e6 and set(t.channels) == {"POS", "NEG"} and t.n_samples >= 2000

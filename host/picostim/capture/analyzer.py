@@ -402,6 +402,18 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     exp_period = expected.get("period_us")
     if exp_period:
         thr = 1.5 * exp_period / us_per_sample
+        # with an expected burst structure, split midway between the period and the expected spacing from
+        # a burst's last pulse start to the next burst's first (it may be < 1.5 periods)
+        bp = expected.get("burst_pulses")
+        gap_exp = None
+        if bp and expected.get("burst_period_us"):
+            gap_exp = float(expected["burst_period_us"]) - (int(bp) - 1) * float(exp_period)
+        elif bp and expected.get("interburst_us") is not None and all(
+                expected.get(key) is not None for key in ("phase1_us", "interphase_us", "phase2_us")):
+            gap_exp = float(expected["interburst_us"]) + sum(
+                float(expected.get(key) or 0) for key in ("phase1_us", "interphase_us", "phase2_us", "recovery_us"))
+        if gap_exp is not None and gap_exp / us_per_sample > exp_period / us_per_sample + 4 * tol0 + 2:
+            thr = (gap_exp + exp_period) / 2 / us_per_sample
     elif len(d):
         thr = 1.5 * float(d.min()) + tol0
     else:

@@ -252,17 +252,22 @@ def build_capture_command(driver: str, samplerate: float | str, out_path: str | 
     return cmd
 
 
-def capture(driver: str, samplerate: float | str, samples: int | None = None,
+def capture(driver: str, samplerate: float | str, samples: int | str | Path | None = None,
             channels: Mapping[str, str] | Iterable[str] | None = None, out_path: str | Path | None = None,
             trigger: str | Mapping[str, str] | None = None, *, duration_s: float | None = None,
             config: Mapping[str, str] | None = None, wait_trigger: bool = False,
             timeout_s: float | None = None, sigrok_cli: str = SIGROK_CLI) -> Trace:
     """Run ``sigrok-cli`` to capture into ``out_path`` (``.sr`` or ``.vcd``) and return the decoded Trace.
 
-    ``samples`` or ``duration_s`` (one of them); ``channels`` maps analyzer channel -> trace name, e.g.
+    ``samples`` or ``duration_s`` (one of them; a path as third positional argument is taken as
+    ``out_path``, so ``capture(driver, rate, "x.sr", duration_s=1)`` works too); ``channels`` maps analyzer channel -> trace name, e.g.
     ``{"D0": "POS", "D1": "NEG", "D2": "RECOVERY", "D3": "SYNC"}``; ``trigger`` e.g. ``{"SYNC": "r"}``.
     Raises ``FileNotFoundError`` if sigrok-cli is missing and ``RuntimeError`` (with sigrok's stderr) on
     failure. See :func:`build_capture_command` for the arguments."""
+    if isinstance(samples, (str, os.PathLike)):  # also accept capture(driver, rate, out_path, ...)
+        if out_path is not None:
+            raise ValueError("out_path given twice")
+        out_path, samples = samples, None
     if out_path is None:
         raise ValueError("out_path is required (.sr or .vcd)")
     cmd = build_capture_command(driver, samplerate, out_path, samples=samples, duration_s=duration_s,
