@@ -56,8 +56,9 @@ def expected_from_params(params: dict[str, int], run_s: float | None = None) -> 
         if run_s is None or run_s * 1e9 >= params["train_delay_ns"] + 2 * cycle:
             exp["burst_period_us"] = cycle * us  # measurable: at least two bursts start
     dur = params["train_duration_ns"]
-    if dur > 0 and (run_s is None or run_s * 1e9 >= params["train_delay_ns"] + dur + cycle):
-        exp["pulses"] = -(-dur // cycle) * max(1, n_burst)
+    cycles = -(-dur // cycle)  # a train plays whole cycles: ceil(duration / cycle)
+    if dur > 0 and (run_s is None or run_s * 1e9 >= params["train_delay_ns"] + cycles * cycle):
+        exp["pulses"] = cycles * max(1, n_burst)
     return exp
 
 

@@ -139,6 +139,14 @@ class SimHal:
         return impedance.ohms(impedance.adc_to_electrode_uv(impedance.electrode_uv_to_adc(volts * 1e6)),
                               impedance.TEST_CURRENT_UA)
 
+    # ---- the bench around the board ----------------------------------------------------------
+    def drive_trigger(self, n: int, level: int, at_s: float | None = None) -> int:
+        """Drive external trigger input ``n`` (1 or 2) to ``level`` at virtual time ``at_s`` (default
+        now), like a function generator wired to TRIG1/TRIG2. Returns the cycle of the change."""
+        cycle = self.system.now if at_s is None else round(at_s * self.clock_hz)
+        self.system.set_input(board.TRIG_PINS[n - 1], level, cycle)
+        return cycle
+
     # ---- the logic analyzer attached to the virtual pins -------------------------------------
     def trace(self, channels=None, start: int | None = None, end: int | None = None) -> Trace:
         """Pin trace (one sample per PIO cycle) of the given channels (default: all) and the trigger
