@@ -13,7 +13,7 @@ import struct
 from protocol import cobs
 
 try:  # host: crcmod's C extension (same polynomial/init as protocol.crc16, proven equal in tests)
-    import crcmod
+    import crcmod  # pyright: ignore[reportMissingImports]  (host only; absent on the board)
 
     crc16 = crcmod.mkCrcFun(0x11021, initCrc=0xFFFF, rev=False, xorOut=0)
 except ImportError:  # board / MicroPython: the table-driven implementation
