@@ -1,0 +1,457 @@
+"""Pure part of the board HAL: RP2040 register map, DMA/PIO control words, and the DMA feed plan.
+
+No hardware access here, so CPython tests and the MicroPython unix port can import and check it.
+firmware/hal_rp2.py does the (thin) register writes with the values computed below.
+
+Register addresses: RP2040 datasheet (build 2023-06 and later), section numbers given per block.
+
+Feed design (see docs/HARDWARE.md, "DMA chain"):
+
+* Every *entry* is P words (P fixed per stream). A pulse group (one pulse + its idle) is padded to a
+  whole number of entries by splitting its segments into more words with the same pins (no edge
+  moves: the PIO writes the same pin levels again, and the tick sum is unchanged). The train delay
+  is merged into the first group ("lead" group), so the delay needs no entry of its own.
+* The *data* DMA channel (DREQ = the SM's TX FIFO, 32-bit, inc_read) has a fixed TRANS_COUNT = P and
+  chains to the *control* channel; the control channel copies ONE word per trigger (the next
+  entry's address) from a power-of-two aligned ring into the data channel's AL3_READ_ADDR_TRIG,
+  using its read ring (CTRL.RING_SIZE, RING_SEL = read), so the control list loops in hardware.
+* A ring slot holding 0 is a null trigger (datasheet 2.5.2.2): the data channel does not start and
+  the chain ends, at a group boundary. The CPU (Feeder below) keeps the ring filled ahead of the DMA
+  and always leaves a 0 right after the last valid entry, so a CPU that falls behind ends the stream
+  early at a group boundary (reported as an underrun), never replays stale entries. The timing of
+  every edge stays in the PIO; the CPU only decides which group comes next, up to RING_LEN groups
+  ahead.
+"""
+
+from firmware import board
+from firmware import pio_programs as pio
+
+# ---- DMA (datasheet 2.5.7 "List of registers", DMA_BASE 0x50000000) ------------------------------
+DMA_BASE = 0x50000000
+DMA_CH_STRIDE = 0x40
+DMA_READ_ADDR = 0x00
+DMA_WRITE_ADDR = 0x04
+DMA_TRANS_COUNT = 0x08
+DMA_CTRL_TRIG = 0x0C
+DMA_AL1_CTRL = 0x10  # CTRL without trigger
+DMA_AL3_READ_ADDR_TRIG = 0x3C  # alias 3: CTRL, WRITE_ADDR, TRANS_COUNT, READ_ADDR_TRIG
+DMA_MULTI_CHAN_TRIGGER = DMA_BASE + 0x430
+DMA_CHAN_ABORT = DMA_BASE + 0x444
+
+# CHx_CTRL_TRIG fields (2.5.7)
+CTRL_EN = 1 << 0
+CTRL_HIGH_PRIORITY = 1 << 1
+CTRL_DATA_SIZE_WORD = 2 << 2
+CTRL_INCR_READ = 1 << 4
+CTRL_INCR_WRITE = 1 << 5
+CTRL_RING_SIZE_SHIFT = 6
+CTRL_RING_SEL_WRITE = 1 << 10
+CTRL_CHAIN_TO_SHIFT = 11
+CTRL_TREQ_SEL_SHIFT = 15
+CTRL_IRQ_QUIET = 1 << 21
+CTRL_BUSY = 1 << 24
+TREQ_PERMANENT = 0x3F
+DREQ_PIO0_TX0 = 0  # 2.5.3.1: DREQ_PIO0_TX0..3 = 0..3, PIO1 TX0..3 = 8..11
+
+# ---- PIO (datasheet 3.7 "List of registers", PIO0_BASE 0x50200000) -------------------------------
+PIO0_BASE = 0x50200000
+PIO1_BASE = 0x50300000
+PIO_CTRL = 0x000  # SM_ENABLE 3:0, SM_RESTART 7:4, CLKDIV_RESTART 11:8
+PIO_FSTAT = 0x004
+PIO_FLEVEL = 0x00C  # TXn level at bits 8n+3..8n (4 bits, 0..8 with a joined FIFO)
+PIO_TXF0 = 0x010  # TXFn at 0x010 + 4n
+PIO_SM0_ADDR = 0x0D4  # current PC (5 bits); SMn at + 0x18 n
+PIO_SM0_INSTR = 0x0D8  # write: execute this instruction now (also on a disabled SM)
+PIO_SM_STRIDE = 0x18
+# Atomic register aliases (2.1.2): +0x1000 XOR, +0x2000 SET, +0x3000 CLR
+REG_ALIAS_SET = 0x2000
+REG_ALIAS_CLR = 0x3000
+
+# ---- watchdog / misc ----
+WDT_TIMEOUT_MS = 2000  # see docs/HARDWARE.md: 2 s covers the slowest legal main-loop step
+RING_BITS = 10  # control ring = 2**RING_BITS bytes = 256 entries (RING_LEN groups ahead of the DMA)
+RING_LEN = (1 << RING_BITS) // 4
+RING_MARGIN = 16  # slots kept behind the DMA (their pulse counts are still read) -- >= 8 words + 2
+FIFO_DEPTH = 8  # TX FIFO joined
+
+
+def pio_base(pio_id):
+    return PIO0_BASE if pio_id == 0 else PIO1_BASE
+
+
+def dma_reg(channel, offset):
+    """Address of a register of DMA channel ``channel``."""
+    return DMA_BASE + DMA_CH_STRIDE * channel + offset
+
+
+def pio_sm_addr_reg(pio_id, sm):
+    return pio_base(pio_id) + PIO_SM0_ADDR + PIO_SM_STRIDE * sm
+
+
+def pio_sm_instr_reg(pio_id, sm):
+    return pio_base(pio_id) + PIO_SM0_INSTR + PIO_SM_STRIDE * sm
+
+
+def pio_txf(pio_id, sm):
+    return pio_base(pio_id) + PIO_TXF0 + 4 * sm
+
+
+def pio_ctrl_set(pio_id):
+    """Set-alias of PIO CTRL: one write ORs bits in without a read-modify-write."""
+    return pio_base(pio_id) + PIO_CTRL + REG_ALIAS_SET
+
+
+def pio_ctrl_clr(pio_id):
+    return pio_base(pio_id) + PIO_CTRL + REG_ALIAS_CLR
+
+
+def pio_flevel(pio_id):
+    return pio_base(pio_id) + PIO_FLEVEL
+
+
+def tx_level(flevel, sm):
+    """Words in SM ``sm``'s TX FIFO from a FLEVEL register value."""
+    return (flevel >> (8 * sm)) & 0xF
+
+
+def sm_mask_of(channels_mask):
+    """Channel mask -> state-machine mask (board.CH_SM)."""
+    m = 0
+    for ch in range(board.CHANNELS):
+        if channels_mask >> ch & 1:
+            m |= 1 << board.CH_SM[ch]
+    return m
+
+
+def ctrl_start_value(sm_mask):
+    """PIO CTRL bits that enable the SMs of ``sm_mask`` and restart their clock dividers together.
+
+    Written once to the SET alias, so every SM of the mask starts on the same PIO cycle with its
+    fractional divider phase aligned (pico-sdk pio_enable_sm_mask_in_sync does the same).
+    """
+    return (sm_mask & 0xF) | (sm_mask & 0xF) << 8
+
+
+def jmp(addr):
+    """Encoding of an unconditional `jmp addr` (PIO instruction format, 3.4.2)."""
+    return addr & 0x1F
+
+
+def dma_ctrl(treq, chain_to, inc_read=True, inc_write=False, ring_bits=0, ring_write=False, irq_quiet=True):
+    """A CHx_CTRL value: enabled, 32-bit transfers."""
+    v = CTRL_EN | CTRL_DATA_SIZE_WORD
+    if inc_read:
+        v |= CTRL_INCR_READ
+    if inc_write:
+        v |= CTRL_INCR_WRITE
+    v |= (ring_bits & 0xF) << CTRL_RING_SIZE_SHIFT
+    if ring_write:
+        v |= CTRL_RING_SEL_WRITE
+    v |= (chain_to & 0xF) << CTRL_CHAIN_TO_SHIFT
+    v |= (treq & 0x3F) << CTRL_TREQ_SEL_SHIFT
+    if irq_quiet:
+        v |= CTRL_IRQ_QUIET
+    return v
+
+
+def data_ctrl(sm, control_channel):
+    """Data channel: paced by the SM's TX DREQ, read increments, write fixed (the FIFO), then chains
+    to the control channel. IRQ_QUIET: an IRQ only on the null trigger that ends the stream."""
+    return dma_ctrl(DREQ_PIO0_TX0 + sm, control_channel, inc_read=True, inc_write=False)
+
+
+def control_ctrl(control_channel, ring_bits=RING_BITS):
+    """Control channel: full speed, one word per trigger, read ring over the control ring, no chain
+    (CHAIN_TO = itself)."""
+    return dma_ctrl(TREQ_PERMANENT, control_channel, inc_read=True, inc_write=False, ring_bits=ring_bits)
+
+
+def aligned_offset(addr, align_bytes):
+    """Index (in 32-bit words) of the first ``align_bytes``-aligned word at or after ``addr``."""
+    return ((-addr) % align_bytes) // 4
+
+
+# ---- words ---------------------------------------------------------------------------------------
+OVERHEAD = pio.SEGMENT_OVERHEAD_TICKS
+SHIFT = pio.COUNT_SHIFT
+PIN_MASK = pio.PIN_MASK
+
+
+def word_ticks(w):
+    return (w >> SHIFT) + OVERHEAD
+
+
+def split_to(words, n):
+    """The same waveform in exactly ``n`` words (n >= len(words)): repeatedly split the longest word
+    into two with the same pins (floor/ceil halves, both >= OVERHEAD). Raises ValueError when the
+    words are too short to split that far."""
+    out = list(words)
+    if n < len(out):
+        raise ValueError("cannot shrink %d words to %d" % (len(out), n))
+    while len(out) < n:
+        best = 0
+        for i in range(1, len(out)):
+            if word_ticks(out[i]) > word_ticks(out[best]):
+                best = i
+        w = out[best]
+        t = word_ticks(w)
+        if t < 2 * OVERHEAD:
+            raise ValueError("segments too short to pad to %d words" % n)
+        a = t // 2
+        b = t - a
+        pins = w & PIN_MASK
+        out[best:best + 1] = [((a - OVERHEAD) << SHIFT) | pins, ((b - OVERHEAD) << SHIFT) | pins]
+    return out
+
+
+class Block:
+    """Words of one group (or the lead group) padded to ``entries`` x P words."""
+
+    def __init__(self, words, p, pulses=1):
+        n = (len(words) + p - 1) // p
+        self.words = split_to(words, n * p)
+        self.entries = n
+        self.pulses = pulses  # pulses completed by the block's last entry
+        self.ticks = 0
+        for w in self.words:
+            self.ticks += word_ticks(w)
+        self.tail_ticks = word_ticks(self.words[-1])  # last word: always idle
+
+
+class Plan:
+    """How one Train is fed: blocks (distinct groups), the run list of a cycle, repeats.
+
+    ``lead`` (delay + first group of the first cycle) replaces that first group once.
+    """
+
+    def __init__(self, train, p=0, with_delay=True):
+        runs = train.runs if train.runs else [(g, 1) for g in train.groups]
+        if p <= 0:
+            p = 1
+            for g, _ in runs:
+                if len(g) > p:
+                    p = len(g)
+        self.p = p
+        self.runs = []  # [(Block, count)]
+        self.blocks = []
+        seen = []  # type: list  # [(group list, Block)]: identical groups share one buffer
+        for g, n in runs:
+            b = None
+            for old_g, old_b in seen:
+                if old_g is g:
+                    b = old_b
+            if b is None:
+                b = Block(g, p)
+                self.blocks.append(b)
+                seen.append((g, b))
+            self.runs.append((b, n))
+        self.lead = None
+        if with_delay and train.delay:
+            self.lead = Block(list(train.delay) + list(runs[0][0]), p)
+            self.blocks.append(self.lead)
+        self.repeats = train.repeats
+        self.tail_ticks = 0
+        for b in self.blocks:
+            if b.tail_ticks > self.tail_ticks:
+                self.tail_ticks = b.tail_ticks
+
+    def sequence(self):
+        """Generator of blocks in play order (test helper; the Feeder walks the same order)."""
+        cursor = Cursor(self)
+        while True:
+            b = cursor.next_block()
+            if b is None:
+                return
+            yield b
+
+
+class Cursor:
+    """Position in a Plan: which block comes next."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.cycle = 0
+        self.run = 0
+        self.rep = 0
+        self.lead_pending = plan.lead is not None
+
+    def next_block(self):
+        plan = self.plan
+        if plan.repeats and self.cycle >= plan.repeats:
+            return None
+        if self.lead_pending:
+            self.lead_pending = False
+            self._advance()
+            return plan.lead
+        b = plan.runs[self.run][0]
+        self._advance()
+        return b
+
+    def _advance(self):
+        self.rep += 1
+        if self.rep >= self.plan.runs[self.run][1]:
+            self.rep = 0
+            self.run += 1
+            if self.run >= len(self.plan.runs):
+                self.run = 0
+                self.cycle += 1
+
+
+class Feeder:
+    """CPU side of the control ring of one channel (pure: the ring is any indexable of ints).
+
+    ``ring[base + slot]`` for slot in 0..ring_len-1 are the entries the control DMA reads in order;
+    ``addr_of(block)`` gives a block's word-0 address. Absolute entry index i lives in slot
+    i % ring_len. ``head`` is the absolute index of the slot that holds the terminating 0.
+    ``cum[slot]`` = pulses completed once the entry in that slot has fully played.
+    """
+
+    def __init__(self, ring, base, ring_len, addr_of, margin=RING_MARGIN):
+        self.ring = ring
+        self.base = base
+        self.ring_len = ring_len
+        self.addr_of = addr_of
+        self.margin = margin
+        self.cum = [0] * ring_len
+        self.head = 0
+        self.pulses_total = 0  # cum value of entry head-1
+        self.p = 1  # words per entry of the stream
+        self.cursor = None  # type: Cursor | None
+        self.block = None  # block being emitted and its next entry index
+        self.entry = 0
+        self.finished = True
+        self.max_tail_ticks = 0
+
+    # -- ring access
+    def _put(self, i, value):
+        self.ring[self.base + i % self.ring_len] = value
+
+    def _next_entry(self):
+        """(address, pulses-completed-after) of the next entry, or None at the end of the plan."""
+        if self.block is None or self.entry >= self.block.entries:
+            self.block = self.cursor.next_block() if self.cursor is not None else None
+            self.entry = 0
+            if self.block is None:
+                return None
+        b = self.block
+        addr = self.addr_of(b) + 4 * self.p * self.entry
+        self.entry += 1
+        done = b.pulses if self.entry == b.entries else 0
+        return addr, done
+
+    def _write_run(self, start, limit):
+        """Write entries at absolute indexes start.. (< limit) then a 0 after them; the first slot is
+        written LAST (it commits the run: the DMA sees either the old 0 there or the whole run).
+        Returns the new head."""
+        vals = []
+        cums = []
+        total = self.pulses_total
+        i = start
+        while i < limit and not self.finished:
+            e = self._next_entry()
+            if e is None:
+                self.finished = True
+                break
+            total += e[1]
+            vals.append(e[0])
+            cums.append(total)
+            i += 1
+        new_head = start + len(vals)
+        self._put(new_head, 0)
+        self.cum[new_head % self.ring_len] = total
+        for k in range(len(vals) - 1, -1, -1):
+            self.cum[(start + k) % self.ring_len] = cums[k]
+            self._put(start + k, vals[k])
+        self.pulses_total = total
+        self.head = new_head
+        return new_head
+
+    # -- API
+    def load(self, plan):
+        """Fresh stream (DMA stopped): fill the ring from slot 0. Returns the number of entries."""
+        self.p = plan.p
+        self.cursor = Cursor(plan)
+        self.block = None
+        self.entry = 0
+        self.finished = False
+        self.pulses_total = 0
+        self.head = 0
+        self.max_tail_ticks = plan.tail_ticks
+        for s in range(self.ring_len):
+            self.ring[self.base + s] = 0
+            self.cum[s] = 0
+        return self._write_run(0, self.ring_len - self.margin)
+
+    def fill(self, consumed):
+        """Top up: ``consumed`` = absolute index of the next entry the DMA will read."""
+        if self.finished:
+            return self.head
+        limit = consumed + self.ring_len - self.margin
+        if limit <= self.head:
+            return self.head
+        return self._write_run(self.head, limit)
+
+    def stop(self):
+        """Every slot 0: the entry already handed to the data channel completes, nothing follows."""
+        for s in range(self.ring_len):
+            self.ring[self.base + s] = 0
+        self.finished = True
+
+    def replace(self, plan, consumed):
+        """From the entry at ``consumed`` on, play ``plan`` (its cycle; no delay). The old entries the
+        DMA has not read yet are overwritten back-to-front, so the DMA sees old entries then new ones.
+        """
+        if plan.p != self.p:
+            raise ValueError("replace needs the stream's words per entry (%d)" % self.p)
+        # Pulses up to `consumed`: the cum of entry consumed-1.
+        self.pulses_total = self.cum[(consumed - 1) % self.ring_len] if consumed > 0 else 0
+        self.cursor = Cursor(plan)
+        self.block = None
+        self.entry = 0
+        self.finished = False
+        if plan.tail_ticks > self.max_tail_ticks:
+            self.max_tail_ticks = plan.tail_ticks
+        old_head = self.head
+        new_head = self._write_run(consumed, consumed + self.ring_len - self.margin)
+        # Old entries beyond the new run (if the new plan is shorter) must not survive: the 0 at
+        # new_head already ends the chain there, and the stale ones past it are never reached.
+        return old_head, new_head
+
+    def unwrap(self, last_abs, slot):
+        """Absolute index from a ring slot, given a previous absolute index <= it (DMA never passes
+        the 0 at head, so it is at most ring_len ahead)."""
+        return last_abs + (slot - last_abs) % self.ring_len
+
+    def pulses_after(self, entries_played):
+        """Pulses completed when the first ``entries_played`` entries have fully played."""
+        if entries_played <= 0:
+            return 0
+        return self.cum[(entries_played - 1) % self.ring_len]
+
+
+def entries_played(consumed_nonnull, p, data_remaining, fifo_level):
+    """Entries whose every word the SM has pulled: words the DMA moved minus words still in the FIFO,
+    in whole entries (the last word of a group is idle, so a pulled group is a completed pulse)."""
+    words = consumed_nonnull * p - data_remaining - fifo_level
+    if words < 0:
+        return 0
+    return words // p
+
+
+def ticks_to_us_ceil(ticks):
+    return (ticks * 1_000_000 + board.SYS_CLK_HZ - 1) // board.SYS_CLK_HZ
+
+
+def dac_word(channel_b, code):
+    """MCP4822 16-bit command (board.py): gain 1x, output on."""
+    return (board.DAC_CMD_B if channel_b else board.DAC_CMD_A) | (code & 0xFFF)
+
+
+def reset_reason_code(cause, pwron, wdt, soft):
+    """machine.reset_cause() -> contract code: 0 power-on (also RUN pin / unknown), 1 watchdog,
+    2 soft."""
+    if cause == wdt:
+        return 1
+    if cause == soft:
+        return 2
+    return 0

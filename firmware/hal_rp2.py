@@ -1,0 +1,386 @@
+"""The board HAL: RP2040 PIO, DMA, SPI DAC, ADC and watchdog behind the controller's HAL contract
+(firmware/controller.py docstring). MicroPython only (machine, rp2, uctypes).
+
+Everything computable (register addresses, control words, the DMA feed plan) lives in
+firmware/dma_chain.py and is tested on CPython; this file only performs the register writes.
+Design notes, wiring and what is verified only on a board: docs/HARDWARE.md.
+"""
+
+import time
+from array import array
+
+import machine
+import rp2
+import uctypes
+
+from firmware import board, dma_chain, impedance, pulse_engine
+from firmware import pio_programs as pio
+
+try:
+    from typing import TYPE_CHECKING
+except ImportError:  # MicroPython has no typing module
+    TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rp2.asm_pio import *  # noqa: F401,F403  (PIO DSL names for the type checker)
+
+mem32 = machine.mem32
+Pin = machine.Pin
+ticks_us = time.ticks_us
+ticks_diff = time.ticks_diff
+
+_PRIME_TIMEOUT_US = 2000  # the DMA fills an 8-word FIFO in well under a microsecond
+_LDAC_PULSE_US = 1  # MCP4822 LDAC low time >= 100 ns
+
+
+def _assemble(out_count):
+    """The generated stim program for ``out_count`` OUT pins (4 with SYNC on channel 0, else 3).
+
+    asm_pio swaps this module's globals for the DSL while it runs the function, so everything the
+    function needs comes in through default arguments. ``word()`` places each generated opcode; the
+    loader relocates JMP targets by the load offset.
+    """
+
+    @rp2.asm_pio(out_init=[rp2.PIO.OUT_LOW] * out_count, out_shiftdir=rp2.PIO.SHIFT_RIGHT, autopull=False,
+                 pull_thresh=pio.PULL_THRESHOLD, fifo_join=rp2.PIO.JOIN_TX)
+    def stim(ops=pio.OPCODES, wrap_at=pio.WRAP_TARGET, wrap_end=pio.WRAP):
+        for i in range(len(ops)):
+            if i == wrap_at:
+                wrap_target()
+            word(ops[i])
+            if i == wrap_end:
+                wrap()
+
+    return stim
+
+
+class _Chan:
+    """Per-channel runtime state."""
+
+    def __init__(self, ch, addr_of):
+        self.ch = ch
+        self.pio = board.CH_PIO[ch]
+        self.sm_id = board.CH_SM[ch]
+        self.sm = rp2.StateMachine(self.pio * 4 + self.sm_id)
+        self.offset = 0  # program load offset in PIO instruction memory
+        self.data = rp2.DMA()  # feeds the SM's TX FIFO
+        self.ctl = rp2.DMA()  # walks the control ring
+        # DMA.channel (documented attribute, missing from the rp2 stubs): the hardware channel number.
+        self.data_ch = getattr(self.data, "channel")
+        self.ctl_ch = getattr(self.ctl, "channel")
+        # Control ring: 2**RING_BITS bytes aligned to its size (the DMA read ring wraps on the
+        # address bits), carved out of a buffer twice as large.
+        self.ring_store = array("I", [0] * (2 * dma_chain.RING_LEN))
+        a = uctypes.addressof(self.ring_store)
+        self.ring_base = dma_chain.aligned_offset(a, 1 << dma_chain.RING_BITS)
+        self.ring_addr = a + 4 * self.ring_base
+        self.feeder = dma_chain.Feeder(self.ring_store, self.ring_base, dma_chain.RING_LEN, addr_of)
+        self.p = 1
+        self.active = False
+        self.last_abs = 0
+        self.idle_since = None
+        self.final_pulses = 0
+        self.buffers = []  # keep every block buffer alive while the DMA may read it
+        self.pending_dac = None  # (abs entry, a, b): latch when the stream reaches that entry
+        self.last_ohm = 0
+
+
+class Rp2Hal:
+    channels = board.CHANNELS
+
+    def __init__(self):
+        # 1. Clock, then every drive pin an SIO output driven low (POS/NEG/RECOVERY/SYNC).
+        machine.freq(board.SYS_CLK_HZ)
+        self._drive = []
+        for ch in range(board.CHANNELS):
+            for p in (board.CH_POS[ch], board.CH_NEG[ch], board.CH_RECOVERY[ch]):
+                self._drive.append(Pin(p, Pin.OUT, value=0))
+        self._drive.append(Pin(board.SYNC_PIN, Pin.OUT, value=0))
+        # 2. DACs: chip selects idle high, LDAC high, both outputs of every MCP4822 shut down.
+        self._cs = [Pin(p, Pin.OUT, value=1) for p in board.CH_DAC_CS]
+        self._ldac = Pin(board.DAC_LDAC_PIN, Pin.OUT, value=1)
+        self._spi = machine.SPI(board.DAC_SPI_ID, baudrate=board.DAC_BAUD, polarity=0, phase=0, bits=8,
+                                firstbit=machine.SPI.MSB, sck=Pin(board.DAC_SCK_PIN),
+                                mosi=Pin(board.DAC_MOSI_PIN), miso=None)
+        self._dacbuf = bytearray(2)
+        for ch in range(board.CHANNELS):
+            self._dac_shutdown(ch, latch=False)
+        self._latch()
+        # 3. Watchdog (WDT_TIMEOUT_MS, docs/HARDWARE.md), then the reset reason.
+        self._wdt = machine.WDT(timeout=dma_chain.WDT_TIMEOUT_MS)
+        self._reset_reason = dma_chain.reset_reason_code(
+            machine.reset_cause(), getattr(machine, "PWRON_RESET", 1), getattr(machine, "WDT_RESET", 3),
+            getattr(machine, "SOFT_RESET", -1))
+        # Inputs: triggers (pulled down: an open input never triggers), ADC mux, ADC.
+        self._trig = [Pin(p, Pin.IN, Pin.PULL_DOWN) for p in board.TRIG_PINS]
+        self._mux = [Pin(p, Pin.OUT, value=0) for p in board.ADC_MUX_SEL_PINS]
+        self._adc = machine.ADC(board.ADC_PIN)
+        self._led = Pin(board.LED_PIN, Pin.OUT, value=0)
+        # PIO programs (one per OUT width) and one SM per channel, disabled; sm.init hands the
+        # pins to the PIO with out_init = OUT_LOW, so they stay low.
+        self._progs = {}  # type: dict
+        for n in board.CH_OUT_COUNT:
+            if n not in self._progs:
+                self._progs[n] = _assemble(n)
+        self._ch = [_Chan(ch, self._addr_of) for ch in range(board.CHANNELS)]
+        for st in self._ch:
+            self._init_sm(st, board.TRIG1_PIN)
+
+    # ---- identity, time, watchdog --------------------------------------------------------------
+    def board_id(self):
+        return bytes(machine.unique_id())[:8]
+
+    def reset_reason(self):
+        return self._reset_reason
+
+    def time_us(self):
+        return time.ticks_us()
+
+    def feed_watchdog(self):
+        self._wdt.feed()
+
+    # ---- DAC -----------------------------------------------------------------------------------
+    def _dac_write(self, ch, cmd):
+        b = self._dacbuf
+        b[0] = cmd >> 8 & 0xFF
+        b[1] = cmd & 0xFF
+        cs = self._cs[ch]
+        cs.value(0)
+        self._spi.write(b)
+        cs.value(1)
+
+    def _latch(self):
+        """LDAC low pulse: every DAC's input registers go to its outputs together."""
+        self._ldac.value(0)
+        time.sleep_us(_LDAC_PULSE_US)
+        self._ldac.value(1)
+
+    def _dac_set(self, ch, code_a, code_b, latch=True):
+        self._dac_write(ch, dma_chain.dac_word(False, code_a))
+        self._dac_write(ch, dma_chain.dac_word(True, code_b))
+        if latch:
+            self._latch()
+
+    def _dac_shutdown(self, ch, latch=True):
+        self._dac_write(ch, board.DAC_CMD_SHUTDOWN_A)
+        self._dac_write(ch, board.DAC_CMD_SHUTDOWN_B)
+        if latch:
+            self._latch()
+
+    # ---- PIO -----------------------------------------------------------------------------------
+    def _init_sm(self, st, in_pin):
+        """(Re)initialise a channel's SM, disabled, FIFOs cleared, PC at the program start."""
+        prog = self._progs[board.CH_OUT_COUNT[st.ch]]
+        st.sm.active(0)
+        st.sm.init(prog, freq=board.SYS_CLK_HZ, out_base=Pin(board.CH_OUT_BASE[st.ch]), in_base=Pin(in_pin),
+                   out_shiftdir=rp2.PIO.SHIFT_RIGHT, pull_thresh=pio.PULL_THRESHOLD)
+        # sm.init leaves PC at the program's load offset (pio_sm_init jumps there).
+        st.offset = mem32[dma_chain.pio_sm_addr_reg(st.pio, st.sm_id)] & 0x1F
+
+    def _set_pc(self, st, entry):
+        mem32[dma_chain.pio_sm_instr_reg(st.pio, st.sm_id)] = dma_chain.jmp(st.offset + entry)
+
+    def _pc(self, st):
+        return (mem32[dma_chain.pio_sm_addr_reg(st.pio, st.sm_id)] - st.offset) & 0x1F
+
+    def _tx_level(self, st):
+        return dma_chain.tx_level(mem32[dma_chain.pio_flevel(st.pio)], st.sm_id)
+
+    # ---- DMA -----------------------------------------------------------------------------------
+    @staticmethod
+    def _addr_of(block):
+        return block.addr
+
+    def _busy(self, channel):
+        return mem32[dma_chain.dma_reg(channel, dma_chain.DMA_AL1_CTRL)] & dma_chain.CTRL_BUSY
+
+    def _abort(self, st):
+        bits = 1 << st.data_ch | 1 << st.ctl_ch
+        mem32[dma_chain.DMA_CHAN_ABORT] = bits
+        t0 = ticks_us()
+        while mem32[dma_chain.DMA_CHAN_ABORT] & bits and ticks_diff(ticks_us(), t0) < 1000:
+            pass
+
+    def _consumed(self, st):
+        """Absolute index of the next ring entry the control channel will read."""
+        ra = mem32[dma_chain.dma_reg(st.ctl_ch, dma_chain.DMA_READ_ADDR)]
+        slot = ((ra - st.ring_addr) >> 2) & (dma_chain.RING_LEN - 1)
+        st.last_abs = st.feeder.unwrap(st.last_abs, slot)
+        return st.last_abs
+
+    def _buffers(self, st, plan):
+        for b in plan.blocks:
+            b.buf = array("I", b.words)
+            b.addr = uctypes.addressof(b.buf)
+            st.buffers.append(b.buf)
+
+    def _configure_dma(self, st):
+        d, c = st.data_ch, st.ctl_ch
+        mem32[dma_chain.dma_reg(d, dma_chain.DMA_WRITE_ADDR)] = dma_chain.pio_txf(st.pio, st.sm_id)
+        mem32[dma_chain.dma_reg(d, dma_chain.DMA_TRANS_COUNT)] = st.p
+        mem32[dma_chain.dma_reg(d, dma_chain.DMA_AL1_CTRL)] = dma_chain.data_ctrl(st.sm_id, c)
+        mem32[dma_chain.dma_reg(c, dma_chain.DMA_READ_ADDR)] = st.ring_addr
+        mem32[dma_chain.dma_reg(c, dma_chain.DMA_WRITE_ADDR)] = dma_chain.dma_reg(d, dma_chain.DMA_AL3_READ_ADDR_TRIG)
+        mem32[dma_chain.dma_reg(c, dma_chain.DMA_TRANS_COUNT)] = 1
+        mem32[dma_chain.dma_reg(c, dma_chain.DMA_AL1_CTRL)] = dma_chain.control_ctrl(c)
+
+    # ---- contract: stimulation -----------------------------------------------------------------
+    def start(self, trains, mask, wait_trigger):
+        """Load every masked channel, prime its FIFO, then enable all their SMs with ONE write of the
+        PIO CTRL set-alias (SM_ENABLE | CLKDIV_RESTART): same PIO cycle. Precondition (the
+        controller's): the masked channels are not running."""
+        chosen = [st for st in self._ch if mask >> st.ch & 1]
+        trig_bits = 0
+        expect = {}
+        for st in chosen:
+            train = trains[st.ch]
+            st.sm.active(0)
+            self._abort(st)
+            plan = dma_chain.Plan(train)
+            st.p = plan.p
+            st.buffers = []
+            self._buffers(st, plan)
+            entries = st.feeder.load(plan)
+            wait = wait_trigger[st.ch]
+            self._init_sm(st, board.TRIG_PINS[wait - 1] if wait else board.TRIG1_PIN)
+            self._set_pc(st, train.entry if wait else pio.SEGMENT_ENTRY)
+            self._configure_dma(st)
+            st.last_abs = 0
+            st.idle_since = None
+            st.final_pulses = 0
+            st.pending_dac = None
+            st.active = True
+            # Amplitude before any edge: both directions' codes, latched together.
+            self._dac_set(st.ch, train.dac_a, train.dac_b)
+            trig_bits |= 1 << st.ctl_ch
+            n = entries * plan.p
+            expect[st.ch] = n if n < dma_chain.FIFO_DEPTH else dma_chain.FIFO_DEPTH
+        mem32[dma_chain.DMA_MULTI_CHAN_TRIGGER] = trig_bits
+        t0 = ticks_us()
+        for st in chosen:
+            while self._tx_level(st) < expect[st.ch] and ticks_diff(ticks_us(), t0) < _PRIME_TIMEOUT_US:
+                pass
+        sm_mask = 0
+        for st in chosen:
+            sm_mask |= 1 << st.sm_id
+        if chosen:
+            mem32[dma_chain.pio_ctrl_set(chosen[0].pio)] = dma_chain.ctrl_start_value(sm_mask)
+
+    def replace(self, ch, train):
+        st = self._ch[ch]
+        if not st.active:
+            return
+        plan = dma_chain.Plan(train, p=st.p, with_delay=False)
+        self._buffers(st, plan)
+        consumed = self._consumed(st)
+        st.feeder.replace(plan, consumed)
+        # The new amplitude is latched once the stream has pulled every old word (see HARDWARE.md).
+        st.pending_dac = (consumed, train.dac_a, train.dac_b)
+
+    def stop(self, mask):
+        """Null every ring entry: the group already handed to the data channel (and the words in the
+        FIFO) complete, then the chain ends on a 0 entry. Nothing is aborted mid-pulse."""
+        for st in self._ch:
+            if mask >> st.ch & 1 and st.active:
+                st.feeder.stop()
+
+    def _service(self, st):
+        """Top up the ring and apply a deferred DAC change; returns (consumed, chain_alive)."""
+        consumed = self._consumed(st)
+        alive = self._busy(st.data_ch) or self._busy(st.ctl_ch)
+        if alive:
+            st.feeder.fill(consumed)
+        if st.pending_dac is not None:
+            at, a, b = st.pending_dac
+            if self._played(st, consumed, alive) >= at:
+                self._dac_set(st.ch, a, b)
+                st.pending_dac = None
+        return consumed, alive
+
+    def _played(self, st, consumed, alive):
+        nonnull = consumed if alive or consumed == 0 else consumed - 1
+        remaining = mem32[dma_chain.dma_reg(st.data_ch, dma_chain.DMA_TRANS_COUNT)] if self._busy(st.data_ch) else 0
+        return dma_chain.entries_played(nonnull, st.p, remaining, self._tx_level(st))
+
+    def running(self, ch):
+        """True while the DMA chain is alive, the FIFO holds words, or the last (idle) word may
+        still be playing: after the chain has ended on a 0 entry and the FIFO is empty, the SM is
+        inside its last word, which is at most ``feeder.max_tail_ticks`` long; running() stays True
+        for that long after it first sees the drained state, then disables the SM and shuts the DAC
+        outputs down."""
+        st = self._ch[ch]
+        if not st.active:
+            return False
+        consumed, alive = self._service(st)
+        if alive or self._tx_level(st):
+            st.idle_since = None
+            return True
+        now = ticks_us()
+        if st.idle_since is None:
+            st.idle_since = now
+            return True
+        if ticks_diff(now, st.idle_since) <= dma_chain.ticks_to_us_ceil(st.feeder.max_tail_ticks):
+            return True
+        st.final_pulses = st.feeder.pulses_after(self._played(st, consumed, False))
+        st.sm.active(0)
+        st.active = False
+        self._dac_shutdown(ch)
+        return False
+
+    def waiting(self, ch):
+        st = self._ch[ch]
+        return st.active and self._pc(st) < pio.SEGMENT_ENTRY
+
+    def pulses(self, ch):
+        st = self._ch[ch]
+        if not st.active:
+            return st.final_pulses
+        consumed, alive = self._service(st)
+        return st.feeder.pulses_after(self._played(st, consumed, alive))
+
+    # ---- contract: impedance -------------------------------------------------------------------
+    def measure_impedance(self, ch):
+        """Sub-threshold, charge-balanced test pulse through the channel's own PIO/DAC path:
+        TEST_CURRENT_UA cathodic for TEST_PULSE_NS, then the same anodic, the ADC (through the mux)
+        sampled TEST_SAMPLE_NS into phase 1. A running channel returns its last reading."""
+        st = self._ch[ch]
+        if st.active:
+            return st.last_ohm
+        code = pulse_engine.dac_code(impedance.TEST_CURRENT_UA)
+        current_ua = pulse_engine.code_to_na(code) // 1000
+        ph = pulse_engine.ns_to_ticks(impedance.TEST_PULSE_NS)
+        words = array("I", [pulse_engine.make_word(ph, pulse_engine.NEG), pulse_engine.make_word(ph, pulse_engine.POS),
+                            pulse_engine.make_word(pulse_engine.MIN_SEGMENT_TICKS, pulse_engine.IDLE)])
+        sel = board.CH_ADC_MUX[ch]
+        self._mux[0].value(sel & 1)
+        self._mux[1].value(sel >> 1 & 1)
+        time.sleep_us((board.ADC_MUX_SETTLE_NS + 999) // 1000)
+        self._dac_set(ch, code, code)
+        sample_us = impedance.TEST_SAMPLE_NS // 1000
+        phase_us = impedance.TEST_PULSE_NS // 1000
+        raw = -1
+        for _ in range(3):  # retry if the CPU was late and the conversion left phase 1
+            self._abort(st)
+            self._init_sm(st, board.TRIG1_PIN)
+            self._set_pc(st, pio.SEGMENT_ENTRY)
+            st.sm.put(words)
+            irq = machine.disable_irq()
+            mem32[dma_chain.pio_ctrl_set(st.pio)] = dma_chain.ctrl_start_value(1 << st.sm_id)
+            t0 = ticks_us()
+            while ticks_diff(ticks_us(), t0) < sample_us:
+                pass
+            v = self._adc.read_u16()
+            late = ticks_diff(ticks_us(), t0) >= phase_us
+            machine.enable_irq(irq)
+            t1 = ticks_us()
+            while self._tx_level(st) and ticks_diff(ticks_us(), t1) < 10 * phase_us:
+                pass
+            time.sleep_us(phase_us + 1)  # phase 2 and the idle word finish
+            st.sm.active(0)
+            if not late:
+                raw = v >> (16 - board.ADC_BITS)
+                break
+        self._dac_shutdown(ch)
+        if raw < 0:
+            return st.last_ohm
+        st.last_ohm = impedance.ohms(impedance.adc_to_electrode_uv(raw), current_ua)
+        return st.last_ohm

