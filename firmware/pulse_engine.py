@@ -20,6 +20,8 @@ COUNT_MAX = pio.COUNT_MAX
 PIN_MASK = pio.PIN_MASK
 MAX_SEGMENT_TICKS = COUNT_MAX + OVERHEAD  # longest single word
 MIN_SEGMENT_TICKS = OVERHEAD  # shortest non-zero segment
+TX_FIFO_WORDS = 8 if pio.FIFO_JOIN == "tx" else 4  # joined TX FIFO depth
+MIN_GROUP_WORDS = TX_FIFO_WORDS + 1  # see build_train: bounds the stop latency to one pulse
 
 POS = pio.PIN_POS
 NEG = pio.PIN_NEG
@@ -84,17 +86,19 @@ def decode_word(word):
     return (word >> COUNT_SHIFT) + OVERHEAD, word & PIN_MASK
 
 
-def append_segment(words, ticks, pins):
+def append_segment(words, ticks, pins, min_pieces=1):
     """Append words for `ticks` at `pins`: 0 ticks adds nothing, long ones are split evenly.
 
-    Pieces are floor/ceil of ticks / n with n = ceil(ticks / MAX_SEGMENT_TICKS), so every piece
-    is within range (far above OVERHEAD) and they sum to `ticks` exactly.
+    Pieces are floor/ceil of ticks / n with n = ceil(ticks / MAX_SEGMENT_TICKS) (or more, up to
+    `min_pieces` while each piece stays >= OVERHEAD), so every piece is in range and they sum to
+    `ticks` exactly.
     """
     if ticks == 0:
         return words
     if ticks < OVERHEAD:
         raise ValueError("segment of %d ticks is shorter than %d" % (ticks, OVERHEAD))
     n = (ticks + MAX_SEGMENT_TICKS - 1) // MAX_SEGMENT_TICKS
+    n = max(n, min(min_pieces, ticks // OVERHEAD))
     base = ticks // n
     extra = ticks - base * n
     for i in range(n):
@@ -210,7 +214,10 @@ def build_train(params):
 
     def group(idle):
         g = list(pulse)
-        append_segment(g, idle, IDLE)
+        # Pad with idle words so one group outnumbers the FIFO (+1 word in flight): the DMA is then
+        # never more than one group ahead of the pins, and a stop (which ends the DMA at a group
+        # boundary) lets at most one queued pulse follow the pulse in progress.
+        append_segment(g, idle, IDLE, MIN_GROUP_WORDS - len(g))
         if g[-1] & PIN_MASK != IDLE:
             raise UnsafeWord("group does not end idle")
         return g

@@ -209,12 +209,22 @@ def test_preset_20hz_200us():
     r = tr.realised
     assert r["phase1"] == r["phase2"] == 25_000  # 200 µs is exactly 25 000 ticks
     assert r["period"] == 6_250_000 and tr.repeats == 1200
-    assert tr.groups == [[((25_000 - 5) << 4) | pe.NEG | pe.SYNC,
-                          ((25_000 - 5) << 4) | pe.POS | pe.SYNC,
-                          ((6_200_000 - 5) << 4)]]
-    assert pe.expand(tr, 4) == [(0, 10), (25_000, 9), (50_000, 0), (6_250_000, 10)]
+    (group,) = tr.groups
+    assert group[:2] == [((25_000 - 5) << 4) | pe.NEG | pe.SYNC, ((25_000 - 5) << 4) | pe.POS | pe.SYNC]
+    # the 6.2 ms idle is padded to MIN_GROUP_WORDS words (stop latency bound), summing exactly
+    idle = group[2:]
+    assert len(group) == pe.MIN_GROUP_WORDS
+    assert all(w & pe.PIN_MASK == 0 for w in idle) and pe.words_ticks(idle) == 6_200_000
+    starts = [t for t, pins in pe.expand(tr, 2 * pe.MIN_GROUP_WORDS) if pins != 0 or t == 50_000]
+    assert starts == [0, 25_000, 50_000, 6_250_000, 6_275_000]
     assert r["dac_code1"] == r["dac_code2"] == 400 and r["residual_fc"] == 0
     assert r["amplitude_ua"] == 1000
+
+
+def test_groups_outnumber_the_fifo_when_the_idle_allows():
+    """A group of >= FIFO + 1 words keeps the DMA at most one group ahead of the pins."""
+    tr = pe.build_train(params(period_ns=100_000, phase1_ns=20_000, phase2_ns=20_000))
+    assert len(tr.groups[0]) == pe.MIN_GROUP_WORDS == pe.TX_FIFO_WORDS + 1
 
 
 def test_preset_burst_5_at_500hz_repeated_40hz():
@@ -224,7 +234,7 @@ def test_preset_burst_5_at_500hz_repeated_40hz():
     assert tr.pulses_per_cycle == 5 and tr.repeats == 40
     starts = [pe.pulse_start_ticks(tr, k) for k in range(7)]
     assert starts == [0, 250_000, 500_000, 750_000, 1_000_000, 3_125_000, 3_375_000]
-    edges = [t for t, pins in pe.expand(tr, 40) if pins & pe.NEG]
+    edges = [t for t, pins in pe.expand(tr, 100) if pins & pe.NEG]
     assert edges[:7] == starts
     assert tr.groups[0] is tr.groups[3]  # identical groups share one list (memory)
     assert [c for _, c in tr.runs] == [4, 1]

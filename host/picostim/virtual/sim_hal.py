@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hashlib
 
-from firmware import board, impedance
+from firmware import board, impedance, pulse_engine
 from firmware import pio_programs as pio
 from picostim.capture.trace import Trace
 from picostim.virtual.electrode import Electrode
 from picostim.virtual.pio_emu import PioSystem
-
-JOINED_TX_FIFO_DEPTH = 8  # FIFO_JOIN = TX: the RX FIFO's 4 entries join the TX FIFO
 
 
 def _pin_names(ch: int) -> dict[int, str]:
@@ -49,7 +47,7 @@ class SimHal:
                 pio.OPCODES, pio.WRAP_TARGET, pio.WRAP, out_base=board.CH_OUT_BASE[ch],
                 out_count=board.CH_OUT_COUNT[ch], in_base=board.TRIG1_PIN,
                 out_shift_right=pio.OUT_SHIFT_RIGHT, autopull=pio.AUTO_PULL,
-                pull_threshold=pio.PULL_THRESHOLD, fifo_depth=JOINED_TX_FIFO_DEPTH)
+                pull_threshold=pio.PULL_THRESHOLD, fifo_depth=pulse_engine.TX_FIFO_WORDS)
             self.sms.append(sm)
             out_mask |= ((1 << board.CH_OUT_COUNT[ch]) - 1) << board.CH_OUT_BASE[ch]
         # Safe state, as hal_rp2 does at boot: every drive pin an output, low.
