@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import zipfile
 
 import numpy as np
@@ -52,15 +51,11 @@ def test_sr_round_trip(tmp_path_factory, trace, chunk):
     assert_same(trace, read_sr(p))
 
 
-def test_vcd_timescale_is_one_sample():
+def test_vcd_timescale_is_one_sample(tmp_path):
     t = Trace(125e6, 10, {"POS": Channel(0, [3])})
-    buf = io.StringIO()
-    import tempfile, os
-    with tempfile.TemporaryDirectory() as d:
-        write_vcd(t, os.path.join(d, "x.vcd"))
-        text = open(os.path.join(d, "x.vcd")).read()
+    write_vcd(t, tmp_path / "x.vcd")
+    text = (tmp_path / "x.vcd").read_text()
     assert "$timescale 8 ns $end" in text and "#3\n1!" in text and text.rstrip().endswith("#10")
-    del buf
 
 
 def test_read_sigrok_style_vcd_multichange_lines(tmp_path):
