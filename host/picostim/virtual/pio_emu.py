@@ -630,7 +630,9 @@ class PioSystem:
             sm._touch_pins = True
             if ((self._read_pins(t) >> pin) & 1) != pol:
                 wake: float = INF
-                if not (self._dir >> pin) & 1:
+                if ((self._eff >> pin) & 1) == pol:
+                    wake = t + 1  # satisfied by a write made in this very cycle
+                elif not (self._dir >> pin) & 1:
                     for ev in self._inputs:
                         if ev[2] == pin and ev[0] > t:
                             wake = ev[0]
@@ -861,7 +863,10 @@ class PioSystem:
             sm.y = reg
         sm.instructions += n
         if n == total:
-            sm.pc = sm._next_pc[sm.pc]
+            nxt = sm._next_pc[sm.pc]
+            if nxt >= len(sm.program):
+                raise PioUnsupported(f"SM{sm.index}: PC {nxt} is outside the {len(sm.program)}-instruction program")
+            sm.pc = nxt
         sm.next_time = t + n * per
         if sm.pc == sm.wrap_target and n == total:
             self._idle_check(sm, sm.next_time, limit)
