@@ -192,6 +192,7 @@ class StateMachine:
         self._out_mask = _pinmask(self.out_base, out_count)
         self._set_mask = _pinmask(self.set_base, set_count)
         self._ss_mask = _pinmask(self.side_set_base, side_set_count)
+        self._pot_wr = self._out_mask | self._set_mask | self._ss_mask  # pins this SM can ever drive
         self._next_pc = [wrap_target if pc == wrap else (pc + 1) & 31 for pc in range(len(prog))]
         # registers
         self.pc = 0
@@ -223,7 +224,8 @@ class StateMachine:
         self.last_pull_cycle = -1
         # idle-loop detection
         self._dirty = True
-        self._touch_pins = False
+        self._rd_mask = 0  # pins read / written since the last idle snapshot
+        self._wr_mask = 0
         self._snap_key: Optional[tuple] = None
         self._snap_t = 0
         self._snap_ctr = (0, 0)
@@ -510,14 +512,14 @@ class PioSystem:
         return self._eff_prev if self._eff_prev_t == t else self._eff
 
     def _write_out(self, mask: int, value: int, t: int, sm: StateMachine) -> None:
-        sm._touch_pins = True
+        sm._wr_mask |= mask
         new = (self._out & ~mask) | (value & mask)
         if new != self._out:
             self._out = new
             self._refresh(t, sm=sm)
 
     def _write_dir(self, mask: int, value: int, t: int, sm: StateMachine) -> None:
-        sm._touch_pins = True
+        sm._wr_mask |= mask
         new = (self._dir & ~mask) | (value & mask)
         if new != self._dir:
             self._dir = new
@@ -606,7 +608,7 @@ class PioSystem:
             elif a == 5:
                 take = sm.x != sm.y
             elif a == 6:
-                sm._touch_pins = True
+                sm._rd_mask |= 1 << sm.jmp_pin
                 take = bool((self._read_pins(t) >> sm.jmp_pin) & 1)
             else:
                 take = sm.osr_count < sm.pull_threshold
@@ -627,7 +629,7 @@ class PioSystem:
                 raise PioUnsupported(f"SM{sm.index} pc={pc}: WAIT IRQ is not modelled")
             else:
                 raise PioUnsupported(f"SM{sm.index} pc={pc}: reserved WAIT source")
-            sm._touch_pins = True
+            sm._rd_mask |= 1 << pin
             if ((self._read_pins(t) >> pin) & 1) != pol:
                 wake: float = INF
                 if ((self._eff >> pin) & 1) == pol:
@@ -648,7 +650,7 @@ class PioSystem:
                 self._stall(sm, t, INF)
                 return
             if src == 0:
-                sm._touch_pins = True
+                sm._rd_mask |= _pinmask(sm.in_base, n)
                 v = _rotr(self._read_pins(t), sm.in_base)
             elif src == 1:
                 v = sm.x
@@ -755,7 +757,7 @@ class PioSystem:
         elif kind == K_MOV:
             dst, op, src = a, b, c
             if src == 0:
-                sm._touch_pins = True
+                sm._rd_mask = M32
                 v = _rotr(self._read_pins(t), sm.in_base)
             elif src == 1:
                 v = sm.x
@@ -838,10 +840,11 @@ class PioSystem:
     def _tx_wake(self, sm: StateMachine) -> float:
         return sm.tx[0][0] if sm.tx else INF
 
-    def _others_min(self, sm: StateMachine) -> float:
+    def _others_min(self, sm: StateMachine, pins: int) -> float:
+        """Earliest next event of another SM that can drive any of ``pins``."""
         m = INF
         for o in self.sms:
-            if o is not sm and o.next_time < m:
+            if o is not sm and o.next_time < m and o._pot_wr & pins:
                 m = o.next_time
         return m
 
@@ -852,7 +855,7 @@ class PioSystem:
         total = reg + 1  # iterations until (and including) the fall-through one
         cap = limit
         if ss is not None:
-            om = self._others_min(sm)
+            om = self._others_min(sm, sm._ss_mask)
             if om < cap:
                 cap = int(om)
         n = min(total, max(1, -(-(cap - t) // per)))
@@ -879,11 +882,13 @@ class PioSystem:
             period = int(t) - sm._snap_t
             if period > 0:
                 cap = limit
-                if sm._touch_pins:
-                    # pins may be written/read by the loop: stop before any other SM or input acts
-                    om = self._others_min(sm)
+                touched = sm._rd_mask | sm._wr_mask
+                if touched:
+                    # the loop reads/writes pins: stop before another SM that can drive them acts
+                    om = self._others_min(sm, touched)
                     if om < cap:
                         cap = int(om)
+                if sm._rd_mask:
                     ni = self._next_input_time()
                     if ni < cap:
                         cap = int(ni)
@@ -899,4 +904,5 @@ class PioSystem:
         sm._snap_t = int(t)
         sm._snap_ctr = (sm.instructions, sm.empty_pulls)
         sm._dirty = False
-        sm._touch_pins = False
+        sm._rd_mask = 0
+        sm._wr_mask = 0
