@@ -18,13 +18,15 @@ class TransportError(OSError):
     """No port could be opened or found."""
 
 
-def open_port(port, baudrate=DEFAULT_BAUD, timeout=0.02):
+def open_port(port, baudrate=DEFAULT_BAUD, timeout=0.02, exclusive=True):
     """Open ``port`` (device path or pyserial URL such as ``loop://``, ``socket://h:p``, ``rfc2217://``).
 
-    ``timeout`` is the per-read timeout of the returned object: the client polls with short reads."""
+    ``timeout`` is the per-read timeout of the returned object: the client polls with short reads.
+    ``exclusive`` (default) locks a local serial device so that a second host program cannot open it
+    and steal the answers."""
     try:
         ser = serial.serial_for_url(port, baudrate=baudrate, timeout=timeout, write_timeout=2, do_not_open=True)
-        if hasattr(ser, "exclusive"):
+        if exclusive and hasattr(ser, "exclusive"):
             try:
                 ser.exclusive = True  # two hosts on one board would steal each other's responses
             except (ValueError, AttributeError, serial.SerialException):
