@@ -84,7 +84,7 @@ def test_upload_bad_file_exit2_and_nothing_changes(vp, capsys, client, tmp_path,
     assert run(vp, "upload", PTNS) == 0
     before = client.get_params(0)
     capsys.readouterr()
-    rx_before = client.status()["counters"]["rx_frames"]
+    nacks_before = client.status()["counters"]["nacks"]
     f = tmp_path / "bad.toml"
     f.write_text(body)
     assert run(vp, "upload", str(f)) == 2
@@ -92,8 +92,8 @@ def test_upload_bad_file_exit2_and_nothing_changes(vp, capsys, client, tmp_path,
     for w in words:
         assert w in err, (w, err)
     assert client.get_params(0) == before
-    # validation failed on the host before anything reached the device
-    assert client.status()["counters"]["rx_frames"] == rx_before + 2  # only this test's GET/STATUS
+    # refused on the host: no SET_PARAMS reached the device (it would have been NACKed there)
+    assert client.status()["counters"]["nacks"] == nacks_before
 
 
 def test_upload_firmware_nack_path(vp, capsys, monkeypatch, tmp_path, client):
@@ -250,3 +250,21 @@ def test_picostim_virtual_command_serves_until_stopped():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_watch_shows_progress(vp, capsys, tmp_path):
+    f = tmp_path / "short.toml"
+    f.write_text("frequency_hz = 100\nphase1_us = 100\nphase2_us = 100\ntrain_duration_s = 0.2\n")
+    assert run(vp, "upload", str(f)) == 0
+    assert run(vp, "start", "-c", "0") == 0
+    capsys.readouterr()
+    vp.advance(0.05)
+    assert run(vp, "watch", "--interval", "0.05", "--duration", "0.2", "--json") == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+    st = [x for x in lines if "channels" in x][0]
+    assert st["channels"][0]["train_pulses"] == 20
+    assert st["channels"][0]["pulses"] >= 1
+    vp.advance(0.3)
+    assert run(vp, "watch", "--interval", "0.05") == 0  # returns once every channel is idle
+    out = capsys.readouterr().out
+    assert "ch0 idle 20 pulses" in out  # (events sent while no host had the port open are gone)

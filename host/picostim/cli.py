@@ -184,12 +184,11 @@ def _result_json(channel, ps, result):
 
 
 def cmd_upload(args):
-    ps = paramfile.load(args.file)  # ParamFileError -> exit 2 before any connection
-    paramfile.check(ps, _offline_limits())  # offline first: nothing is opened for a bad file
-    with connect(args) as c:
+    ps = paramfile.load(args.file)  # a malformed file -> exit 2 before any connection
+    with connect(args) as c:  # HELLO: the device's own limits, which may differ from this build's
         if not 0 <= args.channel < c.channels:
             raise UsageError("--channel %d: the device has channels 0..%d" % (args.channel, c.channels - 1))
-        paramfile.check(ps, c.limits)  # the device's own limits (they may be stricter than this build's)
+        paramfile.check(ps, c.limits)  # out of range -> exit 2, nothing sent but HELLO
         result = c.set_params(args.channel, ps.params)
     if args.json:
         _print_json(_result_json(args.channel, ps, result))
@@ -297,12 +296,13 @@ def cmd_impedance(args):
 def cmd_watch(args):
     """Live status: events as they arrive, pulses and train progress, until Ctrl-C or all idle."""
     with connect(args) as c:
-        durations = {}
+        totals = {}  # channel -> pulses in the whole train (0 = until stopped)
         for ch in range(c.channels):
             try:
-                durations[ch] = c.get_params(ch)["params"]["train_duration_ns"]
+                real = c.get_params(ch)["realised"]
             except DeviceError:
-                pass
+                continue
+            totals[ch] = real.get("pulses_per_cycle", 0) * real.get("repeats", 0)
         t_end = time.monotonic() + args.duration if args.duration else None
         try:
             while True:
@@ -311,13 +311,18 @@ def cmd_watch(args):
                 st = c.status()
                 active = [ch for ch in st["channels"] if ch["state"] in ("running", "armed")]
                 if args.json:
+                    for ch in st["channels"]:
+                        ch["train_pulses"] = totals.get(ch["channel"])
                     print(json.dumps({"uptime_ms": st["uptime_ms"], "channels": st["channels"]}), flush=True)
                 else:
                     parts = []
                     for ch in st["channels"]:
-                        if ch["channel"] not in durations:
+                        if ch["channel"] not in totals:
                             continue
                         text = "ch%d %s %d pulses" % (ch["channel"], ch["state"], ch["pulses"])
+                        total = totals[ch["channel"]]
+                        if total and ch["state"] != "idle":
+                            text += " / %d (%d %%)" % (total, min(100, 100 * ch["pulses"] // total))
                         parts.append(text)
                     print("\r" + " | ".join(parts) + "   ", end="", flush=True)
                 if not active and not args.follow:
