@@ -263,3 +263,10 @@ def test_loop_url_times_out_cleanly():
     with pytest.raises(LinkError):
         c.hello()
     assert c.stale_responses == 2
+
+
+def test_describe_nack_bad_state_field():
+    from picostim.client import describe_nack
+    nack = M.decode_nack(M.encode_nack(M.E_BAD_STATE, P.field_id("amplitude_ua"), 1500, M.ST_RUNNING))
+    msg = describe_nack(nack, M.SET_PARAMS)
+    assert msg == "set_params refused: amplitude_ua = 1500 µA cannot change while the channel is running: stop it first"

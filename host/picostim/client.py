@@ -58,6 +58,10 @@ def describe_nack(nack, request=None):
         if code == M.E_BAD_STATE and 0 <= nack["limit"] < len(M.STATE_NAMES):
             extra = " (it is %s)" % M.STATE_NAMES[nack["limit"]]
         detail = "channel %d: %s%s" % (nack["value"], nack["error"], extra)
+    elif code == M.E_BAD_STATE and field:
+        state = M.STATE_NAMES[nack["limit"]] if 0 <= nack["limit"] < len(M.STATE_NAMES) else "busy"
+        detail = "%s = %s cannot change while the channel is %s: stop it first" % (
+            paramfile.user_name(field), paramfile.user_value(field, nack["value"]), state)
     elif code == M.E_IMPEDANCE and field == "channel":
         detail = "channel %d: %s (%d ohm)" % (nack["value"], nack["error"], nack["limit"])
     elif code == M.E_BAD_VERSION:
