@@ -170,8 +170,15 @@ class Controller:
             train = pulse_engine.build_train(params)
         except pulse_engine.Unrealisable as exc:  # validate() should have caught it: refuse anyway
             _refuse(M.E_OUT_OF_RANGE, exc.field if exc.field in P.NAMES else None, exc.value, 0)
+        if train.realised["amplitude2_ua"] > self.limits["max_amplitude_ua"]:  # after DAC rounding
+            _refuse(M.E_OUT_OF_RANGE, "phase2_amplitude_ua", train.realised["amplitude2_ua"],
+                    self.limits["max_amplitude_ua"])
         if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING):
-            self.hal.replace(ch, train)  # takes effect at the next pulse boundary
+            old = self.trains[ch]
+            if (train.dac_a, train.dac_b) != (old.dac_a, old.dac_b):
+                # the DAC is not latched at a pulse boundary while running: stop first
+                _refuse(M.E_BAD_STATE, "amplitude_ua", params["amplitude_ua"], self.state[ch])
+            self.hal.replace(ch, train)  # timing changes take effect at the next pulse boundary
         self.params[ch] = params
         self.trains[ch] = train
         return self._params_response(ch)

@@ -16,7 +16,9 @@ LIMITS = {
     "max_interphase_ns": 10000000,  # 10 ms
     "max_recovery_ns": 100000000,  # 100 ms
     "max_duration_ns": 86400000000000,  # 24 h for periods, delays and trains
-    "max_ramp_ns": 60000000000,  # 60 s
+    # Soft-start ramp: refused until the amplitude can change exactly at a pulse boundary (needs a
+    # PIO-driven DAC latch, LDAC); a ramp the hardware would apply mid-pulse is not charge-balanced.
+    "max_ramp_ns": 0,
     "max_burst_pulses": 10000,
     "min_electrode_area_um2": 100,
 }

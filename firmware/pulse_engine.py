@@ -173,7 +173,7 @@ class Train:
         self.phase2_ticks = 0
         self.ramp_ticks = 0
         self.entry = pio.SEGMENT_ENTRY  # initial PC for the state machine
-        self.trigger_pin = None  # GPIO the PIO waits on (in_base), None for a software start
+        self.trigger_pin: int | None = None  # GPIO the PIO waits on (in_base), None for a software start
         self.first = NEG  # pin of phase 1 (NEG = cathodic-first)
         self.dac_a = 0  # DAC codes at full amplitude: A = POS direction, B = NEG direction
         self.dac_b = 0
@@ -206,7 +206,7 @@ def build_train(params):
     else:
         raise Unrealisable("polarity", polarity, "not 0 or 1")
 
-    pulse = []
+    pulse: list = []
     append_segment(pulse, ph1, first | SYNC)
     append_segment(pulse, ip, SYNC)
     append_segment(pulse, ph2, second | SYNC)
@@ -338,7 +338,7 @@ def ramp_pulses(train):
 
 def cycle_words(train):
     """One cycle as a flat word list (tests, virtual Pico; the board DMAs `runs` instead)."""
-    out = []
+    out: list = []
     for g in train.groups:
         out.extend(g)
     return out
@@ -349,7 +349,7 @@ def expand(train, k):
 
     Plays the delay, then `repeats` cycles (forever if 0), then stops: the stream's end.
     """
-    out = []
+    out: list = []
     t = 0
     for w in train.delay:
         if len(out) >= k:

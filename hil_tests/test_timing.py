@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_params
 from firmware import board, pulse_engine
 from picostim import paramfile
+
+
+def make_params(**keys):
+    """Canonical params from parameter-file keys (units in the names), as a file would give."""
+    return paramfile.from_dict(keys).params
 from picostim.capture import analyze
 
 PRESETS = sorted(Path(__file__).resolve().parent.parent.joinpath("presets").glob("*.toml"))
@@ -48,7 +52,7 @@ EDGE_CASES = {
                                frequency_hz=100, amplitude_ua=2000, train_duration_us=200_000), 0.3),
     # values that are not a whole number of ticks: rounded to the nearest tick
     "rounding": (make_params(phase1_us=33.333, interphase_us=7.77, phase2_us=33.333, frequency_hz=333,
-                             amplitude_ua=500, polarity=1, train_duration_us=100_000), 0.2),
+                             amplitude_ua=500, polarity="anodic-first", train_duration_us=100_000), 0.2),
     # high-rate bursts: 10 pulses at 10 kHz, bursts every 6 ms
     "high_rate_bursts": (make_params(phase1_us=20, phase2_us=20, frequency_hz=10_000, burst_pulses=10,
                                      interburst_us=5_000, amplitude_ua=1000, train_duration_us=60_000), 0.1),
@@ -107,7 +111,7 @@ def test_stop_mid_train_completes_the_pulse(virtual_bench):
 def test_parameter_change_takes_effect_at_a_pulse_boundary(virtual_bench):
     vp, client = virtual_bench.vp, virtual_bench.client
     a = make_params(phase1_us=200, phase2_us=200, frequency_hz=100, amplitude_ua=1000)
-    b = make_params(phase1_us=100, phase2_us=300, frequency_hz=100, amplitude_ua=1000)
+    b = make_params(phase1_us=100, phase2_us=100, frequency_hz=100, amplitude_ua=1000)
     client.set_params(0, a)
     client.start(1)
     vp.advance(0.0551)  # inside pulse 6's idle
@@ -121,10 +125,11 @@ def test_parameter_change_takes_effect_at_a_pulse_boundary(virtual_bench):
     p1 = report.values["phase1"].tolist()
     p2 = report.values["phase2"].tolist()
     shapes = list(zip(p1, p2))
-    assert set(shapes) == {(25_000, 25_000), (12_500, 37_500)}  # no hybrid pulse
-    switch = shapes.index((12_500, 37_500))
+    # (the amplitude may not change while running: the DAC is not latched at a pulse boundary)
+    assert set(shapes) == {(25_000, 25_000), (12_500, 12_500)}  # no hybrid pulse
+    switch = shapes.index((12_500, 12_500))
     assert all(s == (25_000, 25_000) for s in shapes[:switch])
-    assert all(s == (12_500, 37_500) for s in shapes[switch:])
+    assert all(s == (12_500, 12_500) for s in shapes[switch:])
 
 
 def test_channels_started_together_start_on_the_same_cycle(virtual_bench):
@@ -146,7 +151,7 @@ def test_channels_started_together_start_on_the_same_cycle(virtual_bench):
 def test_external_trigger_latency_is_a_few_cycles(virtual_bench):
     vp, client = virtual_bench.vp, virtual_bench.client
     client.set_params(0, make_params(phase1_us=200, phase2_us=200, frequency_hz=50, amplitude_ua=1000,
-                                     train_duration_us=40_000, trigger=1))
+                                     train_duration_us=40_000, trigger="ext1"))
     client.start(1)
     vp.advance(0.01)
     assert client.status()["channels"][0]["state"] == "armed"
@@ -174,3 +179,18 @@ def test_broken_overhead_compensation_is_caught(virtual_bench, monkeypatch, erro
     assert any("phase1" in f for f in result.report.failures), result.report.failures
     widths = np.unique(result.report.values["phase1"])
     assert widths.tolist() == [25_000 - error]
+
+
+def test_amplitude_change_while_running_is_refused(virtual_bench):
+    """Changing the DAC codes mid-train could land mid-pulse: refused, and nothing changes."""
+    from picostim.client import DeviceError
+
+    vp, client = virtual_bench.vp, virtual_bench.client
+    a = make_params(phase1_us=200, phase2_us=200, frequency_hz=100, amplitude_ua=1000)
+    client.set_params(0, a)
+    client.start(1)
+    vp.advance(0.02)
+    with pytest.raises(DeviceError) as err:
+        client.set_params(0, make_params(phase1_us=200, phase2_us=200, frequency_hz=100, amplitude_ua=2000))
+    assert err.value.field == "amplitude_ua"
+    assert client.get_params(0)["params"] == a

@@ -130,9 +130,19 @@ def shannon_k(charge_pc_value, area_um2):
     return math.log10(q_uc) + math.log10(q_uc / (area_um2 / 1e8))
 
 
+_SHANNON_CACHE: dict = {}
+
+
 def shannon_bound_milli(k_centi):
     """floor(1000 * 10^(k/100)) in exact integer arithmetic, so board floats (single precision) and
-    host floats can never disagree on a limit decision."""
+    host floats can never disagree on a limit decision. Cached: k is a firmware constant."""
+    bound = _SHANNON_CACHE.get(k_centi)
+    if bound is None:
+        bound = _SHANNON_CACHE[k_centi] = _root_search(k_centi)
+    return bound
+
+
+def _root_search(k_centi):
     target = 10 ** (k_centi + 300)
     lo, hi = 0, 10 ** ((k_centi + 300) // 100 + 1)
     while lo < hi:
@@ -187,7 +197,7 @@ def validate(params, limits):
         if v is not None:
             return v
     # A non-zero gap shorter than one PIO segment cannot be produced exactly.
-    for name in ("interphase_ns", "recovery_ns", "interburst_ns"):
+    for name in ("interphase_ns", "recovery_ns", "interburst_ns", "train_delay_ns"):
         if 0 < p[name] < min_phase:
             return Violation(name, p[name], min_phase, ">=")
     for name in ("period_ns", "interburst_ns", "train_duration_ns", "train_delay_ns"):

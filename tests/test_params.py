@@ -122,7 +122,7 @@ def check_all_limits(p, L):
         rule(L["min_phase_ns"] <= p[ph] <= L["max_phase_ns"], ph)
     rule(p["interphase_ns"] <= L["max_interphase_ns"], "interphase max")
     rule(p["recovery_ns"] <= L["max_recovery_ns"], "recovery max")
-    for gap in ("interphase_ns", "recovery_ns", "interburst_ns"):
+    for gap in ("interphase_ns", "recovery_ns", "interburst_ns", "train_delay_ns"):
         rule(p[gap] == 0 or p[gap] >= L["min_phase_ns"], gap + " producible")
     for t in ("period_ns", "interburst_ns", "train_duration_ns", "train_delay_ns"):
         rule(p[t] <= L["max_duration_ns"], t + " max")
