@@ -15,7 +15,6 @@ from picostim import runner
 from picostim.client import Client
 from picostim.transport import open_port
 from picostim.virtual.device import VirtualPico
-from protocol import params as P
 
 BOARD_PORT = os.environ.get("PICOSTIM_PORT") or None
 ANALYZER = os.environ.get("PICOSTIM_ANALYZER", "fx2lafw")
@@ -74,16 +73,3 @@ def virtual_bench(bench):
     if not bench.virtual:
         pytest.skip("needs the virtual Pico (drives the trigger input / patches the firmware)")
     return bench
-
-
-def make_params(**kw) -> dict:
-    """Canonical params from µs/Hz keyword values (tests read like parameter files)."""
-    out = {}
-    for key, value in kw.items():
-        if key.endswith("_us"):
-            out[key[:-3] + "_ns"] = round(value * 1000)
-        elif key == "frequency_hz":
-            out["period_ns"] = round(1e9 / value)
-        else:
-            out[key] = value
-    return P.complete(out)
