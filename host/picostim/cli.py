@@ -1,7 +1,8 @@
 """``picostim`` command line: argument parsing and output formatting only (logic lives in client.py,
 paramfile.py and transport.py).
 
-Exit codes: 0 ok, 2 bad input or a refusal by the device (NACK), 1 link or other error.
+Exit codes: 0 ok, 2 bad input or a refusal by the device (NACK), 1 link or other error, 3 a timing
+check (``run``/``check``) found the capture does not match the parameters.
 
 Each ``--virtual`` invocation starts a fresh virtual Pico that lives only for that command; to keep a
 virtual board's state across commands run ``picostim virtual`` in one terminal and pass the pty path
@@ -22,6 +23,7 @@ from protocol import messages as M
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
+EXIT_CHECK_FAILED = 3
 
 
 class UsageError(Exception):
@@ -32,12 +34,12 @@ class UsageError(Exception):
 
 
 @contextlib.contextmanager
-def _virtual_board(channels):
-    try:
-        from picostim.virtual.device import VirtualPico
-    except ImportError as e:  # pragma: no cover - only while the virtual Pico is incomplete
-        raise LinkError("the virtual Pico is not available: %s" % e) from e
-    vp = VirtualPico(channels=channels, realtime=True)
+def _virtual_board(channels, realtime=True):
+    """A virtual Pico on a pty: real time for interactive commands, stepped (virtual) time for
+    ``run``, which emulates the requested duration as fast as the emulator goes."""
+    from picostim.virtual.device import VirtualPico
+
+    vp = VirtualPico(channels=channels, realtime=realtime)
     path = vp.open()
     try:
         yield vp, path
@@ -46,11 +48,13 @@ def _virtual_board(channels):
 
 
 @contextlib.contextmanager
-def connect(args):
-    """Yield a Client for --port / --virtual / USB discovery; HELLO already done."""
+def connect(args, realtime=True):
+    """Yield a Client for --port / --virtual / USB discovery; HELLO already done. With --virtual,
+    ``client.virtual`` is the VirtualPico (None for a board)."""
     with contextlib.ExitStack() as stack:
+        vp = None
         if args.virtual:
-            _, path = stack.enter_context(_virtual_board(args.virtual_channels))
+            vp, path = stack.enter_context(_virtual_board(args.virtual_channels, realtime))
         elif args.port:
             path = args.port
         else:
@@ -59,6 +63,7 @@ def connect(args):
         client = Client(ser, timeout=args.timeout, retries=args.retries)
         stack.callback(client.close)
         client.port_name = path
+        client.virtual = vp
         client.hello()
         yield client
 
@@ -349,6 +354,60 @@ def cmd_virtual(args):
     return EXIT_OK
 
 
+def cmd_run(args):
+    """The main job: upload, start, capture, check against the file, plot."""
+    from picostim import runner
+
+    ps = paramfile.load(args.file)
+    duration = args.duration if args.duration is not None else runner.default_duration_s(ps.params)
+    with connect(args, realtime=False) as c:
+        if not 0 <= args.channel < c.channels:
+            raise UsageError("--channel %d: the device has channels 0..%d" % (args.channel, c.channels - 1))
+        paramfile.check(ps, c.limits)
+        if c.virtual is not None:
+            result = runner.run_virtual(c.virtual, c, ps.params, duration, channel=args.channel,
+                                        capture=args.capture, plot_png=args.plot)
+        else:
+            result = runner.run_board(c, ps.params, duration, driver=args.analyzer, samplerate=args.samplerate,
+                                      channel=args.channel, capture=args.capture or "picostim-capture.sr",
+                                      plot_png=args.plot)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print("%s on channel %d for %g s (%s)" % (ps.name or args.file, args.channel, duration,
+                                                 "virtual Pico: emulated PIO pins" if args.virtual else args.analyzer))
+        print(result.report.summary())
+        for label, path in (("capture", result.capture_path), ("plot", result.plot_path)):
+            if path:
+                print("%s: %s" % (label, path))
+    return EXIT_OK if result.report.ok else EXIT_CHECK_FAILED
+
+
+def cmd_check(args):
+    """Check any capture file (.sr or .vcd) against a parameter file; no board needed."""
+    from picostim import runner
+
+    ps = paramfile.load(args.params)
+    report = runner.check_capture(args.capture, ps.params, channel=args.channel, plot_png=args.plot)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(report.summary())
+    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+
+
+def cmd_capture(args):
+    """Record POS/NEG/RECOVERY/SYNC/TRIG1 with a sigrok-supported analyzer (no board commands)."""
+    from picostim import runner
+    from picostim.capture import sigrok
+
+    trace = sigrok.capture(args.analyzer, args.samplerate, args.out, duration_s=args.duration,
+                           channels=runner.DEFAULT_WIRING)
+    print("%s: %d samples at %g MS/s, channels %s" % (args.out, trace.n_samples, trace.samplerate_hz / 1e6,
+                                                      ", ".join(trace.channels)))
+    return EXIT_OK
+
+
 # ---- parser -----------------------------------------------------------------------------------
 
 
@@ -410,6 +469,32 @@ def build_parser():
     s.add_argument("--duration", type=float, help="stop watching after this many seconds")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(func=cmd_watch)
+
+    s = sub.add_parser("run", help="upload, run, capture and check a parameter file (the main job)")
+    s.add_argument("file")
+    s.add_argument("--channel", "-c", type=int, default=0, help="channel (default 0)")
+    s.add_argument("--duration", type=float, help="seconds to run (default: the whole train, or 1 s)")
+    s.add_argument("--capture", help="write the capture to OUT.vcd or OUT.sr")
+    s.add_argument("--plot", help="draw the first pulses with measured widths to OUT.png")
+    s.add_argument("--analyzer", default="fx2lafw", help="sigrok driver of the logic analyzer (board runs)")
+    s.add_argument("--samplerate", type=float, default=24e6, help="analyzer sample rate in Hz (board runs)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check", help="check a capture file against a parameter file (exit 3 if it does not match)")
+    s.add_argument("capture", help="capture file (.sr or .vcd)")
+    s.add_argument("--params", required=True, help="the TOML parameter file the capture should show")
+    s.add_argument("--channel", "-c", type=int, default=0)
+    s.add_argument("--plot", help="draw the first pulses with measured widths to OUT.png")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("capture", help="record the pins with a sigrok analyzer (wiring: docs/HARDWARE.md)")
+    s.add_argument("out", help="OUT.sr or OUT.vcd")
+    s.add_argument("--duration", type=float, default=1.0)
+    s.add_argument("--analyzer", default="fx2lafw", help="sigrok driver (e.g. fx2lafw; demo for a dry run)")
+    s.add_argument("--samplerate", type=float, default=24e6)
+    s.set_defaults(func=cmd_capture)
 
     s = sub.add_parser("ports", help="list serial ports; picostim boards are marked")
     s.add_argument("--json", action="store_true")
