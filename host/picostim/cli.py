@@ -34,9 +34,23 @@ class UsageError(Exception):
 
 
 @contextlib.contextmanager
-def _virtual_board(channels, realtime=True):
+def _virtual_board(channels, realtime=True, kind="cpython"):
     """A virtual Pico on a pty: real time for interactive commands, stepped (virtual) time for
-    ``run``, which emulates the requested duration as fast as the emulator goes."""
+    ``run``, which emulates the requested duration as fast as the emulator goes.
+
+    ``kind="micropython"``: firmware/main.py itself under the MicroPython unix port on shim hardware
+    (picostim/virtual/micropython_board.py): the board's entry point and protocol, no timing."""
+    if kind == "micropython":
+        from picostim.virtual.micropython_board import MicroPythonBoard
+
+        if not realtime:
+            raise UsageError("--virtual=micropython runs the firmware on shim hardware without PIO timing; "
+                             "use --virtual (the CPython virtual Pico) for run/captures")
+        if channels != 4:
+            raise UsageError("--virtual=micropython has the board's 4 channels (firmware/board.py)")
+        with MicroPythonBoard() as board:
+            yield None, board.path
+        return
     from picostim.virtual.device import VirtualPico
 
     vp = VirtualPico(channels=channels, realtime=realtime)
@@ -54,7 +68,7 @@ def connect(args, realtime=True):
     with contextlib.ExitStack() as stack:
         vp = None
         if args.virtual:
-            vp, path = stack.enter_context(_virtual_board(args.virtual_channels, realtime))
+            vp, path = stack.enter_context(_virtual_board(args.virtual_channels, realtime, args.virtual))
         elif args.port:
             path = args.port
         else:
@@ -342,10 +356,11 @@ def cmd_watch(args):
 
 
 def cmd_virtual(args):
-    with _virtual_board(args.virtual_channels) as (vp, path):
+    kind = args.virtual or "cpython"
+    with _virtual_board(args.virtual_channels, kind=kind) as (vp, path):
         print(path, flush=True)
-        print("virtual Pico with %d channels serving on %s; use: picostim --port %s info   (Ctrl-C to stop)"
-              % (args.virtual_channels, path, path), file=sys.stderr, flush=True)
+        print("virtual Pico (%s) with %d channels serving on %s; use: picostim --port %s info   (Ctrl-C to stop)"
+              % (kind, args.virtual_channels, path, path), file=sys.stderr, flush=True)
         try:
             while True:
                 time.sleep(3600)
@@ -418,8 +433,10 @@ def build_parser():
     where.add_argument("--port", "-p", default=os.environ.get("PICOSTIM_PORT"),
                        help="serial device or pyserial URL (loop://, socket://host:port, /dev/pts/N); "
                             "default $PICOSTIM_PORT, else USB discovery")
-    where.add_argument("--virtual", action="store_true",
-                       help="start a fresh virtual Pico for this one command (state is not kept between commands)")
+    where.add_argument("--virtual", nargs="?", const="cpython", choices=VIRTUAL_KINDS,
+                       help="start a fresh virtual Pico for this one command (state is not kept between commands); "
+                            "--virtual=micropython runs firmware/main.py under the MicroPython unix port on shim "
+                            "hardware (protocol and firmware logic, no PIO timing)")
     p.add_argument("--serial", help="USB serial number (or prefix) of the board to use")
     p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each answer (default 1.0)")
     p.add_argument("--retries", type=int, default=3, help="resends of a request without answer (default 3)")
@@ -505,8 +522,29 @@ def build_parser():
     return p
 
 
+VIRTUAL_KINDS = ("cpython", "micropython")
+
+
+def normalise_argv(argv):
+    """``--virtual`` is optional-valued: spell a bare one ``--virtual=cpython`` (and ``--virtual KIND``
+    as ``--virtual=KIND``) so argparse cannot take the subcommand for its value."""
+    out = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--virtual":
+            if i + 1 < len(argv) and argv[i + 1] in VIRTUAL_KINDS:
+                a = "--virtual=" + argv[i + 1]
+                i += 1
+            else:
+                a = "--virtual=cpython"
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else list(argv)))
     as_json = getattr(args, "json", False)
     try:
         return args.func(args)
