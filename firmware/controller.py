@@ -21,7 +21,7 @@ HAL contract (duck-typed; MicroPython has no abc):
     feed_watchdog()
 """
 
-from firmware import board, impedance, pulse_engine
+from firmware import board, impedance, pulse_engine, storage
 from firmware.limits import LIMITS
 from protocol import messages as M
 from protocol import params as P
@@ -45,11 +45,17 @@ def _refuse(code, field=None, value=0, limit=0):
 
 
 class Controller:
-    def __init__(self, hal, send, limits=LIMITS):
-        """``send(bytes)`` writes to the host link."""
+    def __init__(self, hal, send, limits=LIMITS, storage=None):
+        """``send(bytes)`` writes to the host link; ``storage`` is a firmware.storage.Store (or None:
+        SAVE/LOAD are refused)."""
         self.hal = hal
         self.send = send
         self.limits = limits
+        self.storage = storage
+        self.event_log = []  # (seq, body), at most M.EVENT_LOG_LEN, oldest first
+        self.deadman_us = 0  # per connection: 0 off; HELLO resets it
+        self.deadman_trips = 0
+        self._last_rx_us = 0
         self.decoder = FrameDecoder()
         n = hal.channels
         self.params = [None] * n
@@ -72,12 +78,17 @@ class Controller:
             M.STATUS: self._status,
             M.IMPEDANCE: self._impedance,
             M.CLEAR_FAULT: self._clear_fault,
+            M.SAVE: self._save,
+            M.LOAD: self._load,
+            M.LINK: self._link,
+            M.EVENT_LOG: self._event_log,
         }
 
     # ---- link ---------------------------------------------------------------------------------
     def receive(self, data):
         """Feed bytes from the host; answers every good frame (garbage is counted and dropped)."""
         for frame in self.decoder.feed(data):
+            self._last_rx_us = self.hal.time_us()  # any good frame keeps the deadman quiet
             self.send(self._respond(frame))
 
     def _respond(self, frame):
@@ -108,7 +119,11 @@ class Controller:
     def emit(self, kind, channel, value=0):
         """Send an asynchronous EVENT frame (its seq is the device's own event counter)."""
         self.events_sent += 1
-        self.send(encode_frame(M.EVENT, self.events_sent, M.encode_event(kind, channel, self.hal.time_us(), value)))
+        body = M.encode_event(kind, channel, self.hal.time_us(), value)
+        self.event_log.append((self.events_sent & 0xFFFF, body))
+        if len(self.event_log) > M.EVENT_LOG_LEN:  # a lossy link loses unacknowledged EVENTs
+            self.event_log.pop(0)
+        self.send(encode_frame(M.EVENT, self.events_sent, body))
 
     # ---- periodic work ------------------------------------------------------------------------
     def poll(self):
@@ -121,7 +136,21 @@ class Controller:
             if st in (M.ST_ARMED, M.ST_RUNNING) and not self.hal.running(ch):
                 self.state[ch] = M.ST_IDLE
                 self.emit(M.EV_TRAIN_DONE, ch, self.hal.pulses(ch))
+        if self.deadman_us:
+            self._check_deadman()
         self.hal.feed_watchdog()
+
+    def _check_deadman(self):
+        """Tethered mode (SPEC §6): stop every running or armed channel once the host has been silent
+        for the deadman time; trips once per silence (the next good frame re-arms it)."""
+        if self.hal.time_us() - self._last_rx_us <= self.deadman_us:
+            return
+        live = [ch for ch in range(self.hal.channels) if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING)]
+        if live:
+            self.hal.stop(self._bits(live))  # at the next pulse boundary; poll() reports train_done
+            self.deadman_trips += 1
+            self.emit(M.EV_DEADMAN, 0, self._bits(live))
+        self._last_rx_us = self.hal.time_us()  # one trip per silence
 
     # ---- request bodies -----------------------------------------------------------------------
     def _channel(self, body, length):
@@ -141,6 +170,7 @@ class Controller:
         return [ch for ch in range(self.hal.channels) if mask >> ch & 1]
 
     def _hello(self, body):
+        self.deadman_us = 0  # a new connection starts with the deadman off
         return M.encode_hello(FIRMWARE_VERSION, self.hal.channels, self.hal.board_id(), self.hal.reset_reason(),
                               self.limits)
 
@@ -162,7 +192,10 @@ class Controller:
         if len(body) != 1 + P.SIZE:
             _refuse(M.E_BAD_LENGTH, "body", len(body), 1 + P.SIZE)
         ch = self._channel(body[:1], 1)
-        params = P.unpack(body[1:])
+        return self._apply(ch, P.unpack(body[1:]))
+
+    def _apply(self, ch, params):
+        """Validate, build and install ``params`` on ``ch`` (SET_PARAMS and LOAD); refuses first."""
         violation = P.validate(params, self.limits)
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
@@ -265,3 +298,54 @@ class Controller:
                 self.state[ch] = M.ST_IDLE
                 self.fault[ch] = 0
         return b""
+
+    # ---- flash slots, link settings, event log ------------------------------------------------
+    def _slot_request(self, body):
+        if len(body) != 2:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), 2)
+        ch = self._channel(body[:1], 1)
+        slot = body[1]
+        if self.storage is None:
+            _refuse(M.E_STORAGE, "slot", slot, 0)
+        if slot >= self.storage.slots:
+            _refuse(M.E_OUT_OF_RANGE, "slot", slot, self.storage.slots - 1)
+        return ch, slot
+
+    def _save(self, body):
+        ch, slot = self._slot_request(body)
+        if self.params[ch] is None:
+            _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
+        try:
+            crc = self.storage.save(slot, P.pack(self.params[ch]))
+        except storage.StorageError:
+            _refuse(M.E_STORAGE, "slot", slot, 0)
+        return bytes((slot, crc & 0xFF, crc >> 8))
+
+    def _load(self, body):
+        ch, slot = self._slot_request(body)
+        try:
+            payload = self.storage.load(slot)
+        except storage.Empty:
+            _refuse(M.E_EMPTY_SLOT, "slot", slot, 0)
+        except storage.StorageError:
+            _refuse(M.E_STORAGE, "slot", slot, 0)
+        if len(payload) != P.SIZE:
+            _refuse(M.E_STORAGE, "slot", slot, 0)
+        return self._apply(ch, P.unpack(payload))
+
+    def _link(self, body):
+        if len(body) != 4:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), 4)
+        ms = body[0] | body[1] << 8 | body[2] << 16 | body[3] << 24
+        if ms and ms < 10:
+            _refuse(M.E_OUT_OF_RANGE, "deadman_ms", ms, 10)
+        self.deadman_us = ms * 1000
+        self._last_rx_us = self.hal.time_us()
+        return b""
+
+    def _event_log(self, body):
+        if len(body) != 2:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), 2)
+        after = body[0] | body[1] << 8
+        newer = [e for e in self.event_log if 0 < (e[0] - after) & 0xFFFF < 0x8000]
+        return M.encode_event_log(newer[:M.EVENT_LOG_MAX])

@@ -21,10 +21,15 @@ TRIGGER = 0x06
 STATUS = 0x07
 IMPEDANCE = 0x08
 CLEAR_FAULT = 0x09
+SAVE = 0x0A  # channel u8, slot u8: save the channel's parameters to a flash slot
+LOAD = 0x0B  # channel u8, slot u8: load a slot into a channel (validated like SET_PARAMS)
+LINK = 0x0C  # deadman_ms u32: per-connection host-link deadman (0 = off; HELLO resets it to off)
+EVENT_LOG = 0x0D  # after u16: replay the logged EVENTs with a seq after ``after`` (lost on a bad link)
 
 REQUEST_NAMES = {
     HELLO: "hello", GET_PARAMS: "get_params", SET_PARAMS: "set_params", START: "start", STOP: "stop",
     TRIGGER: "trigger", STATUS: "status", IMPEDANCE: "impedance", CLEAR_FAULT: "clear_fault",
+    SAVE: "save", LOAD: "load", LINK: "link", EVENT_LOG: "event_log",
 }
 
 RESPONSE = 0x80
@@ -41,6 +46,8 @@ E_BAD_STATE = 6
 E_FAULT_LATCHED = 7
 E_IMPEDANCE = 8
 E_NOT_CONFIGURED = 9
+E_EMPTY_SLOT = 10
+E_STORAGE = 11
 ERROR_NAMES = {
     E_BAD_VERSION: "unsupported protocol version",
     E_UNKNOWN_TYPE: "unknown message type",
@@ -51,6 +58,8 @@ ERROR_NAMES = {
     E_FAULT_LATCHED: "channel fault latched; clear it first",
     E_IMPEDANCE: "electrode check failed",
     E_NOT_CONFIGURED: "channel has no parameters",
+    E_EMPTY_SLOT: "nothing saved in that slot",
+    E_STORAGE: "flash slot unreadable or corrupt (CRC)",
 }
 
 # Channel states
@@ -66,8 +75,9 @@ EV_TRAIN_DONE = 2
 EV_TRIGGER_SEEN = 3
 EV_FAULT_OPEN = 4
 EV_FAULT_SHORT = 5
+EV_DEADMAN = 6  # the host link went silent while running with the deadman on: channels stopped
 EVENT_NAMES = {EV_BOOT: "boot", EV_TRAIN_DONE: "train_done", EV_TRIGGER_SEEN: "trigger_seen",
-               EV_FAULT_OPEN: "open", EV_FAULT_SHORT: "short"}
+               EV_FAULT_OPEN: "open", EV_FAULT_SHORT: "short", EV_DEADMAN: "deadman"}
 
 # Impedance classes
 Z_OK = 0
@@ -205,4 +215,43 @@ def decode_impedance(body):
     for i in range(body[0]):
         ch, ohm, cls = struct.unpack("<BIB", body[1 + 6 * i:7 + 6 * i])
         out.append({"channel": ch, "ohms": ohm, "class": Z_NAMES[cls]})
+    return out
+
+
+# SAVE / LOAD bodies: channel u8, slot u8. SAVE answers slot u8 + the record's CRC-16 u16; LOAD answers
+# like SET_PARAMS (params response).
+def encode_slot_request(channel, slot):
+    return struct.pack("<BB", channel, slot)
+
+
+def decode_save_response(body):
+    slot, crc = struct.unpack("<BH", body)
+    return {"slot": slot, "crc": crc}
+
+
+# EVENT_LOG: request ``after`` u16 (the seq of the last event the host holds); response count u8, then
+# per event: seq u16 + the EVENT body. At most EVENT_LOG_MAX per answer, oldest first.
+EVENT_LOG_MAX = 15
+EVENT_LOG_LEN = 32  # events the device keeps for replay
+
+
+def encode_event_log(entries):
+    """``entries``: list of (seq, event body bytes)."""
+    out = bytes((len(entries),))
+    for seq, body in entries:
+        out += struct.pack("<H", seq & 0xFFFF) + body
+    return out
+
+
+def decode_event_log(body):
+    size = 2 + struct.calcsize(_EVENT)
+    n = body[0]
+    if len(body) != 1 + n * size:
+        raise ValueError("bad event log length")
+    out = []
+    for i in range(n):
+        rec = body[1 + i * size:1 + (i + 1) * size]
+        ev = decode_event(rec[2:])
+        ev["seq"] = struct.unpack("<H", rec[:2])[0]
+        out.append(ev)
     return out

@@ -44,7 +44,7 @@ TRIGGER_NAMES = ("software", "ext1", "ext2", "gated1", "gated2")
 # Quantities a limit can apply to that are not a single field; NACKs name them by these ids.
 DERIVED_NAMES = ("charge_per_phase_nc", "shannon_k_centi", "duty_permille", "phase2_amplitude_ua", "pulse_length_ns")
 # Names of the other request fields a NACK can point at.
-OTHER_NAMES = ("channel", "mask", "body")
+OTHER_NAMES = ("channel", "mask", "body", "slot", "deadman_ms")
 NAMES = FIELD_NAMES + DERIVED_NAMES + OTHER_NAMES
 NO_FIELD = 0xFF
 # How a value relates to its limit; the index travels in NACKs.

@@ -83,6 +83,12 @@ def render() -> str:
         M.STATUS: ("empty", "status (below)"),
         M.IMPEDANCE: ("channel mask u8", "count u8, then per channel: channel u8, ohms u32, class u8"),
         M.CLEAR_FAULT: ("channel mask u8", "empty"),
+        M.SAVE: ("channel u8, slot u8", "slot u8, record CRC-16 u16 (atomic write, see firmware/storage.py)"),
+        M.LOAD: ("channel u8, slot u8", "params response (validated like set_params; NACK on empty slot or bad CRC)"),
+        M.LINK: ("deadman_ms u32 (0 off, else >= 10)", "empty; host silence longer than deadman_ms while a channel runs stops it at a pulse "
+                 "boundary (event `deadman`, value = mask); HELLO turns it off"),
+        M.EVENT_LOG: ("after u16 (last event seq held)", "count u8, then per event: seq u16 + EVENT body "
+                      "(the last %d events are kept; at most %d per answer)" % (M.EVENT_LOG_LEN, M.EVENT_LOG_MAX)),
     }
     for t, name in sorted(M.REQUEST_NAMES.items()):
         req, resp = bodies[t]
