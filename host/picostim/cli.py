@@ -312,6 +312,26 @@ def cmd_impedance(args):
     return EXIT_OK
 
 
+def cmd_save(args):
+    with connect(args) as c:
+        r = c.save(args.channel, args.slot)
+    if args.json:
+        _print_json(r)
+    else:
+        print("channel %d saved to slot %d (CRC 0x%04X)" % (args.channel, r["slot"], r["crc"]))
+    return EXIT_OK
+
+
+def cmd_load(args):
+    with connect(args) as c:
+        r = c.load(args.channel, args.slot)
+    if args.json:
+        _print_json(r)
+    else:
+        print("slot %d loaded into channel %d" % (args.slot, args.channel))
+    return EXIT_OK
+
+
 def cmd_watch(args):
     """Live status: events as they arrive, pulses and train progress, until Ctrl-C or all idle."""
     with connect(args) as c:
@@ -480,6 +500,13 @@ def build_parser():
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_impedance)
 
+    for name, func, text in (("save", cmd_save, "save a channel's parameters to a flash slot (atomic, CRC-checked)"),
+                             ("load", cmd_load, "load a flash slot into a channel (validated like upload)")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("slot", type=int, help="slot 0..7")
+        s.add_argument("--channel", "-c", type=int, default=0, help="channel (default 0)")
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(func=func)
     s = sub.add_parser("watch", help="live events and pulse counts until the trains end (or Ctrl-C)")
     s.add_argument("--interval", type=float, default=0.5)
     s.add_argument("--follow", action="store_true", help="keep watching after all channels are idle")

@@ -10,10 +10,19 @@
   duplicate and answers it from its cache without executing twice.
 - A NACK raises :class:`DeviceError` with the decoded NACK and a user-unit message.
 - EVENT frames are queued (``events()``), never taken for a response; responses to other sequence
-  numbers (late answers to an abandoned request) are counted and dropped.
+  numbers (late answers to an abandoned request) are counted and dropped. Events carry the device's
+  event counter as seq: gaps (events lost on a bad link) are counted (``events_missed``) and
+  :meth:`Client.recover_events` fetches them from the device's event log (EVENT_LOG); duplicates
+  are dropped.
+- A response whose body does not decode (a device bug or a foreign firmware: its CRC was good) is
+  counted (``malformed``) and raised as :class:`LinkError`, never as a decoding exception.
+- With ``reopen`` (a callable returning a fresh port), a port that breaks mid-request is reopened
+  and the same bytes are resent (no HELLO in between: that would reset the device's duplicate
+  cache), so the command executes once.
 """
 
 import random
+import struct
 import time
 from collections import deque
 
@@ -83,8 +92,9 @@ def mask_of(channels):
 class Client:
     """One connection to a board (or a virtual Pico)."""
 
-    def __init__(self, port, timeout=1.0, retries=3, seq=None):
+    def __init__(self, port, timeout=1.0, retries=3, seq=None, reopen=None):
         self.port = port
+        self.reopen = reopen
         self.timeout = timeout
         self.retries = retries
         self.seq = random.randrange(0x10000) if seq is None else seq & 0xFFFF
@@ -100,6 +110,12 @@ class Client:
         self.nacks = 0
         self.events_received = 0
         self.foreign_version = 0
+        self.malformed = 0
+        self.reopens = 0
+        self.events_missed = 0
+        self.events_duplicate = 0
+        self._ev_contig = None  # every event up to this seq has been received
+        self._ev_ahead = set()  # seqs received beyond a gap
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def close(self):
@@ -132,7 +148,9 @@ class Client:
             "tx_frames": self.tx_frames, "rx_frames": d.frames_ok, "crc_errors": d.crc_errors,
             "frames_dropped": d.frames_dropped, "bytes_discarded": d.bytes_discarded,
             "retransmits": self.retransmits, "timeouts": self.timeouts, "stale_responses": self.stale_responses,
-            "nacks": self.nacks, "events": self.events_received,
+            "nacks": self.nacks, "events": self.events_received, "malformed": self.malformed,
+            "reopens": self.reopens, "events_missed": self.events_missed,
+            "events_duplicate": self.events_duplicate,
         }
 
     # ---- raw I/O ------------------------------------------------------------------------------
@@ -165,21 +183,51 @@ class Client:
                 try:
                     ev = M.decode_event(frame.body)
                 except Exception:
+                    self.malformed += 1
                     continue
                 ev["seq"] = frame.seq
-                self._events.append(ev)
+                self._queue_event(ev)
             else:
                 out.append(frame)
         return out
+
+    def _queue_event(self, ev):
+        """Queue ``ev`` unless already seen; track the contiguous prefix of event seqs and the gaps."""
+        seq = ev["seq"]
+        if self._ev_contig is None:
+            self._ev_contig = (seq - 1) & 0xFFFF
+        elif (seq - self._ev_contig) & 0xFFFF >= 0x8000 or seq == self._ev_contig or seq in self._ev_ahead:
+            self.events_duplicate += 1
+            return
+        self._ev_ahead.add(seq)
+        while (self._ev_contig + 1) & 0xFFFF in self._ev_ahead:
+            self._ev_contig = (self._ev_contig + 1) & 0xFFFF
+            self._ev_ahead.discard(self._ev_contig)
+        far = max([(s - self._ev_contig) & 0xFFFF for s in self._ev_ahead] or [0])
+        self.events_missed = far - len(self._ev_ahead)
+        self._events.append(ev)
+
+    def _reopen(self, error):
+        if self.reopen is None:
+            raise error
+        self.close()
+        try:
+            self.port = self.reopen()
+        except Exception as e:
+            raise LinkError("reopen failed: %s" % e) from e
+        self.reopens += 1
+        self.decoder.feed(b"\x00")  # a half frame from the old port must not swallow the next answer
 
     def next_seq(self):
         self.seq = (self.seq + 1) & 0xFFFF
         return self.seq
 
-    def request(self, msg_type, body=b"", timeout=None, retries=None):
-        """Send one request and return the response body. Retries resend the same bytes.
+    def request(self, msg_type, body=b"", timeout=None, retries=None, decode=None):
+        """Send one request and return the response body (or ``decode(body)``). Retries resend the
+        same bytes.
 
-        Raises DeviceError on NACK, LinkError when no answer arrived after all retries."""
+        Raises DeviceError on NACK, LinkError when no answer arrived after all retries or the answer
+        does not decode."""
         if msg_type != M.HELLO and not self._said_hello:
             self.hello()
         timeout = self.timeout if timeout is None else timeout
@@ -189,11 +237,21 @@ class Client:
         for attempt in range(retries + 1):
             if attempt:
                 self.retransmits += 1
-            self._write(wire)
+            try:
+                # a retry starts with a delimiter: the device's decoder drops any half frame first
+                self._write(b"\x00" + wire if attempt else wire)
+            except LinkError as e:
+                self._reopen(e)
+                continue
             self.tx_frames += 1
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                for frame in self._pump():
+                try:
+                    frames = self._pump()
+                except LinkError as e:
+                    self._reopen(e)
+                    break  # resend the same bytes on the new port
+                for frame in frames:
                     if frame.seq != seq or frame.type not in (msg_type | M.RESPONSE, M.NACK):
                         self.stale_responses += 1
                         continue
@@ -204,11 +262,20 @@ class Client:
                         try:
                             nack = M.decode_nack(frame.body)
                         except Exception:
+                            self.malformed += 1
                             nack = {"code": 0, "error": "malformed NACK", "field": None, "relation": "?",
                                     "value": 0, "limit": 0}
                         raise DeviceError(nack, msg_type)
-                    return frame.body
-            self.timeouts += 1
+                    if decode is None:
+                        return frame.body
+                    try:
+                        return decode(frame.body)
+                    except Exception as e:  # struct.error, IndexError, KeyError...: never escapes
+                        self.malformed += 1
+                        raise LinkError("malformed %s response (seq %d, %d bytes): %s"
+                                        % (M.REQUEST_NAMES.get(msg_type, hex(msg_type)), seq, len(frame.body), e))
+            else:
+                self.timeouts += 1
         raise LinkError("no answer to %s (seq %d) after %d attempt(s) of %.2f s"
                         % (M.REQUEST_NAMES.get(msg_type, hex(msg_type)), seq, retries + 1, timeout))
 
@@ -243,7 +310,7 @@ class Client:
     # ---- typed requests -----------------------------------------------------------------------
     def hello(self):
         self._said_hello = True
-        self.device = M.decode_hello(self.request(M.HELLO))
+        self.device = self.request(M.HELLO, decode=M.decode_hello)
         return self.device
 
     def info(self):
@@ -254,10 +321,50 @@ class Client:
         """Send canonical params (missing fields take the defaults). Returns
         {"channel", "params", "realised"} as echoed by the device."""
         full = P.complete(params)
-        return M.decode_params_response(self.request(M.SET_PARAMS, M.encode_params(channel, full)))
+        return self.request(M.SET_PARAMS, M.encode_params(channel, full), decode=M.decode_params_response)
 
     def get_params(self, channel):
-        return M.decode_params_response(self.request(M.GET_PARAMS, bytes((channel,))))
+        return self.request(M.GET_PARAMS, bytes((channel,)), decode=M.decode_params_response)
+
+    def save(self, channel, slot):
+        """Save the channel's parameters to flash slot ``slot`` (atomic, CRC-checked on the device).
+        Returns {"slot", "crc"}."""
+        return self.request(M.SAVE, M.encode_slot_request(channel, slot), decode=M.decode_save_response)
+
+    def load(self, channel, slot):
+        """Load flash slot ``slot`` into ``channel``; validated like set_params (NACK on an empty slot
+        or a bad CRC). Returns the params response."""
+        return self.request(M.LOAD, M.encode_slot_request(channel, slot), decode=M.decode_params_response)
+
+    def set_deadman(self, ms):
+        """Host-link deadman for this connection: while a channel runs, ``ms`` of silence from the
+        host stops it (event ``deadman``); 0 turns it off (HELLO does too). Keep it alive with any
+        request, e.g. :meth:`status`."""
+        self.request(M.LINK, struct.pack("<I", ms))
+
+    def event_log(self, after):
+        """The device's logged events with a seq after ``after`` (at most EVENT_LOG_MAX)."""
+        return self.request(M.EVENT_LOG, struct.pack("<H", after & 0xFFFF), decode=M.decode_event_log)
+
+    def recover_events(self, after=None):
+        """Fetch the events lost on the link from the device's event log and queue them; ``after``
+        (default: the last event seq received without a gap) for a fresh connection, e.g. 0. Returns
+        how many were recovered."""
+        if after is not None:
+            self._ev_contig = after & 0xFFFF
+            self._ev_ahead = set()
+        if self._ev_contig is None:
+            return 0
+        got = 0
+        while True:
+            start = self._ev_contig
+            entries = self.event_log(start)
+            before = len(self._events)
+            for ev in entries:
+                self._queue_event(ev)
+            got += len(self._events) - before
+            if len(entries) < M.EVENT_LOG_MAX or self._ev_contig == start:
+                return got
 
     def _mask_body(self, mask):
         if isinstance(mask, (list, tuple, set)):
@@ -277,10 +384,10 @@ class Client:
         self.request(M.CLEAR_FAULT, self._mask_body(mask))
 
     def status(self):
-        return M.decode_status(self.request(M.STATUS))
+        return self.request(M.STATUS, decode=M.decode_status)
 
     def impedance(self, mask):
-        return M.decode_impedance(self.request(M.IMPEDANCE, self._mask_body(mask)))
+        return self.request(M.IMPEDANCE, self._mask_body(mask), decode=M.decode_impedance)
 
     def configured_mask(self):
         """Mask of the channels that have parameters on the device (GET_PARAMS answers)."""

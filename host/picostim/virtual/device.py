@@ -12,11 +12,14 @@ import errno
 import os
 import select
 import sys
+import tempfile
 import threading
 import time
 import tty
 
+from firmware import storage
 from firmware.controller import Controller
+from firmware.dma_chain import WDT_TIMEOUT_MS
 from picostim.virtual.sim_hal import SimHal
 from protocol import messages as M
 
@@ -24,16 +27,29 @@ from protocol import messages as M
 class VirtualPico:
     """A virtual board on a pty. Use as a context manager or call :meth:`open` / :meth:`close`."""
 
-    def __init__(self, channels: int = 4, realtime: bool = False, **hal_options):
+    def __init__(self, channels: int = 4, realtime: bool = False, flash_dir: str | None = None,
+                 watchdog_ms: int | None = None, **hal_options):
+        """``flash_dir``: the board's flash (parameter slots; default a fresh temp dir). ``watchdog_ms``:
+        machine.WDT model in wall time (0 off; default the board's WDT_TIMEOUT_MS in realtime mode,
+        off otherwise, where tests hold the emulation for long stretches)."""
+        self._channels = channels
+        self._hal_options = hal_options
         self.hal = SimHal(channels=channels, **hal_options)
         self.realtime = realtime
+        self.flash_dir = flash_dir or tempfile.mkdtemp(prefix="picostim-flash-")
+        self.storage = storage.Store(storage.OsFiles(self.flash_dir))
+        self.watchdog_ms = (WDT_TIMEOUT_MS if realtime else 0) if watchdog_ms is None else watchdog_ms
+        self.resets = 0  # watchdog resets so far
+        self._generation = 0
+        self._fed = time.monotonic()
+        self._watch(self.hal)
         self.lock = threading.RLock()
         self._master = -1
         self._slave = -1
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.tx_dropped = 0
-        self.controller = Controller(self.hal, self._send)
+        self.controller = Controller(self.hal, self._send, storage=self.storage)
         self.path = ""
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -46,7 +62,48 @@ class VirtualPico:
         self.controller.emit(M.EV_BOOT, 0, self.hal.reset_reason())
         self._thread = threading.Thread(target=self._serve, name="virtual-pico", daemon=True)
         self._thread.start()
+        if self.watchdog_ms:
+            threading.Thread(target=self._watchdog, name="virtual-pico-wdt", daemon=True).start()
         return self.path
+
+    # ---- watchdog (machine.WDT) ---------------------------------------------------------------
+    def _watch(self, hal: SimHal) -> None:
+        """Note the wall time of every feed_watchdog() of the current board."""
+        feed = hal.feed_watchdog
+
+        def fed() -> None:
+            if hal is self.hal:
+                self._fed = time.monotonic()
+            feed()
+
+        hal.feed_watchdog = fed  # type: ignore[method-assign]
+
+    def _watchdog(self) -> None:
+        while not self._stop.wait(0.02):
+            if time.monotonic() - self._fed > self.watchdog_ms / 1000:
+                self.watchdog_reset()
+
+    def watchdog_reset(self) -> None:
+        """What the RP2040 does when the watchdog expires: the whole chip resets (PIO stopped, outputs
+        idle), the firmware boots again with reset_reason 1 (watchdog), nothing armed, and announces
+        it with a boot EVENT. The flash (parameter slots) and the pty survive. The stalled serving
+        thread is abandoned with its lock; a fresh one serves the new controller."""
+        self._generation += 1
+        self.resets += 1
+        self.lock = threading.RLock()
+        options = dict(self._hal_options, reset_reason=1)
+        self.hal = SimHal(channels=self._channels, **options)
+        self._watch(self.hal)
+        self.controller = Controller(self.hal, self._send, storage=self.storage)
+        self._fed = time.monotonic()
+        self.controller.emit(M.EV_BOOT, 0, self.hal.reset_reason())
+        self._thread = threading.Thread(target=self._serve, name="virtual-pico", daemon=True)
+        self._thread.start()
+
+    def stall_controller(self) -> None:
+        """Fault injection: the controller's next poll() never returns (a firmware hang); only the
+        watchdog brings the board back."""
+        self.controller.poll = lambda: self._stop.wait()  # type: ignore[method-assign]
 
     def close(self) -> None:
         self._stop.set()
@@ -86,7 +143,8 @@ class VirtualPico:
 
     def _serve(self) -> None:
         last = time.monotonic()
-        while not self._stop.is_set():
+        generation = self._generation
+        while not self._stop.is_set() and generation == self._generation:
             ready, _, _ = select.select([self._master], [], [], 0.002)
             data = b""
             if ready:
