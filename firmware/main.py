@@ -4,12 +4,16 @@ The HAL constructor drives every output idle and starts the watchdog before anyt
 power-on, a crash and a watchdog reset all land in the same safe state: outputs idle, nothing armed.
 """
 
+from firmware import storage
 from firmware.controller import Controller
 from firmware.transport import UsbCdc
 from protocol import messages as M
 
 
-def run(hal=None, link=None, loops=-1):
+PARAMS_DIR = "/params"  # parameter slots on the board's littlefs (firmware/storage.py)
+
+
+def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR):
     """Serve the host forever (or ``loops`` iterations, for tests)."""
     if hal is None:
         from firmware.hal_rp2 import Rp2Hal
@@ -17,7 +21,7 @@ def run(hal=None, link=None, loops=-1):
         hal = Rp2Hal()
     if link is None:
         link = UsbCdc()
-    controller = Controller(hal, link.write)
+    controller = Controller(hal, link.write, storage=storage.Store(storage.OsFiles(params_dir)))
     controller.emit(M.EV_BOOT, 0, hal.reset_reason())
     while loops != 0:
         loops -= 1
