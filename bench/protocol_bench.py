@@ -217,8 +217,8 @@ def run(scale: str = "full") -> Section:
         table(["request", "n", "p50 ms", "p99 ms", "min ms", "max ms", "round trips/s (1/mean)"], rt_rows),
         "",
         "The latency is the host ↔ pty ↔ thread path on CPython (the virtual board polls with a 2 ms select "
-        "timeout but wakes on data). Host and virtual board share one CPython process, so the p99 tail is "
-        f"dominated by GIL hand-offs (switch interval {sys.getswitchinterval() * 1e3:g} ms) and by the other "
+        "timeout but wakes on data). Host and virtual board share one CPython process, so the p99 tail most "
+        f"likely comes from GIL hand-offs (switch interval {sys.getswitchinterval() * 1e3:g} ms) and by the other "
         "jobs on this shared machine, not by the protocol; on a board it is USB CDC (1 ms full-speed frames) plus MicroPython "
         "dispatch, so use `make hil` numbers for the board. Peer: Pulse Pal's protocol has no checksum or "
         "sequence numbers, so there is no equivalent round-trip figure to compare; picostim pays for "
