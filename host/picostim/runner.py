@@ -121,8 +121,11 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
     vp.advance(duration_s)
     if vp.hal.running(channel):
         client.stop(mask)
-        # the stream ends at the next pulse boundary, at the latest one burst cycle later
-        vp.advance(cycle_ns(params) * 1e-9 + 1e-3)
+        # the pulse in progress and at most one queued pulse still play: within two cycles
+        for _ in range(2):
+            vp.advance(cycle_ns(params) * 1e-9 + 1e-3)
+            if not vp.hal.running(channel):
+                break
     events = client.events(timeout=0.05)
     trace = vp.hal.trace([channel])
     return _finish(params, resp["realised"], trace, events, capture, plot_png, channel, duration_s)
