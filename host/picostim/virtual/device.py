@@ -103,7 +103,10 @@ class VirtualPico:
     def stall_controller(self) -> None:
         """Fault injection: the controller's next poll() never returns (a firmware hang); only the
         watchdog brings the board back."""
-        self.controller.poll = lambda: self._stop.wait()  # type: ignore[method-assign]
+        def hang() -> None:
+            threading.Event().wait()  # for good: the abandoned (daemon) thread never touches the new board
+
+        self.controller.poll = hang  # type: ignore[method-assign]
 
     def close(self) -> None:
         self._stop.set()
