@@ -73,7 +73,8 @@ class MicroPythonBoard:
 
     ``path`` is the pty to give to ``picostim --port`` / :func:`picostim.transport.open_port`.
     ``boot_event`` is the firmware's EV_BOOT event (read by :meth:`open` to know the firmware is up;
-    the host therefore does not see it). ``stderr()`` is what the interpreter printed (tracebacks).
+    the host therefore does not see it). The unix port prints an uncaught exception's traceback to
+    stdout, i.e. onto the link, as a board does over USB; a crash before BOOT is raised with it.
     """
 
     def __init__(self, ohm: int = DEFAULT_OHM, heapsize: str = DEFAULT_HEAPSIZE, micropython: str | None = None,
@@ -129,21 +130,36 @@ class MicroPythonBoard:
 
     def _wait_boot(self) -> dict:
         dec = FrameDecoder()
+        raw = b""  # the unix port prints tracebacks to stdout, i.e. onto the link (as a board does)
         deadline = time.monotonic() + self.boot_timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise MicroPythonBoardError("firmware exited with %s before booting:\n%s"
-                                            % (self.proc.returncode, self.stderr()))
+                while select.select([self._slave], [], [], 0.05)[0]:
+                    try:
+                        data = os.read(self._slave, 4096)
+                    except OSError:  # EIO: the master side is gone
+                        break
+                    if not data:
+                        break
+                    raw += data
+                raise MicroPythonBoardError("firmware exited with %s before booting:\n%s%s"
+                                            % (self.proc.returncode, raw.decode("utf-8", "replace"), self.stderr()))
             ready, _, _ = select.select([self._slave], [], [], 0.05)
             if not ready:
                 continue
-            for frame in dec.feed(os.read(self._slave, 4096)):
+            try:
+                data = os.read(self._slave, 4096)
+            except OSError:  # EIO: the firmware just exited; the poll above reports it
+                time.sleep(0.05)
+                continue
+            raw += data
+            for frame in dec.feed(data):
                 if frame.type == M.EVENT:
                     ev = M.decode_event(frame.body)
                     if ev["kind"] == M.EVENT_NAMES[M.EV_BOOT]:
                         return ev
-        raise MicroPythonBoardError("no BOOT event from the firmware within %.1f s:\n%s"
-                                    % (self.boot_timeout, self.stderr()))
+        raise MicroPythonBoardError("no BOOT event from the firmware within %.1f s:\n%s%s"
+                                    % (self.boot_timeout, raw.decode("utf-8", "replace"), self.stderr()))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
