@@ -306,3 +306,21 @@ def test_client_event_gap_and_duplicate_accounting():
     assert c.events_duplicate == 2 and c.events_missed == 1  # 8 is missing
     c._queue_event({"seq": 8, "kind": "x", "channel": 0, "time_us": 0, "value": 0})
     assert c.events_missed == 0 and c._ev_contig == 9
+
+
+def test_events_lost_on_the_link_are_replayed_from_the_device_log():
+    with VirtualPico(channels=1) as vp:
+        c = Client(open_port(vp.path, exclusive=False), timeout=0.5)
+        c.set_params(0, TRAIN)
+        for _ in range(3):
+            c.start(1)
+            vp.advance(0.006)
+        got = c.events(timeout=0.3)
+        assert [e["kind"] for e in got][-1] == "train_done"
+        lost = got[1:]  # pretend everything after the first event was corrupted on the wire
+        c._ev_contig, c._ev_ahead = got[0]["seq"], set()
+        assert c.recover_events() == len(lost)
+        replayed = c.events()
+        assert [(e["seq"], e["kind"], e["time_us"]) for e in replayed] == \
+               [(e["seq"], e["kind"], e["time_us"]) for e in lost]
+        assert c.recover_events() == 0  # nothing twice
