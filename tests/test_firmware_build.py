@@ -3,11 +3,13 @@
 
 Architecture note (checked here, not assumed): an .mpy records a native arch in its header only if
 it contains native code. The board build (-march=armv6m) of bytecode-only modules has arch 0 and
-imports on the x86 unix port; a module with @micropython.native/viper would not ("incompatible .mpy
-arch"), so the import check uses a second build without -march.
+imports on the x86 unix port; a module with @micropython.native/viper (protocol/crc16.py's viper CRC)
+does not ("incompatible .mpy arch"), so the import check uses a second build for the unix port's own
+arch (``--march unix``: x64 here), which also runs the viper code natively.
 """
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +46,10 @@ def board_build(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def host_build(tmp_path_factory):
+    if micropython_binary() is None:
+        pytest.skip("micropython unix port not installed")
     out = tmp_path_factory.mktemp("fw_host")
-    bf.build(out, "none", quiet=True)
+    bf.build(out, "unix", quiet=True)
     return out
 
 
@@ -59,6 +63,9 @@ def test_every_module_compiled(board_build):
         head = mpy.read_bytes()[:4]
         assert head[:2] == b"M\x06", (rel, head)  # mpy format v6 (MicroPython >= 1.22)
     assert {r[0] for r in rows} >= set(SOURCES)
+    arch = {r[0]: r[3] for r in rows}
+    assert arch["protocol/crc16.py"] == 4  # armv6m native code: the viper CRC
+    assert bf.mpy_arch(out / "protocol" / "framing.mpy") == 0  # bytecode only
     main = ROOT / "firmware" / "main.py"
     if main.exists():
         assert (out / "main.py").read_bytes() == main.read_bytes()
@@ -87,7 +94,7 @@ def test_rejected_syntax_fails_loudly(tmp_path):
 
 @pytest.mark.mpy
 def test_host_mpy_imports_under_micropython(host_build):
-    """Bytecode .mpy (no -march) of every module imports on the unix port, from .mpy not source."""
+    """The unix-arch .mpy of every module imports on the unix port, from .mpy not source."""
     if micropython_binary() is None:
         pytest.skip("micropython unix port not installed")
     mods = [m for m in _modules() if m not in ("protocol", "firmware")]
@@ -96,6 +103,7 @@ def test_host_mpy_imports_under_micropython(host_build):
 from protocol import crc16, framing, params, messages
 from firmware.limits import LIMITS
 assert crc16.crc16(b"123456789") == 0x29B1
+assert crc16.crc16 is crc16.crc16_viper  # the native (x64) .mpy's viper code is in use
 d = framing.FrameDecoder()
 f = d.feed(framing.encode_frame(messages.HELLO, 7, b"abc"))
 assert len(f) == 1 and f[0].seq == 7 and f[0].body == b"abc"
@@ -111,7 +119,7 @@ print("OK")
 
 
 @pytest.mark.mpy
-def test_board_bytecode_mpy_is_arch_independent(board_build):
+def test_board_bytecode_mpy_is_arch_independent(board_build, tmp_path):
     """armv6m .mpy without native code has arch 0 and imports on x86; native ones are flagged."""
     if micropython_binary() is None:
         pytest.skip("micropython unix port not installed")
@@ -119,8 +127,16 @@ def test_board_bytecode_mpy_is_arch_independent(board_build):
     portable = [r[0] for r in rows if r[0].endswith(".py") and not r[3] and r[0].startswith("protocol/")
                 and not r[0].endswith("__init__.py")]
     assert portable, "every protocol module has native code?"
+    # only the arch-0 files on the path (the native armv6m crc16.mpy comes from source instead)
+    (tmp_path / "protocol").mkdir()
+    for rel in portable + ["protocol/__init__.py"]:
+        mpy = rel[:-3] + ".mpy"
+        shutil.copyfile(out / mpy, tmp_path / mpy)
+    for rel in [r[0] for r in rows if r[3] and r[0].startswith("protocol/")]:  # native: the source
+        shutil.copyfile(ROOT / rel, tmp_path / rel)
     code = "".join("import %s as m\nprint(m.__file__)\n" % p[:-3].replace("/", ".") for p in portable)
-    lines = run_micropython(code, extra_path=[out])
+    lines = run_micropython(code, extra_path=[tmp_path])
+    out = tmp_path
     assert all(line.endswith(".mpy") for line in lines) and len(lines) == len(portable)
     # and a native module really is arch-specific (documents why the host check rebuilds)
     src = out / "nat.py"

