@@ -389,6 +389,28 @@ def cmd_virtual(args):
     return EXIT_OK
 
 
+def cmd_flash(args):
+    """Build (mpy-cross -march=armv6m), deploy (mpremote), soft reboot, verify HELLO (host/picostim/flash.py)."""
+    from picostim import flash
+
+    if args.virtual:
+        raise UsageError("flash deploys to a board: give --port (virtual boards run the sources directly)")
+    port = args.port
+    if not port:
+        try:
+            port = transport.discover(serial_number=args.serial)
+        except transport.TransportError:
+            if not args.dry_run:
+                raise
+            port = "PORT"
+    try:
+        flash.flash(port, tree=args.tree or flash.DEFAULT_TREE, dry_run=args.dry_run, skip_build=args.no_build)
+    except flash.FlashError as e:
+        print("picostim: error: %s" % e, file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def cmd_run(args):
     """The main job: upload, start, capture, check against the file, plot."""
     from picostim import runner
@@ -543,6 +565,12 @@ def build_parser():
     s = sub.add_parser("ports", help="list serial ports; picostim boards are marked")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ports)
+
+    s = sub.add_parser("flash", help="build the firmware (mpy-cross), deploy it with mpremote, verify HELLO")
+    s.add_argument("--dry-run", action="store_true", help="build, then print the mpremote command lines only")
+    s.add_argument("--no-build", action="store_true", help="deploy the existing tree as it is")
+    s.add_argument("--tree", help="deploy tree (default build/firmware in the source checkout)")
+    s.set_defaults(func=cmd_flash)
 
     s = sub.add_parser("virtual", help="serve a virtual Pico on a pty (prints its path) until Ctrl-C")
     s.set_defaults(func=cmd_virtual)

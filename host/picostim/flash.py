@@ -1,0 +1,183 @@
+"""``picostim flash``: build the firmware with mpy-cross, deploy it with mpremote, verify over the protocol.
+
+Steps (``flash(port)``):
+
+1. build   ``tools/build_firmware.py`` with ``-march=armv6m`` into ``build/firmware``
+           (``firmware/*.mpy``, ``protocol/*.mpy``, ``main.py``); fails on syntax MicroPython rejects.
+2. deploy  one mpremote invocation (one raw-REPL session)::
+
+               mpremote connect PORT exec CLEAN + fs cp -r TREE/firmware TREE/protocol : \\
+                   + fs cp TREE/main.py :main.py + soft-reset
+
+           CLEAN removes ``/main.py``, ``/firmware`` and ``/protocol`` first (MicroPython imports a
+           stale ``x.py`` in preference to a new ``x.mpy``; other files, e.g. saved parameter slots,
+           stay). ``main.py`` is copied last, so an interrupted deploy boots to the REPL, not to a
+           half-copied firmware.
+3. verify  mpremote leaves the board at the friendly REPL, where a soft reset does not run main.py;
+           ``verify`` sends Ctrl-D (soft reboot: boot.py, then main.py) and asks the firmware for
+           HELLO over the picostim protocol: the protocol version must be this host's, the firmware
+           version this build's (``firmware.controller.FIRMWARE_VERSION``).
+
+``dry_run`` prints the exact command lines instead of running them. Prerequisite (once per board):
+the official MicroPython UF2 (docs/HARDWARE.md). Limitation: the firmware switches Ctrl-C off
+(``micropython.kbd_intr(-1)``) so binary frames can contain 0x03; mpremote therefore cannot break into
+a board that is already running picostim — see docs/HARDWARE.md for how to get it back to the REPL.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TREE = ROOT / "build" / "firmware"
+BOARD_MARCH = "armv6m"
+SOFT_REBOOT = b"\x03\x04\x00"  # Ctrl-C (REPL: fresh line), Ctrl-D (soft reboot), 0x00 (frame delimiter)
+
+# Run on the board by ``mpremote exec`` before the copy: remove what an earlier deploy left.
+CLEAN_CODE = """import os
+def rm(p):
+    try:
+        m = os.stat(p)[0]
+    except OSError:
+        return
+    if m & 0x4000:
+        for n in os.listdir(p):
+            rm(p + "/" + n)
+        os.rmdir(p)
+    else:
+        os.remove(p)
+for p in ("{root}main.py", "{root}firmware", "{root}protocol"):
+    rm(p)
+"""
+
+
+class FlashError(RuntimeError):
+    """Build, deploy or verification failed."""
+
+
+def clean_code(root="/"):
+    return CLEAN_CODE.format(root=root)
+
+
+def mpremote_command():
+    """How to run mpremote: the script next to this Python (the venv), else on PATH, else -m."""
+    cand = Path(sys.executable).parent / "mpremote"
+    if cand.exists():
+        return [str(cand)]
+    found = shutil.which("mpremote")
+    return [found] if found else [sys.executable, "-m", "mpremote"]
+
+
+def _build_tool():
+    path = ROOT / "tools" / "build_firmware.py"
+    if not path.exists():
+        raise FlashError("%s not found: picostim flash needs a picostim source checkout" % path)
+    spec = importlib.util.spec_from_file_location("picostim_build_firmware", path)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build(out=DEFAULT_TREE, quiet=True):
+    """mpy-cross the firmware for the RP2040 into ``out``; returns ``out``."""
+    try:
+        _build_tool().build(Path(out), BOARD_MARCH, quiet=quiet)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise FlashError("firmware build failed (mpy-cross rejected a module, see above)") from e
+    out = Path(out)
+    if not (out / "main.py").is_file():
+        raise FlashError("build produced no main.py in %s" % out)
+    return out
+
+
+def deploy_commands(port, tree=DEFAULT_TREE, mpremote=None):
+    """The mpremote command line(s) that deploy ``tree`` to the board on ``port`` (list of argv lists)."""
+    exe = list(mpremote or mpremote_command())
+    t = Path(tree)
+    return [exe + ["connect", port,
+                   "exec", clean_code(), "+",
+                   "fs", "cp", "-r", str(t / "firmware"), str(t / "protocol"), ":", "+",
+                   "fs", "cp", str(t / "main.py"), ":main.py", "+",
+                   "soft-reset"]]
+
+
+def format_command(argv):
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def verify(port, timeout=1.0, retries=8, reboot=True, expect_firmware=None):
+    """Ask the board on ``port`` for HELLO over the protocol; returns the decoded HELLO.
+
+    ``reboot`` first sends Ctrl-D (soft reboot at the friendly REPL, which runs main.py; to a running
+    firmware these bytes are garbage it counts and drops). Raises FlashError if nothing answers or
+    the versions are not this host's / this build's."""
+    from picostim import transport
+    from picostim.client import Client, LinkError
+    from protocol.framing import PROTOCOL_VERSION
+
+    if expect_firmware is None:
+        from firmware.controller import FIRMWARE_VERSION
+
+        expect_firmware = "%d.%d.%d" % tuple(FIRMWARE_VERSION)
+    deadline = time.monotonic() + max(5.0, timeout * (retries + 1))
+    while True:  # after a reset the USB port may take a moment to (re)appear
+        try:
+            ser = transport.open_port(port)
+            break
+        except transport.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    client = Client(ser, timeout=timeout, retries=retries)
+    try:
+        if reboot:
+            ser.write(SOFT_REBOOT)
+            ser.flush()
+            time.sleep(0.05)
+        try:
+            info = client.hello()
+        except LinkError as e:
+            raise FlashError("no picostim answer on %s after deploying: %s" % (port, e)) from e
+    finally:
+        client.close()
+    if info["protocol_version"] != PROTOCOL_VERSION:
+        raise FlashError("the board speaks protocol %d, this host %d" % (info["protocol_version"], PROTOCOL_VERSION))
+    if info["firmware_version"] != expect_firmware:
+        raise FlashError("the board reports firmware %s, this build is %s" % (info["firmware_version"],
+                                                                              expect_firmware))
+    return info
+
+
+def flash(port, tree=DEFAULT_TREE, dry_run=False, skip_build=False, mpremote=None, out=None, verify_port=None,
+          run=subprocess.run):
+    """Build, deploy and verify. ``out`` (a text stream) gets progress and, with ``dry_run``, the
+    command lines. Returns the HELLO dict (None for a dry run)."""
+    out = out or sys.stdout
+    tree = Path(tree)
+    if not skip_build:
+        build(tree)
+        print("built %s (mpy-cross -march=%s)" % (tree, BOARD_MARCH), file=out)
+    cmds = deploy_commands(port, tree, mpremote)
+    if dry_run:
+        for c in cmds:
+            print(format_command(c), file=out)
+        print("# then: soft reboot (Ctrl-D) and HELLO over the picostim protocol on %s" % port, file=out)
+        return None
+    for c in cmds:
+        print("$ " + format_command(c), file=out, flush=True)
+        proc = run(c)
+        if proc.returncode != 0:
+            raise FlashError("mpremote failed (exit %d); if the board already runs picostim, mpremote cannot "
+                             "interrupt it (Ctrl-C is off): see docs/HARDWARE.md" % proc.returncode)
+    info = verify(verify_port or port)
+    print("verified: firmware %s, protocol %d, board %s, %d channels"
+          % (info["firmware_version"], info["protocol_version"], info["board_id"], info["channels"]), file=out)
+    return info
