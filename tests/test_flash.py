@@ -1,0 +1,166 @@
+"""picostim flash without a board: the exact mpremote command line, the clean-up code run under the
+MicroPython unix port on a fake filesystem, the whole build -> mpremote -> verify sequence with a
+recording stand-in for mpremote, and verify() (Ctrl-D soft reboot + HELLO) against the CPython
+virtual Pico and against firmware/main.py running under MicroPython."""
+
+import io
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from firmware.controller import FIRMWARE_VERSION
+from picostim import cli, flash
+from protocol.framing import PROTOCOL_VERSION
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "mpy"))
+from mpyrun import micropython_binary, run_micropython  # noqa: E402
+
+device = pytest.importorskip("picostim.virtual.device")
+FW = "%d.%d.%d" % tuple(FIRMWARE_VERSION)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return flash.build(tmp_path_factory.mktemp("deploy") / "firmware")
+
+
+def test_build_tree_is_deployable(tree):
+    assert (tree / "main.py").read_bytes() == (ROOT / "firmware" / "main.py").read_bytes()
+    for pkg in ("firmware", "protocol"):
+        srcs = {p.stem for p in (ROOT / pkg).glob("*.py")}
+        assert {p.stem for p in (tree / pkg).glob("*.mpy")} == srcs
+        assert not list((tree / pkg).glob("*.py"))  # only .mpy: a stale .py would shadow it on the board
+    head = (tree / "protocol" / "crc16.mpy").read_bytes()[:4]
+    assert head[:2] == b"M\x06" and head[2] >> 2 == 4  # armv6m native code (the viper CRC)
+
+
+def test_deploy_command_line_exact(tree):
+    (cmd,) = flash.deploy_commands("/dev/ttyACM0", tree, mpremote=["mpremote"])
+    assert cmd == ["mpremote", "connect", "/dev/ttyACM0",
+                   "exec", flash.clean_code(), "+",
+                   "fs", "cp", "-r", str(tree / "firmware"), str(tree / "protocol"), ":", "+",
+                   "fs", "cp", str(tree / "main.py"), ":main.py", "+",
+                   "soft-reset"]
+    text = flash.format_command(cmd)
+    assert text.startswith("mpremote connect /dev/ttyACM0 exec 'import os\n")
+    assert text.endswith("+ fs cp -r %s/firmware %s/protocol : + fs cp %s/main.py :main.py + soft-reset"
+                         % (tree, tree, tree))
+
+
+def test_default_mpremote_is_the_venv_one():
+    exe = flash.mpremote_command()
+    assert Path(exe[0]).exists()
+    assert exe[-1] == "mpremote" or Path(exe[-1]).name == "mpremote"
+
+
+def test_cli_dry_run_prints_commands(tmp_path, capsys):
+    out = tmp_path / "fw"
+    rc = cli.main(["--port", "/dev/ttyACM7", "flash", "--dry-run", "--tree", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "built %s" % out in text
+    assert "mpremote connect /dev/ttyACM7 exec 'import os" in text
+    assert "fs cp -r %s/firmware %s/protocol :" % (out, out) in text
+    assert "fs cp %s/main.py :main.py + soft-reset" % out in text
+    assert "HELLO" in text
+    assert (out / "firmware" / "controller.mpy").is_file()
+
+
+def test_cli_flash_refuses_virtual(capsys):
+    assert cli.main(["--virtual", "flash", "--dry-run"]) == cli.EXIT_BAD_INPUT
+
+
+@pytest.mark.mpy
+def test_clean_code_under_micropython(tmp_path):
+    """The clean-up snippet mpremote runs on the board, run by the unix port on a fake board root."""
+    if micropython_binary() is None:
+        pytest.skip("micropython unix port not installed")
+    board = tmp_path / "board"
+    for rel in ("main.py", "firmware/controller.py", "firmware/controller.mpy", "protocol/sub/x.mpy",
+                "protocol/crc16.mpy", "slots/ch0.bin", "boot.py"):
+        (board / rel).parent.mkdir(parents=True, exist_ok=True)
+        (board / rel).write_text("x")
+    code = flash.clean_code(str(board) + "/")
+    run_micropython(code)
+    run_micropython(code)  # nothing left to remove: still fine
+    left = sorted(p.relative_to(board).as_posix() for p in board.rglob("*"))
+    assert left == ["boot.py", "slots", "slots/ch0.bin"]
+
+
+FAKE_MPREMOTE = textwrap.dedent("""
+    import sys
+    with open(sys.argv[1], "a") as f:
+        f.write(repr(sys.argv[2:]) + "\\n")
+    sys.exit(int(sys.argv[2] == "connect" and sys.argv[3] == "/dev/fail"))
+""")
+
+
+def _fake_mpremote(tmp_path):
+    script = tmp_path / "fake_mpremote.py"
+    script.write_text(FAKE_MPREMOTE)
+    log = tmp_path / "mpremote.log"
+    return [sys.executable, str(script), str(log)], log
+
+
+def test_flash_sequence_with_recording_mpremote(tmp_path):
+    """build -> the mpremote invocation -> soft reboot + HELLO verify, the board being the virtual Pico."""
+    mpremote, log = _fake_mpremote(tmp_path)
+    out = io.StringIO()
+    with device.VirtualPico(channels=4) as vp:
+        t0 = time.monotonic()
+        info = flash.flash(vp.path, tree=tmp_path / "fw", mpremote=mpremote, out=out)
+        elapsed = time.monotonic() - t0
+        counters = vp.controller.decoder
+        assert counters.frames_dropped + counters.crc_errors >= 1  # the Ctrl-C/Ctrl-D bytes, dropped
+    calls = [eval(line) for line in log.read_text().splitlines()]  # noqa: S307 - our own repr()
+    assert calls == [flash.deploy_commands(vp.path, tmp_path / "fw", mpremote=["x"])[0][1:]]
+    assert info["protocol_version"] == PROTOCOL_VERSION and info["firmware_version"] == FW
+    assert "verified: firmware %s, protocol %d" % (FW, PROTOCOL_VERSION) in out.getvalue()
+    assert elapsed < 5
+
+
+def test_flash_reports_mpremote_failure(tmp_path):
+    mpremote, _ = _fake_mpremote(tmp_path)
+    with pytest.raises(flash.FlashError, match="Ctrl-C is off"):
+        flash.flash("/dev/fail", tree=tmp_path / "fw", mpremote=mpremote, out=io.StringIO())
+
+
+def test_verify_against_virtual_pico():
+    with device.VirtualPico(channels=4) as vp:
+        info = flash.verify(vp.path)
+    assert info["firmware_version"] == FW and info["protocol_version"] == PROTOCOL_VERSION
+    assert info["channels"] == 4
+
+
+def test_verify_version_mismatch():
+    with device.VirtualPico(channels=4) as vp:
+        with pytest.raises(flash.FlashError, match="this build is 9.9.9"):
+            flash.verify(vp.path, expect_firmware="9.9.9")
+
+
+def test_verify_nothing_answers():
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(flash.FlashError, match="no picostim answer"):
+            flash.verify(os.ttyname(slave), timeout=0.1, retries=1)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.mpy
+def test_verify_against_firmware_under_micropython():
+    """The real entry point under MicroPython: the reboot bytes (0x03 0x04) are dropped as garbage,
+    Ctrl-C does not stop it (kbd_intr(-1)), and HELLO answers."""
+    mb = pytest.importorskip("picostim.virtual.micropython_board")
+    if mb.micropython_binary() is None:
+        pytest.skip("micropython unix port not installed")
+    with mb.MicroPythonBoard() as board:
+        info = flash.verify(board.path)
+        assert board.alive(), board.stderr()
+    assert info["firmware_version"] == FW and info["board_id"] == "e6613852834a2b2c"
