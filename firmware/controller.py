@@ -18,7 +18,21 @@ HAL contract (duck-typed; MicroPython has no abc):
     waiting(ch) -> bool           stream armed, waiting for its external trigger
     pulses(ch) -> int             pulses delivered since the channel was last started
     measure_impedance(ch) -> int  ohms from a sub-threshold test pulse
+    phase1_samples(ch, min_interval_us) -> [(time_us, adc_code), ...]
+                                  electrode readings taken during phase 1 of the pulses played since
+                                  the last call (impedance.MONITOR_SAMPLE_NS into phase 1, at most one
+                                  per min_interval_us), oldest first; [] when none
     feed_watchdog()
+
+Electrode monitoring and faults (SPEC §5, docs/SAFETY.md): poll() turns every phase-1 reading of a
+running channel into ohms with the train's realised phase-1 current and feeds the channel's
+debounced impedance.Classifier (seeded with the start's test-pulse reading). The pulse whose reading
+completes the debounce (CONSECUTIVE readings agreeing on OPEN or SHORT) is the pulse in which the
+fault is *seen*; in that same poll the channel is stopped at the next pulse boundary (hal.stop: the
+pulse in progress completes its balancing phase, at most one already-queued pulse follows), the
+channel latches ST_FAULT with the fault kind, and an EVENT reports channel, kind, the reading's time
+and the reading in ohms. START/TRIGGER are refused (E_FAULT_LATCHED) until CLEAR_FAULT, and the start's
+test pulse is the fresh check (E_IMPEDANCE while the electrode is still open or shorted).
 """
 
 from firmware import board, impedance, pulse_engine, storage
@@ -29,6 +43,7 @@ from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
 
 FIRMWARE_VERSION = (0, 1, 0)
 _FAULT_EVENT = {M.Z_OPEN: M.EV_FAULT_OPEN, M.Z_SHORT: M.EV_FAULT_SHORT}
+_I32_MAX = 0x7FFFFFFF
 
 
 class Refused(Exception):
@@ -45,9 +60,10 @@ def _refuse(code, field=None, value=0, limit=0):
 
 
 class Controller:
-    def __init__(self, hal, send, limits=LIMITS, storage=None):
+    def __init__(self, hal, send, limits=LIMITS, storage=None, monitor_max_hz=impedance.MONITOR_MAX_HZ):
         """``send(bytes)`` writes to the host link; ``storage`` is a firmware.storage.Store (or None:
-        SAVE/LOAD are refused)."""
+        SAVE/LOAD are refused); ``monitor_max_hz`` caps the phase-1 electrode readings per second and
+        channel (0 = monitoring off)."""
         self.hal = hal
         self.send = send
         self.limits = limits
@@ -63,6 +79,10 @@ class Controller:
         self.state = [M.ST_IDLE] * n
         self.fault = [0] * n
         self.impedance_ohm = [0] * n
+        self.classifier = [impedance.Classifier() for _ in range(n)]
+        self.monitor_max_hz = monitor_max_hz
+        self._monitor_na = [0] * n  # realised phase-1 current of the running train (0 = not monitored)
+        self._sampler = getattr(hal, "phase1_samples", None)  # a HAL without it: no monitoring
         self.nacks = 0
         self.duplicates = 0
         self.events_sent = 0
@@ -116,10 +136,11 @@ class Controller:
         self.nacks += 1
         return encode_frame(M.NACK, seq, body)
 
-    def emit(self, kind, channel, value=0):
-        """Send an asynchronous EVENT frame (its seq is the device's own event counter)."""
+    def emit(self, kind, channel, value=0, time_us=None):
+        """Send an asynchronous EVENT frame (its seq is the device's own event counter); ``time_us``
+        defaults to now."""
         self.events_sent += 1
-        body = M.encode_event(kind, channel, self.hal.time_us(), value)
+        body = M.encode_event(kind, channel, self.hal.time_us() if time_us is None else time_us, value)
         self.event_log.append((self.events_sent & 0xFFFF, body))
         if len(self.event_log) > M.EVENT_LOG_LEN:  # a lossy link loses unacknowledged EVENTs
             self.event_log.pop(0)
@@ -127,18 +148,42 @@ class Controller:
 
     # ---- periodic work ------------------------------------------------------------------------
     def poll(self):
-        """Follow the hardware: finished trains, triggers. Called from the main loop."""
+        """Follow the hardware: electrode readings, finished trains, triggers. Called from the main
+        loop."""
         for ch in range(self.hal.channels):
             st = self.state[ch]
             if st == M.ST_ARMED and not self.hal.waiting(ch):
-                self.state[ch] = M.ST_RUNNING
+                self.state[ch] = st = M.ST_RUNNING
                 self.emit(M.EV_TRIGGER_SEEN, ch)
+            if st == M.ST_RUNNING and self._monitor_na[ch] and self._monitor(ch):
+                continue  # fault latched: the channel is stopping
             if st in (M.ST_ARMED, M.ST_RUNNING) and not self.hal.running(ch):
                 self.state[ch] = M.ST_IDLE
                 self.emit(M.EV_TRAIN_DONE, ch, self.hal.pulses(ch))
         if self.deadman_us:
             self._check_deadman()
         self.hal.feed_watchdog()
+
+    def _monitor(self, ch):
+        """Classify the channel's new phase-1 readings; on OPEN/SHORT stop and latch the fault.
+        Returns True when a fault was latched."""
+        sampler = self._sampler
+        if sampler is None:
+            return False
+        samples = sampler(ch, impedance.monitor_interval_us(self.monitor_max_hz))
+        debounce = self.classifier[ch]
+        for t_us, code in samples:
+            ohm = impedance.phase1_ohms(code, self._monitor_na[ch])
+            self.impedance_ohm[ch] = ohm
+            cls = debounce.update(ohm)
+            if cls == M.Z_OPEN or cls == M.Z_SHORT:
+                self.hal.stop(1 << ch)  # first: the pulse in progress completes, nothing more is queued
+                self.state[ch] = M.ST_FAULT
+                self.fault[ch] = _FAULT_EVENT[cls]
+                self._monitor_na[ch] = 0
+                self.emit(self.fault[ch], ch, ohm if ohm < _I32_MAX else _I32_MAX, t_us)
+                return True
+        return False
 
     def _check_deadman(self):
         """Tethered mode (SPEC §6): stop every running or armed channel once the host has been silent
@@ -224,14 +269,23 @@ class Controller:
                 _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
             if self.state[ch] != M.ST_IDLE:
                 _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
+        readings = []
         for ch in channels:  # electrode check before any output moves
             ohm = self.hal.measure_impedance(ch)
             self.impedance_ohm[ch] = ohm
             cls = impedance.classify(ohm)
             if cls in (M.Z_OPEN, M.Z_SHORT):
                 _refuse(M.E_IMPEDANCE, "channel", ch, ohm)
+            readings.append(ohm)
+        return readings
 
-    def _launch(self, channels, software):
+    def _launch(self, channels, software, readings):
+        for ch, ohm in zip(channels, readings):  # monitoring starts from the fresh check's class
+            self.classifier[ch].reset(ohm)
+            train = self.trains[ch]
+            monitored = self._sampler is not None and self.monitor_max_hz > 0 and train.realised["phase1"] >= \
+                pulse_engine.ns_to_ticks(impedance.MONITOR_MIN_PHASE_NS)
+            self._monitor_na[ch] = train.realised["amplitude_na"] if monitored else 0
         mask = 0
         wait = [0] * self.hal.channels
         for ch in channels:
@@ -245,8 +299,8 @@ class Controller:
 
     def _start(self, body):
         channels = self._mask(body)
-        self._check_startable(channels)
-        return self._launch(channels, False)
+        readings = self._check_startable(channels)
+        return self._launch(channels, False, readings)
 
     def _trigger(self, body):
         """Software trigger: start the masked channels now, whatever their trigger source."""
@@ -256,8 +310,8 @@ class Controller:
             self.hal.stop(self._bits(armed))
             for ch in armed:
                 self.state[ch] = M.ST_IDLE
-        self._check_startable(channels)
-        return self._launch(channels, True)
+        readings = self._check_startable(channels)
+        return self._launch(channels, True, readings)
 
     def _stop(self, body):
         channels = self._mask(body)
@@ -293,7 +347,13 @@ class Controller:
         return M.encode_impedance(readings)
 
     def _clear_fault(self, body):
-        for ch in self._mask(body):
+        """Unlatch the masked channels' faults. Refused (nothing changes) while a faulted channel's
+        stream is still draining (its last pulse and idle): the next START re-checks the electrode."""
+        channels = self._mask(body)
+        for ch in channels:
+            if self.state[ch] == M.ST_FAULT and self.hal.running(ch):
+                _refuse(M.E_BAD_STATE, "channel", ch, M.ST_FAULT)
+        for ch in channels:
             if self.state[ch] == M.ST_FAULT:
                 self.state[ch] = M.ST_IDLE
                 self.fault[ch] = 0

@@ -1,10 +1,14 @@
 """Electrode impedance: Z = V / I from a sub-threshold test pulse or a phase-1 sample, and its
 classification OK / HIGH / OPEN / SHORT with hysteresis.
 
-Pure logic, no hardware. Default thresholds follow the lead-integrity checks of implanted sacral
-neuromodulation systems (Medtronic InterStim: impedance below 50 Ω is reported as a short, above
-4000 Ω as an open circuit); see docs/SAFETY.md for the sources. HIGH (between HIGH_OHM and OPEN_OHM)
-is a warning, not a fault.
+Pure logic, no hardware. Default thresholds follow the lead-integrity checks of sacral
+neuromodulation practice (normal 400-1500 Ω, open circuit above 4000 Ω, short circuit "low"; see
+docs/SAFETY.md for the sources and for the 50 Ω short threshold). HIGH (between HIGH_OHM and
+OPEN_OHM) is a warning, not a fault.
+
+Monitoring during stimulation (SPEC §5): the HAL reports raw ADC codes taken MONITOR_SAMPLE_NS into
+phase 1 of the pulses actually played (``hal.phase1_samples``); :func:`phase1_ohms` turns a code and
+the pulse's realised phase-1 current into ohms, and the controller feeds a :class:`Classifier`.
 """
 
 from firmware import board
@@ -21,6 +25,20 @@ TEST_CURRENT_UA = 100
 TEST_PULSE_NS = 50000
 TEST_SAMPLE_NS = 40000  # ADC conversion started 40 µs into the test phase
 _ADC_MAX = (1 << board.ADC_BITS) - 1
+
+# ---- monitoring during stimulation ------------------------------------------------------------
+MONITOR_SAMPLE_NS = 10000  # ADC conversion started 10 µs into phase 1 (access resistance dominates)
+ADC_CONVERSION_NS = 2000  # RP2040 ADC: 96 cycles of its 48 MHz clock
+# Phase 1 must hold the whole conversion plus the same again as margin: shorter phases are not
+# monitored (the pre-start test pulse still checks the electrode).
+MONITOR_MIN_PHASE_NS = MONITOR_SAMPLE_NS + 2 * ADC_CONVERSION_NS + 6000
+MONITOR_MAX_HZ = 1000  # at most this many phase-1 readings per second and channel (every pulse up to 1 kHz)
+# The current source's compliance (the analog stage's supply headroom; the virtual electrode model
+# uses the same figure). At the rail the source no longer delivers the programmed current, so V / I
+# says nothing about the load: a reading within 5 % of the rail is SATURATED (treated as open).
+COMPLIANCE_UV = 12000000
+SATURATION_UV = COMPLIANCE_UV * 95 // 100
+SATURATED_OHM = 0x7FFFFFFF  # a reading at the rail: fits the EVENT's int32 and STATUS's u32
 
 
 def adc_to_electrode_uv(code):
@@ -39,6 +57,25 @@ def ohms(volts_uv, current_ua):
     if current_ua <= 0:
         return 0
     return (volts_uv + current_ua // 2) // current_ua
+
+
+def phase1_ohms(code, current_na):
+    """Ohms of one phase-1 reading: ADC ``code`` at the realised phase-1 current ``current_na``.
+
+    SATURATED_OHM when the electrode voltage is at the compliance rail (open lead, or a load the
+    current source cannot drive at this amplitude); 0 for a zero current (nothing to divide by)."""
+    uv = adc_to_electrode_uv(code)
+    if uv >= SATURATION_UV:
+        return SATURATED_OHM
+    if current_na <= 0:
+        return 0
+    ohm = (uv * 1000 + current_na // 2) // current_na
+    return ohm if ohm < SATURATED_OHM else SATURATED_OHM
+
+
+def monitor_interval_us(max_hz=MONITOR_MAX_HZ):
+    """Minimum spacing of two phase-1 readings of one channel (the configurable rate cap)."""
+    return (1000000 + max_hz - 1) // max_hz if max_hz > 0 else 0
 
 
 def classify(ohm, short_ohm=SHORT_OHM, high_ohm=HIGH_OHM, open_ohm=OPEN_OHM):
@@ -63,8 +100,11 @@ class Classifier:
         self._candidate = Z_UNKNOWN
         self._count = 0
 
-    def reset(self):
-        self.state = Z_UNKNOWN
+    def reset(self, ohm=None):
+        """Forget the history; with ``ohm`` (e.g. the pre-start test pulse's reading) start from
+        that reading's class, so the next change of class needs ``consecutive`` readings."""
+        self.state = Z_UNKNOWN if ohm is None else classify(ohm, *self.thresholds)
+        self.last_ohm = 0 if ohm is None else ohm
         self._candidate = Z_UNKNOWN
         self._count = 0
 

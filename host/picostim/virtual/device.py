@@ -4,6 +4,12 @@ The host talks to it exactly as to a board: through a pseudo-terminal, with pyse
 the same frames. Virtual time is PIO cycles. In ``realtime`` mode (``picostim virtual``) the emulation
 follows the wall clock; otherwise time only moves when :meth:`VirtualPico.advance` is called, which
 makes runs and tests deterministic and faster than real time.
+
+Either way the emulation runs in steps that end where the firmware's main loop would run
+(:meth:`SimHal.next_poll_cycle`: just after each phase-1 electrode reading, plus the modelled
+reaction time), and the controller polls at each step, so a fault stops the channel when the board
+would. Electrodes and injected faults: ``VirtualPico(electrodes=[Electrode(...), ...])`` (see
+:mod:`picostim.virtual.electrode`).
 """
 
 from __future__ import annotations
@@ -126,9 +132,22 @@ class VirtualPico:
 
     # ---- time ---------------------------------------------------------------------------------
     def advance(self, seconds: float) -> None:
-        """Run the emulated hardware ``seconds`` of virtual time, then let the firmware poll."""
+        """Run the emulated hardware ``seconds`` of virtual time, the firmware polling wherever its
+        main loop would (see :meth:`run_until`)."""
         with self.lock:
-            self.hal.advance_cycles(round(seconds * self.hal.clock_hz))
+            self.run_until(self.hal.system.now + round(seconds * self.hal.clock_hz))
+
+    def run_until(self, cycle: int) -> None:
+        """Emulate up to ``cycle``, stopping to let the controller poll at every point the HAL asks
+        for (after each phase-1 reading of a running channel), then poll once more at the end."""
+        with self.lock:
+            system = self.hal.system
+            while system.now < cycle:
+                nxt = self.hal.next_poll_cycle()
+                step = cycle if nxt is None else min(cycle, nxt)
+                system.run_until(step)
+                if step < cycle:
+                    self.controller.poll()
             self.controller.poll()
 
     # ---- serving ------------------------------------------------------------------------------
@@ -164,9 +183,10 @@ class VirtualPico:
                     self.controller.receive(data)
                 if self.realtime:
                     now = time.monotonic()
-                    self.hal.advance_cycles(round((now - last) * self.hal.clock_hz))
+                    self.run_until(self.hal.system.now + round((now - last) * self.hal.clock_hz))
                     last = now
-                self.controller.poll()
+                else:
+                    self.controller.poll()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,21 +3,39 @@
 A Randles-style load: access (series) resistance ``r_series`` in series with the double-layer
 capacitance ``c_dl``, optionally shunted by a faradaic leak ``r_faradaic``; the current source cannot
 drive the electrodes beyond ``compliance_v``. Faults change the load at a given virtual time.
+
+Command-line syntax (``picostim --virtual --electrode ... --fault ...``; docs/SAFETY.md):
+
+``--electrode R[,c=CAP][,leak=R][,compliance=V][,ch=N]``
+    nominal load: ``1k``, ``680``, ``2.2k,c=4.7u``, ``1k,leak=100k``, ``1k,ch=2``. Without ``ch=``
+    it applies to every channel.
+``--fault KIND[:OHMS]@TIME[,key=value...]``
+    ``open@0.5s`` (lead break), ``short@500ms`` (contacts touching), ``drift:10k@2s`` (access
+    resistance moves linearly to 10 kΩ over ``ramp=`` (default 1 s) from 2 s on),
+    ``intermittent@1s`` (open for ``on=`` (default 20 ms) out of every ``every=`` (default 100 ms)),
+    ``ok@3s`` (back to the nominal load: a repaired lead). Keys: ``ch=N`` (default: every channel),
+    ``ramp=``, ``every=``, ``on=``. Times take ``s``, ``ms``, ``us`` (bare numbers are seconds);
+    ohms take ``k`` / ``M`` and an optional ``ohm`` / ``Ω``. Later faults override earlier ones.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+
+from firmware import impedance
 
 OPEN_OHM = 1e9  # a broken lead: only leakage remains
 SHORT_OHM = 1.0  # touching contacts / a saline bridge
+FAULT_KINDS = ("open", "short", "drift", "intermittent", "ok")
 
 
 @dataclass
 class Fault:
     """A change of the load from ``at_s`` on: kind 'open', 'short', 'drift' (to ``ohms`` over
-    ``ramp_s``) or 'intermittent' (open for ``on_s`` out of every ``every_s``)."""
+    ``ramp_s``), 'intermittent' (open for ``on_s`` out of every ``every_s``) or 'ok' (back to the
+    nominal load)."""
 
     kind: str
     at_s: float
@@ -32,11 +50,12 @@ class Electrode:
     r_series: float = 1000.0
     c_dl: float = 10e-6
     r_faradaic: float = math.inf
-    compliance_v: float = 12.0
+    compliance_v: float = impedance.COMPLIANCE_UV / 1e6
     faults: list[Fault] = field(default_factory=list)
 
     def series_at(self, t_s: float) -> float:
-        """Access resistance at virtual time ``t_s`` with the faults applied."""
+        """Access resistance at virtual time ``t_s`` with the faults applied (in time order; a
+        later fault overrides an earlier one)."""
         r = self.r_series
         for f in sorted(self.faults, key=lambda f: f.at_s):
             if t_s < f.at_s:
@@ -45,6 +64,8 @@ class Electrode:
                 r = OPEN_OHM
             elif f.kind == "short":
                 r = SHORT_OHM
+            elif f.kind == "ok":
+                r = self.r_series
             elif f.kind == "drift":
                 frac = min(1.0, (t_s - f.at_s) / f.ramp_s) if f.ramp_s > 0 else 1.0
                 r = r + (f.ohms - r) * frac
@@ -66,3 +87,129 @@ class Electrode:
             v_dl = current_a * self.r_faradaic * (1.0 - math.exp(-t_pulse_s / tau))
         v = current_a * r + v_dl
         return max(-self.compliance_v, min(self.compliance_v, v))
+
+
+# ---- command-line syntax ----------------------------------------------------------------------
+class SpecError(ValueError):
+    """A malformed --electrode / --fault value (the message says what and how to write it)."""
+
+
+_NUM = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9, "p": 1e-12}
+_TIME = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+
+
+def parse_ohms(text: str) -> float:
+    """``1k`` -> 1000.0, ``2.2k`` -> 2200.0, ``1M`` -> 1e6, ``470ohm``, ``10kΩ``."""
+    m = re.fullmatch(r"(%s)\s*([kKM]?)\s*(?:ohms?|Ω)?" % _NUM, text.strip())
+    if not m:
+        raise SpecError("%r is not a resistance (e.g. 470, 1k, 2.2k, 1M)" % text)
+    return float(m.group(1)) * _SCALE[m.group(2)]
+
+
+def parse_time(text: str) -> float:
+    """``0.5s``, ``500ms``, ``20us``, ``2`` (seconds) -> seconds."""
+    m = re.fullmatch(r"(%s)\s*(s|ms|us|µs)?" % _NUM, text.strip())
+    if not m:
+        raise SpecError("%r is not a time (e.g. 0.5s, 500ms, 20us)" % text)
+    return float(m.group(1)) * _TIME[m.group(2) or ""]
+
+
+def _parse_value(text: str, unit: str) -> float:
+    m = re.fullmatch(r"(%s)\s*([kKMmuµnp]?)%s?" % (_NUM, unit), text.strip())
+    if not m:
+        raise SpecError("%r is not a value in %s" % (text, unit))
+    return float(m.group(1)) * _SCALE[m.group(2)]
+
+
+def _keys(parts: list[str], allowed: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in allowed:
+            raise SpecError("%s: unknown option %r (allowed: %s)" % (what, part, ", ".join(k + "=" for k in allowed)))
+        out[key] = value.strip()
+    return out
+
+
+def _channel(keys: dict[str, str], what: str) -> int | None:
+    if "ch" not in keys:
+        return None
+    try:
+        ch = int(keys["ch"])
+    except ValueError:
+        raise SpecError("%s: ch=%r is not a channel number" % (what, keys["ch"])) from None
+    if ch < 0:
+        raise SpecError("%s: ch=%d is not a channel number" % (what, ch))
+    return ch
+
+
+def parse_fault(text: str) -> tuple[int | None, Fault]:
+    """``KIND[:OHMS]@TIME[,key=value...]`` -> (channel or None for every channel, Fault)."""
+    what = "--fault %s" % text
+    head, *rest = text.split(",")
+    m = re.fullmatch(r"\s*([a-z]+)(?::([^@]+))?@(.+)", head)
+    if not m:
+        raise SpecError("%s: expected KIND[:OHMS]@TIME, e.g. open@0.5s, drift:10k@2s" % what)
+    kind, ohms, at = m.group(1), m.group(2), m.group(3)
+    if kind not in FAULT_KINDS:
+        raise SpecError("%s: unknown fault kind %r (one of %s)" % (what, kind, ", ".join(FAULT_KINDS)))
+    keys = _keys(rest, ("ch", "ramp", "every", "on"), what)
+    fault = Fault(kind, parse_time(at))
+    if kind == "drift":
+        if ohms is None:
+            raise SpecError("%s: drift needs a target, e.g. drift:10k@2s" % what)
+        fault.ohms = parse_ohms(ohms)
+    elif ohms is not None:
+        raise SpecError("%s: only drift takes a resistance" % what)
+    for key, attr, kinds in (("ramp", "ramp_s", ("drift",)), ("every", "every_s", ("intermittent",)),
+                             ("on", "on_s", ("intermittent",))):
+        if key in keys:
+            if kind not in kinds:
+                raise SpecError("%s: %s= applies to %s only" % (what, key, "/".join(kinds)))
+            setattr(fault, attr, parse_time(keys[key]))
+    if kind == "intermittent" and not 0 < fault.on_s < fault.every_s:
+        raise SpecError("%s: need 0 < on < every" % what)
+    return _channel(keys, what), fault
+
+
+def parse_electrode(text: str) -> tuple[int | None, dict]:
+    """``R[,c=CAP][,leak=R][,compliance=V][,ch=N]`` -> (channel or None, Electrode keyword args)."""
+    what = "--electrode %s" % text
+    head, *rest = text.split(",")
+    keys = _keys(rest, ("c", "leak", "compliance", "ch"), what)
+    kw: dict = {"r_series": parse_ohms(head)}
+    if "c" in keys:
+        kw["c_dl"] = _parse_value(keys["c"], "F")
+    if "leak" in keys:
+        kw["r_faradaic"] = parse_ohms(keys["leak"])
+    if "compliance" in keys:
+        kw["compliance_v"] = _parse_value(keys["compliance"], "V")
+    if kw.get("c_dl", 1) <= 0 or kw.get("compliance_v", 1) <= 0:
+        raise SpecError("%s: values must be positive" % what)
+    return _channel(keys, what), kw
+
+
+def electrodes_from_specs(channels: int, electrode_specs=(), fault_specs=()) -> list[Electrode]:
+    """One Electrode per channel from --electrode / --fault strings (a spec without ch= applies to
+    every channel; a ch= beyond the board's channels is an error)."""
+    kws: list[dict] = [{} for _ in range(channels)]
+    for spec in electrode_specs or ():
+        ch, kw = parse_electrode(spec)
+        for c in _targets(ch, channels, spec):
+            kws[c].update(kw)
+    out = [Electrode(**kw) for kw in kws]
+    for spec in fault_specs or ():
+        ch, fault = parse_fault(spec)
+        for c in _targets(ch, channels, spec):
+            out[c].faults.append(Fault(**vars(fault)))
+    return out
+
+
+def _targets(ch: int | None, channels: int, spec: str) -> range:
+    if ch is None:
+        return range(channels)
+    if ch >= channels:
+        raise SpecError("%s: ch=%d but the virtual Pico has channels 0..%d" % (spec, ch, channels - 1))
+    return range(ch, ch + 1)

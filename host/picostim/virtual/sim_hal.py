@@ -5,11 +5,20 @@ Everything timing-related comes from executing the firmware's own generated PIO 
 (firmware/pio_programs.py) on :class:`~picostim.virtual.pio_emu.PioSystem` with the exact words the
 firmware's pulse engine built; this module only wires pins, DMA and state machines the way
 firmware/hal_rp2.py does on the board.
+
+Electrode monitoring (SPEC §5): :meth:`SimHal.phase1_samples` reads the electrode model at
+``impedance.MONITOR_SAMPLE_NS`` after every rising edge of the channel's first-phase pin that the
+emulated PIO actually produced (``system`` edges), i.e. at the emulated phase-1 times of the pulses
+that were played, quantised by the 12-bit ADC. The firmware's main loop is modelled by
+:meth:`SimHal.next_poll_cycle`: the virtual Pico polls the controller ``reaction_us`` after each
+predicted sample (the ADC conversion, the classification and the stop write on the board), so the
+capture shows when a board running this controller would stop.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 
 from firmware import board, impedance, pulse_engine
 from firmware import pio_programs as pio
@@ -30,14 +39,30 @@ def _pin_names(ch: int) -> dict[int, str]:
 class SimHal:
     """Simulated RP2040 + analog front end. Virtual time is PIO cycles (``system.now``)."""
 
+    # Modelled firmware latency from the end of a phase-1 ADC conversion to the stop reaching the
+    # DMA on the board (MicroPython: read the ADC, classify, null the control ring). A model figure,
+    # not a board measurement; docs/SAFETY.md.
+    REACTION_US = 500
+    IDLE_POLL_US = 1000  # main-loop cadence modelled while a channel waits for its trigger
+
     def __init__(self, channels: int = board.CHANNELS, electrodes: list[Electrode] | None = None,
-                 accelerate: bool = True, reset_reason: int = 0):
+                 accelerate: bool = True, reset_reason: int = 0, reaction_us: int | None = None,
+                 adc_noise_lsb: float = 0.0, seed: int = 0):
         if not 1 <= channels <= board.CHANNELS:
             raise ValueError("channels must be 1..%d" % board.CHANNELS)
         self.channels = channels
         self.clock_hz = board.SYS_CLK_HZ
         self.system = PioSystem(self.clock_hz, accelerate=accelerate)
-        self.electrodes = electrodes or [Electrode() for _ in range(channels)]
+        electrodes = list(electrodes or [])
+        if len(electrodes) > channels:
+            raise ValueError("%d electrodes for %d channels" % (len(electrodes), channels))
+        self.electrodes = electrodes + [Electrode() for _ in range(channels - len(electrodes))]
+        self.reaction_us = self.REACTION_US if reaction_us is None else reaction_us
+        self.adc_noise_lsb = adc_noise_lsb
+        self._rng = random.Random(seed)
+        self._edge_pos = [0] * channels  # next unread edge of the first-phase pin
+        self._edge0 = [0] * channels  # first edge of the current train
+        self._last_sample = [None] * channels  # cycle of the last reading taken
         self._reset_reason = reset_reason
         self.watchdog_fed_at = 0
         self.sms = []
@@ -96,11 +121,18 @@ class SimHal:
             self._blocks0[ch] = sm.blocks_consumed
             self._empty0[ch] = sm.empty_pulls
             self.train_start[ch] = self.system.now
+            edges = self.system._edges[self._first_pin(ch, train)]
+            self._edge_pos[ch] = self._edge0[ch] = len(edges)
+            self._last_sample[ch] = None
             chosen.append(sm)
             pcs[sm] = train.entry if wait_trigger[ch] else pio.SEGMENT_ENTRY
         self.system.enable(chosen, start_pc=pcs)
 
     def replace(self, ch: int, train) -> None:
+        old = self._trains[ch]
+        if old is not None and self._first_pin(ch, old) != self._first_pin(ch, train):
+            # polarity change: monitor the new first-phase pin from here on
+            self._edge_pos[ch] = self._edge0[ch] = len(self.system._edges[self._first_pin(ch, train)])
         self._trains[ch] = train
         self.system.dma(self.sms[ch]).replace_at_block_boundary((), train.groups, train.repeats)
 
@@ -129,13 +161,97 @@ class SimHal:
         return max(0, done)
 
     # ---- analog front end --------------------------------------------------------------------
+    def _adc(self, volts: float) -> int:
+        """The 12-bit ADC code for an electrode voltage (magnitude: differential front end), with
+        optional Gaussian noise of ``adc_noise_lsb`` codes."""
+        code = impedance.electrode_uv_to_adc(abs(volts) * 1e6)
+        if self.adc_noise_lsb:
+            code = round(code + self._rng.gauss(0.0, self.adc_noise_lsb))
+            code = min(max(code, 0), (1 << board.ADC_BITS) - 1)
+        return code
+
     def measure_impedance(self, ch: int) -> int:
         """Sub-threshold test pulse through the electrode model, read by the 12-bit ADC."""
         t_s = self.system.now / self.clock_hz
         volts = self.electrodes[ch].voltage(impedance.TEST_CURRENT_UA * 1e-6,
                                             impedance.TEST_SAMPLE_NS * 1e-9, t_s)
-        return impedance.ohms(impedance.adc_to_electrode_uv(impedance.electrode_uv_to_adc(volts * 1e6)),
-                              impedance.TEST_CURRENT_UA)
+        return impedance.ohms(impedance.adc_to_electrode_uv(self._adc(volts)), impedance.TEST_CURRENT_UA)
+
+    def _first_pin(self, ch: int, train) -> int:
+        return board.CH_NEG[ch] if train.first == pulse_engine.NEG else board.CH_POS[ch]
+
+    def phase1_samples(self, ch: int, min_interval_us: int = 0) -> list[tuple[int, int]]:
+        """Phase-1 electrode readings since the last call: ``[(time_us, adc_code), ...]``.
+
+        One reading per pulse actually played (a rising edge of the first-phase pin in the emulated
+        PIO's pin record), the conversion started ``MONITOR_SAMPLE_NS`` after the edge; a pulse whose
+        phase 1 ends before the conversion does is not read (too short to monitor), nor one closer
+        than ``min_interval_us`` to the previous reading (the rate cap). A pulse whose conversion
+        has not finished yet is left for the next call."""
+        train = self._trains[ch]
+        if train is None:
+            return []
+        edges = self.system._edges[self._first_pin(ch, train)]  # read-only view of the pin record
+        now = self.system.now
+        offset = pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)
+        conv = pulse_engine.ns_to_ticks(impedance.ADC_CONVERSION_NS)
+        spacing = min_interval_us * self.clock_hz // 1_000_000
+        current_a = train.realised["amplitude_na"] * 1e-9
+        out = []
+        i = self._edge_pos[ch]
+        while i < len(edges):
+            rise = edges[i]
+            fall = edges[i + 1] if i + 1 < len(edges) else None
+            s = rise + offset
+            if fall is None and s + conv > now:
+                break  # phase 1 in progress, conversion not finished yet
+            i += 2
+            if fall is not None and s + conv > fall:
+                continue  # phase 1 shorter than the conversion window
+            last = self._last_sample[ch]
+            if last is not None and s - last < spacing:
+                continue
+            self._last_sample[ch] = s
+            volts = self.electrodes[ch].voltage(current_a, offset / self.clock_hz, s / self.clock_hz)
+            out.append((s * 1_000_000 // self.clock_hz, self._adc(volts)))
+        self._edge_pos[ch] = i
+        return out
+
+    def next_poll_cycle(self) -> int | None:
+        """When the modelled firmware main loop next needs to run: ``reaction_us`` after the
+        predicted end of the next phase-1 conversion of any running channel (from the channel's
+        last phase-1 edge and its pulse schedule), or ``IDLE_POLL_US`` from now for a channel that
+        waits for its trigger. None when nothing runs. Always later than ``now``."""
+        now = self.system.now
+        lag = pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS + impedance.ADC_CONVERSION_NS) + \
+            self.reaction_us * self.clock_hz // 1_000_000
+        best = None
+        for ch in range(self.channels):
+            train = self._trains[ch]
+            if train is None or not self.running(ch):
+                continue
+            edges = self.system._edges[self._first_pin(ch, train)]
+            n = len(edges) - self._edge0[ch]
+            if n == 0:
+                if self.waiting(ch):
+                    t = now + self.IDLE_POLL_US * self.clock_hz // 1_000_000
+                    best = t if best is None or t < best else best
+                    continue
+                rise = self.train_start[ch] + 2 + pulse_engine.words_ticks(train.delay)
+                j = 0
+            else:
+                j = (n - 1) // 2  # index (since the start) of the last pulse seen
+                rise = edges[self._edge0[ch] + 2 * j]
+            t = rise + lag
+            while t <= now:  # that pulse's poll is due or past: predict the next pulse's
+                gap = train.period_ticks
+                if (j + 1) % train.pulses_per_cycle == 0:
+                    gap += train.realised["interburst"]
+                rise += gap
+                j += 1
+                t = rise + lag
+            best = t if best is None or t < best else best
+        return best
 
     # ---- the bench around the board ----------------------------------------------------------
     def drive_trigger(self, n: int, level: int, at_s: float | None = None) -> int:
