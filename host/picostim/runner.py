@@ -9,6 +9,7 @@ passes and an edge one tick off fails).
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,12 +81,20 @@ class RunResult:
     events: list[dict] = field(default_factory=list)
     capture_path: Path | None = None
     plot_path: Path | None = None
+    # electrode faults reported by the device (EVENTs open/short): channel, kind, time_s, ohms
+    faults: list[dict] = field(default_factory=list)
+    # pulses of the run's channel whose phase 1 starts after the first fault event's time, from the
+    # capture (SPEC §5 promises at most 1); None when there is no fault or the capture and the device
+    # clock cannot be aligned (board runs)
+    pulses_after_fault: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = self.report.to_json()
         out["requested"] = requested_us(self.params)
         out["realised_ticks"] = self.realised
         out["events"] = self.events
+        out["faults"] = self.faults
+        out["pulses_after_fault"] = self.pulses_after_fault
         out["capture"] = str(self.capture_path) if self.capture_path else None
         out["plot"] = str(self.plot_path) if self.plot_path else None
         return out
@@ -99,7 +108,24 @@ def check_trace(trace: Trace, params: dict[str, int], channel: int, run_s: float
     return analyze(trace, channel=channel, expected=expected, allow_partial_last_burst="pulses" not in expected)
 
 
-def _finish(params, realised, trace, events, capture, plot_png, channel, run_s) -> RunResult:
+FAULT_KINDS = ("open", "short")
+
+
+def faults_from_events(events: list[dict]) -> list[dict]:
+    """The electrode-fault EVENTs as report entries (``ohms`` 2147483647 = at the compliance rail)."""
+    return [{"channel": ev["channel"], "kind": ev["kind"], "time_s": ev["time_us"] / 1e6, "ohms": ev["value"]}
+            for ev in events if ev["kind"] in FAULT_KINDS]
+
+
+def pulses_after(report: Report, cycle: int) -> int:
+    """Pulses in the capture whose phase 1 starts after sample ``cycle``."""
+    return int((report.pulses.start > cycle).sum())
+
+
+def _finish(params, realised, trace, events, capture, plot_png, channel, run_s, fault_sample=None) -> RunResult:
+    if fault_sample is not None:
+        # the fault ended the train: only the part before it is held to the train's length
+        run_s = min(run_s if run_s is not None else math.inf, fault_sample / trace.samplerate_hz)
     report = check_trace(trace, params, channel, run_s)
     capture_path = plot_path = None
     if capture:
@@ -108,7 +134,9 @@ def _finish(params, realised, trace, events, capture, plot_png, channel, run_s) 
     if plot_png:
         plot_path = Path(plot_png)
         plot(trace, report, plot_path)
-    return RunResult(params, realised, trace, report, events, capture_path, plot_path)
+    faults = faults_from_events(events)
+    after = pulses_after(report, fault_sample) if fault_sample is not None else None
+    return RunResult(params, realised, trace, report, events, capture_path, plot_path, faults, after)
 
 
 def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *, channel: int = 0,
@@ -128,7 +156,12 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
                 break
     events = client.events(timeout=0.05)
     trace = vp.hal.trace([channel])
-    return _finish(params, resp["realised"], trace, events, capture, plot_png, channel, duration_s)
+    fault_sample = None
+    for f in faults_from_events(events):
+        if f["channel"] == channel:  # device µs -> capture samples (the trace starts at the train start)
+            fault_sample = round(f["time_s"] * vp.hal.clock_hz) - vp.hal.train_start[channel]
+            break
+    return _finish(params, resp["realised"], trace, events, capture, plot_png, channel, duration_s, fault_sample)
 
 
 def run_board(client: Client, params: dict[str, int], duration_s: float, *, driver: str,
