@@ -257,3 +257,29 @@ def test_adc_noise_is_seeded():
     assert [a.measure_impedance(0) for _ in range(5)] == [b.measure_impedance(0) for _ in range(5)]
     assert len({a.measure_impedance(0) for _ in range(20)}) > 1
     assert math.isfinite(SimHal(channels=1).measure_impedance(0))
+
+
+# ---- command line ---------------------------------------------------------------------------------
+def test_cli_run_with_injected_fault_reports_it(capsys):
+    import json
+    from pathlib import Path
+
+    from picostim import cli
+
+    preset = sorted(Path(__file__).resolve().parent.parent.joinpath("presets").glob("*.toml"))[0]
+    rc = cli.main(["--virtual", "--electrode", "1k", "--fault", "short@0.3s,ch=0", "run", str(preset),
+                   "--duration", "0.6", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    assert [(f["channel"], f["kind"]) for f in out["faults"]] == [(0, "short")]
+    assert out["pulses_after_fault"] in (0, 1)
+
+
+@pytest.mark.parametrize("argv", [["--virtual", "--fault", "bogus@1s", "info"],
+                                  ["--virtual", "--fault", "open@1s,ch=9", "info"],
+                                  ["--port", "loop://", "--fault", "open@1s", "info"]])
+def test_cli_bad_fault_options_exit_2(argv, capsys):
+    from picostim import cli
+
+    assert cli.main(argv) == 2
+    assert "fault" in capsys.readouterr().err

@@ -34,7 +34,7 @@ class UsageError(Exception):
 
 
 @contextlib.contextmanager
-def _virtual_board(channels, realtime=True, kind="cpython"):
+def _virtual_board(channels, realtime=True, kind="cpython", electrodes=None):
     """A virtual Pico on a pty: real time for interactive commands, stepped (virtual) time for
     ``run``, which emulates the requested duration as fast as the emulator goes.
 
@@ -48,12 +48,14 @@ def _virtual_board(channels, realtime=True, kind="cpython"):
                              "use --virtual (the CPython virtual Pico) for run/captures")
         if channels != 4:
             raise UsageError("--virtual=micropython has the board's 4 channels (firmware/board.py)")
+        if electrodes is not None:
+            raise UsageError("--electrode/--fault need the CPython virtual Pico (--virtual): the shim has no electrode model")
         with MicroPythonBoard() as board:
             yield None, board.path
         return
     from picostim.virtual.device import VirtualPico
 
-    vp = VirtualPico(channels=channels, realtime=realtime)
+    vp = VirtualPico(channels=channels, realtime=realtime, electrodes=electrodes)
     path = vp.open()
     try:
         yield vp, path
@@ -61,14 +63,30 @@ def _virtual_board(channels, realtime=True, kind="cpython"):
         vp.close()
 
 
+def _electrodes(args):
+    """Electrode models from --electrode / --fault (picostim/virtual/electrode.py), None without them."""
+    specs, faults = getattr(args, "electrode", None) or [], getattr(args, "fault", None) or []
+    if not specs and not faults:
+        return None
+    if not args.virtual:
+        raise UsageError("--electrode/--fault configure the virtual Pico: add --virtual")
+    from picostim.virtual.electrode import SpecError, electrodes_from_specs
+
+    try:
+        return electrodes_from_specs(args.virtual_channels, specs, faults)
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+
+
 @contextlib.contextmanager
 def connect(args, realtime=True):
     """Yield a Client for --port / --virtual / USB discovery; HELLO already done. With --virtual,
     ``client.virtual`` is the VirtualPico (None for a board)."""
+    electrodes = _electrodes(args)  # bad --electrode/--fault (or without --virtual): exit 2 before connecting
     with contextlib.ExitStack() as stack:
         vp = None
         if args.virtual:
-            vp, path = stack.enter_context(_virtual_board(args.virtual_channels, realtime, args.virtual))
+            vp, path = stack.enter_context(_virtual_board(args.virtual_channels, realtime, args.virtual, electrodes))
         elif args.port:
             path = args.port
         else:
@@ -377,7 +395,7 @@ def cmd_watch(args):
 
 def cmd_virtual(args):
     kind = args.virtual or "cpython"
-    with _virtual_board(args.virtual_channels, kind=kind) as (vp, path):
+    with _virtual_board(args.virtual_channels, kind=kind, electrodes=_electrodes(args)) as (vp, path):
         print(path, flush=True)
         print("virtual Pico (%s) with %d channels serving on %s; use: picostim --port %s info   (Ctrl-C to stop)"
               % (kind, args.virtual_channels, path, path), file=sys.stderr, flush=True)
@@ -434,6 +452,11 @@ def cmd_run(args):
         print("%s on channel %d for %g s (%s)" % (ps.name or args.file, args.channel, duration,
                                                  "virtual Pico: emulated PIO pins" if args.virtual else args.analyzer))
         print(result.report.summary())
+        for f in result.faults:
+            print("fault: channel %d %s at t=%.6f s (%s); pulses after the fault: %s"
+                  % (f["channel"], f["kind"], f["time_s"],
+                     "at the compliance rail" if f["ohms"] >= 0x7FFFFFFF else "%d ohm" % f["ohms"],
+                     "?" if result.pulses_after_fault is None else result.pulses_after_fault))
         for label, path in (("capture", result.capture_path), ("plot", result.plot_path)):
             if path:
                 print("%s: %s" % (label, path))
@@ -483,6 +506,13 @@ def build_parser():
     p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each answer (default 1.0)")
     p.add_argument("--retries", type=int, default=3, help="resends of a request without answer (default 3)")
     p.add_argument("--virtual-channels", type=int, default=4, help="channels of the virtual Pico (default 4)")
+    p.add_argument("--electrode", action="append", metavar="R[,c=CAP][,leak=R][,compliance=V][,ch=N]",
+                   help="virtual Pico electrode load, e.g. 1k or 2.2k,c=4.7u,ch=1 (default 1k, 10 µF; without ch= "
+                        "every channel; repeatable; docs/SAFETY.md)")
+    p.add_argument("--fault", action="append", metavar="KIND[:OHMS]@TIME[,key=value]",
+                   help="inject an electrode fault on the virtual Pico at a virtual time: open@0.5s, short@500ms, "
+                        "drift:10k@2s[,ramp=1s], intermittent@1s[,every=100ms,on=20ms], ok@3s (repaired); "
+                        "add ,ch=N for one channel (default every channel); repeatable")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

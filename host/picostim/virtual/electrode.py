@@ -197,12 +197,12 @@ def electrodes_from_specs(channels: int, electrode_specs=(), fault_specs=()) -> 
     kws: list[dict] = [{} for _ in range(channels)]
     for spec in electrode_specs or ():
         ch, kw = parse_electrode(spec)
-        for c in _targets(ch, channels, spec):
+        for c in _targets(ch, channels, "--electrode " + spec):
             kws[c].update(kw)
     out = [Electrode(**kw) for kw in kws]
     for spec in fault_specs or ():
         ch, fault = parse_fault(spec)
-        for c in _targets(ch, channels, spec):
+        for c in _targets(ch, channels, "--fault " + spec):
             out[c].faults.append(Fault(**vars(fault)))
     return out
 
