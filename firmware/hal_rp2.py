@@ -29,6 +29,10 @@ ticks_us = time.ticks_us
 ticks_diff = time.ticks_diff
 
 _PRIME_TIMEOUT_US = 2000  # the DMA fills an 8-word FIFO in well under a microsecond
+_SIO_GPIO_IN = 0xD0000004  # SIO GPIO_IN: pad levels, including pins driven by the PIO (RP2040 §2.3.1.7)
+# Phase-1 monitoring: the main loop waits (IRQs off) at most this long for a due phase-1 reading;
+# a reading due later is taken by a later poll. Bounds the host link's added latency.
+MONITOR_WAIT_US = 400
 _LDAC_PULSE_US = 1  # MCP4822 LDAC low time >= 100 ns
 
 
@@ -82,6 +86,13 @@ class _Chan:
         self.buffers = []  # keep every block buffer alive while the DMA may read it
         self.pending_dac = None  # (abs entry, a, b): latch when the stream reaches that entry
         self.last_ohm = 0
+        # phase-1 monitoring (phase1_samples): the schedule of the running train
+        self.train = None
+        self.t0_us = None  # ticks_us of the train's pulse-0 schedule origin (None: not anchored yet)
+        self.first_bit = 0  # SIO GPIO_IN bit of the first-phase pin
+        self.origin_ticks = 0  # ticks from t0_us to pulse 0's phase-1 start
+        self.mon_next = 0  # index of the next pulse that may be read
+        self.mon_last_us = None  # ticks_us of the last reading
 
 
 class Rp2Hal:
@@ -264,11 +275,23 @@ class Rp2Hal:
             sm_mask |= 1 << st.sm_id
         if chosen:
             mem32[dma_chain.pio_ctrl_set(chosen[0].pio)] = dma_chain.ctrl_start_value(sm_mask)
+        t_start = ticks_us()  # the CTRL write above: the software start's pulse-schedule origin
+        for st in chosen:
+            train = trains[st.ch]
+            st.train = train
+            st.first_bit = 1 << (board.CH_NEG[st.ch] if train.first == pulse_engine.NEG else board.CH_POS[st.ch])
+            st.t0_us = None if wait_trigger[st.ch] else t_start
+            st.origin_ticks = pulse_engine.words_ticks(train.delay) + 2  # delay + the entry's 2 set-up ticks
+            st.mon_next = 0
+            st.mon_last_us = None
 
     def replace(self, ch, train):
         st = self._ch[ch]
         if not st.active:
             return
+        st.train = train
+        st.first_bit = 1 << (board.CH_NEG[ch] if train.first == pulse_engine.NEG else board.CH_POS[ch])
+        st.t0_us = None  # the new timing starts at an unknown pulse boundary: re-anchor on an edge
         plan = dma_chain.Plan(train, p=st.p, with_delay=False)
         self._buffers(st, plan)
         consumed = self._consumed(st)
@@ -336,6 +359,88 @@ class Rp2Hal:
             return st.final_pulses
         consumed, alive = self._service(st)
         return st.feeder.pulses_after(self._played(st, consumed, alive))
+
+    # ---- contract: phase-1 monitoring ---------------------------------------------------------
+    def _pulse_tick(self, train, k):
+        """Ticks from the schedule origin to the start of pulse k's phase 1."""
+        return pulse_engine.pulse_start_ticks(train, k)
+
+    def _anchor(self, st):
+        """Find the schedule origin of a train started by a trigger or changed by replace(): wait
+        (bounded) for a rising edge of the first-phase pin and call that pulse 0. Only for trains
+        without bursts, whose schedule is the same from every pulse (a burst train is anchored only
+        by a software start)."""
+        if st.train.pulses_per_cycle != 1:
+            return
+        irq = machine.disable_irq()
+        t0 = ticks_us()
+        high = mem32[_SIO_GPIO_IN] & st.first_bit
+        while ticks_diff(ticks_us(), t0) < MONITOR_WAIT_US:
+            now = mem32[_SIO_GPIO_IN] & st.first_bit
+            if now and not high:
+                st.t0_us = ticks_us()
+                st.origin_ticks = 0
+                st.mon_next = 0
+                st.mon_last_us = None
+                break
+            high = now
+        machine.enable_irq(irq)
+
+    def phase1_samples(self, ch, min_interval_us):
+        """At most one phase-1 reading per call, CPU-timed against the PIO's pulse schedule.
+
+        The schedule origin is the start's CTRL write (software start) or an observed rising edge
+        (trigger, replace); pulse k's reading is due MONITOR_SAMPLE_NS after its phase-1 start
+        (``pulse_engine.pulse_start_ticks`` + the train delay + the entry's 2 ticks). If the next
+        due reading (at least ``min_interval_us`` after the last) is within MONITOR_WAIT_US, the CPU
+        sets the mux, waits for it with interrupts off, converts, and keeps the reading only if the
+        first-phase pin (SIO GPIO_IN) was high before and after the conversion and the conversion
+        ended inside phase 1: a mistimed reading is dropped, never misattributed. Board-only
+        (docs/HARDWARE.md)."""
+        st = self._ch[ch]
+        train = st.train
+        if not st.active or train is None:
+            return []
+        if train.phase1_ticks < pulse_engine.ns_to_ticks(impedance.MONITOR_MIN_PHASE_NS):
+            return []
+        if st.t0_us is None:
+            self._anchor(st)
+            if st.t0_us is None:
+                return []
+        hz = board.SYS_CLK_HZ // 1000000  # ticks per µs
+        lead = st.origin_ticks + pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)
+        now = ticks_us()
+        elapsed = ticks_diff(now, st.t0_us)
+        k = st.mon_next
+        due = elapsed + 1
+        if st.mon_last_us is not None:
+            due = max(due, ticks_diff(st.mon_last_us, st.t0_us) + min_interval_us)
+        total = train.repeats * train.pulses_per_cycle  # 0: until stopped
+        while (self._pulse_tick(train, k) + lead) // hz < due:
+            k += 1
+            if total and k >= total:
+                return []
+        wait = (self._pulse_tick(train, k) + lead) // hz - elapsed
+        if wait > MONITOR_WAIT_US:
+            return []
+        sel = board.CH_ADC_MUX[ch]
+        self._mux[0].value(sel & 1)
+        self._mux[1].value(sel >> 1 & 1)
+        t_k = st.t0_us + (self._pulse_tick(train, k) + lead) // hz
+        window_us = (train.phase1_ticks - pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)) // hz
+        irq = machine.disable_irq()
+        while ticks_diff(ticks_us(), t_k) < 0:
+            pass
+        before = mem32[_SIO_GPIO_IN] & st.first_bit
+        raw = self._adc.read_u16()
+        after = mem32[_SIO_GPIO_IN] & st.first_bit
+        late = ticks_diff(ticks_us(), t_k)
+        machine.enable_irq(irq)
+        st.mon_next = k + 1
+        if not (before and after and late < window_us):
+            return []
+        st.mon_last_us = t_k
+        return [(t_k, raw >> (16 - board.ADC_BITS))]
 
     # ---- contract: impedance -------------------------------------------------------------------
     def measure_impedance(self, ch):

@@ -283,3 +283,66 @@ def test_cli_bad_fault_options_exit_2(argv, capsys):
 
     assert cli.main(argv) == 2
     assert "fault" in capsys.readouterr().err
+
+
+# ---- the board HAL's phase-1 reading, against the recording fakes of tests/test_hal_rp2.py -----------
+@pytest.fixture
+def board_hal(monkeypatch):
+    import importlib.util
+    import sys
+    import time
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_hal_fakes", Path(__file__).with_name("test_hal_rp2.py"))
+    fakes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fakes)
+    hw = fakes.Hw()
+    for name, mod in hw.modules().items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    clock = [0]
+
+    def ticks_us():
+        clock[0] += 3
+        return clock[0]
+
+    monkeypatch.setattr(time, "ticks_us", ticks_us, raising=False)
+    monkeypatch.setattr(time, "ticks_diff", lambda a, b: a - b, raising=False)
+    monkeypatch.setattr(time, "sleep_us", lambda us: clock.__setitem__(0, clock[0] + us), raising=False)
+    sys.modules.pop("firmware.hal_rp2", None)
+    mod = importlib.import_module("firmware.hal_rp2")
+    yield mod, mod.Rp2Hal(), hw, clock
+    sys.modules.pop("firmware.hal_rp2", None)
+
+
+def test_board_hal_reads_phase1_on_the_schedule_and_checks_the_pin(board_hal):
+    mod, h, hw, clock = board_hal
+    train = _train(period_ns=1_000_000)  # 1 kHz, 200 µs phase 1, cathodic first: NEG is the phase-1 pin
+    h.start([train] * 4, 1, [0] * 4)
+    t0 = h._ch[0].t0_us
+    hw.regs[mod._SIO_GPIO_IN] = 1 << board.CH_NEG[0]  # the pin reads high: in phase 1
+    got = h.phase1_samples(0, 0)
+    assert len(got) == 1
+    t_k, code = got[0]
+    # pulse k's reading: schedule origin + 2 entry ticks + k periods + MONITOR_SAMPLE_NS
+    k = (t_k - t0 - 10) // 1000
+    assert t_k == t0 + (2 + k * train.period_ticks + pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)) // 125
+    assert code == 1000  # the fake ADC
+    mux = [e for e in hw.log if e[0] == "pin_value" and e[1] in board.ADC_MUX_SEL_PINS][-2:]
+    assert [e[2] for e in mux] == [board.CH_ADC_MUX[0] & 1, board.CH_ADC_MUX[0] >> 1 & 1]
+    # the rate cap skips pulses; a reading due beyond MONITOR_WAIT_US is left for a later poll
+    assert h.phase1_samples(0, 5000) == []
+    clock[0] = t_k + 5000 - mod.MONITOR_WAIT_US // 2
+    nxt = h.phase1_samples(0, 5000)
+    assert len(nxt) == 1 and nxt[0][0] - t_k >= 5000
+    # pin low at the due time (mistimed, or the stream already stopped): the reading is dropped
+    hw.regs[mod._SIO_GPIO_IN] = 0
+    clock[0] = nxt[0][0] + 1000 - 50
+    assert h.phase1_samples(0, 0) == []
+
+
+def test_board_hal_does_not_monitor_short_phases_or_idle_channels(board_hal):
+    mod, h, hw, clock = board_hal
+    assert h.phase1_samples(1, 0) == []  # never started
+    h.start([_train(phase1_ns=15_000, phase2_ns=15_000)] * 4, 1, [0] * 4)
+    hw.regs[mod._SIO_GPIO_IN] = 1 << board.CH_NEG[0]
+    assert h.phase1_samples(0, 0) == []
