@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?=
 ANALYZER ?= fx2lafw
 
-.PHONY: all demo test test-slow firmware flash hil bench typecheck system-deps clean
+.PHONY: all demo test test-slow test-mpy firmware flash flash-dry hil bench typecheck virtual-mpy system-deps clean
 
 all: test
 
@@ -36,11 +36,23 @@ test: $(STAMP) system-deps
 test-slow: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m slow
 
+test-mpy: $(STAMP)
+	$(BIN)/python -m pytest -m mpy
+
+typecheck: $(STAMP)
+	$(BIN)/python tools/typecheck.py
+
 firmware: $(STAMP)
 	$(BIN)/python tools/build_firmware.py
 
 flash: firmware
-	$(BIN)/picostim --port $(PORT) flash
+	$(BIN)/picostim --port $(PORT) flash --no-build
+
+flash-dry: $(STAMP)
+	$(BIN)/picostim --port $(or $(PORT),/dev/ttyACM0) flash --dry-run
+
+virtual-mpy: $(STAMP)
+	$(BIN)/picostim --virtual=micropython virtual
 
 hil: $(STAMP) system-deps
 	PICOSTIM_PORT=$(PORT) PICOSTIM_ANALYZER=$(ANALYZER) $(BIN)/python -m pytest hil_tests -m hil

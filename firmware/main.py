@@ -31,5 +31,19 @@ def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR):
         controller.poll()
 
 
+def maintenance_requested():
+    """BOOTSEL held at power-up: do not start the firmware, stay at the REPL with Ctrl-C enabled so
+    `picostim flash` (mpremote) can replace the files. Outputs stay high-impedance (board pull-downs)."""
+    try:
+        import rp2
+
+        return bool(rp2.bootsel_button())
+    except (ImportError, AttributeError):  # not on an RP2040
+        return False
+
+
 if __name__ == "__main__":
-    run()
+    if maintenance_requested():
+        print("picostim: BOOTSEL held at boot: firmware not started, REPL available for maintenance")
+    else:
+        run()

@@ -7,18 +7,23 @@ switched off so a 0x03 inside a binary frame cannot interrupt the firmware.
 import select
 import sys
 
-try:
-    import micropython
-
-    micropython.kbd_intr(-1)
-except (ImportError, AttributeError):  # CPython (virtual Pico) has neither; the pty is binary-clean
-    pass
-
 CHUNK = 256
+
+
+def _binary_link():
+    """Stop the REPL from treating 0x03 in a frame as Ctrl-C (only once the firmware takes the link,
+    so a maintenance boot keeps Ctrl-C, see main.maintenance_requested)."""
+    try:
+        import micropython
+
+        micropython.kbd_intr(-1)
+    except (ImportError, AttributeError):  # CPython (virtual Pico): the pty is binary-clean already
+        pass
 
 
 class UsbCdc:
     def __init__(self, stream_in=None, stream_out=None):
+        _binary_link()
         self._in = stream_in or sys.stdin.buffer
         self._out = stream_out or sys.stdout.buffer
         self._poll = select.poll()
