@@ -110,8 +110,14 @@ def count_executions(vp: VirtualPico) -> dict[int, list]:
     return executed
 
 
-def _sum(a: dict, b: dict) -> dict:
-    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+def recover(c: Client) -> int:
+    """recover_events() over the lossy link: the EVENT_LOG request itself may be lost; try again."""
+    for _ in range(6):
+        try:
+            return c.recover_events()
+        except LinkError:
+            continue
+    raise AssertionError("EVENT_LOG never got through")
 
 
 @pytest.mark.parametrize("n", [pytest.param(70, id="quick"), pytest.param(1500, id="long", marks=pytest.mark.slow)])
@@ -122,7 +128,7 @@ def test_lossy_link_no_double_execution_and_no_lost_event(tmp_path, n):
     with VirtualPico(channels=2, flash_dir=str(tmp_path)) as vp:
         executed = count_executions(vp)
         port = FaultyPort(open_port(vp.path, exclusive=False), rng)
-        c = Client(port, timeout=0.06, retries=12)
+        c = Client(port, timeout=0.1, retries=15)
         issued = set()
         next_seq = c.next_seq
 
@@ -133,6 +139,7 @@ def test_lossy_link_no_double_execution_and_no_lost_event(tmp_path, n):
 
         c.next_seq = tracked_seq  # type: ignore[method-assign]
         c.hello()
+        c._ev_contig = 1  # the baseline: the boot event (seq 1) went out before this connection
         sent: dict[int, str] = {}
         events: list[dict] = []
         recovered = 0
@@ -177,11 +184,11 @@ def test_lossy_link_no_double_execution_and_no_lost_event(tmp_path, n):
                         pass
                 vp.advance(0.006)  # trains end: train_done events on the lossy link
                 events += c.events()
-                recovered += c.recover_events()
+                recovered += recover(c)
                 events += c.events()
         injected = port.injected
         device_events = vp.controller.events_sent
-        recovered += c.recover_events()
+        recovered += recover(c)
         events += c.events()
         counters = c.counters()
     # HELLO always executes (read-only apart from turning the deadman off: idempotent by design)
