@@ -225,7 +225,7 @@ class Plan:
     """
 
     def __init__(self, train, p=0, with_delay=True):
-        runs = train.runs if train.runs else [(g, 1) for g in train.groups]
+        runs = train.runs
         if p <= 0:
             p = 1
             for g, _ in runs:

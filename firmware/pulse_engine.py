@@ -161,8 +161,7 @@ class Train:
 
     def __init__(self):
         self.delay = []  # idle words for train_delay (may be empty)
-        self.groups = []  # one cycle: list of groups (lists of words); identical groups share a list
-        self.runs = []  # the same cycle run-length coded: [(group words, count), ...] for DMA
+        self.runs = []  # one cycle, run-length coded: [(group words, count), ...] (see cycle_groups)
         self.repeats = 0  # cycles to play; 0 = until stopped
         self.pulses_per_cycle = 0
         self.cycle_ticks = 0
@@ -227,13 +226,11 @@ def build_train(params):
     if n_burst > 0:
         g = group(period - pulse_ticks)
         last = group(period - pulse_ticks + interburst)
-        t.groups = [g] * (n_burst - 1) + [last]
         t.runs = ([(g, n_burst - 1)] if n_burst > 1 else []) + [(last, 1)]
         t.pulses_per_cycle = n_burst
         t.cycle_ticks = n_burst * period + interburst
     else:
         g = group(period - pulse_ticks)
-        t.groups = [g]
         t.runs = [(g, 1)]
         t.pulses_per_cycle = 1
         t.cycle_ticks = period
@@ -336,10 +333,23 @@ def ramp_pulses(train):
     return k
 
 
+def iter_groups(train):
+    """The groups of one cycle in order, from the run-length coded `runs` (a 10 000-pulse burst is
+    one run, not 10 000 list entries: that is what keeps four such channels in the board's heap)."""
+    for g, n in train.runs:
+        for _ in range(n):
+            yield g
+
+
+def cycle_groups(train):
+    """One cycle as a list of groups (host side: the virtual Pico's DMA model, tests)."""
+    return list(iter_groups(train))
+
+
 def cycle_words(train):
     """One cycle as a flat word list (tests, virtual Pico; the board DMAs `runs` instead)."""
     out: list = []
-    for g in train.groups:
+    for g in iter_groups(train):
         out.extend(g)
     return out
 
@@ -358,7 +368,7 @@ def expand(train, k):
         t += (w >> COUNT_SHIFT) + OVERHEAD
     c = 0
     while train.repeats == 0 or c < train.repeats:
-        for g in train.groups:
+        for g in iter_groups(train):
             for w in g:
                 if len(out) >= k:
                     return out

@@ -143,10 +143,6 @@ def test_serving_does_not_grow(mpy_tree):
     assert r["after_run"] - r["running"] < 2048, r
 
 
-@pytest.mark.xfail(reason="Train.groups keeps one list entry per pulse of a cycle (a 10 000-pulse burst is a "
-                          "10 000-entry list even though Train.runs is run-length coded): ~80 KB per channel "
-                          "here, ~40 KB on the board; four such channels do not fit the board's heap",
-                   strict=False)
 def test_four_max_bursts_within_budget(mpy_tree, request):
     worst = dict(P.complete({}), burst_pulses=LIMITS["max_burst_pulses"], period_ns=100_000, phase1_ns=20_000,
                  phase2_ns=20_000, interburst_ns=10**8)

@@ -102,8 +102,8 @@ def test_groups_are_exact_and_safe(p):
         assert abs(r[name] * NS - p[name + "_ns"] * CLK) * 2 <= NS
     assert r["phase1"] == pe.ns_to_ticks(p["phase1_ns"])
     n = max(1, p["burst_pulses"])
-    assert len(tr.groups) == n == tr.pulses_per_cycle == tr.pulses
-    for i, g in enumerate(tr.groups):
+    assert len(pe.cycle_groups(tr)) == n == tr.pulses_per_cycle == tr.pulses
+    for i, g in enumerate(pe.cycle_groups(tr)):
         last = i == n - 1
         want = r["period"] + (r["interburst"] if last and p["burst_pulses"] else 0)
         assert pe.words_ticks(g) == want  # every group sums exactly to its duration
@@ -114,7 +114,7 @@ def test_groups_are_exact_and_safe(p):
             assert not (pins & pe.POS and pins & pe.NEG)
             assert 0 <= w < 1 << 32
             assert (w >> pp.COUNT_SHIFT) <= pp.COUNT_MAX
-    assert sum(pe.words_ticks(g) for g in tr.groups) == tr.cycle_ticks == r["cycle"]
+    assert sum(pe.words_ticks(g) for g in pe.cycle_groups(tr)) == tr.cycle_ticks == r["cycle"]
     assert sum(pe.words_ticks(g) * c for g, c in tr.runs) == tr.cycle_ticks
     assert pe.words_ticks(tr.delay) == r["train_delay"]
     assert all(w & pp.PIN_MASK == 0 for w in tr.delay)
@@ -209,7 +209,7 @@ def test_preset_20hz_200us():
     r = tr.realised
     assert r["phase1"] == r["phase2"] == 25_000  # 200 µs is exactly 25 000 ticks
     assert r["period"] == 6_250_000 and tr.repeats == 1200
-    (group,) = tr.groups
+    (group,) = pe.cycle_groups(tr)
     assert group[:2] == [((25_000 - 5) << 4) | pe.NEG | pe.SYNC, ((25_000 - 5) << 4) | pe.POS | pe.SYNC]
     # the 6.2 ms idle is padded to MIN_GROUP_WORDS words (stop latency bound), summing exactly
     idle = group[2:]
@@ -224,7 +224,7 @@ def test_preset_20hz_200us():
 def test_groups_outnumber_the_fifo_when_the_idle_allows():
     """A group of >= FIFO + 1 words keeps the DMA at most one group ahead of the pins."""
     tr = pe.build_train(params(period_ns=100_000, phase1_ns=20_000, phase2_ns=20_000))
-    assert len(tr.groups[0]) == pe.MIN_GROUP_WORDS == pe.TX_FIFO_WORDS + 1
+    assert len(pe.cycle_groups(tr)[0]) == pe.MIN_GROUP_WORDS == pe.TX_FIFO_WORDS + 1
 
 
 def test_preset_burst_5_at_500hz_repeated_40hz():
@@ -236,7 +236,7 @@ def test_preset_burst_5_at_500hz_repeated_40hz():
     assert starts == [0, 250_000, 500_000, 750_000, 1_000_000, 3_125_000, 3_375_000]
     edges = [t for t, pins in pe.expand(tr, 100) if pins & pe.NEG]
     assert edges[:7] == starts
-    assert tr.groups[0] is tr.groups[3]  # identical groups share one list (memory)
+    assert pe.cycle_groups(tr)[0] is pe.cycle_groups(tr)[3]  # identical groups share one list (memory)
     assert [c for _, c in tr.runs] == [4, 1]
 
 
@@ -244,7 +244,7 @@ def test_anodic_first_asymmetric_and_recovery():
     tr = pe.build_train(params(polarity=1, phase1_ns=100_000, phase2_ns=400_000, interphase_ns=50_000,
                                recovery_ns=1 * MS, amplitude_ua=2000, period_ns=10 * MS))
     r = tr.realised
-    assert runs(tr.groups[0]) == [(12_500, pe.POS | pe.SYNC), (6_250, pe.SYNC),
+    assert runs(pe.cycle_groups(tr)[0]) == [(12_500, pe.POS | pe.SYNC), (6_250, pe.SYNC),
                                   (50_000, pe.NEG | pe.SYNC), (125_000, pe.RECOVERY),
                                   (1_250_000 - 193_750, 0)]
     assert r["dac_code1"] == 800 and r["dac_code2"] == 200
@@ -277,7 +277,7 @@ def test_triggers_select_entry_and_pin():
 def test_long_train_delay_and_60s_period():
     tr = pe.build_train(params(period_ns=60 * S, train_delay_ns=90 * S))
     assert tr.realised["period"] == 7_500_000_000
-    assert pe.words_ticks(tr.groups[0]) == 7_500_000_000
+    assert pe.words_ticks(pe.cycle_groups(tr)[0]) == 7_500_000_000
     assert pe.words_ticks(tr.delay) == 11_250_000_000
     assert pe.expand(tr, 50)[-1][0] < pe.words_ticks(tr.delay) + tr.cycle_ticks * 2
 
@@ -383,7 +383,7 @@ def test_micropython_builds_identical_words():
         "import sys, json\nsys.path.insert(0, %r)\nfrom firmware import pulse_engine as pe\n"
         "for p in json.loads(%r):\n"
         "    t = pe.build_train(p)\n"
-        "    print(json.dumps([t.delay, t.groups, t.repeats, t.cycle_ticks, t.realised]))\n"
+        "    print(json.dumps([t.delay, pe.cycle_groups(t), t.repeats, t.cycle_ticks, t.realised]))\n"
     ) % (str(ROOT), json.dumps(cases))
     out = subprocess.run([MPY, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -391,4 +391,4 @@ def test_micropython_builds_identical_words():
     for p, line in zip(cases, lines, strict=True):
         t = pe.build_train(p)
         assert json.loads(line) == json.loads(json.dumps(
-            [t.delay, t.groups, t.repeats, t.cycle_ticks, t.realised]))
+            [t.delay, pe.cycle_groups(t), t.repeats, t.cycle_ticks, t.realised]))

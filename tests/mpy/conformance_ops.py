@@ -120,7 +120,7 @@ def op_engine(params, ramp_k=0):
     out = {
         "delay": t.delay,
         "runs": [[g, n] for g, n in t.runs],
-        "n_groups": len(t.groups),
+        "n_groups": t.pulses,
         "repeats": t.repeats,
         "pulses": t.pulses,
         "cycle_ticks": t.cycle_ticks,
@@ -130,7 +130,7 @@ def op_engine(params, ramp_k=0):
         "trigger_pin": t.trigger_pin,
         "dac": [t.dac_a, t.dac_b],
     }
-    if len(t.groups) <= 64:
+    if t.pulses <= 64:
         out["cycle_words"] = E.cycle_words(t)
     if ramp_k:
         out["ramp"] = [list(E.ramp_codes(t, k)) for k in range(ramp_k)]

@@ -31,7 +31,7 @@ def _train_summary(t):
     if t is None:
         return None
     return [t.entry, t.trigger_pin, t.dac_a, t.dac_b, t.cycle_ticks, t.pulses, t.pulses_per_cycle, t.repeats,
-            len(t.groups), len(t.delay)]
+            t.pulses, len(t.delay)]
 
 
 class FakeHal:

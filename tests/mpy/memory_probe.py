@@ -115,7 +115,7 @@ def main():
     out["states"] = list(ctl.state)
     out["nacks"] = ctl.nacks
     out["sent_frames"] = sent[1]
-    out["groups"] = [len(t.groups) if t is not None else 0 for t in ctl.trains]
+    out["groups"] = [t.pulses if t is not None else 0 for t in ctl.trains]
     print(json.dumps(out))
 
 

@@ -115,7 +115,7 @@ class SimHal:
             sm.restart()
             sm.in_base = train.trigger_pin if wait_trigger[ch] else board.TRIG1_PIN
             delay = [train.delay] if train.delay else []
-            self.system.dma(sm).load(delay, train.groups, train.repeats)
+            self.system.dma(sm).load(delay, pulse_engine.cycle_groups(train), train.repeats)
             self._trains[ch] = train
             self._delay_blocks[ch] = len(delay)
             self._blocks0[ch] = sm.blocks_consumed
@@ -134,7 +134,7 @@ class SimHal:
             # polarity change: monitor the new first-phase pin from here on
             self._edge_pos[ch] = self._edge0[ch] = len(self.system._edges[self._first_pin(ch, train)])
         self._trains[ch] = train
-        self.system.dma(self.sms[ch]).replace_at_block_boundary((), train.groups, train.repeats)
+        self.system.dma(self.sms[ch]).replace_at_block_boundary((), pulse_engine.cycle_groups(train), train.repeats)
 
     def stop(self, mask: int) -> None:
         for ch in range(self.channels):
