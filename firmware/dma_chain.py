@@ -391,10 +391,12 @@ class Feeder:
             return self.head
         return self._write_run(self.head, limit)
 
-    def stop(self):
-        """Every slot 0: the entry already handed to the data channel completes, nothing follows."""
+    def stop(self, consumed=0):
+        """Every slot 0, starting with the one the control channel reads next (absolute index
+        ``consumed``), so the chain ends at the next group boundary even while this loop is still
+        running: the entry already handed to the data channel completes, nothing follows."""
         for s in range(self.ring_len):
-            self.ring[self.base + s] = 0
+            self.ring[self.base + (consumed + s) % self.ring_len] = 0
         self.finished = True
 
     def replace(self, plan, consumed):

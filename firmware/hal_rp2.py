@@ -304,7 +304,7 @@ class Rp2Hal:
         FIFO) complete, then the chain ends on a 0 entry. Nothing is aborted mid-pulse."""
         for st in self._ch:
             if mask >> st.ch & 1 and st.active:
-                st.feeder.stop()
+                st.feeder.stop(self._consumed(st))
 
     def _service(self, st):
         """Top up the ring and apply a deferred DAC change; returns (consumed, chain_alive)."""

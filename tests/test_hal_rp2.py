@@ -209,6 +209,28 @@ def test_stop_ends_at_the_next_group_boundary():
     assert edges(m.out) == edges(pe.cycle_words(train) * 7)
 
 
+def test_stop_clears_the_entry_the_dma_reads_next_first():
+    """The control channel keeps reading while the CPU clears the ring: the first slot nulled must be
+    the one it reads next, or a few more groups could slip out during the loop."""
+    train = pe.build_train(params(period_ns=1 * MS))
+    plan, f, ring, memory = _setup(train)
+    f.load(plan)
+
+    class Recording(list):
+        writes: list = []
+
+        def __setitem__(self, i, v):
+            self.writes.append(i)
+            super().__setitem__(i, v)
+
+    f.ring = Recording(ring)
+    consumed = 2 * f.ring_len + 5
+    f.stop(consumed)
+    assert f.ring.writes[0] == f.base + consumed % f.ring_len
+    assert sorted(f.ring.writes) == list(range(f.base, f.base + f.ring_len))
+    assert all(v == 0 for v in f.ring[f.base:f.base + f.ring_len])
+
+
 def test_cpu_lag_ends_the_stream_at_a_group_boundary_never_replays():
     train = pe.build_train(params(period_ns=1 * MS))  # forever
     plan, f, ring, memory = _setup(train, ring_len=64, margin=8)
