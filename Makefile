@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?=
 ANALYZER ?= fx2lafw
 
-.PHONY: all demo test test-slow test-mpy firmware flash flash-dry hil bench typecheck virtual-mpy system-deps clean
+.PHONY: all demo test test-slow test-mpy fuzz soak firmware flash flash-dry hil bench typecheck virtual-mpy system-deps clean
 
 all: test
 
@@ -41,6 +41,13 @@ test-mpy: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/python tools/typecheck.py
+
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/fuzz_link.py --target firmware -max_total_time=300
+	$(BIN)/python tests/fuzz/fuzz_link.py --target host -max_total_time=300
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -m slow tests/test_soak.py tests/test_fuzz_link.py tests/test_link_faults.py
 
 firmware: $(STAMP)
 	$(BIN)/python tools/build_firmware.py

@@ -30,6 +30,9 @@ from picostim.virtual.sim_hal import SimHal
 from protocol import messages as M
 
 
+MAX_STEP_S = 0.02  # real-time mode: longest stretch of virtual time emulated between two link reads
+
+
 class VirtualPico:
     """A virtual board on a pty. Use as a context manager or call :meth:`open` / :meth:`close`."""
 
@@ -182,8 +185,12 @@ class VirtualPico:
                 if data:
                     self.controller.receive(data)
                 if self.realtime:
+                    # At most MAX_STEP_S of emulation per loop: if the emulator falls behind the wall
+                    # clock (a heavily loaded host), virtual time lags instead of each step growing
+                    # until the link is not read for seconds.
                     now = time.monotonic()
-                    self.run_until(self.hal.system.now + round((now - last) * self.hal.clock_hz))
+                    step = min(now - last, MAX_STEP_S)
+                    self.run_until(self.hal.system.now + round(step * self.hal.clock_hz))
                     last = now
                 else:
                     self.controller.poll()
