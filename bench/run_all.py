@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark table side by side in one process and write BENCHMARKS.md.
 
     .venv/bin/python bench/run_all.py                 # all tables, full size -> BENCHMARKS.md
-    .venv/bin/python bench/run_all.py --only analyzer # one table (keys: fidelity trigger analyzer emulation protocol)
+    .venv/bin/python bench/run_all.py --only analyzer # one table (keys: fidelity trigger analyzer emulation protocol fuzz)
     .venv/bin/python bench/run_all.py --tiny --out /tmp/b.md   # seconds; what tests/test_bench_smoke.py runs
 
 Budget: < 10 min on 2 cores (typically ~1 min). Numbers are medians with spread over interleaved
@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import analyzer_throughput, emulation_speed, protocol_bench, timing_fidelity, trigger_latency  # noqa: E402
+from bench import (analyzer_throughput, emulation_speed, link_fuzz, protocol_bench, timing_fidelity,  # noqa: E402
+                   trigger_latency)
 from bench.common import Section, machine_facts, table  # noqa: E402
 
 MODULES = {
@@ -28,6 +29,7 @@ MODULES = {
     "analyzer": analyzer_throughput,
     "emulation": emulation_speed,
     "protocol": protocol_bench,
+    "fuzz": link_fuzz,
 }
 BUDGET_S = 600
 
@@ -78,6 +80,11 @@ def headline_lines(sections: dict[str, Section]) -> list[str]:
                    f"{h['status_p99_ms']:.3f} ms ({h['status_rt_per_s']:,.0f} round trips/s); frames "
                    f"{h['encode_frames_per_s']:,.0f} encoded/s, {h['decode_frames_per_s']:,.0f} decoded/s; table CRC "
                    f"{h['crc_table_cpython_vs_crcmod']:.0f}× slower than crcmod on CPython{mp}.")
+    s = sections.get("fuzz")
+    if s:
+        h = s.headline
+        out.append("- **Fuzzing the link**: " + ", ".join(
+            f"{side} side {v['frames']:,} frames, {v['crashes']} crashes" for side, v in h.items()) + ".")
     return out
 
 

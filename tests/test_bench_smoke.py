@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import analyzer_throughput, emulation_speed, protocol_bench, run_all, timing_fidelity, trigger_latency  # noqa: E402
+from bench import (analyzer_throughput, emulation_speed, link_fuzz, protocol_bench, run_all,  # noqa: E402
+                   timing_fidelity, trigger_latency)
 
 
 def test_timing_fidelity_tiny():
@@ -49,6 +50,12 @@ def test_protocol_tiny():
     s = protocol_bench.run("tiny")
     assert s.headline["status_rt_per_s"] > 0
     assert "**NO**" not in s.body
+
+
+def test_link_fuzz_tiny():
+    s = link_fuzz.run("tiny")
+    assert all(v["crashes"] == 0 and v["frames"] >= 5_000 for v in s.headline.values())
+    assert "| firmware |" in s.body and "| host |" in s.body
 
 
 def test_run_all_writes_markdown(tmp_path):
