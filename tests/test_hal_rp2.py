@@ -20,20 +20,15 @@ from firmware import board
 from firmware import dma_chain as dc
 from firmware import pio_programs as pp
 from firmware import pulse_engine as pe
+from protocol import params as P
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
 
 
 def params(**kw):
-    p = {
-        "phase1_ns": 200_000, "interphase_ns": 0, "phase2_ns": 200_000, "recovery_ns": 0,
-        "period_ns": 50 * MS, "amplitude_ua": 1000, "polarity": 0, "burst_pulses": 0,
-        "interburst_ns": 0, "train_duration_ns": 0, "train_delay_ns": 0, "ramp_up_ns": 0,
-        "trigger": 0, "electrode_area_um2": 6_000_000,
-    }
-    p.update(kw)
-    return p
+    """Canonical parameters: the protocol's defaults (200 µs phases, 20 Hz, 1 mA) with overrides."""
+    return P.complete(kw)
 
 
 def edges(words):
