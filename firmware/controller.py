@@ -261,13 +261,13 @@ class Controller:
         self.trains[ch] = train
         return self._params_response(ch)
 
-    def _check_startable(self, channels):
+    def _check_startable(self, channels, armed_ok=False):
         for ch in channels:
             if self.state[ch] == M.ST_FAULT:
                 _refuse(M.E_FAULT_LATCHED, "channel", ch, 0)
             if self.params[ch] is None:
                 _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
-            if self.state[ch] != M.ST_IDLE:
+            if self.state[ch] != M.ST_IDLE and not (armed_ok and self.state[ch] == M.ST_ARMED):
                 _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
         readings = []
         for ch in channels:  # electrode check before any output moves
@@ -305,12 +305,10 @@ class Controller:
     def _trigger(self, body):
         """Software trigger: start the masked channels now, whatever their trigger source."""
         channels = self._mask(body)
+        readings = self._check_startable(channels, armed_ok=True)  # refuses before anything moves
         armed = [ch for ch in channels if self.state[ch] == M.ST_ARMED]
         if armed:
-            self.hal.stop(self._bits(armed))
-            for ch in armed:
-                self.state[ch] = M.ST_IDLE
-        readings = self._check_startable(channels)
+            self.hal.stop(self._bits(armed))  # they wait on the trigger pin: nothing is mid-pulse
         return self._launch(channels, True, readings)
 
     def _stop(self, body):

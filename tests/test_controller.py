@@ -182,3 +182,18 @@ def test_garbage_between_frames_does_not_hide_the_frames():
     out.clear()
     ctl.receive(b"\x05\x06" + frame(M.STATUS, 5) + frame(M.STATUS, 6))
     assert [f.seq for f in replies(out)] == [6]
+
+
+def test_a_refused_software_trigger_leaves_an_armed_channel_armed():
+    ctl, hal, out = make()
+    ext = dict(GOOD, trigger=P.TRIGGER_EXT1)
+    ctl.receive(frame(M.SET_PARAMS, 1, M.encode_params(0, ext)) + frame(M.START, 2, b"\x01"))
+    assert ctl.state[0] == M.ST_ARMED
+    before = snapshot(ctl, hal)
+    ctl.receive(frame(M.TRIGGER, 3, b"\x03"))  # channel 1 has no parameters: the whole request is refused
+    nack = M.decode_nack(replies(out)[-1].body)
+    assert nack["code"] == M.E_NOT_CONFIGURED
+    assert snapshot(ctl, hal) == before and ctl.state[0] == M.ST_ARMED
+    ctl.receive(frame(M.TRIGGER, 4, b"\x01"))  # channel 0 alone: fired now, from the software entry
+    assert replies(out)[-1].type == M.TRIGGER | M.RESPONSE
+    assert ctl.state[0] == M.ST_RUNNING and hal.calls[-1] == ["start", 1, [0, 0, 0, 0]]

@@ -10,10 +10,7 @@ for p in (str(HERE), str(HERE.parent)):  # mpyrun/conformance_ops, and tests/ fo
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from mpyrun import micropython_binary  # noqa: E402
-
-# op name -> number of vectors whose CPython and MicroPython results were identical
-CONFORMANCE_PASSED = {}
+from mpyrun import CONFORMANCE_PASSED, micropython_binary  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

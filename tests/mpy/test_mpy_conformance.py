@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import conformance_ops
-from conftest import CONFORMANCE_PASSED
+from mpyrun import CONFORMANCE_PASSED
 from mpyrun import run_ops, run_ops_cpython
 from firmware.limits import LIMITS
 from protocol import framing

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import strategies as st
 
 import controller_ops
-from conftest import CONFORMANCE_PASSED
+from mpyrun import CONFORMANCE_PASSED
 from mpyrun import run_ops, run_ops_cpython
 from test_mpy_conformance import collect, random_param_set
 from firmware.limits import LIMITS

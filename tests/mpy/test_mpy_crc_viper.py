@@ -9,7 +9,7 @@ import crcmod
 import pytest
 
 from mpyrun import run_micropython
-from conftest import CONFORMANCE_PASSED
+from mpyrun import CONFORMANCE_PASSED
 from protocol import crc16 as C
 
 pytestmark = pytest.mark.mpy
