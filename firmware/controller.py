@@ -16,6 +16,7 @@ HAL contract (duck-typed; MicroPython has no abc):
     stop(mask)                    end each masked stream at the next pulse boundary (never mid-pulse)
     running(ch) -> bool           stream still producing (or waiting for its trigger)
     waiting(ch) -> bool           stream armed, waiting for its external trigger
+    input_level(n) -> int         level of trigger input n (1 or 2), for gated trains
     pulses(ch) -> int             pulses delivered since the channel was last started
     measure_impedance(ch) -> int  ohms from a sub-threshold test pulse
     phase1_samples(ch, min_interval_us) -> [(time_us, adc_code), ...]
@@ -33,6 +34,12 @@ pulse in progress completes its balancing phase, at most one already-queued puls
 channel latches ST_FAULT with the fault kind, and an EVENT reports channel, kind, the reading's time
 and the reading in ohms. START/TRIGGER are refused (E_FAULT_LATCHED) until CLEAR_FAULT, and the start's
 test pulse is the fresh check (E_IMPEDANCE while the electrode is still open or shorted).
+
+Gated trains (trigger gated1/gated2, SPEC §3 "runs while the input is high"): the PIO itself waits for
+the gate to be high (cycle-exact start); poll() sees the gate low, stops the stream at the next pulse
+boundary and, once it has drained, re-arms the channel on the gate, so the train restarts from its
+beginning at the next opening. The stop is as quick as the main loop's poll (after each pulse on the
+board), plus at most one queued pulse.
 """
 
 from firmware import board, impedance, pulse_engine, storage
@@ -82,6 +89,10 @@ class Controller:
         self.classifier = [impedance.Classifier() for _ in range(n)]
         self.monitor_max_hz = monitor_max_hz
         self._monitor_na = [0] * n  # realised phase-1 current of the running train (0 = not monitored)
+        self._gate_closed = [False] * n  # a gated channel stopping because its gate went low
+        self._software_start = [False] * n  # started by TRIGGER: runs ungated
+        self._stopping = [False] * n  # stopped by the host or the deadman: no re-arm on the gate
+        self._pulses_before = [0] * n  # pulses of earlier gate openings of the current start
         self._sampler = getattr(hal, "phase1_samples", None)  # a HAL without it: no monitoring
         self.nacks = 0
         self.duplicates = 0
@@ -157,9 +168,16 @@ class Controller:
                 self.emit(M.EV_TRIGGER_SEEN, ch)
             if st == M.ST_RUNNING and self._monitor_na[ch] and self._monitor(ch):
                 continue  # fault latched: the channel is stopping
+            gate = self._gate_input(ch)
+            if st == M.ST_RUNNING and gate and not self._gate_closed[ch] and not self.hal.input_level(gate):
+                self.hal.stop(1 << ch)  # gate low: end at the next pulse boundary, then re-arm
+                self._gate_closed[ch] = True
             if st in (M.ST_ARMED, M.ST_RUNNING) and not self.hal.running(ch):
-                self.state[ch] = M.ST_IDLE
-                self.emit(M.EV_TRAIN_DONE, ch, self.hal.pulses(ch))
+                if self._gate_closed[ch]:
+                    self._rearm_on_gate(ch, gate)
+                else:
+                    self.state[ch] = M.ST_IDLE
+                    self.emit(M.EV_TRAIN_DONE, ch, self._pulses(ch))
         if self.deadman_us:
             self._check_deadman()
         self.hal.feed_watchdog()
@@ -185,6 +203,26 @@ class Controller:
                 return True
         return False
 
+    def _gate_input(self, ch):
+        """Trigger input (1 or 2) gating this channel's running train, or 0 when it is not gated
+        (a software TRIGGER starts a gated train ungated)."""
+        params = self.params[ch]
+        if params is None or self._software_start[ch] or self._stopping[ch]:
+            return 0
+        trig = params["trigger"]
+        return trig - 2 if trig in (P.TRIGGER_GATED1, P.TRIGGER_GATED2) else 0
+
+    def _rearm_on_gate(self, ch, gate):
+        self._gate_closed[ch] = False
+        self._pulses_before[ch] += self.hal.pulses(ch)
+        wait = [0] * self.hal.channels
+        wait[ch] = gate
+        self.hal.start(self.trains, 1 << ch, wait)  # the PIO waits for the gate to open again
+        self.state[ch] = M.ST_ARMED
+
+    def _pulses(self, ch):
+        return self._pulses_before[ch] + self.hal.pulses(ch)
+
     def _check_deadman(self):
         """Tethered mode (SPEC §6): stop every running or armed channel once the host has been silent
         for the deadman time; trips once per silence (the next good frame re-arms it)."""
@@ -193,6 +231,9 @@ class Controller:
         live = [ch for ch in range(self.hal.channels) if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING)]
         if live:
             self.hal.stop(self._bits(live))  # at the next pulse boundary; poll() reports train_done
+            for ch in live:
+                self._stopping[ch] = True
+                self._gate_closed[ch] = False
             self.deadman_trips += 1
             self.emit(M.EV_DEADMAN, 0, self._bits(live))
         self._last_rx_us = self.hal.time_us()  # one trip per silence
@@ -292,6 +333,10 @@ class Controller:
             mask |= 1 << ch
             trig = self.params[ch]["trigger"]
             wait[ch] = 0 if software or trig == P.TRIGGER_SOFTWARE else (1 if trig in (1, 3) else 2)
+            self._software_start[ch] = software
+            self._stopping[ch] = False
+            self._gate_closed[ch] = False
+            self._pulses_before[ch] = 0
         self.hal.start(self.trains, mask, wait)
         for ch in channels:
             self.state[ch] = M.ST_ARMED if wait[ch] else M.ST_RUNNING
@@ -314,6 +359,9 @@ class Controller:
     def _stop(self, body):
         channels = self._mask(body)
         self.hal.stop(self._bits(channels))  # the running pulse completes; poll() reports train_done
+        for ch in channels:
+            self._stopping[ch] = True
+            self._gate_closed[ch] = False
         return b""
 
     @staticmethod
@@ -331,7 +379,7 @@ class Controller:
             "rx_frames": d.frames_ok, "crc_errors": d.crc_errors, "frames_dropped": d.frames_dropped,
             "nacks": self.nacks, "duplicates": self.duplicates, "events_sent": self.events_sent,
         }
-        chans = [(self.state[ch], self.fault[ch], self.hal.pulses(ch), self.impedance_ohm[ch])
+        chans = [(self.state[ch], self.fault[ch], self._pulses(ch), self.impedance_ohm[ch])
                  for ch in range(self.hal.channels)]
         return M.encode_status(self.hal.time_us() // 1000 & 0xFFFFFFFF, chans, counters)
 

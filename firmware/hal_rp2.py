@@ -349,6 +349,10 @@ class Rp2Hal:
         self._dac_shutdown(ch)
         return False
 
+    def input_level(self, n):
+        """Level of trigger input ``n`` (1 or 2), for gated trains."""
+        return self._trig[n - 1].value()
+
     def waiting(self, ch):
         st = self._ch[ch]
         return st.active and self._pc(st) < pio.SEGMENT_ENTRY

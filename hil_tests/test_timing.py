@@ -194,3 +194,40 @@ def test_amplitude_change_while_running_is_refused(virtual_bench):
         client.set_params(0, make_params(phase1_us=200, phase2_us=200, frequency_hz=100, amplitude_ua=2000))
     assert err.value.field == "amplitude_ua"
     assert client.get_params(0)["params"] == a
+
+
+def test_gated_train_runs_only_while_the_gate_is_high(virtual_bench):
+    """Gated trigger: the PIO starts the train on the gate's rising edge to the cycle; the firmware
+    stops it at a pulse boundary after the gate falls and re-arms on the gate (train from its start)."""
+    vp, client = virtual_bench.vp, virtual_bench.client
+    period = 10_000  # µs
+    client.set_params(0, make_params(phase1_us=200, phase2_us=200, frequency_hz=1e6 / period,
+                                     amplitude_ua=1000, trigger="gated1"))
+    client.start(1)
+    start = vp.hal.train_start[0]  # (each re-arm on the gate restarts the stream later)
+    vp.advance(0.005)
+    assert client.status()["channels"][0]["state"] == "armed"
+    opens = [vp.hal.drive_trigger(1, 1, at_s=0.0101), vp.hal.drive_trigger(1, 1, at_s=0.1503)]
+    closes = [vp.hal.drive_trigger(1, 0, at_s=0.0552), vp.hal.drive_trigger(1, 0, at_s=0.2011)]
+    vp.advance(0.3)
+    trace = vp.hal.trace([0], start=start)
+    report = analyze(trace, expected={"phase1_us": 200, "phase2_us": 200})
+    assert report.ok, report.summary()
+    _assert_clean(report)
+    starts = report.pulses.start + start  # absolute cycles
+    per_tick = vp.hal.clock_hz // 1_000_000
+    for t_open, t_close in zip(opens, closes):
+        inside = starts[(starts >= t_open) & (starts < t_close + 2 * period * per_tick)]
+        assert inside[0] == t_open + 3  # wait 1 pin -> mov -> pull -> out pins: the same 3 cycles
+        # pulses every period while open; after the gate falls, at most the pulse noticed at the next
+        # poll (after each pulse) plus one queued pulse
+        assert np.all(np.diff(inside) == period * per_tick)
+        late = inside[inside > t_close]
+        assert len(late) <= 2
+    # nothing between a closing (plus the bound) and the next opening
+    quiet = starts[(starts > closes[0] + 2 * period * per_tick) & (starts < opens[1])]
+    assert quiet.size == 0
+    status = client.status()["channels"][0]
+    assert status["state"] == "armed"  # re-armed on the gate, waiting for the next opening
+    assert status["pulses"] == report.n_pulses
+    assert client.events(timeout=0.1)  # trigger_seen per opening

@@ -53,6 +53,9 @@ class FakeHal:
     def running(self, ch):
         return self.run[ch]
 
+    def input_level(self, n):
+        return 1
+
     def waiting(self, ch):
         return False
 

@@ -54,6 +54,9 @@ class FakeHal:
     def running(self, ch):
         return self._running[ch]
 
+    def input_level(self, n):
+        return 1
+
     def waiting(self, ch):
         return False
 

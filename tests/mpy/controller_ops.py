@@ -98,6 +98,10 @@ class FakeHal:
     def waiting(self, ch):
         return self._active[ch] and self._wait[ch] > 0
 
+    def input_level(self, n):
+        self.log.append(["input_level", n])
+        return 1  # a gate, once open, stays open here
+
     def pulses(self, ch):
         t = self._trains[ch]
         if t is None:

@@ -150,6 +150,10 @@ class SimHal:
         drained = self.system.dma(sm).done and sm.tx_level == 0
         return not (drained and sm.empty_pulls > self._empty0[ch])
 
+    def input_level(self, n: int) -> int:
+        """Level of trigger input ``n`` (1 or 2) now, as driven by :meth:`drive_trigger`."""
+        return (self.system.pins >> board.TRIG_PINS[n - 1]) & 1
+
     def waiting(self, ch: int) -> bool:
         sm = self.sms[ch]
         return sm.enabled and sm.pc < pio.SEGMENT_ENTRY
