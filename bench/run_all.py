@@ -76,6 +76,8 @@ def headline_lines(sections: dict[str, Section]) -> list[str]:
     if s:
         h = s.headline
         mp = (f", {h['crc_table_mpy_vs_crcmod']:.0f}× under MicroPython" if "crc_table_mpy_vs_crcmod" in h else "")
+        if "crc_viper_mpy_vs_crcmod" in h:
+            mp += f" (the firmware's viper CRC: {h['crc_viper_mpy_vs_crcmod']:.1f}×)"
         out.append(f"- **Protocol**: STATUS round trip over the pty p50 {h['status_p50_ms']:.3f} ms / p99 "
                    f"{h['status_p99_ms']:.3f} ms ({h['status_rt_per_s']:,.0f} round trips/s); frames "
                    f"{h['encode_frames_per_s']:,.0f} encoded/s, {h['decode_frames_per_s']:,.0f} decoded/s; table CRC "
