@@ -16,13 +16,15 @@ system-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq sigrok-cli; }
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/rp2040js/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	# the PIO assembler is only used to check/regenerate firmware/pio_programs.py; its Blinka
 	# dependency is for CircuitPython hardware and not needed here
 	$(BIN)/pip install -q --no-deps adafruit-circuitpython-pioasm==1.3.8
+	# rp2040js: a second, independent PIO model for the differential tests (Node.js >= 18)
+	npm ci --prefix tests/rp2040js --no-audit --no-fund
 	touch $(STAMP)
 
 venv: $(STAMP)
