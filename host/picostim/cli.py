@@ -482,7 +482,7 @@ def cmd_capture(args):
     from picostim.capture import sigrok
 
     trace = sigrok.capture(args.analyzer, args.samplerate, args.out, duration_s=args.duration,
-                           channels=runner.DEFAULT_WIRING)
+                           channels=runner.wiring_for(args.channel))
     print("%s: %d samples at %g MS/s, channels %s" % (args.out, trace.n_samples, trace.samplerate_hz / 1e6,
                                                       ", ".join(trace.channels)))
     return EXIT_OK
@@ -590,6 +590,7 @@ def build_parser():
     s.add_argument("--duration", type=float, default=1.0)
     s.add_argument("--analyzer", default="fx2lafw", help="sigrok driver (e.g. fx2lafw; demo for a dry run)")
     s.add_argument("--samplerate", type=float, default=24e6)
+    s.add_argument("--channel", "-c", type=int, default=0, help="stimulation channel wired to the analyzer")
     s.set_defaults(func=cmd_capture)
 
     s = sub.add_parser("ports", help="list serial ports; picostim boards are marked")

@@ -11,19 +11,29 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from picostim.capture import analyze, plot, write_capture
 from picostim.capture import sigrok as sigrok_capture
-from picostim.capture.analyzer import Report
+from picostim.capture.analyzer import Report, channel_names
 from picostim.capture.trace import Trace
 from picostim.client import Client
 from protocol import params as P
 
-# Analyzer wiring of `make hil` / `picostim run --analyzer`: logic channel -> trace name.
+# Analyzer wiring of `make hil` / `picostim run --analyzer` (docs/HARDWARE.md): logic channel -> line of
+# the stimulation channel under test.
+ANALYZER_ARM_S = 1.0  # sigrok-cli start-up before the board is started
 DEFAULT_WIRING = {"D0": "POS", "D1": "NEG", "D2": "RECOVERY", "D3": "SYNC", "D4": "TRIG1"}
+
+
+def wiring_for(channel: int, wiring: dict[str, str] | None = None) -> dict[str, str]:
+    """The analyzer wiring with trace names of stimulation channel ``channel`` (POS_1, ...), so the
+    analyzer finds the lines of the channel it checks."""
+    names = channel_names(channel)
+    return {src: names.get(line, line) for src, line in (wiring or DEFAULT_WIRING).items()}
 
 
 def requested_us(params: dict[str, int]) -> dict[str, Any]:
@@ -167,21 +177,27 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
 def run_board(client: Client, params: dict[str, int], duration_s: float, *, driver: str,
               samplerate: float, channel: int = 0, wiring: dict[str, str] | None = None,
               capture: str | Path, plot_png: str | Path | None = None) -> RunResult:
-    """Run on a real board while sigrok-cli captures the pins (capture armed before the start)."""
+    """Run on a real board while sigrok-cli captures the pins. The capture is armed first and
+    triggers on the first phase-1 edge (sigrok `--triggers ... --wait-trigger`), so its window starts
+    with the train however long sigrok-cli takes to start."""
     mask = 1 << channel
     resp = client.set_params(channel, params)
+    names = channel_names(channel)
+    first = names["NEG"] if params["polarity"] == P.POLARITY_CATHODIC_FIRST else names["POS"]
     out: dict[str, Any] = {}
 
     def grab() -> None:
         try:
-            out["trace"] = sigrok_capture.capture(driver, samplerate, capture, duration_s=duration_s + 0.2,
-                                                  channels=wiring or DEFAULT_WIRING)
+            out["trace"] = sigrok_capture.capture(driver, samplerate, capture, duration_s=duration_s,
+                                                  channels=wiring_for(channel, wiring), trigger={first: "r"},
+                                                  wait_trigger=True, timeout_s=duration_s + 30)
         except Exception as exc:  # reported below, after the board is stopped
             out["error"] = exc
 
     thread = threading.Thread(target=grab)
     thread.start()
     try:
+        time.sleep(ANALYZER_ARM_S)  # let sigrok-cli open the analyzer before the first edge
         client.start(mask)
         thread.join(duration_s + 30)
     finally:
@@ -189,7 +205,9 @@ def run_board(client: Client, params: dict[str, int], duration_s: float, *, driv
     if "error" in out:
         raise out["error"]
     events = client.events(timeout=0.2)
-    return _finish(params, resp["realised"], out["trace"], events, None, plot_png, channel, None)
+    result = _finish(params, resp["realised"], out["trace"], events, None, plot_png, channel, duration_s)
+    result.capture_path = Path(capture)
+    return result
 
 
 def check_capture(path: str | Path, params: dict[str, int], *, channel: int = 0,
