@@ -379,7 +379,8 @@ class Controller:
             "rx_frames": d.frames_ok, "crc_errors": d.crc_errors, "frames_dropped": d.frames_dropped,
             "nacks": self.nacks, "duplicates": self.duplicates, "events_sent": self.events_sent,
         }
-        chans = [(self.state[ch], self.fault[ch], self._pulses(ch), self.impedance_ohm[ch])
+        chans = [(self.state[ch], self.fault[ch], 0 if self.params[ch] is None else 1, self._pulses(ch),
+                  self.impedance_ohm[ch])
                  for ch in range(self.hal.channels)]
         return M.encode_status(self.hal.time_us() // 1000 & 0xFFFFFFFF, chans, counters)
 

@@ -93,7 +93,7 @@ COUNTER_NAMES = ("rx_frames", "crc_errors", "frames_dropped", "nacks", "duplicat
 _NACK = "<BBBqq"
 _EVENT = "<BBQi"
 _HELLO_HEAD = "<BBBBB8s"
-_CHAN_STATUS = "<BBII"
+_CHAN_STATUS = "<BBBII"  # state, fault (event kind), configured (0/1), pulses, impedance ohm
 # Realised values returned with the parameters: times in PIO ticks (see tick_hz), amplitudes as
 # realised by the 12-bit DAC, the charge-balance residual per pulse in fC (phase 1 minus phase 2).
 _REALISED = "<QQQQQQQQQIIHHqIII"
@@ -183,7 +183,7 @@ def decode_params_response(body):
 
 
 def encode_status(uptime_ms, channels, counters):
-    """``channels``: list of (state, fault_kind, pulses, impedance_ohm); ``counters``: dict."""
+    """``channels``: list of (state, fault_kind, configured, pulses, impedance_ohm); ``counters``: dict."""
     out = struct.pack("<IB", uptime_ms, len(channels))
     for ch in channels:
         out += struct.pack(_CHAN_STATUS, *ch)
@@ -195,9 +195,9 @@ def decode_status(body):
     size = struct.calcsize(_CHAN_STATUS)
     chans = []
     for i in range(n):
-        state, fault, pulses, ohm = struct.unpack(_CHAN_STATUS, body[5 + i * size:5 + (i + 1) * size])
+        state, fault, configured, pulses, ohm = struct.unpack(_CHAN_STATUS, body[5 + i * size:5 + (i + 1) * size])
         chans.append({"channel": i, "state": STATE_NAMES[state], "fault": EVENT_NAMES.get(fault, "none"),
-                      "pulses": pulses, "impedance_ohm": ohm})
+                      "configured": bool(configured), "pulses": pulses, "impedance_ohm": ohm})
     counters = struct.unpack("<" + "I" * len(COUNTER_NAMES), body[5 + n * size:])
     return {"uptime_ms": uptime_ms, "channels": chans, "counters": dict(zip(COUNTER_NAMES, counters))}
 

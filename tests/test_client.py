@@ -234,7 +234,9 @@ def test_start_stop_trigger_status_events(link):
     c = Client(link)
     c.set_params(0, GOOD)
     c.set_params(2, GOOD)
+    nacks = c.status()["counters"]["nacks"]
     assert c.configured_mask() == 0b101
+    assert c.status()["counters"]["nacks"] == nacks  # found from STATUS, not by probing with GET_PARAMS
     c.start(mask_of([0, 2]))
     assert link.hal.started == [0b101]
     st = c.status()

@@ -372,7 +372,7 @@ def test_params_request_and_response_round_trip(channel, params, real):
 
 
 chan_status = st.tuples(st.integers(0, len(M.STATE_NAMES) - 1), st.sampled_from([0] + sorted(M.EVENT_NAMES)),
-                        st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+                        st.integers(0, 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
 
 
 @FAST
@@ -384,7 +384,8 @@ def test_status_round_trip(uptime, chans, counters):
     d = M.decode_status(body)
     assert d["uptime_ms"] == uptime and d["counters"] == counters
     assert d["channels"] == [{"channel": i, "state": M.STATE_NAMES[s], "fault": M.EVENT_NAMES.get(f, "none"),
-                              "pulses": n, "impedance_ohm": z} for i, (s, f, n, z) in enumerate(chans)]
+                              "configured": bool(c), "pulses": n, "impedance_ohm": z}
+                             for i, (s, f, c, n, z) in enumerate(chans)]
 
 
 @FAST

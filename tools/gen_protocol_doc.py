@@ -103,7 +103,7 @@ def render() -> str:
               "8 bytes, reset reason u8 (0 power-on, 1 watchdog, 2 soft), then the firmware limits, u64 each:", ""]
     lines += ["%d. `%s`" % (i + 1, n) for i, n in enumerate(P.LIMIT_NAMES)]
     lines += ["", "## Status response", "", "uptime_ms u32, channels u8, per channel: state u8, fault u8 (event "
-              "kind), pulses u32, impedance_ohm u32; then counters u32 each: " +
+              "kind), configured u8 (0/1), pulses u32, impedance_ohm u32; then counters u32 each: " +
               ", ".join("`%s`" % n for n in M.COUNTER_NAMES) + ".", "",
               "States: " + ", ".join("%d %s" % (i, n) for i, n in enumerate(M.STATE_NAMES)) + ".", "",
               "## NACK body", "", "| offset | field | type |", "|---|---|---|"]

@@ -390,16 +390,11 @@ class Client:
         return self.request(M.IMPEDANCE, self._mask_body(mask), decode=M.decode_impedance)
 
     def configured_mask(self):
-        """Mask of the channels that have parameters on the device (GET_PARAMS answers)."""
+        """Mask of the channels that have parameters on the device (from one STATUS)."""
         mask = 0
-        for ch in range(self.channels):
-            try:
-                self.get_params(ch)
-            except DeviceError as e:
-                if e.code == M.E_NOT_CONFIGURED:
-                    continue
-                raise
-            mask |= 1 << ch
+        for ch in self.status()["channels"]:
+            if ch["configured"]:
+                mask |= 1 << ch["channel"]
         return mask
 
 

@@ -161,7 +161,7 @@ def host_seeds() -> list[bytes]:
     realised = {n: 1 for n in M.REALISED_NAMES}
     good_params = M.encode_params_response(0, T.GOOD, realised)
     hello = M.encode_hello((0, 1, 0), 4, b"12345678", 0, {n: 1 for n in P.LIMIT_NAMES})
-    status = M.encode_status(5, [(0, 0, 1, 2)] * 4, {n: 0 for n in M.COUNTER_NAMES})
+    status = M.encode_status(5, [(0, 0, 1, 1, 2)] * 4, {n: 0 for n in M.COUNTER_NAMES})
     bodies = [hello, status, good_params, good_params, M.encode_impedance([(0, 1000, 0)]),
               b"\x01\x34\x12", good_params, M.encode_event_log([(1, M.encode_event(1, 0, 5, 0))]), b"", b""]
     types = [M.HELLO, M.STATUS, M.GET_PARAMS, M.SET_PARAMS, M.IMPEDANCE, M.SAVE, M.LOAD, M.EVENT_LOG,

@@ -227,8 +227,8 @@ def test_messages(micropython):
                      rng.randrange(-(2**31), 2**31)])
         reqs.append(["hello", [rng.randrange(256) for _ in range(3)], rng.randrange(1, 9), _hex(rng.randbytes(8)),
                      rng.randrange(256), {n: rng.randrange(2**64) for n in P.LIMIT_NAMES}])
-        chans = [[rng.randrange(len(M.STATE_NAMES)), rng.choice([0] + sorted(M.EVENT_NAMES)), rng.randrange(2**32),
-                  rng.randrange(2**32)] for _ in range(rng.randrange(0, 5))]
+        chans = [[rng.randrange(len(M.STATE_NAMES)), rng.choice([0] + sorted(M.EVENT_NAMES)), rng.randrange(2),
+                  rng.randrange(2**32), rng.randrange(2**32)] for _ in range(rng.randrange(0, 5))]
         reqs.append(["status", rng.randrange(2**32), chans, {n: rng.randrange(2**32) for n in M.COUNTER_NAMES}])
         reqs.append(["impedance", [[rng.randrange(4), rng.randrange(2**32), rng.randrange(len(M.Z_NAMES))]
                                    for _ in range(rng.randrange(0, 5))]])
