@@ -285,33 +285,14 @@ def test_cli_bad_fault_options_exit_2(argv, capsys):
     assert "fault" in capsys.readouterr().err
 
 
-# ---- the board HAL's phase-1 reading, against the recording fakes of tests/test_hal_rp2.py -----------
+# ---- the board HAL's phase-1 reading, against the recording fakes of tests/rp2_fakes.py ----------------
 @pytest.fixture
 def board_hal(monkeypatch):
-    import importlib.util
-    import sys
-    import time
-    from pathlib import Path
+    from rp2_fakes import load_board_hal, unload_board_hal
 
-    spec = importlib.util.spec_from_file_location("_hal_fakes", Path(__file__).with_name("test_hal_rp2.py"))
-    fakes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fakes)
-    hw = fakes.Hw()
-    for name, mod in hw.modules().items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    clock = [0]
-
-    def ticks_us():
-        clock[0] += 3
-        return clock[0]
-
-    monkeypatch.setattr(time, "ticks_us", ticks_us, raising=False)
-    monkeypatch.setattr(time, "ticks_diff", lambda a, b: a - b, raising=False)
-    monkeypatch.setattr(time, "sleep_us", lambda us: clock.__setitem__(0, clock[0] + us), raising=False)
-    sys.modules.pop("firmware.hal_rp2", None)
-    mod = importlib.import_module("firmware.hal_rp2")
+    mod, hw, clock = load_board_hal(monkeypatch, 3)
     yield mod, mod.Rp2Hal(), hw, clock
-    sys.modules.pop("firmware.hal_rp2", None)
+    unload_board_hal()
 
 
 def test_board_hal_reads_phase1_on_the_schedule_and_checks_the_pin(board_hal):
