@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import sys
 import tempfile
 import threading
 import time
@@ -194,19 +193,3 @@ class VirtualPico:
                     last = now
                 else:
                     self.controller.poll()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Serve a real-time virtual Pico until Ctrl-C (``picostim virtual``)."""
-    with VirtualPico(realtime=True) as vp:
-        print(vp.path, flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
