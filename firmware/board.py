@@ -72,19 +72,3 @@ DAC_CMD_A = 0x3000
 DAC_CMD_B = 0xB000
 DAC_CMD_SHUTDOWN_A = 0x2000  # output off (high impedance) for the safe state
 DAC_CMD_SHUTDOWN_B = 0xA000
-
-
-def channel_pins(ch):
-    """Pins of one channel as a dict, for the HAL and the virtual Pico."""
-    return {
-        "out_base": CH_OUT_BASE[ch],
-        "out_count": CH_OUT_COUNT[ch],
-        "pos": CH_POS[ch],
-        "neg": CH_NEG[ch],
-        "recovery": CH_RECOVERY[ch],
-        "sync": SYNC_PIN if ch == SYNC_CHANNEL else None,
-        "pio": CH_PIO[ch],
-        "sm": CH_SM[ch],
-        "dac_cs": CH_DAC_CS[ch],
-        "adc_mux": CH_ADC_MUX[ch],
-    }

@@ -65,7 +65,6 @@ PIO_SM0_INSTR = 0x0D8  # write: execute this instruction now (also on a disabled
 PIO_SM_STRIDE = 0x18
 # Atomic register aliases (2.1.2): +0x1000 XOR, +0x2000 SET, +0x3000 CLR
 REG_ALIAS_SET = 0x2000
-REG_ALIAS_CLR = 0x3000
 
 # ---- watchdog / misc ----
 WDT_TIMEOUT_MS = 2000  # see docs/HARDWARE.md: 2 s covers the slowest legal main-loop step
@@ -99,10 +98,6 @@ def pio_txf(pio_id, sm):
 def pio_ctrl_set(pio_id):
     """Set-alias of PIO CTRL: one write ORs bits in without a read-modify-write."""
     return pio_base(pio_id) + PIO_CTRL + REG_ALIAS_SET
-
-
-def pio_ctrl_clr(pio_id):
-    return pio_base(pio_id) + PIO_CTRL + REG_ALIAS_CLR
 
 
 def pio_flevel(pio_id):

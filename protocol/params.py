@@ -117,11 +117,6 @@ def pulse_length_ns(p):
     return p["phase1_ns"] + p["interphase_ns"] + p["phase2_ns"] + p["recovery_ns"]
 
 
-def charge_pc(amplitude_ua, phase_ns):
-    """Charge of one phase in pC (µA × ns = fC)."""
-    return amplitude_ua * phase_ns // 1000
-
-
 def shannon_k(charge_pc_value, area_um2):
     """Shannon's k = log10(Q) + log10(Q/A), Q in µC, A in cm² (Shannon 1992)."""
     if charge_pc_value <= 0:

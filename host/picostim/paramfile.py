@@ -403,13 +403,6 @@ def check(paramset_or_params, limits):
     raise ParamLimitError(msg, v)
 
 
-def load_checked(path, limits):
-    """load() + check(): the usual path for the CLI."""
-    ps = load(path)
-    check(ps, limits)
-    return ps
-
-
 # ----------------------------------------------------------------------------------------------
 # requested vs realised
 
