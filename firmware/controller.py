@@ -193,7 +193,10 @@ class Controller:
         for t_us, code in samples:
             ohm = impedance.phase1_ohms(code, self._monitor_na[ch])
             self.impedance_ohm[ch] = ohm
+            before = debounce.state
             cls = debounce.update(ohm)
+            if cls == M.Z_HIGH and before != M.Z_HIGH:  # a warning once per entry; stimulation goes on
+                self.emit(M.EV_IMPEDANCE_HIGH, ch, ohm, t_us)
             if cls == M.Z_OPEN or cls == M.Z_SHORT:
                 self.hal.stop(1 << ch)  # first: the pulse in progress completes, nothing more is queued
                 self.state[ch] = M.ST_FAULT

@@ -184,6 +184,8 @@ def test_slow_drift_warns_high_then_faults_open_and_recovers(virtual_bench):
     vp.advance(0.35)  # 1000 + 9000 * 0.25 = 3250 Ω: HIGH, a warning only
     st = client.status()["channels"][0]
     assert st["state"] == "running" and impedance.classify(st["impedance_ohm"]) == M.Z_HIGH
+    warn = client.wait_event("impedance_high", 0, timeout=1.0)  # once, when the debounce enters HIGH
+    assert impedance.HIGH_OHM < warn["value"] <= impedance.OPEN_OHM
     vp.advance(0.5)
     ev = client.wait_event("open", 0, timeout=1.0)
     # caught just past the threshold: the first reading over 4 kΩ plus N - 1 more pulses of drift

@@ -76,8 +76,10 @@ EV_TRIGGER_SEEN = 3
 EV_FAULT_OPEN = 4
 EV_FAULT_SHORT = 5
 EV_DEADMAN = 6  # the host link went silent while running with the deadman on: channels stopped
+EV_IMPEDANCE_HIGH = 7  # warning: a running channel's debounced impedance entered HIGH (it keeps running)
 EVENT_NAMES = {EV_BOOT: "boot", EV_TRAIN_DONE: "train_done", EV_TRIGGER_SEEN: "trigger_seen",
-               EV_FAULT_OPEN: "open", EV_FAULT_SHORT: "short", EV_DEADMAN: "deadman"}
+               EV_FAULT_OPEN: "open", EV_FAULT_SHORT: "short", EV_DEADMAN: "deadman",
+               EV_IMPEDANCE_HIGH: "impedance_high"}
 
 # Impedance classes
 Z_OK = 0
