@@ -70,13 +70,7 @@ def _ours_edges(words: list[int], n: int, accelerate: bool) -> list[tuple[int, i
     s.dma(sm).load_words(words)
     s.enable([sm], start_pc=P.SEGMENT_ENTRY)
     s.run_until(n)
-    edges = []
-    for p in range(4):
-        lvl = (s._initial_eff >> p) & 1
-        for t in s.edges(p):
-            lvl ^= 1
-            edges.append((t, p, lvl))
-    return sorted(edges)
+    return s.level_changes(range(4))
 
 
 def _virtual_run(n_channels: int, seconds: float) -> float:

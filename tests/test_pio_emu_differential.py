@@ -79,14 +79,7 @@ def our_edges(opcodes, words, n_cycles, *, accelerate, start_pc=0, wrap_target=0
         s.run_until(n_cycles)
     except PioUnsupported:
         errored = True
-    edges = []
-    for p in range(32):
-        lvl = (s._initial_eff >> p) & 1
-        for t in s.edges(p):
-            lvl ^= 1
-            edges.append((t, p, lvl))
-    edges.sort()
-    return edges, errored, s, sm
+    return s.level_changes(), errored, s, sm
 
 
 def _norm(edges):

@@ -90,13 +90,7 @@ def picostim(prog: dict, words: list[int], n_cycles: int, accelerate: bool) -> d
     s.dma(sm).load_words(words)
     s.enable([sm], start_pc=prog["entry"])
     s.run_until(n_cycles)
-    edges = []
-    for p in range(32):
-        lvl = (s._initial_eff >> p) & 1
-        for t in s.edges(p):
-            lvl ^= 1
-            edges.append([t, p, lvl])
-    edges.sort()
+    edges = [list(e) for e in s.level_changes()]
     return dict(edges=edges, instructions=sm.instructions, words_pulled=sm.words_pulled,
                 empty_pulls=sm.empty_pulls, stall_cycles=sm.stall_cycles)
 

@@ -437,6 +437,18 @@ class PioSystem:
         """Cycles at which ``pin``'s effective level toggled (sorted)."""
         return list(self._edges[pin & 31])
 
+    def level_changes(self, pins: Iterable[int] = range(32)) -> list[tuple[int, int, int]]:
+        """Every level change of ``pins`` as ``(cycle, pin, new level)``, sorted: the form the
+        differential tests compare against other PIO models."""
+        out = []
+        for p in pins:
+            level = (self._initial_eff >> (p & 31)) & 1
+            for t in self._edges[p & 31]:
+                level ^= 1
+                out.append((t, p, level))
+        out.sort()
+        return out
+
     def trace(self, pin_names: Mapping[int, str], start: int = 0, end: Optional[int] = None) -> Trace:
         """Trace of the named pins over cycles ``[start, end)`` (default end: ``now``), one sample per
         PIO cycle. Each channel's ``initial`` is the level at ``start``; toggles are relative to
