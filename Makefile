@@ -16,7 +16,7 @@ system-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq sigrok-cli; }
 
-$(STAMP): pyproject.toml tests/rp2040js/package-lock.json
+$(STAMP): pyproject.toml tests/rp2040js/package-lock.json host/picostim/virtual/wholechip/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml tests/rp2040js/package-lock.json
 	$(BIN)/pip install -q --no-deps adafruit-circuitpython-pioasm==1.3.8
 	# rp2040js: a second, independent PIO model for the differential tests (Node.js >= 18)
 	npm ci --prefix tests/rp2040js --no-audit --no-fund
+	# rp2040js for the whole-chip virtual board (picostim --virtual=rp2040) and the register-level HAL tests
+	npm ci --prefix host/picostim/virtual/wholechip --no-audit --no-fund
 	touch $(STAMP)
 
 venv: $(STAMP)
