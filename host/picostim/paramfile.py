@@ -91,26 +91,81 @@ class ParamSet:
 # loading
 
 
-def load(path):
-    """Load a TOML parameter file -> :class:`ParamSet` (not yet checked against limits)."""
+# Keys a parameter *file* must state (no silent default for what sets the dose and the charge-density
+# check): canonical field -> the keys that give it.
+REQUIRED = {
+    "amplitude_ua": ("amplitude_ma", "amplitude_ua"),
+    "phase1_ns": ("phase1_us", "phase1_ns", "phase1_ms", "phase1_s"),
+    "electrode_area_um2": ("electrode_area_mm2", "electrode_area_um2", "electrode_area_cm2"),
+}
+MAX_FILE_BYTES = 1 << 20  # a parameter file is a few hundred bytes; refuse anything absurd
+
+
+def _short(value, n=60):
+    """repr() of a value cut to ``n`` characters, for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _decode(raw, where):
+    if len(raw) > MAX_FILE_BYTES:
+        raise ParamFileError("%s: %d bytes is not a parameter file (at most %d bytes)"
+                             % (where, len(raw), MAX_FILE_BYTES))
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ParamFileError("%s: UTF-16 text; save the parameter file as UTF-8" % where)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark is harmless
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ParamFileError("cannot read %s: %s" % (path, e.strerror or e))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParamFileError("%s: not a UTF-8 text file (byte 0x%02x at offset %d); a parameter file is TOML text"
+                             % (where, raw[e.start], e.start)) from None
+    if "\0" in text:
+        raise ParamFileError("%s: not a text file (NUL byte at offset %d); a parameter file is TOML text"
+                             % (where, text.index("\0")))
+    return text
+
+
+def _parse_toml(text, where):
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ParamFileError("%s is not valid TOML: %s" % (path, e))
-    ps = from_dict(data)
-    ps.source = str(path)
+        raise ParamFileError("%s is not valid TOML: %s" % (where, str(e).splitlines()[0] if str(e) else e)) from None
+    except RecursionError:
+        raise ParamFileError("%s is not valid TOML: nested too deeply" % where) from None
+
+
+def check_required(ps):
+    """Refuse a parameter file that leaves amplitude, phase 1 or the electrode area to a default."""
+    for field, keys in REQUIRED.items():
+        if field not in ps.keys:
+            raise ParamFileError("%s = (missing): a parameter file must give it explicitly (one of %s)"
+                                 % (keys[0], ", ".join(keys)), keys[0])
     return ps
 
 
-def loads(text):
+def load(path, require=True):
+    """Load a TOML parameter file -> :class:`ParamSet` (not yet checked against limits). ``require``:
+    amplitude, phase 1 and the electrode area must be in the file (:data:`REQUIRED`)."""
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ParamFileError("not valid TOML: %s" % e)
-    return from_dict(data)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ParamFileError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    except ValueError as e:  # e.g. an embedded NUL in the path
+        raise ParamFileError("cannot read %s: %s" % (_short(str(path)), e)) from None
+    ps = from_dict(_parse_toml(_decode(raw, path), path))
+    ps.source = str(path)
+    return check_required(ps) if require else ps
+
+
+def loads(text, require=False):
+    """Parse parameter-file text (``require`` as in :func:`load`; off by default for code that builds
+    parameter sets from a few keys)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = _decode(bytes(text), "parameter text")
+    ps = from_dict(_parse_toml(text, "parameter text"))
+    return check_required(ps) if require else ps
 
 
 def _is_number(v):
@@ -220,13 +275,15 @@ def from_dict(data):
                                      key, value)
             put(key, names.index(value.lower()), key)
             continue
-        raise ParamFileError("unknown key %s = %r; allowed keys: %s" % (key, value, ", ".join(ALLOWED_KEYS)),
-                             key, value)
+        raise ParamFileError("%s = %s: unknown key; allowed keys: %s" % (_short(key, 40).strip("'\""), _short(value),
+                                                                         ", ".join(ALLOWED_KEYS)), key, value)
 
     for field, stem in TIME_FIELDS.items():
         if stem in times:
             key, ns = times[stem]
             put(field, _round(ns), key)
+    if "phase1_ns" in params and "phase2_ns" not in params:
+        params["phase2_ns"] = params["phase1_ns"]  # a symmetric pulse unless phase 2 is given
 
     _resolve_period(params, keys, times, extra)
     _resolve_bursts(params, keys, times, extra)
@@ -261,11 +318,14 @@ def _resolve_bursts(params, keys, times, extra):
     period = params["period_ns"]
     if "burst_duration" in times:
         key, duration = times["burst_duration"]
+        if period <= 0:
+            raise ParamFileError("%s: needs a pulse period greater than 0 (%s = 0)" % (key, keys["period_ns"]),
+                                 keys["period_ns"], 0)
         n = duration / period
         if abs(n - round(n)) * period > 1:
             raise ParamFileError("%s = %s µs is not a whole number of periods (%s µs each)"
                                  % (key, _fmt_num(duration / 1000), _fmt_num(Fraction(period, 1000))), key,
-                                 float(duration / TIME_UNITS[key.rsplit("_", 1)[1]]))
+                                 _fmt_num(duration / TIME_UNITS[key.rsplit("_", 1)[1]]))
         n = round(n)
         if "burst_pulses" in params and params["burst_pulses"] != n:
             raise ParamFileError("%s gives %d pulses per burst but burst_pulses = %d: give only one of them"
@@ -276,7 +336,7 @@ def _resolve_bursts(params, keys, times, extra):
         return
     if "interburst" in times:
         raise ParamFileError("%s and burst_frequency_hz conflict: give only one of them" % times["interburst"][0],
-                             "burst_frequency_hz", float(extra["burst_frequency_hz"]))
+                             "burst_frequency_hz", _fmt_num(extra["burst_frequency_hz"]))
     n = params.get("burst_pulses", 0)
     if n < 1:
         raise ParamFileError("burst_frequency_hz needs burst_pulses >= 1 (or burst_duration_*)", "burst_pulses", n)
@@ -287,7 +347,7 @@ def _resolve_bursts(params, keys, times, extra):
                              "burst cycle %s µs" % (_fmt_num(extra["burst_frequency_hz"]), n,
                                                    _fmt_num(Fraction(period, 1000)),
                                                    _fmt_num(Fraction(n * period, 1000)), _fmt_num(cycle / 1000)),
-                             "burst_frequency_hz", float(extra["burst_frequency_hz"]))
+                             "burst_frequency_hz", _fmt_num(extra["burst_frequency_hz"]))
     params["interburst_ns"] = _round(gap)
     keys["interburst_ns"] = "burst_frequency_hz"
 
@@ -297,12 +357,23 @@ def _resolve_bursts(params, keys, times, extra):
 
 
 def _fmt_num(x, digits=3):
-    """Compact decimal: 200, 0.04, 1234.5 (no trailing zeros)."""
-    x = float(x)
-    if x == int(x) and abs(x) < 1e15:
+    """Compact decimal: 200, 0.04, 1234.5 (no trailing zeros); 1.2e+20 beyond 1e15 (never a
+    300-digit number)."""
+    try:
+        f = float(x)
+    except OverflowError:  # an int/Fraction beyond float range: order of magnitude from its digits
+        n = abs(int(x))
+        return "%s%se+%d" % ("-" if x < 0 else "", str(n)[0], len(str(n)) - 1)
+    x = f
+    if not math.isfinite(x):
+        return str(x)
+    if abs(x) >= 1e15:
+        return "%.4g" % x
+    if x == int(x):
         return str(int(x))
     s = ("%%.%df" % digits) % x
-    return s.rstrip("0").rstrip(".")
+    s = s.rstrip("0").rstrip(".")
+    return "%.4g" % x if s in ("0", "-0") and x else s
 
 
 def ns_to_us(ns):
@@ -332,13 +403,13 @@ USER_FIELDS = {
     "train_delay_ns": ("train_delay_us", _us),
     "ramp_up_ns": ("ramp_up_us", _us),
     "pulse_length_ns": ("pulse length", _us),
-    "amplitude_ua": ("amplitude_ua", lambda v: "%d µA" % v),
-    "phase2_amplitude_ua": ("phase-2 amplitude", lambda v: "%d µA" % v),
+    "amplitude_ua": ("amplitude_ua", lambda v: "%s µA" % _fmt_num(v)),
+    "phase2_amplitude_ua": ("phase-2 amplitude", lambda v: "%s µA" % _fmt_num(v)),
     "electrode_area_um2": ("electrode_area_mm2", lambda v: "%s mm²" % _fmt_num(Fraction(v, 1000000), 6)),
-    "charge_per_phase_nc": ("charge per phase", lambda v: "%d nC" % v),
+    "charge_per_phase_nc": ("charge per phase", lambda v: "%s nC" % _fmt_num(v)),
     "shannon_k_centi": ("charge density (Shannon k)", lambda v: _fmt_num(Fraction(v, 100), 2)),
     "duty_permille": ("duty cycle", lambda v: "%s %%" % _fmt_num(Fraction(v, 10), 1)),
-    "burst_pulses": ("burst_pulses", lambda v: "%d" % v),
+    "burst_pulses": ("burst_pulses", lambda v: _fmt_num(v)),
     "polarity": ("polarity", lambda v: '"%s"' % P.POLARITY_NAMES[v] if 0 <= v < len(P.POLARITY_NAMES) else str(v)),
     "trigger": ("trigger", lambda v: '"%s"' % P.TRIGGER_NAMES[v] if 0 <= v < len(P.TRIGGER_NAMES) else str(v)),
 }
@@ -370,16 +441,26 @@ def describe_violation(field, value, limit, relation, user_key=None):
         names = P.POLARITY_NAMES if field == "polarity" else P.TRIGGER_NAMES
         return "%s = %s is not one of %s" % (name, value, ", ".join(names))
     if field in ("channel", "mask"):
-        return "%s = %s exceeds the firmware limit %s" % (name, value, limit)
+        return "%s = %s: exceeds the firmware limit %s" % (name, value, limit)
     v = user_value(field, value)
     lim = user_value(field, limit)
     if user_key and user_key != user_name(field):
         name = "%s (%s)" % (user_key, user_name(field))
     if relation == ">=":
         if field in ("period_ns",):
-            return "%s = %s is below the firmware minimum %s" % (name, v, lim)
-        return "%s = %s is below the firmware limit %s" % (name, v, lim)
-    return "%s = %s exceeds the firmware limit %s" % (name, v, lim)
+            return "%s = %s: is below the firmware minimum %s" % (name, v, lim)
+        return "%s = %s: is below the firmware limit %s" % (name, v, lim)
+    return "%s = %s: exceeds the firmware limit %s" % (name, v, lim)
+
+
+# canonical field -> the firmware limit that bounds it (a value beyond the wire format's integer is
+# reported against this limit, not against 2^64 - 1)
+FIRMWARE_LIMIT_OF = {
+    "phase1_ns": "max_phase_ns", "phase2_ns": "max_phase_ns", "interphase_ns": "max_interphase_ns",
+    "recovery_ns": "max_recovery_ns", "period_ns": "max_duration_ns", "interburst_ns": "max_duration_ns",
+    "train_duration_ns": "max_duration_ns", "train_delay_ns": "max_duration_ns", "ramp_up_ns": "max_ramp_ns",
+    "amplitude_ua": "max_amplitude_ua", "burst_pulses": "max_burst_pulses",
+}
 
 
 def check(paramset_or_params, limits):
@@ -392,7 +473,10 @@ def check(paramset_or_params, limits):
     if v is None:
         return params
     key = keys.get(v.field)
-    msg = describe_violation(v.field, v.value, v.limit, v.relation, user_key=None)
+    limit = v.limit
+    if v.relation == "<=" and v.field in FIRMWARE_LIMIT_OF and FIRMWARE_LIMIT_OF[v.field] in limits:
+        limit = min(limit, limits[FIRMWARE_LIMIT_OF[v.field]])  # beyond the wire format: the real limit
+    msg = describe_violation(v.field, v.value, limit, v.relation, user_key=None)
     if key and key != user_name(v.field):
         msg += " (from %s)" % key
     if v.field in ("shannon_k_centi", "charge_per_phase_nc"):

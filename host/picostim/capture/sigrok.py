@@ -14,19 +14,21 @@ per-bit selection among the change positions only). Writing expands the edges to
 from __future__ import annotations
 
 import configparser
+import math
 import os
 import re
 import shutil
 import subprocess
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from .trace import Channel, Trace
+from .trace import CaptureError, Channel, Trace
 from .vcd import format_samplerate, parse_samplerate
 
 SIGROK_CLI = "sigrok-cli"
@@ -51,15 +53,29 @@ def read_sr(path: str | Path, *, packed: bool | None = None) -> Trace:
     ``packed``: whether the k-th listed probe is stored in bit k (rather than bit ``index``); ``None``
     detects it (see below)."""
     with zipfile.ZipFile(path) as zf:
+        if "metadata" not in zf.namelist():
+            raise CaptureError(f"capture {path}: a zip without sigrok metadata (not a sigrok session file)")
         meta = configparser.ConfigParser(interpolation=None, strict=False)
         meta.optionxform = str  # keep key case
         meta.read_string(zf.read("metadata").decode("utf-8", "replace"))
         dev = next((s for s in meta.sections() if s.startswith("device")), None)
         if dev is None:
-            raise ValueError(f"{path}: metadata has no [device] section")
+            raise CaptureError(f"capture {path}: metadata has no [device] section")
         sec = meta[dev]
-        samplerate = parse_samplerate(sec.get("samplerate", "0 Hz"))
-        unitsize = int(sec.get("unitsize", "1"))
+        if "samplerate" not in sec:
+            raise CaptureError(f"capture {path}: metadata has no samplerate")
+        try:
+            samplerate = parse_samplerate(sec["samplerate"])
+        except ValueError:
+            raise CaptureError(f"capture {path}: samplerate = {sec['samplerate'][:40]!r}: not a sample rate") from None
+        if not (math.isfinite(samplerate) and samplerate > 0):
+            raise CaptureError(f"capture {path}: samplerate = {sec['samplerate'][:40]}: not usable (must be > 0)")
+        try:
+            unitsize = int(sec.get("unitsize", "1"))
+        except ValueError:
+            unitsize = 0
+        if not 1 <= unitsize <= 8:
+            raise CaptureError(f"capture {path}: unitsize = {sec.get('unitsize', '')[:20]}: not a logic unit size (1..8 bytes)")
         capturefile = sec.get("capturefile", "logic-1")
         probes: dict[int, str] = {}
         for key, value in sec.items():
@@ -284,14 +300,42 @@ def capture(driver: str, samplerate: float | str, samples: int | str | Path | No
 
 
 def read_capture(path: str | Path, samplerate_hz: float | None = None) -> Trace:
-    """Read a ``.sr`` or ``.vcd`` capture by extension (zip magic wins over the extension)."""
+    """Read a ``.sr`` or ``.vcd`` capture by extension (zip magic wins over the extension).
+
+    Anything that is not a usable capture (empty, truncated, no metadata, no sample rate, time going
+    backwards...) raises :class:`CaptureError` with one line naming the file and the problem;
+    ``OSError`` when the file cannot be opened."""
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic.startswith(b"PK"):
-        return read_sr(path)
-    from .vcd import read_vcd
+    if not magic:
+        raise CaptureError(f"capture {path}: the file is empty")
+    try:
+        if magic.startswith(b"PK"):
+            trace = read_sr(path)
+        else:
+            from .vcd import read_vcd
 
-    return read_vcd(path, samplerate_hz=samplerate_hz)
+            if not magic.lstrip().startswith(b"$"):
+                raise CaptureError(f"capture {path}: neither a sigrok session (.sr, a zip) nor a VCD "
+                                   f"(starts with {magic!r})")
+            trace = read_vcd(path, samplerate_hz=samplerate_hz)
+    except CaptureError as e:
+        if str(e).startswith("capture "):
+            raise
+        raise CaptureError(f"capture {path}: {e}") from None
+    except zipfile.BadZipFile as e:
+        raise CaptureError(f"capture {path}: not a complete sigrok session (.sr zip): {e}") from None
+    except (KeyError, configparser.Error, UnicodeDecodeError, ValueError, OverflowError, ZeroDivisionError,
+            EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
+        raise CaptureError(f"capture {path}: unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    if not (math.isfinite(trace.samplerate_hz) and trace.samplerate_hz > 0):
+        raise CaptureError(f"capture {path}: sample rate = {trace.samplerate_hz:g} Hz: not usable (must be > 0)")
+    if trace.n_samples <= 0:
+        raise CaptureError(f"capture {path}: holds no samples")
+    if not trace.channels:
+        raise CaptureError(f"capture {path}: holds no 1-bit channels")
+    return trace
 
 
 def write_capture(trace: Trace, path: str | Path) -> None:

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class CaptureError(ValueError):
+    """A capture file that cannot be read as a trace (empty, truncated, not a capture, no sample rate,
+    time going backwards...). The message is one line naming the file and what is wrong."""
+
+
 @dataclass
 class Channel:
     """One digital line: ``initial`` level at sample 0 and the sample indices where it toggles."""

@@ -21,7 +21,7 @@ from typing import IO
 
 import numpy as np
 
-from .trace import Channel, Trace
+from .trace import CaptureError, Channel, Trace
 
 _UNITS_FS = {"s": 10**15, "ms": 10**12, "us": 10**9, "ns": 10**6, "ps": 10**3, "fs": 1}
 _RATE_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -140,7 +140,10 @@ def _parse_header(header: bytes):
             rate_from_comment = parse_samplerate(r.group(1).decode())
     m = re.search(rb"\$timescale\s+([0-9]+)\s*([a-z]+)\s+\$end", header)
     if m:
-        timescale_fs = int(m.group(1)) * _UNITS_FS[m.group(2).decode()]
+        unit = m.group(2).decode()
+        if unit not in _UNITS_FS or int(m.group(1)) <= 0:
+            raise CaptureError(f"$timescale {int(m.group(1))} {unit}: not a VCD time unit (s, ms, us, ns, ps, fs)")
+        timescale_fs = int(m.group(1)) * _UNITS_FS[unit]
     variables = []  # (ident, name)
     scope: list[str] = []
     body = re.sub(rb"\$comment.*?\$end", b"", header, flags=re.S)
@@ -187,6 +190,12 @@ def _parse_block(block: bytes, id_lut: dict[bytes, int], last_time: int):
         tvals = tu8.view(f"S{width}").ravel().astype(np.int64)
     else:
         tvals = np.zeros(0, np.int64)
+    if len(tvals):
+        seq = np.concatenate(([last_time], tvals))
+        back = np.flatnonzero(np.diff(seq) < 0)
+        if len(back):
+            i = int(back[0])
+            raise CaptureError(f"time stamp #{int(seq[i + 1])} goes backwards (after #{int(seq[i])}): not a valid VCD")
     spos = np.flatnonzero(is_scalar)
     if len(spos) == 0:
         return (np.zeros(0, np.int64),) * 3 + (tvals,), (int(tvals[-1]) if len(tvals) else last_time)
@@ -244,6 +253,8 @@ def read_vcd(source: str | Path | IO[bytes], samplerate_hz: float | None = None)
             timescale_fs = 10**3  # VCD default is 1 ps... many tools assume 1 ns; sigrok writes it always
         if samplerate_hz is None:
             samplerate_hz = rate_comment if rate_comment else 1e15 / timescale_fs
+        if not samplerate_hz > 0:
+            raise CaptureError(f"sample rate = {samplerate_hz:g} Hz: not usable (must be > 0)")
         names_seen: dict[str, int] = {}
         id_lut: dict[bytes, int] = {}
         names: list[str] = []
