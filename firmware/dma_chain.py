@@ -7,10 +7,15 @@ Register addresses: RP2040 datasheet (build 2023-06 and later), section numbers 
 
 Feed design (see docs/HARDWARE.md, "DMA chain"):
 
-* Every *entry* is P words (P fixed per stream). A pulse group (one pulse + its idle) is padded to a
-  whole number of entries by splitting its segments into more words with the same pins (no edge
-  moves: the PIO writes the same pin levels again, and the tick sum is unchanged). The train delay
-  is merged into the first group ("lead" group), so the delay needs no entry of its own.
+* Every *entry* is P = ENTRY_WORDS words (the same for every stream). A pulse group (one pulse +
+  its idle) is laid out so the pulse lies inside ONE entry that ends on idle words; idle beyond what
+  that entry holds fills one or two more entries, and a long idle (up to 48 h) is ``k`` repeats of
+  ONE shared entry of P longest idle words (the ring holds its address k times). Idle words are
+  split to fill entries (pins and tick sum unchanged; a drive word only inside its own entry, when
+  the idle after a pulse is too short to fill it), so every entry boundary comes after an idle
+  word and a stream that ends at an entry boundary never cuts a pulse. A train delay that fills an entry
+  gets entries of its own; a shorter one is merged into the first group's pulse entry ("lead").
+  Plan size and build cost are bounded whatever the durations (see Plan).
 * The *data* DMA channel (DREQ = the SM's TX FIFO, 32-bit, inc_read) has a fixed TRANS_COUNT = P and
   chains to the *control* channel; the control channel copies ONE word per trigger (the next
   entry's address) from a power-of-two aligned ring into the data channel's AL3_READ_ADDR_TRIG,
@@ -176,79 +181,172 @@ def word_ticks(w):
     return (w >> SHIFT) + OVERHEAD
 
 
+MAX_TICKS = pio.COUNT_MAX + OVERHEAD  # longest single word
+# P, words per ring entry: the same for every stream, so replace() never meets another P. >= the
+# FIFO depth + 1 (an entry outnumbers the FIFO plus the word in flight: the DMA is at most one entry
+# ahead of the pins, so a stop lets at most one queued entry follow) and room for a pulse, a
+# delay word and idle after them in one entry.
+ENTRY_WORDS = 16
+MIN_ENTRY_WORDS = FIFO_DEPTH + 1
+
+
+def _idle_pieces(ticks, n):
+    """``ticks`` of idle as exactly ``n`` words (floor/ceil of ticks/n; the caller keeps every piece
+    in OVERHEAD..MAX_TICKS)."""
+    base = ticks // n
+    extra = ticks - base * n
+    out = []
+    for i in range(n):
+        out.append(((base + 1 if i < extra else base) - OVERHEAD) << SHIFT)
+    return out
+
+
 def split_to(words, n):
-    """The same waveform in exactly ``n`` words (n >= len(words)): repeatedly split the longest word
-    into two with the same pins (floor/ceil halves, both >= OVERHEAD). Raises ValueError when the
-    words are too short to split that far."""
+    """The same waveform in exactly ``n`` words (n >= len(words)): repeatedly split a word into two
+    with the same pins (floor/ceil halves, both >= OVERHEAD): the longest idle word, or the longest
+    word of any pins only when no idle word can be split. O(n * len): used only inside one entry
+    (n <= P). Raises ValueError when the words are too short to split that far."""
     out = list(words)
     if n < len(out):
         raise ValueError("cannot shrink %d words to %d" % (len(out), n))
     while len(out) < n:
-        best = 0
-        for i in range(1, len(out)):
-            if word_ticks(out[i]) > word_ticks(out[best]):
-                best = i
-        w = out[best]
-        t = word_ticks(w)
-        if t < 2 * OVERHEAD:
+        best = -1
+        best_t = 0
+        best_idle = False
+        for i in range(len(out)):
+            t = word_ticks(out[i])
+            if t < 2 * OVERHEAD:
+                continue
+            idle = out[i] & PIN_MASK == 0
+            if best < 0 or (idle and not best_idle) or (idle == best_idle and t > best_t):
+                best, best_t, best_idle = i, t, idle
+        if best < 0:
             raise ValueError("segments too short to pad to %d words" % n)
-        a = t // 2
-        b = t - a
-        pins = w & PIN_MASK
+        a = best_t // 2
+        b = best_t - a
+        pins = out[best] & PIN_MASK
         out[best:best + 1] = [((a - OVERHEAD) << SHIFT) | pins, ((b - OVERHEAD) << SHIFT) | pins]
     return out
 
 
+def idle_entries(ticks, p):
+    """``ticks`` (>= OVERHEAD * p) of idle in entries of ``p`` words: (words, k) where ``words`` (one
+    or two entries, each word in range) are followed by ``k`` shared full-idle entries of p x
+    MAX_TICKS ticks each (Plan.idle). Size bounded whatever ``ticks`` is."""
+    full = p * MAX_TICKS
+    k = 0
+    if ticks > full:
+        k = ticks // full - 1
+        ticks -= k * full  # now full < ticks < 2 * full
+    return _idle_pieces(ticks, p if ticks <= full else 2 * p), k
+
+
+def pulse_entries(pre, pulse, idle, p):
+    """[``pre`` ticks idle (0 or < OVERHEAD * p)][``pulse`` words][``idle`` ticks idle] laid out in
+    entries of ``p`` words: (words, k), ``words`` a whole number (1..3) of entries, then ``k`` shared
+    full-idle entries. The pulse lies inside the first entry and is followed there by at least one
+    idle word, so every entry boundary comes after an idle word: a stream that ends at an entry
+    boundary (stop, CPU lag) never cuts a pulse. Only idle words are split, except when the idle is
+    too short to fill the entry, where a pulse word is split inside the entry (no edge moves)."""
+    head = list(pulse)
+    if pre:
+        head.insert(0, (pre - OVERHEAD) << SHIFT)
+    q = p - len(head)  # idle words after the pulse in its entry
+    if q < 1 or idle < OVERHEAD:
+        raise ValueError("a pulse of %d words and its idle do not fit an entry of %d" % (len(head), p))
+    rest = 0
+    if idle > q * MAX_TICKS:
+        rest = idle - q * MAX_TICKS
+        idle = q * MAX_TICKS
+        if rest < OVERHEAD * p:  # what follows must fill whole entries: move some idle there
+            idle -= OVERHEAD * p - rest
+            rest = OVERHEAD * p
+    n = idle // OVERHEAD
+    words = split_to(head + _idle_pieces(idle, n if n < q else q), p)
+    if words[p - 1] & PIN_MASK:
+        raise ValueError("entry does not end idle")
+    k = 0
+    if rest:
+        more, k = idle_entries(rest, p)
+        words += more
+    return words, k
+
+
 class Block:
-    """Words of one group (or the lead group) padded to ``entries`` x P words."""
+    """Words of whole entries (``entries`` x P) played in one go; ``pulses`` completed by its last
+    entry. Every entry ends on an idle word (checked)."""
 
     def __init__(self, words, p, pulses=1):
-        n = (len(words) + p - 1) // p
-        self.words = split_to(words, n * p)
+        n = len(words) // p
+        if n < 1 or n * p != len(words):
+            raise ValueError("%d words are not whole entries of %d" % (len(words), p))
+        for e in range(n):
+            if words[e * p + p - 1] & PIN_MASK:
+                raise ValueError("entry %d does not end idle" % e)
+        self.words = words
         self.entries = n
-        self.pulses = pulses  # pulses completed by the block's last entry
-        self.ticks = 0
-        for w in self.words:
-            self.ticks += word_ticks(w)
-        self.tail_ticks = word_ticks(self.words[-1])  # last word: always idle
+        self.pulses = pulses
+        self.tail_ticks = word_ticks(words[-1])  # last word: always idle
 
 
 class Plan:
-    """How one Train is fed: blocks (distinct groups), the run list of a cycle, repeats.
+    """How one Train is fed, in entries of P words (``p``, default ENTRY_WORDS) whatever the durations:
 
-    ``lead`` (delay + first group of the first cycle) replaces that first group once.
+    * ``runs``: one cycle, [(Block, count, k)]: ``count`` times the block (one pulse + up to two
+      entries of its idle), each followed by ``k`` entries of the shared ``idle`` block (P words of
+      MAX_TICKS: 34 s per entry at P = 16), so a 24 h idle is a repeat count, not 40 000 words;
+    * ``lead`` (+ ``lead_idle`` shared idle entries), played once first: the delay alone when it
+      fills an entry (>= OVERHEAD * P ticks), else (``lead_replaces``) the delay merged into the
+      cycle's first group, which it then replaces once;
+    * ``blocks``: every distinct block (the buffers the DMA reads), at most 4 of <= 3 entries + idle.
+    Building costs O(P^2) word operations, independent of every duration and of the burst count.
     """
 
     def __init__(self, train, p=0, with_delay=True):
-        runs = train.runs
         if p <= 0:
-            p = 1
-            for g, _ in runs:
-                if len(g) > p:
-                    p = len(g)
+            p = ENTRY_WORDS
+        if p < MIN_ENTRY_WORDS:
+            raise ValueError("%d words per entry do not outnumber the FIFO" % p)
         self.p = p
-        self.runs = []  # [(Block, count)]
+        self.runs = []  # [(Block, count, shared idle entries after each)]
         self.blocks = []
-        seen = []  # type: list  # [(group list, Block)]: identical groups share one buffer
-        for g, n in runs:
-            b = None
-            for old_g, old_b in seen:
-                if old_g is g:
-                    b = old_b
-            if b is None:
-                b = Block(g, p)
-                self.blocks.append(b)
-                seen.append((g, b))
-            self.runs.append((b, n))
+        need_idle = False
+        for idle, n in train.idle_runs:
+            words, k = pulse_entries(0, train.pulse, idle, p)
+            b = Block(words, p)
+            self.blocks.append(b)
+            self.runs.append((b, n, k))
+            need_idle = need_idle or k > 0
         self.lead = None
-        if with_delay and train.delay:
-            self.lead = Block(list(train.delay) + list(runs[0][0]), p)
+        self.lead_idle = 0
+        self.lead_replaces = False
+        d = train.delay_ticks if with_delay else 0
+        if d >= OVERHEAD * p:
+            words, self.lead_idle = idle_entries(d, p)
+            self.lead = Block(words, p, 0)
+        elif d:
+            words, self.lead_idle = pulse_entries(d, train.pulse, train.idle_runs[0][0], p)
+            self.lead = Block(words, p)
+            self.lead_replaces = True
+        if self.lead is not None:
             self.blocks.append(self.lead)
+            need_idle = need_idle or self.lead_idle > 0
+        self.idle = None
+        if need_idle:
+            self.idle = Block([(MAX_TICKS - OVERHEAD) << SHIFT] * p, p, 0)
+            self.blocks.append(self.idle)
         self.repeats = train.repeats
         self.tail_ticks = 0
         for b in self.blocks:
             if b.tail_ticks > self.tail_ticks:
                 self.tail_ticks = b.tail_ticks
+
+    def words(self):
+        """32-bit words in every buffer of the plan (what the HAL allocates for the DMA)."""
+        n = 0
+        for b in self.blocks:
+            n += len(b.words)
+        return n
 
     def sequence(self):
         """Generator of blocks in play order (test helper; the Feeder walks the same order)."""
@@ -261,7 +359,7 @@ class Plan:
 
 
 class Cursor:
-    """Position in a Plan: which block comes next."""
+    """Position in a Plan: which block comes next (the shared idle block once per idle entry)."""
 
     def __init__(self, plan):
         self.plan = plan
@@ -269,17 +367,24 @@ class Cursor:
         self.run = 0
         self.rep = 0
         self.lead_pending = plan.lead is not None
+        self.idle_left = 0  # shared idle entries still due after the block last returned
 
     def next_block(self):
         plan = self.plan
-        if plan.repeats and self.cycle >= plan.repeats:
-            return None
+        if self.idle_left > 0:
+            self.idle_left -= 1
+            return plan.idle
         if self.lead_pending:
             self.lead_pending = False
-            self._advance()
+            self.idle_left = plan.lead_idle
+            if plan.lead_replaces:
+                self._advance()
             return plan.lead
-        b = plan.runs[self.run][0]
+        if plan.repeats and self.cycle >= plan.repeats:
+            return None
+        b, _, k = plan.runs[self.run]
         self._advance()
+        self.idle_left = k
         return b
 
     def _advance(self):

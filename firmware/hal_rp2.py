@@ -281,7 +281,7 @@ class Rp2Hal:
             st.train = train
             st.first_bit = 1 << (board.CH_NEG[st.ch] if train.first == pulse_engine.NEG else board.CH_POS[st.ch])
             st.t0_us = None if wait_trigger[st.ch] else t_start
-            st.origin_ticks = pulse_engine.words_ticks(train.delay) + 2  # delay + the entry's 2 set-up ticks
+            st.origin_ticks = train.delay_ticks + 2  # delay + the entry's 2 set-up ticks
             st.mon_next = 0
             st.mon_last_us = None
 

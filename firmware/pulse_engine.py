@@ -160,8 +160,13 @@ class Train:
     """One channel's built pulse train; see docs/ARCHITECTURE.md (Engine output)."""
 
     def __init__(self):
-        self.delay = []  # idle words for train_delay (may be empty)
-        self.runs = []  # one cycle, run-length coded: [(group words, count), ...] (see cycle_groups)
+        # Compact form (what the board keeps and dma_chain.Plan feeds from): its size does not grow
+        # with any duration, so a 24 h delay or interburst costs the same heap as 1 ms.
+        self.pulse = []  # words of one pulse (phase 1 .. recovery), each <= MAX_SEGMENT_TICKS
+        self.idle_runs = []  # one cycle: [(idle ticks after the pulse, count), ...]
+        self.delay_ticks = 0  # train delay before the first pulse
+        self._delay = None  # host views, built on first use (see `delay`, `runs`)
+        self._runs = None
         self.repeats = 0  # cycles to play; 0 = until stopped
         self.pulses_per_cycle = 0
         self.cycle_ticks = 0
@@ -181,6 +186,33 @@ class Train:
     def pulses(self):
         """Pulses per cycle (the contract name in docs/ARCHITECTURE.md)."""
         return self.pulses_per_cycle
+
+    @property
+    def delay(self):
+        """Host view: the train delay as idle words (one word per 2^28 + 4 ticks: 40 000 for 24 h).
+        The firmware never builds it (dma_chain.Plan uses `delay_ticks`)."""
+        if self._delay is None:
+            self._delay = append_segment([], self.delay_ticks, IDLE)
+        return self._delay
+
+    @property
+    def runs(self):
+        """Host view: one cycle run-length coded as [(group words, count), ...]; a group is the pulse
+        plus its idle as words (`group_words`), identical groups share one list. The firmware never
+        builds it (dma_chain.Plan lays out `pulse` / `idle_runs` in ring entries instead)."""
+        if self._runs is None:
+            self._runs = [(group_words(self.pulse, idle), n) for idle, n in self.idle_runs]
+        return self._runs
+
+
+def group_words(pulse, idle):
+    """One group as words: the pulse, then `idle` ticks of idle split into at least enough words
+    that the group outnumbers the FIFO (+1 word in flight)."""
+    g = list(pulse)
+    append_segment(g, idle, IDLE, MIN_GROUP_WORDS - len(g))
+    if not g or g[-1] & PIN_MASK != IDLE:
+        raise UnsafeWord("group does not end idle")
+    return g
 
 
 def build_train(params):
@@ -211,30 +243,22 @@ def build_train(params):
     append_segment(pulse, ph2, second | SYNC)
     append_segment(pulse, rec, RECOVERY)
 
-    def group(idle):
-        g = list(pulse)
-        # Pad with idle words so one group outnumbers the FIFO (+1 word in flight): the DMA is then
-        # never more than one group ahead of the pins, and a stop (which ends the DMA at a group
-        # boundary) lets at most one queued pulse follow the pulse in progress.
-        append_segment(g, idle, IDLE, MIN_GROUP_WORDS - len(g))
-        if g[-1] & PIN_MASK != IDLE:
-            raise UnsafeWord("group does not end idle")
-        return g
-
+    idle = period - pulse_ticks
+    if idle < OVERHEAD:
+        raise UnsafeWord("group does not end idle")
     t = Train()
     t.period_ticks = period
+    t.pulse = pulse
     if n_burst > 0:
-        g = group(period - pulse_ticks)
-        last = group(period - pulse_ticks + interburst)
-        t.runs = ([(g, n_burst - 1)] if n_burst > 1 else []) + [(last, 1)]
+        # identical groups are one run: a 10 000-pulse burst is (idle, 9 999) + the last one
+        t.idle_runs = ([(idle, n_burst - 1)] if n_burst > 1 else []) + [(idle + interburst, 1)]
         t.pulses_per_cycle = n_burst
         t.cycle_ticks = n_burst * period + interburst
     else:
-        g = group(period - pulse_ticks)
-        t.runs = [(g, 1)]
+        t.idle_runs = [(idle, 1)]
         t.pulses_per_cycle = 1
         t.cycle_ticks = period
-    append_segment(t.delay, delay, IDLE)
+    t.delay_ticks = delay
 
     dur = ns_to_ticks(params["train_duration_ns"])
     t.repeats = (dur + t.cycle_ticks - 1) // t.cycle_ticks if dur > 0 else 0
