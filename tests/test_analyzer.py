@@ -205,15 +205,15 @@ def test_bursts():
     # 5 pulses at 500 Hz, 200 us phases, bursts separated by 10 ms of silence
     t = make_train(n_pulses=15, period=250_000, burst=5, interburst=1_250_000)
     exp = dict(phase1_us=200, interphase_us=8, phase2_us=200, period_us=2000, burst_pulses=5,
-               interburst_us=10_000, bursts=3, pulses=15)
+               burst_gap_us=10_000, bursts=3, pulses=15)
     r = analyze(t, expected=exp)
     assert r.ok, r.failures
     j = r.to_json()
     assert j["bursts"]["count"] == 3 and j["bursts"]["sizes"] == [5, 5, 5]
-    assert j["interburst_us"]["mean"] == 10_000
+    assert j["burst_gap_us"]["mean"] == 10_000
     assert j["period_us"]["max"] == 2000
     assert not analyze(t, expected=dict(exp, burst_pulses=4)).ok
-    assert not analyze(t, expected=dict(exp, interburst_us=10_000.016)).ok
+    assert not analyze(t, expected=dict(exp, burst_gap_us=10_000.016)).ok
     # drop the 3rd pulse of burst 2: burst sizes and the period both catch it
     k = 7
     tt = t
@@ -314,5 +314,5 @@ def test_bursts_with_short_interburst():
     r = analyze(t, expected=exp)
     assert r.ok, r.failures
     assert r.bursts["sizes"] == [4, 4, 4]
-    r2 = analyze(t, expected={k: v for k, v in exp.items() if k != "burst_period_us"} | {"interburst_us": us(249_000)})
+    r2 = analyze(t, expected={k: v for k, v in exp.items() if k != "burst_period_us"} | {"burst_gap_us": us(249_000)})
     assert r2.ok, r2.failures

@@ -21,6 +21,12 @@ device = pytest.importorskip("picostim.virtual.device")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PTNS = str(ROOT / "presets" / "ptns.toml")
 SCS_BURST = str(ROOT / "presets" / "scs_burst.toml")
+# what a parameter file must state (paramfile.REQUIRED); explicit() adds the ones a body leaves out
+REQUIRED = {"amplitude_": "amplitude_ma = 1", "phase1_": "phase1_us = 200", "electrode_area_": "electrode_area_mm2 = 5"}
+
+
+def explicit(body):
+    return body + "".join(line + "\n" for stem, line in REQUIRED.items() if stem not in body)
 
 
 @pytest.fixture
@@ -86,7 +92,7 @@ def test_upload_bad_file_exit2_and_nothing_changes(vp, capsys, client, tmp_path,
     capsys.readouterr()
     nacks_before = client.status()["counters"]["nacks"]
     f = tmp_path / "bad.toml"
-    f.write_text(body)
+    f.write_text(explicit(body))
     assert run(vp, "upload", str(f)) == 2
     err = capsys.readouterr().err
     for w in words:
@@ -100,7 +106,7 @@ def test_upload_firmware_nack_path(vp, capsys, monkeypatch, tmp_path, client):
     # bypass host validation: the firmware must refuse and the CLI must say why, exit 2
     monkeypatch.setattr(cli.paramfile, "check", lambda ps, limits: ps.params)
     f = tmp_path / "too_long.toml"
-    f.write_text("frequency_hz = 20\nphase1_us = 20000\n")
+    f.write_text(explicit("frequency_hz = 20\nphase1_us = 20000\n"))
     assert run(vp, "upload", str(f)) == 2
     err = capsys.readouterr().err
     assert "phase1_us = 20000 µs" in err and "10000 µs" in err
@@ -225,7 +231,7 @@ def test_python_m_picostim_virtual_info():
 
 def test_python_m_picostim_virtual_upload_bad_exit2(tmp_path):
     f = tmp_path / "bad.toml"
-    f.write_text("frequency_hz = 20\nphase2_us = 12000\n")
+    f.write_text(explicit("frequency_hz = 20\nphase2_us = 12000\n"))
     r = _cli_subprocess("--virtual", "upload", str(f))
     assert r.returncode == 2
     assert "phase2_us = 12000 µs" in r.stderr and "10000 µs" in r.stderr
@@ -254,7 +260,7 @@ def test_picostim_virtual_command_serves_until_stopped():
 
 def test_watch_shows_progress(vp, capsys, tmp_path):
     f = tmp_path / "short.toml"
-    f.write_text("frequency_hz = 100\nphase1_us = 100\nphase2_us = 100\ntrain_duration_s = 0.2\n")
+    f.write_text(explicit("frequency_hz = 100\nphase1_us = 100\nphase2_us = 100\ntrain_duration_s = 0.2\n"))
     assert run(vp, "upload", str(f)) == 0
     assert run(vp, "start", "-c", "0") == 0
     capsys.readouterr()

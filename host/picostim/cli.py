@@ -1,8 +1,11 @@
 """``picostim`` command line: argument parsing and output formatting only (logic lives in client.py,
 paramfile.py and transport.py).
 
-Exit codes: 0 ok, 2 bad input or a refusal by the device (NACK), 1 link or other error, 3 a timing
-check (``run``/``check``) found the capture does not match the parameters.
+Exit codes (EXIT_HELP): 0 ok; 1 link or other error; 2 bad input (file, capture, option, value) or a
+refusal by the device (NACK); 3 a timing check (``run``/``check``) found the capture does not match the
+parameters; 4 the train was stopped by a safety fault (electrode open/short, deadman). Every error is
+one line on stderr, ``picostim: error: <key or option> = <value>: <why> (<limit>)``; never a traceback
+(``--debug`` adds it).
 
 Each ``--virtual`` invocation starts a fresh virtual Pico that lives only for that command; to keep a
 virtual board's state across commands run ``picostim virtual`` in one terminal and pass the pty path
@@ -12,11 +15,15 @@ it prints to ``--port`` (or set PICOSTIM_PORT).
 import argparse
 import contextlib
 import json
+import math
 import os
+import re
 import sys
 import time
+import traceback
 
 from picostim import paramfile, transport
+from picostim.capture.trace import CaptureError
 from picostim.client import Client, DeviceError, LinkError, mask_of
 from protocol import messages as M
 
@@ -24,10 +31,105 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_CHECK_FAILED = 3
+EXIT_SAFETY_STOP = 4
+
+EXIT_HELP = """exit codes:
+  0  ok
+  1  link or other error (no answer, port gone)
+  2  bad input (parameter file, capture, option or value) or a refusal by the device; nothing changed
+  3  the capture does not match the parameters (run, check)
+  4  the train was stopped by a safety fault (electrode open/short, deadman) (run)
+every error is one line: picostim: error: <key or option> = <value>: <why> (<limit>)"""
 
 
 class UsageError(Exception):
     """Bad input detected on the host (exit 2)."""
+
+
+# ---- option types: validated at parse time, one line naming the option, the value and the range ---
+
+
+def _show(text, n=40):
+    text = str(text)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _number_type(kind, lo, hi, lo_open=False, unit=""):
+    """argparse type: an int or finite float in [lo, hi] (or (lo, hi] with ``lo_open``)."""
+    rng = "%s %s %s ≤ %s%s" % (lo, "<" if lo_open else "≤", "N" if kind is int else "x", hi, unit)
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("= %s: not %s (%s)" % (
+                _show(text), "an integer" if kind is int else "a number", rng)) from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError("= %s: not a finite number (%s)" % (_show(text), rng))
+        if value < lo or (lo_open and value == lo) or value > hi:
+            raise argparse.ArgumentTypeError("= %s: out of range (%s)" % (_show(text), rng))
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _times_type(text):
+    """``--trig1 10ms,50ms,...``: edge times (first rising) from the start of the run, ascending."""
+    from picostim.virtual.electrode import SpecError, parse_time
+
+    times = []
+    for part in text.split(","):
+        try:
+            t = parse_time(part)
+        except SpecError:
+            raise argparse.ArgumentTypeError("= %s: %s is not a time (e.g. 10ms,50ms: edge times from the "
+                                             "start, first rising)" % (_show(text), _show(part, 20))) from None
+        if not (math.isfinite(t) and 0 <= t <= MAX_RUN_S):
+            raise argparse.ArgumentTypeError("= %s: %s out of range (0 ≤ t ≤ %d s)" % (_show(text), _show(part, 20),
+                                                                                   MAX_RUN_S))
+        if times and t <= times[-1]:
+            raise argparse.ArgumentTypeError("= %s: times must increase (%s after %s)" % (_show(text), _show(part, 20),
+                                                                                         times[-1]))
+        times.append(t)
+    return times
+
+
+MAP_ROLES = ("POS", "NEG", "RECOVERY", "SYNC", "TRIG1", "TRIG2")
+
+
+def _map_type(text):
+    """``--map POS=D0,NEG=D1,...``: which capture channel carries which line."""
+    out = {}
+    for part in text.split(","):
+        role, eq, src = part.partition("=")
+        role, src = role.strip().upper(), src.strip()
+        if not eq or not src:
+            raise argparse.ArgumentTypeError("= %s: expected ROLE=CHANNEL pairs, e.g. POS=D0,NEG=D1" % _show(text))
+        if role not in MAP_ROLES:
+            raise argparse.ArgumentTypeError("= %s: %s is not a line (one of %s)" % (_show(text), _show(role, 20),
+                                                                                ", ".join(MAP_ROLES)))
+        if role in out:
+            raise argparse.ArgumentTypeError("= %s: %s given twice" % (_show(text), role))
+        out[role] = src
+    return out
+
+
+def _out_type(*suffixes):
+    """argparse type: an output path with one of ``suffixes`` in an existing directory."""
+    def parse(text):
+        if not text.lower().endswith(suffixes):
+            raise argparse.ArgumentTypeError("= %s: the file name must end in %s" % (_show(text), " or ".join(suffixes)))
+        parent = os.path.dirname(os.path.abspath(text))
+        if not os.path.isdir(parent):
+            raise argparse.ArgumentTypeError("= %s: directory %s does not exist" % (_show(text), _show(parent)))
+        return text
+
+    return parse
+
+
+MAX_RUN_S = 86400  # the firmware's longest train (max_duration_ns)
+MAX_CHANNEL = 7  # the protocol's channel mask is one byte; the device's own count is checked on connect
 
 
 # ---- connection -------------------------------------------------------------------------------
@@ -100,13 +202,19 @@ def connect(args, realtime=True):
         yield client
 
 
+def _check_channel(client, ch):
+    """--channel beyond the connected device's channels: exit 2 before any request naming it."""
+    if not 0 <= ch < client.channels:
+        raise UsageError("--channel = %d: the device has no such channel (0..%d)" % (ch, client.channels - 1))
+    return ch
+
+
 def _channels_mask(client, channels, default):
     """Mask from --channel (repeatable) or the default: 'configured' or 'all'."""
     n = client.channels
     if channels:
         for ch in channels:
-            if not 0 <= ch < n:
-                raise UsageError("--channel %d: the device has channels 0..%d" % (ch, n - 1))
+            _check_channel(client, ch)
         return mask_of(channels)
     if default == "all":
         return (1 << n) - 1
@@ -223,8 +331,7 @@ def _result_json(channel, ps, result):
 def cmd_upload(args):
     ps = paramfile.load(args.file)  # a malformed file -> exit 2 before any connection
     with connect(args) as c:  # HELLO: the device's own limits, which may differ from this build's
-        if not 0 <= args.channel < c.channels:
-            raise UsageError("--channel %d: the device has channels 0..%d" % (args.channel, c.channels - 1))
+        _check_channel(c, args.channel)
         paramfile.check(ps, c.limits)  # out of range -> exit 2, nothing sent but HELLO
         result = c.set_params(args.channel, ps.params)
     if args.json:
@@ -256,6 +363,8 @@ def _offline_limits():
 
 def cmd_params(args):
     with connect(args) as c:
+        for ch in args.channel or ():
+            _check_channel(c, ch)
         chans = args.channel if args.channel else range(c.channels)
         results = []
         for ch in chans:
@@ -332,7 +441,7 @@ def cmd_impedance(args):
 
 def cmd_save(args):
     with connect(args) as c:
-        r = c.save(args.channel, args.slot)
+        r = c.save(_check_channel(c, args.channel), args.slot)
     if args.json:
         _print_json(r)
     else:
@@ -342,7 +451,7 @@ def cmd_save(args):
 
 def cmd_load(args):
     with connect(args) as c:
-        r = c.load(args.channel, args.slot)
+        r = c.load(_check_channel(c, args.channel), args.slot)
     if args.json:
         _print_json(r)
     else:
@@ -434,33 +543,59 @@ def cmd_run(args):
     from picostim import runner
 
     ps = paramfile.load(args.file)
-    duration = args.duration if args.duration is not None else runner.default_duration_s(ps.params)
+    triggers = {n: t for n, t in ((1, args.trig1), (2, args.trig2)) if t}
+    n_in = runner.trigger_input(ps.params)
+    if triggers and not args.virtual:
+        raise UsageError("--trig%d = %s: drives the virtual Pico's input; add --virtual (a board's TRIG%d is "
+                         "wired to your signal source)" % (min(triggers), _show(",".join("%g" % t for t in
+                                                                        triggers[min(triggers)])), min(triggers)))
+    if args.virtual and n_in is not None and n_in not in triggers:
+        raise UsageError('trigger = "%s": the train waits for TRIG%d and nothing drives it on the virtual Pico: '
+                         "give --trig%d T[,T...] (edge times from the start, e.g. --trig%d 10ms)"
+                         % (paramfile.P.TRIGGER_NAMES[ps.params["trigger"]], n_in, n_in, n_in))
+    duration = args.duration
+    if duration is None:
+        duration = runner.default_duration_s(ps.params) + (triggers[n_in][0] if n_in in triggers else 0)
     with connect(args, realtime=False) as c:
-        if not 0 <= args.channel < c.channels:
-            raise UsageError("--channel %d: the device has channels 0..%d" % (args.channel, c.channels - 1))
+        _check_channel(c, args.channel)
         paramfile.check(ps, c.limits)
         if c.virtual is not None:
             result = runner.run_virtual(c.virtual, c, ps.params, duration, channel=args.channel,
-                                        capture=args.capture, plot_png=args.plot)
+                                        capture=args.capture, plot_png=args.plot, triggers=triggers)
         else:
             result = runner.run_board(c, ps.params, duration, driver=args.analyzer, samplerate=args.samplerate,
                                       channel=args.channel, capture=args.capture or "picostim-capture.sr",
                                       plot_png=args.plot)
+    stopped = [f for f in result.faults if f["channel"] == args.channel]
+    code = EXIT_SAFETY_STOP if stopped else EXIT_OK if result.report.ok else EXIT_CHECK_FAILED
     if args.json:
-        _print_json(result.to_json())
-    else:
-        print("%s on channel %d for %g s (%s)" % (ps.name or args.file, args.channel, duration,
-                                                 "virtual Pico: emulated PIO pins" if args.virtual else args.analyzer))
-        print(result.report.summary())
-        for f in result.faults:
-            print("fault: channel %d %s at t=%.6f s (%s); pulses after the fault: %s"
-                  % (f["channel"], f["kind"], f["time_s"],
-                     "at the compliance rail" if f["ohms"] >= 0x7FFFFFFF else "%d ohm" % f["ohms"],
-                     "?" if result.pulses_after_fault is None else result.pulses_after_fault))
-        for label, path in (("capture", result.capture_path), ("plot", result.plot_path)):
-            if path:
-                print("%s: %s" % (label, path))
-    return EXIT_OK if result.report.ok else EXIT_CHECK_FAILED
+        out = result.to_json()
+        out["stopped_by_fault"] = bool(stopped)
+        out["exit_code"] = code
+        _print_json(out)
+        return code
+    print("%s on channel %d for %g s (%s)" % (ps.name or args.file, args.channel, duration,
+                                             "virtual Pico: emulated PIO pins" if args.virtual else args.analyzer))
+    for f in stopped:
+        print("STOPPED: the firmware stopped channel %d at t=%.6f s: %s (exit %d)"
+              % (f["channel"], f["time_s"], _fault_text(f), EXIT_SAFETY_STOP))
+    if stopped:
+        print("pulses before the stop:")
+    print(result.report.summary())
+    for f in result.faults:
+        print("fault: channel %d %s at t=%.6f s (%s); pulses after the fault: %s"
+              % (f["channel"], f["kind"], f["time_s"], _fault_text(f),
+                 "?" if result.pulses_after_fault is None else result.pulses_after_fault))
+    for label, path in (("capture", result.capture_path), ("plot", result.plot_path)):
+        if path:
+            print("%s: %s" % (label, path))
+    return code
+
+
+def _fault_text(f):
+    if f["kind"] == "deadman":
+        return "deadman: the host link was silent"
+    return "electrode %s, %s" % (f["kind"], "at the compliance rail" if f["ohms"] >= 0x7FFFFFFF else "%d ohm" % f["ohms"])
 
 
 def cmd_check(args):
@@ -468,10 +603,19 @@ def cmd_check(args):
     from picostim import runner
 
     ps = paramfile.load(args.params)
-    report = runner.check_capture(args.capture, ps.params, channel=args.channel, plot_png=args.plot)
+    trace, used = runner.load_capture(args.capture, args.channel, args.map)
+    report = runner.check_trace(trace, ps.params, args.channel, trace.duration_s())
+    if args.plot:
+        runner.plot(trace, report, args.plot)
     if args.json:
-        _print_json(report.to_json())
+        out = report.to_json()
+        out["map"] = used
+        _print_json(out)
     else:
+        if used:
+            print("capture lines: %s%s" % (", ".join("%s=%s" % kv for kv in used.items()),
+                                          "" if args.map else " (the analyzer wiring of docs/HARDWARE.md; "
+                                                              "--map to change)"))
         print(report.summary())
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
 
@@ -491,9 +635,38 @@ def cmd_capture(args):
 # ---- parser -----------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``picostim: error: --timeout = 0: out of range (0 < x ≤ 3600 s)``,
+    raised as UsageError (exit 2) instead of a usage block and sys.exit."""
+
+    def error(self, message):
+        m = re.match(r"argument ([^\s:/]+)(?:/\S+)?: (= .*)$", message)
+        if m:  # our option types: "argument --timeout/-t: = 0: ..." -> "--timeout = 0: ..."
+            raise UsageError("%s %s" % (m.group(1), m.group(2)))
+        raise UsageError("%s (see: %s --help)" % (message, self.prog))
+
+
+_CHANNEL = _number_type(int, 0, MAX_CHANNEL)
+_SECONDS = _number_type(float, 0, MAX_RUN_S, lo_open=True, unit=" s")
+_SAMPLERATE = _number_type(float, 0, 1e10, lo_open=True, unit=" Hz")
+
+
+def _board_channels():
+    from firmware import board
+
+    return board.CHANNELS
+
+
+def _slots():
+    from firmware import storage
+
+    return storage.SLOTS
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="picostim", description="picostim RP2040 pulse generator (research and bench "
-                                                             "use only; not a medical device)")
+    p = _Parser(prog="picostim", description="picostim RP2040 pulse generator (research and bench "
+                                             "use only; not a medical device)",
+                epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--port", "-p", default=os.environ.get("PICOSTIM_PORT"),
                        help="serial device or pyserial URL (loop://, socket://host:port, /dev/pts/N); "
@@ -503,9 +676,13 @@ def build_parser():
                             "--virtual=micropython runs firmware/main.py under the MicroPython unix port on shim "
                             "hardware (protocol and firmware logic, no PIO timing)")
     p.add_argument("--serial", help="USB serial number (or prefix) of the board to use")
-    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each answer (default 1.0)")
-    p.add_argument("--retries", type=int, default=3, help="resends of a request without answer (default 3)")
-    p.add_argument("--virtual-channels", type=int, default=4, help="channels of the virtual Pico (default 4)")
+    p.add_argument("--timeout", type=_number_type(float, 0, 3600, lo_open=True, unit=" s"), default=1.0,
+                   help="seconds to wait for each answer (default 1.0; 0 < S ≤ 3600)")
+    p.add_argument("--retries", type=_number_type(int, 0, 100), default=3,
+                   help="resends of a request without answer (default 3; 0..100)")
+    p.add_argument("--virtual-channels", type=_number_type(int, 1, _board_channels()), default=_board_channels(),
+                   help="channels of the virtual Pico (default and most %d, the board's)" % _board_channels())
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     p.add_argument("--electrode", action="append", metavar="R[,c=CAP][,leak=R][,compliance=V][,ch=N]",
                    help="virtual Pico electrode load, e.g. 1k or 2.2k,c=4.7u,ch=1 (default 1k, 10 µF; without ch= "
                         "every channel; repeatable; docs/SAFETY.md)")
@@ -522,7 +699,7 @@ def build_parser():
 
     s = sub.add_parser("upload", help="validate a TOML parameter file and send it to a channel")
     s.add_argument("file")
-    s.add_argument("--channel", "-c", type=int, default=0, help="channel (default 0)")
+    s.add_argument("--channel", "-c", type=_CHANNEL, default=0, help="channel (default 0)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_upload)
 
@@ -531,7 +708,7 @@ def build_parser():
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("params", help="show the parameters on the device (requested vs realised)")
-    s.add_argument("--channel", "-c", type=int, action="append")
+    s.add_argument("--channel", "-c", type=_CHANNEL, action="append")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_params)
 
@@ -540,7 +717,7 @@ def build_parser():
                                 ("trigger", "configured", "software trigger (default: every configured channel)"),
                                 ("clear-fault", "all", "clear latched faults (default: all channels)")):
         s = sub.add_parser(name, help=text)
-        s.add_argument("--channel", "-c", type=int, action="append", help="channel (repeatable)")
+        s.add_argument("--channel", "-c", type=_CHANNEL, action="append", help="channel (repeatable)")
         s.set_defaults(func=_simple(name.replace("-", "_"), default))
 
     s = sub.add_parser("status", help="state, pulses, faults and link counters")
@@ -548,49 +725,57 @@ def build_parser():
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("impedance", help="measure electrode impedance (default: all channels)")
-    s.add_argument("--channel", "-c", type=int, action="append")
+    s.add_argument("--channel", "-c", type=_CHANNEL, action="append")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_impedance)
 
     for name, func, text in (("save", cmd_save, "save a channel's parameters to a flash slot (atomic, CRC-checked)"),
                              ("load", cmd_load, "load a flash slot into a channel (validated like upload)")):
         s = sub.add_parser(name, help=text)
-        s.add_argument("slot", type=int, help="slot 0..7")
-        s.add_argument("--channel", "-c", type=int, default=0, help="channel (default 0)")
+        s.add_argument("slot", type=_number_type(int, 0, _slots() - 1), help="slot 0..%d" % (_slots() - 1))
+        s.add_argument("--channel", "-c", type=_CHANNEL, default=0, help="channel (default 0)")
         s.add_argument("--json", action="store_true")
         s.set_defaults(func=func)
     s = sub.add_parser("watch", help="live events and pulse counts until the trains end (or Ctrl-C)")
-    s.add_argument("--interval", type=float, default=0.5)
+    s.add_argument("--interval", type=_number_type(float, 0, 3600, lo_open=True, unit=" s"), default=0.5)
     s.add_argument("--follow", action="store_true", help="keep watching after all channels are idle")
-    s.add_argument("--duration", type=float, help="stop watching after this many seconds")
+    s.add_argument("--duration", type=_SECONDS, help="stop watching after this many seconds")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(func=cmd_watch)
 
     s = sub.add_parser("run", help="upload, run, capture and check a parameter file (the main job)")
     s.add_argument("file")
-    s.add_argument("--channel", "-c", type=int, default=0, help="channel (default 0)")
-    s.add_argument("--duration", type=float, help="seconds to run (default: the whole train, or 1 s)")
-    s.add_argument("--capture", help="write the capture to OUT.vcd or OUT.sr")
-    s.add_argument("--plot", help="draw the first pulses with measured widths to OUT.png")
+    s.add_argument("--channel", "-c", type=_CHANNEL, default=0, help="channel (default 0)")
+    s.add_argument("--duration", type=_SECONDS, help="seconds to run (default: the whole train, or 1 s)")
+    s.add_argument("--capture", type=_out_type(".vcd", ".sr"), help="write the capture to OUT.vcd or OUT.sr")
+    s.add_argument("--plot", type=_out_type(".png"), help="draw the first pulses with measured widths to OUT.png")
     s.add_argument("--analyzer", default="fx2lafw", help="sigrok driver of the logic analyzer (board runs)")
-    s.add_argument("--samplerate", type=float, default=24e6, help="analyzer sample rate in Hz (board runs)")
+    s.add_argument("--samplerate", type=_SAMPLERATE, default=24e6, help="analyzer sample rate in Hz (board runs)")
+    for n in (1, 2):
+        s.add_argument("--trig%d" % n, type=_times_type, metavar="T[,T...]",
+                       help="virtual Pico: drive TRIG%d with edges at these times from the start of the run "
+                            "(first rising, then alternating), e.g. 10ms or 10ms,60ms for a gate" % n)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("check", help="check a capture file against a parameter file (exit 3 if it does not match)")
     s.add_argument("capture", help="capture file (.sr or .vcd)")
     s.add_argument("--params", required=True, help="the TOML parameter file the capture should show")
-    s.add_argument("--channel", "-c", type=int, default=0)
-    s.add_argument("--plot", help="draw the first pulses with measured widths to OUT.png")
+    s.add_argument("--channel", "-c", type=_CHANNEL, default=0)
+    s.add_argument("--map", type=_map_type, metavar="POS=D0,NEG=D1,...",
+                   help="which capture channel carries which line (default: the capture's own POS/NEG/... "
+                        "names, else the analyzer wiring of docs/HARDWARE.md: POS=D0,NEG=D1,RECOVERY=D2,"
+                        "SYNC=D3,TRIG1=D4)")
+    s.add_argument("--plot", type=_out_type(".png"), help="draw the first pulses with measured widths to OUT.png")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("capture", help="record the pins with a sigrok analyzer (wiring: docs/HARDWARE.md)")
-    s.add_argument("out", help="OUT.sr or OUT.vcd")
-    s.add_argument("--duration", type=float, default=1.0)
+    s.add_argument("out", type=_out_type(".sr", ".vcd"), help="OUT.sr or OUT.vcd")
+    s.add_argument("--duration", type=_SECONDS, default=1.0)
     s.add_argument("--analyzer", default="fx2lafw", help="sigrok driver (e.g. fx2lafw; demo for a dry run)")
-    s.add_argument("--samplerate", type=float, default=24e6)
-    s.add_argument("--channel", "-c", type=int, default=0, help="stimulation channel wired to the analyzer")
+    s.add_argument("--samplerate", type=_SAMPLERATE, default=24e6)
+    s.add_argument("--channel", "-c", type=_CHANNEL, default=0, help="stimulation channel wired to the analyzer")
     s.set_defaults(func=cmd_capture)
 
     s = sub.add_parser("ports", help="list serial ports; picostim boards are marked")
@@ -630,21 +815,48 @@ def normalise_argv(argv):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else list(argv)))
-    as_json = getattr(args, "json", False)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    debug = "--debug" in argv  # known before parsing, so a parse error can show its traceback too
+    as_json = False
     try:
+        args = build_parser().parse_args(normalise_argv(argv))
+        as_json = getattr(args, "json", False)
         return args.func(args)
-    except (paramfile.ParamFileError, UsageError) as e:
-        return _fail(str(e), EXIT_BAD_INPUT, as_json, {"field": getattr(e, "key", None)})
+    except SystemExit as e:  # --help / --version
+        return e.code if isinstance(e.code, int) else EXIT_OK if e.code is None else EXIT_BAD_INPUT
+    except (paramfile.ParamFileError, UsageError, CaptureError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT, as_json, {"field": getattr(e, "key", None)}, debug)
     except DeviceError as e:
-        return _fail(str(e), EXIT_BAD_INPUT, as_json, {"nack": e.nack})
+        return _fail(str(e), EXIT_BAD_INPUT, as_json, {"nack": e.nack}, debug)
     except (LinkError, transport.TransportError, OSError) as e:
-        return _fail(str(e), EXIT_ERROR, as_json)
+        return _fail(_os_message(e), EXIT_ERROR, as_json, None, debug)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: still one line (the test suite asserts this is never reached)
+        return _fail("internal error: %s: %s (run with --debug for the traceback)" % (type(e).__name__, e),
+                     EXIT_ERROR, as_json, None, debug)
 
 
-def _fail(message, code, as_json, extra=None):
+def _os_message(e):
+    if not isinstance(e, (LinkError, transport.TransportError)) and getattr(e, "strerror", None):
+        return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_MESSAGE = 1000
+
+
+def _one_line(message):
+    """Errors are one line: control characters (a newline in a TOML key...) escaped, length capped."""
+    text = _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), str(message))
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _fail(message, code, as_json, extra=None, debug=False):
+    if debug:
+        traceback.print_exc()
+    message = _one_line(message)
     print("picostim: error: %s" % message, file=sys.stderr)
     if as_json:
         obj = {"error": message}

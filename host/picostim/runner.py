@@ -10,6 +10,7 @@ passes and an edge one tick off fails).
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 from picostim.capture import analyze, plot, write_capture
 from picostim.capture import sigrok as sigrok_capture
 from picostim.capture.analyzer import Report, channel_names
-from picostim.capture.trace import Trace
+from picostim.capture.trace import CaptureError, Trace
 from picostim.client import Client
 from protocol import params as P
 
@@ -118,11 +119,12 @@ def check_trace(trace: Trace, params: dict[str, int], channel: int, run_s: float
     return analyze(trace, channel=channel, expected=expected, allow_partial_last_burst="pulses" not in expected)
 
 
-FAULT_KINDS = ("open", "short")
+FAULT_KINDS = ("open", "short", "deadman")  # EVENTs of a train stopped by a safety check (exit 4)
 
 
 def faults_from_events(events: list[dict]) -> list[dict]:
-    """The electrode-fault EVENTs as report entries (``ohms`` 2147483647 = at the compliance rail)."""
+    """The safety-stop EVENTs as report entries (electrode open/short: ``ohms`` 2147483647 = at the
+    compliance rail; deadman: the link silence in ms)."""
     return [{"channel": ev["channel"], "kind": ev["kind"], "time_s": ev["time_us"] / 1e6, "ohms": ev["value"]}
             for ev in events if ev["kind"] in FAULT_KINDS]
 
@@ -149,13 +151,26 @@ def _finish(params, realised, trace, events, capture, plot_png, channel, run_s, 
     return RunResult(params, realised, trace, report, events, capture_path, plot_path, faults, after)
 
 
+def trigger_input(params: dict[str, int]) -> int | None:
+    """The trigger input (1 = TRIG1, 2 = TRIG2) a train waits on, None for a software start."""
+    name = P.TRIGGER_NAMES[params["trigger"]] if params["trigger"] < len(P.TRIGGER_NAMES) else "software"
+    return None if name == "software" else int(name[-1])
+
+
 def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *, channel: int = 0,
-                capture: str | Path | None = None, plot_png: str | Path | None = None) -> RunResult:
+                capture: str | Path | None = None, plot_png: str | Path | None = None,
+                triggers: dict[int, list[float]] | None = None) -> RunResult:
     """Run on a :class:`~picostim.virtual.device.VirtualPico` in stepped (virtual) time: start, emulate
-    ``duration_s`` seconds, stop (the running pulse completes), drain, capture the emulated pins."""
+    ``duration_s`` seconds, stop (the running pulse completes), drain, capture the emulated pins.
+    ``triggers``: input (1, 2) -> edge times in s from the start (first rising, then alternating),
+    driven on TRIG1/TRIG2 like a function generator."""
     mask = 1 << channel
     resp = client.set_params(channel, params)
     client.start(mask)
+    t0 = vp.hal.system.now / vp.hal.clock_hz
+    for n, times in sorted((triggers or {}).items()):
+        for i, t in enumerate(times):
+            vp.hal.drive_trigger(n, 0 if i % 2 else 1, at_s=t0 + t)
     vp.advance(duration_s)
     if vp.hal.running(channel):
         client.stop(mask)
@@ -166,12 +181,17 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
                 break
     events = client.events(timeout=0.05)
     trace = vp.hal.trace([channel])
+    check_s: float | None = duration_s
+    n_in = trigger_input(params)
+    if n_in is not None:  # the train starts at the first edge; a gate stops and restarts it
+        edges = (triggers or {}).get(n_in) or [math.inf]
+        check_s = max(0.0, duration_s - edges[0]) if P.TRIGGER_NAMES[params["trigger"]].startswith("ext") else 0.0
     fault_sample = None
     for f in faults_from_events(events):
         if f["channel"] == channel:  # device µs -> capture samples (the trace starts at the train start)
             fault_sample = round(f["time_s"] * vp.hal.clock_hz) - vp.hal.train_start[channel]
             break
-    return _finish(params, resp["realised"], trace, events, capture, plot_png, channel, duration_s, fault_sample)
+    return _finish(params, resp["realised"], trace, events, capture, plot_png, channel, check_s, fault_sample)
 
 
 def run_board(client: Client, params: dict[str, int], duration_s: float, *, driver: str,
@@ -210,10 +230,55 @@ def run_board(client: Client, params: dict[str, int], duration_s: float, *, driv
     return result
 
 
+def _names(names, n=12) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (", ... (%d in all)" % len(names) if len(names) > n else "")
+
+
+def map_channels(trace: Trace, channel: int = 0, mapping: dict[str, str] | None = None) -> tuple[Trace, dict[str, str]]:
+    """The capture's lines under the names the analyzer looks for (POS/NEG/... of ``channel``).
+
+    ``mapping``: line -> capture channel (``{"POS": "D0", "NEG": "D1"}``, from ``--map``). Without it a
+    capture that names the lines itself is used as it is, and a foreign one (sigrok's D0..D7) is read
+    with the analyzer wiring of docs/HARDWARE.md (:data:`DEFAULT_WIRING`). Returns the trace and the
+    mapping used ({} = the capture's own names). :class:`CaptureError` names the channels found."""
+    names = channel_names(channel)
+    found = list(trace.channels)
+    if mapping is None:
+        if names["POS"] in trace.channels and names["NEG"] in trace.channels:
+            return trace, {}
+        own = [n for n in found if re.fullmatch(r"(POS|NEG)(_\d+)?", n)]
+        if own:
+            raise CaptureError("-c = %d: the capture has no %s/%s (channels found: %s)"
+                               % (channel, names["POS"], names["NEG"], _names(found)))
+        mapping = {line: src for src, line in DEFAULT_WIRING.items()}
+        if not all(mapping[k] in trace.channels for k in ("POS", "NEG")):
+            raise CaptureError("the capture has no POS/NEG lines and no %s/%s of the default wiring (channels "
+                               "found: %s): name them with --map POS=<ch>,NEG=<ch>[,RECOVERY=..,SYNC=..]"
+                               % (mapping["POS"], mapping["NEG"], _names(found)))
+        mapping = {k: v for k, v in mapping.items() if v in trace.channels}
+    else:
+        for k in ("POS", "NEG"):
+            if k not in mapping:
+                raise CaptureError("--map = %s: needs POS and NEG" % ",".join("%s=%s" % kv for kv in mapping.items()))
+        for line, src in mapping.items():
+            if src not in trace.channels:
+                raise CaptureError("--map = %s=%s: the capture has no channel %s (channels found: %s)"
+                                   % (line, src, src, _names(found)))
+    lines = {names.get(line, line): trace.channels[src] for line, src in mapping.items()}
+    return Trace(trace.samplerate_hz, trace.n_samples, lines), mapping
+
+
+def load_capture(path: str | Path, channel: int = 0,
+                 mapping: dict[str, str] | None = None) -> tuple[Trace, dict[str, str]]:
+    """Read a capture file and name its lines for ``channel`` (:func:`map_channels`)."""
+    return map_channels(sigrok_capture.read_capture(path), channel, mapping)
+
+
 def check_capture(path: str | Path, params: dict[str, int], *, channel: int = 0,
-                  plot_png: str | Path | None = None) -> Report:
-    """Check any capture file against a parameter set."""
-    trace = sigrok_capture.read_capture(path)
+                  plot_png: str | Path | None = None, mapping: dict[str, str] | None = None) -> Report:
+    """Check any capture file against a parameter set (``mapping``: see :func:`map_channels`)."""
+    trace, _ = load_capture(path, channel, mapping)
     report = check_trace(trace, params, channel, trace.duration_s())
     if plot_png:
         plot(trace, report, plot_png)

@@ -32,11 +32,11 @@ import numpy as np
 from .trace import Channel, Trace
 
 PIO_CLOCK_HZ = 125_000_000
-WIDTH_KEYS = ("phase1", "interphase", "phase2", "recovery", "recovery_gap", "period", "interburst",
+WIDTH_KEYS = ("phase1", "interphase", "phase2", "recovery", "recovery_gap", "period", "burst_gap",
               "burst_period", "sync_start", "sync_end")
 EXPECTED_KEYS = {
     "phase1_us", "interphase_us", "phase2_us", "recovery_us", "recovery_gap_us", "period_us", "frequency_hz",
-    "burst_pulses", "interburst_us", "burst_period_us", "bursts", "pulses", "polarity",
+    "burst_pulses", "burst_gap_us", "burst_period_us", "bursts", "pulses", "polarity",
     "trigger_latency_us", "trigger_latency_max_cycles", "train_delay_us",
 }
 _MAX_LISTED = 100  # times listed in the JSON per kind
@@ -271,7 +271,7 @@ class Report:
         lines = [f"{'OK' if self.ok else 'FAIL'}: {self.n_pulses} pulses at {self.samplerate_hz / 1e6:g} MS/s"
                  f" ({self.polarity or '?'}), overlaps {len(self.overlaps[0])},"
                  f" incomplete {self.incomplete['truncated']} truncated / {self.incomplete['cut_by_capture_end']} cut"]
-        for name in ("phase1", "interphase", "phase2", "recovery", "period", "interburst"):
+        for name in ("phase1", "interphase", "phase2", "recovery", "period", "burst_gap"):
             st = self.stats[name]
             if st.n:
                 s = self.stat_us(name)
@@ -290,7 +290,8 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
 
     ``expected``: values in µs (``phase1_us``, ``interphase_us``, ``phase2_us``, ``recovery_us`` (0 = no
     recovery allowed), ``recovery_gap_us``, ``period_us`` or ``frequency_hz``, ``burst_pulses``,
-    ``interburst_us`` (end of a burst's last pulse -> next burst's first phase-1 start),
+    ``burst_gap_us`` (end of a burst's last pulse -> next burst's first phase-1 start; not the parameter
+    ``interburst``, which runs from the end of the burst's last *period*),
     ``burst_period_us`` (burst start to start), ``bursts`` (count), ``pulses`` (complete pulses),
     ``polarity``, ``trigger_latency_us``, ``trigger_latency_max_cycles``, ``train_delay_us``). Unknown keys
     raise ``ValueError`` (a typo must not silently skip a check).
@@ -408,9 +409,9 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
         gap_exp = None
         if bp and expected.get("burst_period_us"):
             gap_exp = float(expected["burst_period_us"]) - (int(bp) - 1) * float(exp_period)
-        elif bp and expected.get("interburst_us") is not None and all(
+        elif bp and expected.get("burst_gap_us") is not None and all(
                 expected.get(key) is not None for key in ("phase1_us", "interphase_us", "phase2_us")):
-            gap_exp = float(expected["interburst_us"]) + sum(
+            gap_exp = float(expected["burst_gap_us"]) + sum(
                 float(expected.get(key) or 0) for key in ("phase1_us", "interphase_us", "phase2_us", "recovery_us"))
         if gap_exp is not None and gap_exp / us_per_sample > exp_period / us_per_sample + 4 * tol0 + 2:
             thr = (gap_exp + exp_period) / 2 / us_per_sample
@@ -425,11 +426,11 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     last_idx = np.concatenate((np.flatnonzero(split), [len(starts_c) - 1])) if len(starts_c) else first_idx
     if expected.get("burst_pulses") or (not exp_period and split.any()):
         values["period"] = d[~split]
-        values["interburst"] = starts_c[first_idx[1:]] - ends_c[last_idx[:-1]]
+        values["burst_gap"] = starts_c[first_idx[1:]] - ends_c[last_idx[:-1]]
         values["burst_period"] = np.diff(starts_c[first_idx])
     else:
         values["period"] = d
-        values["interburst"] = np.zeros(0, np.int64)
+        values["burst_gap"] = np.zeros(0, np.int64)
         values["burst_period"] = np.zeros(0, np.int64)
 
     # --- SYNC: high from phase-1 start to phase-2 end
@@ -535,7 +536,7 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
         v = values[name]
         tol = tol_for(exp_s)
         if len(v) == 0:
-            if name in ("interburst", "burst_period", "period") and n_complete <= 1:
+            if name in ("burst_gap", "burst_period", "period") and n_complete <= 1:
                 return
             failures.append(f"{name}: expected {expected[key]} µs but nothing measured")
             return
@@ -550,7 +551,7 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     n_complete = int(c.sum())
     if n_complete == 0 and expected.get("pulses", None) != 0:
         failures.append("no complete pulse found")
-    for name in ("phase1", "interphase", "phase2", "recovery_gap", "period", "interburst", "burst_period"):
+    for name in ("phase1", "interphase", "phase2", "recovery_gap", "period", "burst_gap", "burst_period"):
         check(f"{name}_us", name)
     if "recovery_us" in expected and expected["recovery_us"] is not None:
         if float(expected["recovery_us"]) == 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import shutil
 import tempfile
 import threading
 import time
@@ -44,6 +45,7 @@ class VirtualPico:
         self._hal_options = hal_options
         self.hal = SimHal(channels=channels, **hal_options)
         self.realtime = realtime
+        self._own_flash = flash_dir is None  # a temp dir of ours: removed by close()
         self.flash_dir = flash_dir or tempfile.mkdtemp(prefix="picostim-flash-")
         self.storage = storage.Store(storage.OsFiles(self.flash_dir))
         self.watchdog_ms = (WDT_TIMEOUT_MS if realtime else 0) if watchdog_ms is None else watchdog_ms
@@ -124,6 +126,8 @@ class VirtualPico:
             if fd >= 0:
                 os.close(fd)
         self._master = self._slave = -1
+        if self._own_flash:  # the board's flash lives as long as the board (pass flash_dir= to keep it)
+            shutil.rmtree(self.flash_dir, ignore_errors=True)
 
     def __enter__(self) -> VirtualPico:
         self.open()
