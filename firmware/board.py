@@ -17,6 +17,14 @@ BOARD_ID = "picostim-pico-4ch-r1"
 SYS_CLK_HZ = 125_000_000  # machine.freq() is set to this at boot; 1 PIO tick = 8 ns
 PIO_CLKDIV = 1  # timing resolution is one system clock
 
+# ---- dead time ------------------------------------------------------------------------------------
+# Minimum idle (all of POS, NEG, RECOVERY low) between any two different drive states of a channel:
+# phase 1 -> phase 2 (an interphase below it is realised as this), phase 2 -> RECOVERY, and the end
+# of a pulse -> the next pulse. It covers the H-bridge / gate-driver turn-off and propagation delays
+# and the RP2040's pad-to-pad skew, so one leg is off before the other turns on (shoot-through).
+# 1 us = 125 PIO ticks: an engineering choice, rationale and sources in docs/SAFETY.md (Dead time).
+DEAD_TIME_NS = 1_000
+
 # ---- stimulation channels ------------------------------------------------------------------------
 CHANNELS = 4
 # Per channel: POS, NEG, RECOVERY consecutive from OUT_BASE; channel 0 adds SYNC as its 4th pin.

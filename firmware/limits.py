@@ -5,6 +5,8 @@ message, but the decision that counts is the firmware's. Sources for the figures
 docs/SAFETY.md.
 """
 
+from firmware import board
+
 LIMITS = {
     "max_amplitude_ua": 10000,  # 10 mA: the bench current source's full scale
     "max_charge_nc": 5000,  # 5 µC per phase
@@ -21,4 +23,7 @@ LIMITS = {
     "max_ramp_ns": 0,
     "max_burst_pulses": 10000,
     "min_electrode_area_um2": 100,
+    # Idle between two different drive states (board.DEAD_TIME_NS): an interphase below it is
+    # realised as it, and the period must leave it after the pulse (protocol.params.validate).
+    "min_dead_time_ns": board.DEAD_TIME_NS,
 }

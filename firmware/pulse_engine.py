@@ -215,20 +215,35 @@ def group_words(pulse, idle):
     return g
 
 
+# Board dead time in ticks: the least idle between two different drive states (POS, NEG, RECOVERY).
+DEAD_TICKS = ns_to_ticks(board.DEAD_TIME_NS)
+
+
 def build_train(params):
-    """Canonical params dict (validated elsewhere) -> Train."""
+    """Canonical params dict (validated elsewhere) -> Train.
+
+    Dead time (docs/SAFETY.md): an interphase below DEAD_TICKS is realised as DEAD_TICKS (reported in
+    realised["interphase"], next to the request), phase 2 and RECOVERY are DEAD_TICKS apart, and the
+    period must leave at least DEAD_TICKS (and a segment) of idle after the pulse.
+    """
+    if DEAD_TICKS < OVERHEAD:
+        raise Unrealisable("interphase_ns", params["interphase_ns"], "board dead time below one segment")
     ph1 = _field_ticks(params, "phase1_ns", False)
-    ip = _field_ticks(params, "interphase_ns", True)
+    ip = ns_to_ticks(params["interphase_ns"])
+    if ip < DEAD_TICKS:
+        ip = DEAD_TICKS
     ph2 = _field_ticks(params, "phase2_ns", False)
     rec = _field_ticks(params, "recovery_ns", True)
+    rec_gap = DEAD_TICKS if rec else 0
     period = ns_to_ticks(params["period_ns"])
     delay = _field_ticks(params, "train_delay_ns", True)
     n_burst = params["burst_pulses"]
     interburst = ns_to_ticks(params["interburst_ns"]) if n_burst > 0 else 0
-    pulse_ticks = ph1 + ip + ph2 + rec
-    if period < pulse_ticks + OVERHEAD:
+    pulse_ticks = ph1 + ip + ph2 + rec_gap + rec
+    min_idle = DEAD_TICKS if DEAD_TICKS > OVERHEAD else OVERHEAD
+    if period < pulse_ticks + min_idle:
         raise Unrealisable("period_ns", params["period_ns"], "%d ns leaves less than %d ns idle"
-                           " after the pulse" % (params["period_ns"], min_segment_ns()))
+                           " after the pulse" % (params["period_ns"], ticks_to_ns(min_idle)))
     polarity = params["polarity"]
     if polarity == CATHODIC_FIRST:
         first, second = NEG, POS
@@ -241,6 +256,7 @@ def build_train(params):
     append_segment(pulse, ph1, first | SYNC)
     append_segment(pulse, ip, SYNC)
     append_segment(pulse, ph2, second | SYNC)
+    append_segment(pulse, rec_gap, IDLE)
     append_segment(pulse, rec, RECOVERY)
 
     idle = period - pulse_ticks
@@ -292,6 +308,8 @@ def build_train(params):
         "interphase": ip,
         "phase2": ph2,
         "recovery": rec,
+        "recovery_gap": rec_gap,
+        "dead_time": DEAD_TICKS,
         "period": period,
         "interburst": interburst,
         "train_delay": delay,

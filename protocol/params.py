@@ -65,6 +65,7 @@ LIMIT_NAMES = (
     "max_ramp_ns",
     "max_burst_pulses",
     "min_electrode_area_um2",
+    "min_dead_time_ns",
 )
 
 
@@ -113,8 +114,22 @@ def unpack(data):
     return dict(zip(FIELD_NAMES, struct.unpack(FORMAT, data)))
 
 
-def pulse_length_ns(p):
-    return p["phase1_ns"] + p["interphase_ns"] + p["phase2_ns"] + p["recovery_ns"]
+def interphase_realised_ns(p, dead_ns):
+    """The interphase the pulse engine builds: the request, or the board dead time if that is longer
+    (phase 1 and phase 2 drive opposite legs of the bridge: never less idle than the dead time)."""
+    return p["interphase_ns"] if p["interphase_ns"] > dead_ns else dead_ns
+
+
+def recovery_gap_ns(p, dead_ns):
+    """Idle the pulse engine puts between phase 2 and RECOVERY: the dead time (none without recovery)."""
+    return dead_ns if p["recovery_ns"] else 0
+
+
+def pulse_length_ns(p, dead_ns):
+    """Phase-1 start to pulse end as the pulse engine builds it (``dead_ns``: the board dead time,
+    limit ``min_dead_time_ns``): phase 1, realised interphase, phase 2, dead time + recovery."""
+    return (p["phase1_ns"] + interphase_realised_ns(p, dead_ns) + p["phase2_ns"] + recovery_gap_ns(p, dead_ns)
+            + p["recovery_ns"])
 
 
 def shannon_k(charge_pc_value, area_um2):
@@ -191,17 +206,24 @@ def validate(params, limits):
     for v in checks:
         if v is not None:
             return v
-    # A non-zero gap shorter than one PIO segment cannot be produced exactly.
-    for name in ("interphase_ns", "recovery_ns", "interburst_ns", "train_delay_ns"):
+    # A non-zero gap shorter than one PIO segment cannot be produced exactly. The interphase is
+    # realised as at least the dead time (see interphase_realised_ns), so only that value must be
+    # producible: a request below the dead time is lengthened to it, not refused.
+    dead = limits["min_dead_time_ns"]
+    if 0 < interphase_realised_ns(p, dead) < min_phase:
+        return Violation("interphase_ns", p["interphase_ns"], min_phase, ">=")
+    for name in ("recovery_ns", "interburst_ns", "train_delay_ns"):
         if 0 < p[name] < min_phase:
             return Violation(name, p[name], min_phase, ">=")
     for name in ("period_ns", "interburst_ns", "train_duration_ns", "train_delay_ns"):
         v = _check_max(name, p[name], limits["max_duration_ns"])
         if v is not None:
             return v
-    length = pulse_length_ns(p)
+    # The idle after the pulse separates its last drive state from the next pulse's phase 1: at
+    # least one segment and at least the dead time.
+    length = pulse_length_ns(p, dead)
     v = (_check_min("period_ns", p["period_ns"], limits["min_period_ns"])
-         or _check_min("period_ns", p["period_ns"], length + min_phase))
+         or _check_min("period_ns", p["period_ns"], length + (dead if dead > min_phase else min_phase)))
     if v is not None:
         return v
     # Rounded up (like every derived quantity here): a floor let 500.9 permille pass a 500 limit.

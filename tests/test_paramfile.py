@@ -56,7 +56,11 @@ def test_metadata():
 
 def test_interpulse_is_gap_after_the_pulse():
     p = load("interpulse_us = 1000\nphase1_us = 200\ninterphase_us = 50\nphase2_us = 100\nrecovery_us = 30\n")
-    assert p["period_ns"] == (1000 + 200 + 50 + 100 + 30) * 1000
+    # the pulse as the engine builds it: the board dead time (1 µs) separates phase 2 from recovery
+    assert p["period_ns"] == (1000 + 200 + 50 + 100 + 1 + 30) * 1000
+    # an interphase below the dead time is realised as the dead time: the gap still follows the pulse
+    p = load("interpulse_us = 1000\nphase1_us = 200\nphase2_us = 100\n")
+    assert p["period_ns"] == (1000 + 200 + 1 + 100) * 1000
 
 
 def test_period_us():
@@ -151,7 +155,7 @@ def test_not_toml(tmp_path):
      ["Shannon k", "1.85", "0.01 mm²", "400 nC"]),
     ("frequency_hz = 20\namplitude_ma = 8\nphase1_us = 400\nphase2_us = 200\nelectrode_area_mm2 = 100\n",
      ["phase-2 amplitude = 16000 µA", "10000 µA"]),
-    ("interpulse_us = 10\nphase1_us = 30\nphase2_us = 30\n", ["period_us = 70 µs", "(from interpulse_us)"]),
+    ("interpulse_us = 10\nphase1_us = 30\nphase2_us = 30\n", ["period_us = 71 µs", "(from interpulse_us)"]),
 ])
 def test_limit_messages_in_user_units(text, words):
     ps = pf.loads(text)

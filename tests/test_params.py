@@ -77,7 +77,8 @@ def plausible_sets(draw, limits=LIMITS):
     p1, p2 = draw(phase), draw(st.one_of(phase, st.just(0)).map(lambda v: v or 0))
     p2 = p2 if p2 >= mp else p1
     ip, rec = draw(gap), draw(st.one_of(gap, st.integers(mp, L["max_recovery_ns"])))
-    floor = max(L["min_period_ns"], p1 + ip + p2 + rec + mp)
+    dead = L["min_dead_time_ns"]
+    floor = max(L["min_period_ns"], p1 + max(ip, dead) + p2 + (dead + rec if rec else 0) + max(mp, dead))
     if draw(st.integers(0, 4)):  # else the duty limit may be what refuses the set
         floor = max(floor, -(-(p1 + p2) * 1000 // L["max_duty_permille"]))
     period = draw(st.one_of(st.just(floor), st.integers(floor, floor + 1000), st.integers(floor, 10 * floor)))
@@ -122,7 +123,11 @@ def check_all_limits(p, L):
         rule(L["min_phase_ns"] <= p[ph] <= L["max_phase_ns"], ph)
     rule(p["interphase_ns"] <= L["max_interphase_ns"], "interphase max")
     rule(p["recovery_ns"] <= L["max_recovery_ns"], "recovery max")
-    for gap in ("interphase_ns", "recovery_ns", "interburst_ns", "train_delay_ns"):
+    # the engine realises an interphase below the dead time as the dead time: that must be producible
+    dead = L["min_dead_time_ns"]
+    ip = max(p["interphase_ns"], dead)
+    rule(ip == 0 or ip >= L["min_phase_ns"], "interphase producible")
+    for gap in ("recovery_ns", "interburst_ns", "train_delay_ns"):
         rule(p[gap] == 0 or p[gap] >= L["min_phase_ns"], gap + " producible")
     for t in ("period_ns", "interburst_ns", "train_duration_ns", "train_delay_ns"):
         rule(p[t] <= L["max_duration_ns"], t + " max")
@@ -130,8 +135,10 @@ def check_all_limits(p, L):
     rule(p["burst_pulses"] <= L["max_burst_pulses"], "burst")
     rule(p["electrode_area_um2"] >= L["min_electrode_area_um2"], "area")
     rule(p["period_ns"] >= L["min_period_ns"], "min period")
-    length = p["phase1_ns"] + p["interphase_ns"] + p["phase2_ns"] + p["recovery_ns"]
-    rule(p["period_ns"] >= length + L["min_phase_ns"], "period >= pulse + min phase")
+    # the pulse as built: phase 1, interphase (>= dead time), phase 2, dead time + recovery; then at
+    # least one segment and the dead time of idle before the next pulse
+    length = p["phase1_ns"] + ip + p["phase2_ns"] + (dead + p["recovery_ns"] if p["recovery_ns"] else 0)
+    rule(p["period_ns"] >= length + max(L["min_phase_ns"], dead), "period >= pulse + idle")
     if bad:
         return bad
     # duty: active phases / period <= max_duty_permille / 1000, exact rational comparison

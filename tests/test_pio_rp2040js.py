@@ -148,19 +148,21 @@ def test_rp2040js_is_pinned_exactly():
 
 # ------------------------------------------------------------------ build_train streams
 US = 1000
+# Periods leave the board dead time (1 µs) after each pulse; the engine also puts it between phases
+# (an interphase below it is realised as it) and before RECOVERY.
 TRAINS = {
     "cathodic_symmetric": dict(phase1_ns=200, phase2_ns=200, period_ns=4 * US),
     "anodic_first": dict(phase1_ns=160, phase2_ns=240, period_ns=3 * US, polarity=pe.ANODIC_FIRST),
     "interphase": dict(phase1_ns=200, interphase_ns=80, phase2_ns=400, period_ns=5 * US),
     "recovery": dict(phase1_ns=120, phase2_ns=120, recovery_ns=640, period_ns=4 * US),
     "interphase_recovery_anodic": dict(phase1_ns=48, interphase_ns=40, phase2_ns=96, recovery_ns=200,
-                                       period_ns=2 * US, polarity=pe.ANODIC_FIRST),
-    "minimum_segments": dict(phase1_ns=40, interphase_ns=40, phase2_ns=40, recovery_ns=40, period_ns=400),
-    "burst": dict(phase1_ns=200, interphase_ns=40, phase2_ns=200, period_ns=1500, burst_pulses=3,
+                                       period_ns=4 * US, polarity=pe.ANODIC_FIRST),
+    "minimum_segments": dict(phase1_ns=40, interphase_ns=40, phase2_ns=40, recovery_ns=40, period_ns=3_200),
+    "burst": dict(phase1_ns=200, interphase_ns=40, phase2_ns=200, period_ns=2_500, burst_pulses=3,
                   interburst_ns=6 * US),
-    "burst_anodic_recovery": dict(phase1_ns=96, phase2_ns=192, recovery_ns=400, period_ns=2 * US,
+    "burst_anodic_recovery": dict(phase1_ns=96, phase2_ns=192, recovery_ns=400, period_ns=4 * US,
                                   burst_pulses=4, interburst_ns=2 * US, polarity=pe.ANODIC_FIRST),
-    "train_delay_duration": dict(phase1_ns=200, phase2_ns=200, period_ns=2 * US, train_delay_ns=3 * US,
+    "train_delay_duration": dict(phase1_ns=200, phase2_ns=200, period_ns=3 * US, train_delay_ns=3 * US,
                                  train_duration_ns=9 * US),
     "asymmetric_long_phase2": dict(phase1_ns=104, phase2_ns=1600, recovery_ns=80, period_ns=6 * US),
 }

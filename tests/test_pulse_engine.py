@@ -21,6 +21,12 @@ CLK = board.SYS_CLK_HZ
 NS = 1_000_000_000
 MS = 1_000_000
 S = NS
+DEAD_NS = board.DEAD_TIME_NS  # least idle between two different drive states
+
+
+def built_pulse_ns(ph1, ip, ph2, rec):
+    """Pulse length as the engine builds it: interphase >= dead time, dead time before recovery."""
+    return ph1 + max(ip, DEAD_NS) + ph2 + (DEAD_NS + rec if rec else 0)
 
 
 def params(**kw):
@@ -44,10 +50,11 @@ def expected_group(tr, idle, first):
     second = pe.POS if first == pe.NEG else pe.NEG
     r = tr.realised
     seq = [(r["phase1"], first | pe.SYNC)]
-    if r["interphase"]:
-        seq.append((r["interphase"], pe.SYNC))
+    assert r["interphase"] >= pe.DEAD_TICKS
+    seq.append((r["interphase"], pe.SYNC))
     seq.append((r["phase2"], second | pe.SYNC))
     if r["recovery"]:
+        seq.append((pe.DEAD_TICKS, pe.IDLE))
         seq.append((r["recovery"], pe.RECOVERY))
     seq.append((idle, pe.IDLE))
     return seq
@@ -65,9 +72,9 @@ def valid_params(draw, long=True):
     ph2 = draw(phase_ns)
     ip = draw(gap_ns)
     rec = draw(gap_ns)
-    pulse = ph1 + ip + ph2 + rec
+    pulse = built_pulse_ns(ph1, ip, ph2, rec)
     idle_top = 120 * S if long else 50 * MS
-    period = pulse + draw(st.integers(80, idle_top))  # 80 ns covers the rounding of 5 fields
+    period = pulse + draw(st.integers(DEAD_NS + 80, idle_top))  # 80 ns covers the rounding of 5 fields
     amp = draw(st.integers(1, 10_000))
     assume(amp * ph1 <= 10_000 * ph2)  # validation: phase-2 amplitude within the maximum
     # and the quantised phase-2 code within the DAC (1 uA asks for 1 code = 2.5 uA: see report)
@@ -93,8 +100,10 @@ def test_groups_are_exact_and_safe(p):
     r = tr.realised
     first = pe.NEG if p["polarity"] == 0 else pe.POS
     # rounding: never more than half a tick from the request
-    for name in ("phase1", "interphase", "phase2", "recovery", "period", "train_delay"):
+    for name in ("phase1", "phase2", "recovery", "period", "train_delay"):
         assert abs(r[name] * NS - p[name + "_ns"] * CLK) * 2 <= NS
+    # the interphase: the request, or the dead time when the request is shorter
+    assert r["interphase"] == max(pe.ns_to_ticks(p["interphase_ns"]), pe.DEAD_TICKS)
     assert r["phase1"] == pe.ns_to_ticks(p["phase1_ns"])
     n = max(1, p["burst_pulses"])
     assert len(pe.cycle_groups(tr)) == n == tr.pulses_per_cycle == tr.pulses
@@ -187,8 +196,8 @@ def test_unsafe_words_refused():
 def test_unrealisable_timing_refused_with_field_name():
     with pytest.raises(ValueError, match="phase1_ns"):
         pe.build_train(params(phase1_ns=24))
-    with pytest.raises(ValueError, match="interphase_ns"):
-        pe.build_train(params(interphase_ns=16))
+    # an interphase below one segment is not refused: it is realised as the dead time
+    assert pe.build_train(params(interphase_ns=16)).realised["interphase"] == pe.DEAD_TICKS
     with pytest.raises(ValueError, match="period_ns"):
         pe.build_train(params(period_ns=400_000))
     with pytest.raises(pe.Unrealisable, match="train_delay_ns") as e:
@@ -205,13 +214,16 @@ def test_preset_20hz_200us():
     assert r["phase1"] == r["phase2"] == 25_000  # 200 µs is exactly 25 000 ticks
     assert r["period"] == 6_250_000 and tr.repeats == 1200
     (group,) = pe.cycle_groups(tr)
-    assert group[:2] == [((25_000 - 5) << 4) | pe.NEG | pe.SYNC, ((25_000 - 5) << 4) | pe.POS | pe.SYNC]
-    # the 6.2 ms idle is padded to MIN_GROUP_WORDS words (stop latency bound), summing exactly
-    idle = group[2:]
+    # interphase 0 is realised as the 1 µs dead time (125 ticks), SYNC staying high through it
+    assert r["interphase"] == pe.DEAD_TICKS == 125
+    assert group[:3] == [((25_000 - 5) << 4) | pe.NEG | pe.SYNC, ((125 - 5) << 4) | pe.SYNC,
+                         ((25_000 - 5) << 4) | pe.POS | pe.SYNC]
+    # the rest of the period is idle, padded to MIN_GROUP_WORDS words (stop latency bound), exactly
+    idle = group[3:]
     assert len(group) == pe.MIN_GROUP_WORDS
-    assert all(w & pe.PIN_MASK == 0 for w in idle) and pe.words_ticks(idle) == 6_200_000
-    starts = [t for t, pins in pe.expand(tr, 2 * pe.MIN_GROUP_WORDS) if pins != 0 or t == 50_000]
-    assert starts == [0, 25_000, 50_000, 6_250_000, 6_275_000]
+    assert all(w & pe.PIN_MASK == 0 for w in idle) and pe.words_ticks(idle) == 6_250_000 - 50_125
+    starts = [t for t, pins in pe.expand(tr, 2 * pe.MIN_GROUP_WORDS) if pins & (pe.NEG | pe.POS)]
+    assert starts == [0, 25_125, 6_250_000, 6_275_125]
     assert r["dac_code1"] == r["dac_code2"] == 400 and r["residual_fc"] == 0
     assert r["amplitude_ua"] == 1000
 
@@ -240,8 +252,8 @@ def test_anodic_first_asymmetric_and_recovery():
                                recovery_ns=1 * MS, amplitude_ua=2000, period_ns=10 * MS))
     r = tr.realised
     assert runs(pe.cycle_groups(tr)[0]) == [(12_500, pe.POS | pe.SYNC), (6_250, pe.SYNC),
-                                  (50_000, pe.NEG | pe.SYNC), (125_000, pe.RECOVERY),
-                                  (1_250_000 - 193_750, 0)]
+                                  (50_000, pe.NEG | pe.SYNC), (pe.DEAD_TICKS, 0), (125_000, pe.RECOVERY),
+                                  (1_250_000 - 193_750 - pe.DEAD_TICKS, 0)]
     assert r["dac_code1"] == 800 and r["dac_code2"] == 200
     assert (r["dac_a"], r["dac_b"]) == (800, 200)
     assert r["amplitude2_ua"] == 500 and r["residual_fc"] == 0
@@ -337,15 +349,16 @@ def check_emulated(tr, cycles_extra=50):
 
 
 def test_emulated_200us_phase_is_25000_ticks():
-    tr = pe.build_train(params(period_ns=401_000, train_duration_ns=401_000))
+    tr = pe.build_train(params(period_ns=402_000, train_duration_ns=402_000))
     edges = check_emulated(tr)
-    assert [b[0] - a[0] for a, b in zip(edges, edges[1:])] == [25_000, 25_000]  # not 25 003
+    # phase 1, the dead time (interphase 0 requested), phase 2: 25 000 ticks each, not 25 003
+    assert [b[0] - a[0] for a, b in zip(edges, edges[1:])] == [25_000, 125, 25_000]
 
 
 def test_emulated_burst_with_delay_recovery_and_interphase():
     tr = pe.build_train(params(phase1_ns=120, interphase_ns=40, phase2_ns=240, recovery_ns=80,
-                               period_ns=800, burst_pulses=3, interburst_ns=400,
-                               train_delay_ns=200, train_duration_ns=5_000, amplitude_ua=500))
+                               period_ns=3_600, burst_pulses=3, interburst_ns=400,
+                               train_delay_ns=200, train_duration_ns=20_000, amplitude_ua=500))
     check_emulated(tr)
 
 
@@ -355,7 +368,7 @@ def test_emulated_burst_with_delay_recovery_and_interphase():
        st.sampled_from([0, 2, 3]), st.integers(0, 500), st.one_of(st.just(0), st.integers(40, 300)))
 def test_emulated_edges_match_engine(ph1, ip, ph2, rec, idle, pol, nb, ib, delay):
     p = params(phase1_ns=ph1, interphase_ns=ip, phase2_ns=ph2, recovery_ns=rec,
-               period_ns=ph1 + ip + ph2 + rec + idle, polarity=pol, burst_pulses=nb,
+               period_ns=built_pulse_ns(ph1, ip, ph2, rec) + DEAD_NS + idle, polarity=pol, burst_pulses=nb,
                interburst_ns=ib if nb else 0, train_delay_ns=delay, amplitude_ua=100,
                train_duration_ns=[0, 1_000][nb % 2])  # until stopped (2 cycles played) or 1 cycle
     check_emulated(pe.build_train(p))

@@ -25,6 +25,7 @@ import math
 import tomllib
 from fractions import Fraction
 
+from firmware.board import DEAD_TIME_NS
 from protocol import params as P
 
 # canonical time field -> the stem users write before the unit suffix
@@ -306,7 +307,7 @@ def _resolve_period(params, keys, times, extra):
         period = times["period"][1]
     else:  # interpulse: gap from the end of the pulse to the next pulse start
         full = P.complete(params)
-        period = times["interpulse"][1] + P.pulse_length_ns(full)
+        period = times["interpulse"][1] + P.pulse_length_ns(full, DEAD_TIME_NS)  # as the engine builds it
     params["period_ns"] = _round(period)
     keys["period_ns"] = key
 

@@ -22,6 +22,7 @@ from picostim.capture import sigrok as sigrok_capture
 from picostim.capture.analyzer import Report, channel_names
 from picostim.capture.trace import CaptureError, Trace
 from picostim.client import Client
+from firmware.board import DEAD_TIME_NS
 from protocol import params as P
 
 # Analyzer wiring of `make hil` / `picostim run --analyzer` (docs/HARDWARE.md): logic channel -> line of
@@ -64,12 +65,15 @@ def expected_from_params(params: dict[str, int], run_s: float | None = None) -> 
     us = 1e-3
     exp: dict[str, Any] = {
         "phase1_us": params["phase1_ns"] * us,
-        "interphase_us": params["interphase_ns"] * us,
+        # the engine realises an interphase below the board dead time as the dead time
+        "interphase_us": P.interphase_realised_ns(params, DEAD_TIME_NS) * us,
         "phase2_us": params["phase2_ns"] * us,
         "recovery_us": params["recovery_ns"] * us,
         "period_us": params["period_ns"] * us,
         "polarity": P.POLARITY_NAMES[params["polarity"]],
     }
+    if params["recovery_ns"]:
+        exp["recovery_gap_us"] = P.recovery_gap_ns(params, DEAD_TIME_NS) * us
     n_burst = params["burst_pulses"]
     cycle = cycle_ns(params)
     if n_burst > 0:
