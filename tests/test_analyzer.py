@@ -94,11 +94,15 @@ def test_anodic_first_and_polarity_check():
     assert not r.ok and any("polarity" in f for f in r.failures)
 
 
-def test_zero_interphase():
+def test_zero_interphase_is_measured_and_is_a_dead_time_failure():
+    # hand-built violating fixture: phase 2 starts on the sample phase 1 ends
     t = make_train(gap=0)
     r = analyze(t, expected=dict(EXP, interphase_us=0))
-    assert r.ok, r.failures
-    assert r.to_json()["interphase_samples"]["max"] == 0
+    assert r.to_json()["interphase_samples"]["max"] == 0  # the width is still measured as it is
+    assert [f.split(":")[0] for f in r.failures] == ["DEAD TIME"]
+    assert r.dead_time["violations"] == 10 and r.dead_time["min_idle_us"] == 0
+    assert "NEG -> POS" in r.failures[0]
+    assert analyze(t, expected=dict(EXP, interphase_us=0), dead_time_ns=0).ok  # only the dead time fails
 
 
 @pytest.mark.parametrize("line,idx", [("NEG", 0), ("NEG", 7), ("POS", 4), ("POS", 19), ("SYNC", 3)])
@@ -192,9 +196,10 @@ def test_cut_by_capture_start_is_not_a_pulse():
 
 
 def test_recovery():
-    t = make_train(rec=12_500, rec_gap=0)
+    t = make_train(rec=12_500, rec_gap=125)  # the board's 1 µs dead time between phase 2 and RECOVERY
     r = analyze(t, expected=dict(EXP, recovery_us=100.0))
     assert r.ok, r.failures
+    assert r.to_json()["recovery_gap_us"]["mean"] == 1.0
     assert r.to_json()["recovery_us"]["mean"] == 100.0
     assert not analyze(t, expected=dict(EXP, recovery_us=0)).ok
     assert not analyze(make_train(), expected=dict(EXP, recovery_us=100.0)).ok
@@ -265,8 +270,8 @@ def test_asynchronous_tolerance_is_one_sample():
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 30), p1=st.integers(5, 5000), gap=st.integers(0, 300), p2=st.integers(5, 5000),
-       extra=st.integers(10, 20000), data=st.data())
+@given(n=st.integers(2, 30), p1=st.integers(5, 5000), gap=st.integers(125, 400), p2=st.integers(5, 5000),
+       extra=st.integers(125, 20000), data=st.data())
 def test_property_perturbations(n, p1, gap, p2, extra, data):
     period = p1 + gap + p2 + extra
     t = make_train(n_pulses=n, p1=p1, gap=gap, p2=p2, period=period)
@@ -294,10 +299,10 @@ def test_property_perturbations(n, p1, gap, p2, extra, data):
 def test_throughput_100M_sample_capture():
     """A 100 M-sample capture (0.8 s at 125 MHz) of a dense 125 kHz train: 100 k pulses, 600 k edges.
     Measured here: ~80 ms (about 1.3e9 samples/s, 7.7e6 edges/s). The bound is loose for slow CI."""
-    t = make_train(first=1000, n_pulses=99_990, p1=250, gap=50, p2=250, period=1000)
+    t = make_train(first=1000, n_pulses=99_990, p1=250, gap=125, p2=250, period=1000)
     t.n_samples = 100_000_000
     t0 = time.perf_counter()
-    r = analyze(t, expected=dict(phase1_us=2, interphase_us=0.4, phase2_us=2, period_us=8, pulses=99_990))
+    r = analyze(t, expected=dict(phase1_us=2, interphase_us=1, phase2_us=2, period_us=8, pulses=99_990))
     dt = time.perf_counter() - t0
     assert r.ok, r.failures
     assert dt < 3.0, f"analyze took {dt:.2f} s"

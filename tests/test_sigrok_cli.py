@@ -73,7 +73,7 @@ def test_demo_sparse_channels_packed_layout(tmp_path):
 def _train(sr=125e6):
     from test_analyzer import make_train
 
-    return make_train(n_pulses=6, rec=12_500, trig_at=500, sr=sr)
+    return make_train(n_pulses=6, rec=12_500, rec_gap=125, trig_at=500, sr=sr)  # 1 µs dead time before RECOVERY
 
 
 @needs_sigrok

@@ -289,7 +289,9 @@ def _fmt_val(x, unit):
     return paramfile._fmt_num(x, 3)
 
 
-def format_comparison(channel, ps, result):
+def format_comparison(channel, ps, result, dead_ns=None):
+    """The requested-vs-realised table; ``dead_ns`` (the device's min_dead_time_ns from HELLO) adds the
+    dead time the engine inserts: a realised interphase longer than the request, the recovery gap."""
     params = result["params"]
     realised = result["realised"]
     title = "channel %d" % channel
@@ -305,6 +307,15 @@ def format_comparison(channel, ps, result):
         diff = real - req
         lines.append("%-22s %14s %14s %10s" % (label, _fmt_val(req, unit), _fmt_val(real, unit),
                                                "0" if abs(diff) < 1e-9 else "%+.3f" % diff))
+    if dead_ns:
+        dead_us = paramfile._fmt_num(dead_ns / 1000, 3)
+        if params["recovery_ns"]:
+            lines.append("%-22s %14s %14s" % ("recovery_gap [µs]", "-", dead_us))
+        ip_us = float(paramfile.ticks_to_ns(realised["interphase"], realised["tick_hz"]) / 1000)
+        if ip_us * 1000 > params["interphase_ns"]:
+            lines.append("interphase %s µs requested, %s µs realised: the board dead time (%s µs idle between "
+                         "POS, NEG and RECOVERY)" % (paramfile._fmt_num(params["interphase_ns"] / 1000, 3),
+                                                      paramfile._fmt_num(ip_us, 3), dead_us))
     rq = paramfile.requested_us(params)
     lines.append("%-22s %14s" % ("frequency [Hz]", paramfile._fmt_num(rq.get("frequency_hz", 0), 4)))
     extras = ["polarity %s" % rq["polarity"], "trigger %s" % rq["trigger"],
@@ -337,7 +348,7 @@ def cmd_upload(args):
     if args.json:
         _print_json(_result_json(args.channel, ps, result))
     else:
-        print(format_comparison(args.channel, ps, result))
+        print(format_comparison(args.channel, ps, result, c.limits.get("min_dead_time_ns")))
     return EXIT_OK
 
 
@@ -378,7 +389,8 @@ def cmd_params(args):
         _print_json([_result_json(ch, None, r) if r else {"channel": ch, "configured": False} for ch, r in results])
     else:
         for ch, r in results:
-            print(format_comparison(ch, None, r) if r else "channel %d: no parameters" % ch)
+            print(format_comparison(ch, None, r, c.limits.get("min_dead_time_ns")) if r
+                  else "channel %d: no parameters" % ch)
             print()
     return EXIT_OK
 

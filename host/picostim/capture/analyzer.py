@@ -3,7 +3,7 @@
 Pulse anatomy (one channel ``k``; names ``POS``/``NEG``/``RECOVERY``/``SYNC``, suffixed ``_k`` for k > 0)::
 
     phase 1 (NEG high if cathodic-first, POS high if anodic-first)
-    interphase gap, both low (may be zero: phase 2 starts on the sample phase 1 ends)
+    interphase gap, both low (at least the board dead time on a correct capture; measured as it is)
     phase 2 on the other line
     optional RECOVERY high (after phase 2)
     SYNC high from phase-1 start to phase-2 end
@@ -19,6 +19,12 @@ Tolerances (honest, derived from the sample rate):
 * asynchronous sampling (a real analyzer): a width or interval is the difference of two edges each
   quantised to the sampling grid, so it is within ±1 sample of the true value; plus the frequency error
   of the two clocks (``clock_ppm``, default 100 ppm) proportional to the measured span.
+
+Dead time (safety, checked on every capture whatever is expected): between two *different* drive states
+(POS, NEG, RECOVERY, or any overlap of them) the three lines must all be low for at least the board dead
+time (``firmware.board.DEAD_TIME_NS``); a shorter idle, or none, is a ``DEAD TIME`` failure. The idle is
+measured like any interval (same tolerance), so a failure means the capture shows less than the dead
+time beyond the sampling uncertainty.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+
+from firmware.board import DEAD_TIME_NS
 
 from .trace import Channel, Trace
 
@@ -102,6 +110,36 @@ def both_high(a: Channel, b: Channel, n_samples: int) -> tuple[np.ndarray, np.nd
     d = np.diff(np.concatenate(([0], both, [0])))
     bounds = np.concatenate((t, [n_samples]))
     return bounds[np.flatnonzero(d == 1)], bounds[np.flatnonzero(d == -1)]
+
+
+def drive_transitions(lines: list[Channel | None], n_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                             np.ndarray]:
+    """Transitions between two different drive states, from the merged edges of ``lines`` (POS, NEG,
+    RECOVERY; a missing line is low): for each pair of consecutive non-idle states that differ,
+    ``(end of the first, start of the second, first state, second state)``; a state is the bit mask of
+    the lines that are high (bit i = ``lines[i]``). The idle between them is ``start - end`` (0 when
+    one state follows the other directly, e.g. an overlap begins)."""
+    present = [(i, c) for i, c in enumerate(lines) if c is not None]
+    norm = [(i,) + _normalise(c) for i, c in present]
+    t = np.sort(np.concatenate([np.zeros(1, np.int64)] + [tg.astype(np.int64) for _, _, tg in norm]), kind="stable")
+    if len(t) > 1:
+        t = t[np.concatenate(([True], t[1:] != t[:-1]))]
+    t = t[t < n_samples]
+    state = np.zeros(len(t), np.int64)
+    for i, init, tg in norm:
+        state |= ((init ^ (np.searchsorted(tg, t, side="right") & 1)) & 1).astype(np.int64) << i
+    bounds = np.concatenate((t, [n_samples]))
+    keep = np.concatenate(([True], state[1:] != state[:-1])) if len(state) else np.zeros(0, bool)
+    starts, state = bounds[:-1][keep], state[keep]
+    ends = np.concatenate((starts[1:], [n_samples]))
+    on = state != 0
+    s_on, e_on, st_on = starts[on], ends[on], state[on]
+    diff = st_on[1:] != st_on[:-1]
+    return e_on[:-1][diff], s_on[1:][diff], st_on[:-1][diff], st_on[1:][diff]
+
+
+def _state_name(mask: int) -> str:
+    return "+".join(name for i, name in enumerate(("POS", "NEG", "RECOVERY")) if mask >> i & 1)
 
 
 def _follow_gaps(x: _Intervals, y: _Intervals) -> np.ndarray:
@@ -211,6 +249,7 @@ class Report:
     train: dict[str, Any]
     trigger: dict[str, Any]
     sync_errors: int
+    dead_time: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     expected: dict[str, Any] = field(default_factory=dict)
 
@@ -260,6 +299,7 @@ class Report:
         out["trigger_latency_us"] = self.trigger.get("latency_us")
         out["trigger"] = self.trigger
         out["sync_errors"] = self.sync_errors
+        out["dead_time"] = self.dead_time
         out["expected"] = self.expected
         return out
 
@@ -277,6 +317,10 @@ class Report:
                 s = self.stat_us(name)
                 lines.append(f"  {name:<11} min {s['min']:.3f}  mean {s['mean']:.3f}  max {s['max']:.3f}"
                              f"  std {s['std']:.4f} µs  (n={st.n})")
+        dt = self.dead_time
+        if dt.get("transitions"):
+            lines.append(f"  dead time   min idle {dt['min_idle_us']:.3f} µs between drive states"
+                         f" (required {dt['required_us']:g} µs, {dt['transitions']} transitions)")
         lines += [f"  - {f}" for f in self.failures]
         return "\n".join(lines)
 
@@ -285,7 +329,7 @@ class Report:
 def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None = None,
             polarity: Any = None, *, pio_clock_hz: float = PIO_CLOCK_HZ, exact: bool | None = None,
             clock_ppm: float | None = None, trigger: str | None = "auto",
-            allow_partial_last_burst: bool = False) -> Report:
+            allow_partial_last_burst: bool = False, dead_time_ns: float = DEAD_TIME_NS) -> Report:
     """Extract and measure every pulse of stimulation ``channel`` in ``trace``.
 
     ``expected``: values in µs (``phase1_us``, ``interphase_us``, ``phase2_us``, ``recovery_us`` (0 = no
@@ -299,6 +343,8 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     ``exact``: ``None`` = exact iff the sample rate equals ``pio_clock_hz``. ``clock_ppm``: relative clock
     error allowed for asynchronous captures (default 100 ppm; 0 in exact mode).
     ``trigger``: trace channel of the trigger input, ``"auto"`` (TRIG1 then TRIG2) or ``None``.
+    ``dead_time_ns``: least idle between two different drive states (default: the board's
+    ``DEAD_TIME_NS``); checked on every capture.
     """
     expected = dict(expected or {})
     unknown = set(expected) - EXPECTED_KEYS
@@ -463,6 +509,27 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
         failures.append(f"OVERLAP: POS and NEG both high {len(ov[0])} times, first at sample {int(ov[0][0])} "
                         f"({ov[0][0] * us_per_sample:.3f} µs) for {int(ov[1][0] - ov[0][0])} samples")
 
+    # --- dead time (safety): idle between two different drive states
+    t_end, t_start, st_a, st_b = drive_transitions([pos, neg, rec], n)
+    idle = t_start - t_end
+    dead_s = float(dead_time_ns) * sr / 1e9
+    dead_tol = tol0 + clock_ppm * 1e-6 * dead_s + 1e-9
+    short = idle < dead_s - dead_tol
+    dead_time = {
+        "required_us": float(dead_time_ns) / 1000,
+        "tolerance_samples": dead_tol,
+        "transitions": int(len(idle)),
+        "min_idle_us": float(idle.min()) * us_per_sample if len(idle) else None,
+        "violations": int(short.sum()),
+        "violation_times_us": [float(x) * us_per_sample for x in t_end[short][:_MAX_LISTED]],
+    }
+    if short.any():
+        i = int(np.flatnonzero(short)[0])
+        failures.append(f"DEAD TIME: {int(short.sum())} transitions between different drive states with less than "
+                        f"{float(dead_time_ns) / 1000:g} µs idle, first {_state_name(int(st_a[i]))} -> "
+                        f"{_state_name(int(st_b[i]))} at {t_end[i] * us_per_sample:.3f} µs after "
+                        f"{int(idle[i])} samples ({idle[i] * us_per_sample:.3f} µs)")
+
     def tlist(mask: np.ndarray) -> list[float]:
         return [float(x) * us_per_sample for x in s[mask][:_MAX_LISTED]]
 
@@ -599,4 +666,5 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     return Report(samplerate_hz=sr, n_samples=n, channel=channel, polarity=pol if (seen_pol or want_pol) else None,
                   exact=bool(exact), tolerance_samples=tol0, clock_ppm=float(clock_ppm), pulses=pulses,
                   stats=stats, values=values, overlaps=ov, incomplete=incomplete, bursts=bursts, train=train,
-                  trigger=trig, sync_errors=sync_errors, failures=failures, expected=dict(expected))
+                  trigger=trig, sync_errors=sync_errors, dead_time=dead_time, failures=failures,
+                  expected=dict(expected))
