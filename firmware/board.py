@@ -80,3 +80,9 @@ DAC_CMD_A = 0x3000
 DAC_CMD_B = 0xB000
 DAC_CMD_SHUTDOWN_A = 0x2000  # output off (high impedance) for the safe state
 DAC_CMD_SHUTDOWN_B = 0xA000
+
+# Crash path (firmware/main.py, HAL safe_state): after an exception the streams are stopped at their
+# next pulse boundary and the HAL waits at most this long (feeding the watchdog) for them to drain
+# before it halts the state machines, aborts the DMA and shuts the DACs down. Half the watchdog
+# timeout. Rationale and the residual case (a final entry longer than this): docs/SAFETY.md §7.
+SAFE_STOP_US = 1_000_000

@@ -44,6 +44,7 @@ board), plus at most one queued pulse.
 
 from firmware import board, impedance, pulse_engine, storage
 from firmware.limits import LIMITS
+from firmware.ticks import Uptime, ticks_add, ticks_diff
 from protocol import messages as M
 from protocol import params as P
 from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
@@ -78,7 +79,14 @@ class Controller:
         self.event_log = []  # (seq, body), at most M.EVENT_LOG_LEN, oldest first
         self.deadman_us = 0  # per connection: 0 off; HELLO resets it
         self.deadman_trips = 0
-        self._last_rx_us = 0
+        self._deadman_ms = 0
+        self._uptime = Uptime(hal.time_us)  # µs since boot across the 2**30 µs tick wrap
+        self._rx_ref = self._uptime.last  # tick value the host's current silence is measured from
+        self._silent_ms = 0  # whole ms of that silence already folded out of _rx_ref (small ints only)
+        self.boot_reason = hal.reset_reason()  # HELLO reset_reason; main.py sets M.RESET_CRASH after a crash
+        self.crashes = 0  # exceptions caught by main.py since the chip's reset (STATUS counter)
+        self.where = M.CRASH_LOOP  # what the controller is doing, for a crash report (main.py)
+        self._pinned = 0  # event_log entries at its start that are never dropped (a crash report)
         self.decoder = FrameDecoder()
         n = hal.channels
         self.params = [None] * n
@@ -118,9 +126,13 @@ class Controller:
     # ---- link ---------------------------------------------------------------------------------
     def receive(self, data):
         """Feed bytes from the host; answers every good frame (garbage is counted and dropped)."""
+        self.where = M.CRASH_LINK
         for frame in self.decoder.feed(data):
-            self._last_rx_us = self.hal.time_us()  # any good frame keeps the deadman quiet
+            self._heard()  # any good frame keeps the deadman quiet
+            self.where = frame.type
             self.send(self._respond(frame))
+            self.where = M.CRASH_LINK
+        self.where = M.CRASH_LOOP
 
     def _respond(self, frame):
         key = (frame.seq, frame.crc)
@@ -148,19 +160,40 @@ class Controller:
         return encode_frame(M.NACK, seq, body)
 
     def emit(self, kind, channel, value=0, time_us=None):
-        """Send an asynchronous EVENT frame (its seq is the device's own event counter); ``time_us``
-        defaults to now."""
+        """Send an asynchronous EVENT frame (its seq is the device's own event counter). ``time_us``:
+        a ``hal.time_us()`` tick value (e.g. a phase-1 reading's), default now. On the wire the time
+        is µs since boot (u64, never wraps): the tick value extended across the 2**30 µs wrap."""
         self.events_sent += 1
-        body = M.encode_event(kind, channel, self.hal.time_us() if time_us is None else time_us, value)
+        t = self._uptime.now_us() if time_us is None else self._uptime.at_us(time_us)
+        body = M.encode_event(kind, channel, t, value)
         self.event_log.append((self.events_sent & 0xFFFF, body))
         if len(self.event_log) > M.EVENT_LOG_LEN:  # a lossy link loses unacknowledged EVENTs
-            self.event_log.pop(0)
+            self.event_log.pop(self._pinned)  # ... except a crash report (boot()), kept for replay
         self.send(encode_frame(M.EVENT, self.events_sent, body))
+
+    def boot(self, crashes=0, crash=None, uptime=None):
+        """Announce the boot: EVENT boot (value = the boot reason). After an exception caught by
+        firmware/main.py (``crash`` = (exception class name, where)), the boot reason is
+        M.RESET_CRASH, a crash EVENT (value = M.crash_value) follows, and both stay first in the
+        event log (EVENT_LOG replays them after a reconnection however many events follow);
+        ``crashes`` counts the crashes since the chip's reset (STATUS counter ``crashes``);
+        ``uptime``: the crashed controller's clock (uptime and EVENT times carry on)."""
+        self.crashes = crashes
+        if uptime is not None:
+            self._uptime = uptime
+        if crash is not None:
+            self.boot_reason = M.RESET_CRASH
+        self.emit(M.EV_BOOT, 0, self.boot_reason)
+        if crash is not None:
+            self.emit(M.EV_CRASH, 0, M.crash_value(crash[0], crash[1]))
+            self._pinned = 2
 
     # ---- periodic work ------------------------------------------------------------------------
     def poll(self):
         """Follow the hardware: electrode readings, finished trains, triggers. Called from the main
         loop."""
+        self.where = M.CRASH_POLL
+        self._uptime.update()  # at least once per 2**30 µs: counts the tick wraps
         for ch in range(self.hal.channels):
             st = self.state[ch]
             if st == M.ST_ARMED and not self.hal.waiting(ch):
@@ -178,9 +211,10 @@ class Controller:
                 else:
                     self.state[ch] = M.ST_IDLE
                     self.emit(M.EV_TRAIN_DONE, ch, self._pulses(ch))
-        if self.deadman_us:
+        if self._deadman_ms:
             self._check_deadman()
         self.hal.feed_watchdog()
+        self.where = M.CRASH_LOOP
 
     def _monitor(self, ch):
         """Classify the channel's new phase-1 readings; on OPEN/SHORT stop and latch the fault.
@@ -226,10 +260,27 @@ class Controller:
     def _pulses(self, ch):
         return self._pulses_before[ch] + self.hal.pulses(ch)
 
+    def _heard(self):
+        """The host spoke (or the deadman tripped): its silence is measured from now."""
+        self._rx_ref = self.hal.time_us()
+        self._silent_ms = 0
+
+    def _silence_exceeds(self, ms):
+        """True once the host has been silent for more than ``ms`` milliseconds. Wrap-safe: the
+        silence is ticks_diff(now, _rx_ref) plus whole ms folded out of it at every poll (so the
+        tick difference stays far below 2**29 µs and any u32 deadman_ms works)."""
+        d = ticks_diff(self.hal.time_us(), self._rx_ref)
+        if d >= 1000:
+            whole = d // 1000
+            self._silent_ms += whole
+            self._rx_ref = ticks_add(self._rx_ref, whole * 1000)
+            d -= whole * 1000
+        return self._silent_ms > ms or (self._silent_ms == ms and d > 0)
+
     def _check_deadman(self):
         """Tethered mode (SPEC §6): stop every running or armed channel once the host has been silent
         for the deadman time; trips once per silence (the next good frame re-arms it)."""
-        if self.hal.time_us() - self._last_rx_us <= self.deadman_us:
+        if not self._silence_exceeds(self._deadman_ms):
             return
         live = [ch for ch in range(self.hal.channels) if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING)]
         if live:
@@ -239,7 +290,7 @@ class Controller:
                 self._gate_closed[ch] = False
             self.deadman_trips += 1
             self.emit(M.EV_DEADMAN, 0, self._bits(live))
-        self._last_rx_us = self.hal.time_us()  # one trip per silence
+        self._heard()  # one trip per silence
 
     # ---- request bodies -----------------------------------------------------------------------
     def _channel(self, body, length):
@@ -260,7 +311,8 @@ class Controller:
 
     def _hello(self, body):
         self.deadman_us = 0  # a new connection starts with the deadman off
-        return M.encode_hello(FIRMWARE_VERSION, self.hal.channels, self.hal.board_id(), self.hal.reset_reason(),
+        self._deadman_ms = 0
+        return M.encode_hello(FIRMWARE_VERSION, self.hal.channels, self.hal.board_id(), self.boot_reason,
                               self.limits)
 
     def _params_response(self, ch):
@@ -381,11 +433,13 @@ class Controller:
         counters = {
             "rx_frames": d.frames_ok, "crc_errors": d.crc_errors, "frames_dropped": d.frames_dropped,
             "nacks": self.nacks, "duplicates": self.duplicates, "events_sent": self.events_sent,
+            "crashes": self.crashes,
         }
         chans = [(self.state[ch], self.fault[ch], 0 if self.params[ch] is None else 1, self._pulses(ch),
                   self.impedance_ohm[ch])
                  for ch in range(self.hal.channels)]
-        return M.encode_status(self.hal.time_us() // 1000 & 0xFFFFFFFF, chans, counters)
+        # µs since boot across the tick wrap (ms on the wire: u32, wraps after 49.7 days)
+        return M.encode_status(self._uptime.now_us() // 1000 & 0xFFFFFFFF, chans, counters)
 
     def _impedance(self, body):
         channels = self._mask(body)
@@ -450,7 +504,8 @@ class Controller:
         if ms and ms < 10:
             _refuse(M.E_OUT_OF_RANGE, "deadman_ms", ms, 10)
         self.deadman_us = ms * 1000
-        self._last_rx_us = self.hal.time_us()
+        self._deadman_ms = ms
+        self._heard()
         return b""
 
     def _event_log(self, body):

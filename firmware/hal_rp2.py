@@ -34,6 +34,7 @@ _SIO_GPIO_IN = 0xD0000004  # SIO GPIO_IN: pad levels, including pins driven by t
 # a reading due later is taken by a later poll. Bounds the host link's added latency.
 MONITOR_WAIT_US = 400
 _LDAC_PULSE_US = 1  # MCP4822 LDAC low time >= 100 ns
+_MOV_PINS_NULL = 0xA003  # PIO `mov pins, null`: OUT pins low (safe_state, through SMx_INSTR)
 
 
 def _assemble(out_count):
@@ -493,3 +494,44 @@ class Rp2Hal:
             return st.last_ohm
         st.last_ohm = impedance.ohms(impedance.adc_to_electrode_uv(raw), current_ua)
         return st.last_ohm
+
+    # ---- crash path (firmware/crash.py, docs/SAFETY.md §7) -------------------------------------
+    def safe_state(self, wait_us=board.SAFE_STOP_US):
+        """Every output to the safe state without cutting a pulse: stop every stream at its next
+        pulse boundary (stop(): the ring is nulled, the entry already handed to the data channel
+        completes), wait until each running channel has drained (both DMA channels idle and its TX
+        FIFO empty: the SM is inside its final word, which is the idle that ends every entry) for at
+        most ``wait_us``, feeding the watchdog; then halt: every SM disabled and its OUT pins driven
+        low (``mov pins, null`` through SMx_INSTR, then the pads back to SIO outputs, low), both DMA
+        channels aborted, every DAC output shut down. A channel still waiting for its trigger has
+        no pulse in progress and is not waited for. Returns True when every stream had drained
+        before the halt. Must not raise on a half-initialised or inconsistent HAL state."""
+        try:
+            self.stop((1 << self.channels) - 1)
+        except Exception:  # noqa: BLE001 - the halt below happens anyway
+            pass
+        t0 = ticks_us()
+        drained = False
+        while True:
+            drained = True
+            for st in self._ch:
+                if st.active and self._pc(st) >= pio.SEGMENT_ENTRY and (
+                        self._busy(st.data_ch) or self._busy(st.ctl_ch) or self._tx_level(st)):
+                    drained = False
+            if drained or ticks_diff(ticks_us(), t0) >= wait_us:
+                break
+            self._wdt.feed()
+        for st in self._ch:
+            st.sm.active(0)
+            mem32[dma_chain.pio_sm_instr_reg(st.pio, st.sm_id)] = _MOV_PINS_NULL
+            self._abort(st)
+            st.active = False
+            st.idle_since = None
+            st.pending_dac = None
+        for p in self._drive:
+            p.init(Pin.OUT, value=0)
+        for ch in range(board.CHANNELS):
+            self._dac_shutdown(ch, latch=False)
+        self._latch()
+        self._wdt.feed()
+        return drained

@@ -6,6 +6,7 @@ power-on, a crash and a watchdog reset all land in the same safe state: outputs 
 
 from firmware import storage
 from firmware.controller import Controller
+from firmware.crash import recover, reset_chip, safe_state
 from firmware.transport import UsbCdc
 from protocol import messages as M
 
@@ -21,14 +22,26 @@ def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR):
         hal = Rp2Hal()
     if link is None:
         link = UsbCdc()
-    controller = Controller(hal, link.write, storage=storage.Store(storage.OsFiles(params_dir)))
-    controller.emit(M.EV_BOOT, 0, hal.reset_reason())
-    while loops != 0:
-        loops -= 1
-        data = link.read(1)
-        if data:
-            controller.receive(data)
-        controller.poll()
+    store = storage.Store(storage.OsFiles(params_dir))
+
+    def make():
+        return Controller(hal, link.write, storage=store)
+
+    controller = make()
+    controller.boot()
+    try:
+        while loops != 0:
+            loops -= 1
+            try:
+                data = link.read(1)
+                if data:
+                    controller.receive(data)
+                controller.poll()
+            except Exception as exc:  # noqa: BLE001 - the crash path: every exception, whatever it is
+                controller = recover(hal, controller, exc, make)
+    except BaseException:  # the crash path itself failed, or Ctrl-C/SystemExit: outputs safe, then up
+        safe_state(hal)
+        raise
 
 
 def maintenance_requested():
@@ -46,4 +59,8 @@ if __name__ == "__main__":
     if maintenance_requested():
         print("picostim: BOOTSEL held at boot: firmware not started, REPL available for maintenance")
     else:
-        run()
+        try:
+            run()
+        except BaseException:  # noqa: BLE001 - run() already tried the safe state
+            reset_chip()
+            raise

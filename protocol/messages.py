@@ -77,9 +77,28 @@ EV_FAULT_OPEN = 4
 EV_FAULT_SHORT = 5
 EV_DEADMAN = 6  # the host link went silent while running with the deadman on: channels stopped
 EV_IMPEDANCE_HIGH = 7  # warning: a running channel's debounced impedance entered HIGH (it keeps running)
+EV_CRASH = 8  # the firmware caught an exception: outputs went to the safe state; value = crash_value()
 EVENT_NAMES = {EV_BOOT: "boot", EV_TRAIN_DONE: "train_done", EV_TRIGGER_SEEN: "trigger_seen",
                EV_FAULT_OPEN: "open", EV_FAULT_SHORT: "short", EV_DEADMAN: "deadman",
-               EV_IMPEDANCE_HIGH: "impedance_high"}
+               EV_IMPEDANCE_HIGH: "impedance_high", EV_CRASH: "crash"}
+
+# Boot/reset reason (HELLO reset_reason, value of the boot EVENT). RESET_CRASH: no chip reset; the
+# firmware caught an exception, put every output in the safe state and serves again with a fresh
+# controller (nothing configured); the crash EVENT that follows the boot EVENT says what and where.
+RESET_POWER_ON = 0
+RESET_WATCHDOG = 1
+RESET_SOFT = 2
+RESET_CRASH = 3
+RESET_NAMES = ("power-on", "watchdog", "soft", "crash")
+
+# Crash EVENT value = kind + 256 * where. kind: index in CRASH_KINDS (0 = another exception class);
+# where: the request type whose handler raised, or CRASH_LINK / CRASH_POLL / CRASH_LOOP.
+CRASH_KINDS = ("other", "MemoryError", "ValueError", "TypeError", "IndexError", "KeyError", "AttributeError",
+               "ZeroDivisionError", "OverflowError", "OSError", "RuntimeError", "NotImplementedError",
+               "AssertionError", "StopIteration", "NameError")
+CRASH_LINK = 0xF0  # decoding host bytes (outside any request handler)
+CRASH_POLL = 0xF1  # the periodic poll (monitoring, train ends, triggers, deadman)
+CRASH_LOOP = 0xF2  # elsewhere in the main loop (the link read, the controller's construction)
 
 # Impedance classes
 Z_OK = 0
@@ -90,7 +109,7 @@ Z_UNKNOWN = 4
 Z_NAMES = ("ok", "high", "open", "short", "unknown")
 
 # Counters reported by STATUS, in wire order.
-COUNTER_NAMES = ("rx_frames", "crc_errors", "frames_dropped", "nacks", "duplicates", "events_sent")
+COUNTER_NAMES = ("rx_frames", "crc_errors", "frames_dropped", "nacks", "duplicates", "events_sent", "crashes")
 
 _NACK = "<BBBqq"
 _EVENT = "<BBQi"
@@ -257,3 +276,17 @@ def decode_event_log(body):
         ev["seq"] = struct.unpack("<H", rec[:2])[0]
         out.append(ev)
     return out
+
+
+def crash_value(exc_name, where):
+    """The crash EVENT's value for an exception class name and where it was raised."""
+    kind = CRASH_KINDS.index(exc_name) if exc_name in CRASH_KINDS else 0
+    return kind | where << 8
+
+
+def decode_crash(value):
+    """``{"exception": name, "where": request name / "link" / "poll" / "loop"}`` of a crash value."""
+    kind, where = value & 0xFF, value >> 8 & 0xFF
+    places = {CRASH_LINK: "link", CRASH_POLL: "poll", CRASH_LOOP: "loop"}
+    return {"exception": CRASH_KINDS[kind] if kind < len(CRASH_KINDS) else "other",
+            "where": places.get(where, REQUEST_NAMES.get(where, "0x%02X" % where))}

@@ -100,9 +100,11 @@ def render() -> str:
               "(times in PIO ticks of `tick_hz`):", "", "| offset | field | type |", "|---|---|---|"]
     lines += _fmt_fields(M._REALISED, M.REALISED_NAMES)
     lines += ["", "## Hello response", "", "firmware version u8 ×3, protocol version u8, channels u8, board id "
-              "8 bytes, reset reason u8 (0 power-on, 1 watchdog, 2 soft), then the firmware limits, u64 each:", ""]
+              "8 bytes, reset reason u8 (" + ", ".join("%d %s" % (i, n) for i, n in enumerate(M.RESET_NAMES)) +
+              "; `crash`: no chip reset, the firmware caught an exception, put every output in the safe state "
+              "and serves with a fresh controller, see the crash EVENT), then the firmware limits, u64 each:", ""]
     lines += ["%d. `%s`" % (i + 1, n) for i, n in enumerate(P.LIMIT_NAMES)]
-    lines += ["", "## Status response", "", "uptime_ms u32, channels u8, per channel: state u8, fault u8 (event "
+    lines += ["", "## Status response", "", "uptime_ms u32 (ms since boot, across the 2^30 µs tick wrap), channels u8, per channel: state u8, fault u8 (event "
               "kind), configured u8 (0/1), pulses u32, impedance_ohm u32; then counters u32 each: " +
               ", ".join("`%s`" % n for n in M.COUNTER_NAMES) + ".", "",
               "States: " + ", ".join("%d %s" % (i, n) for i, n in enumerate(M.STATE_NAMES)) + ".", "",
@@ -117,6 +119,13 @@ def render() -> str:
     lines += _fmt_fields(M._EVENT, ("kind", "channel", "time_us", "value"))
     lines += ["", "| kind | meaning |", "|---|---|"]
     lines += ["| %d | %s |" % (k, M.EVENT_NAMES[k]) for k in sorted(M.EVENT_NAMES)]
+    lines += ["", "`time_us`: µs since boot (the board's 2^30 µs `ticks_us()` extended across its wrap; never "
+              "wraps); for `open`/`short`/`impedance_high` the time of the phase-1 reading. `boot`: value = the "
+              "reset reason (as in HELLO). `crash`: value = exception kind + 256 × where; kinds: " +
+              ", ".join("%d %s" % (i, n) for i, n in enumerate(M.CRASH_KINDS)) + "; where: the request type whose "
+              "handler raised, 0x%02X link decoding, 0x%02X poll, 0x%02X elsewhere in the main loop. After a crash "
+              "the boot and crash EVENTs stay first in the event log (EVENT_LOG replays them)."
+              % (M.CRASH_LINK, M.CRASH_POLL, M.CRASH_LOOP)]
     lines += ["", "Impedance classes: " + ", ".join("%d %s" % (i, n) for i, n in enumerate(M.Z_NAMES)) + ".", ""]
     return "\n".join(lines)
 

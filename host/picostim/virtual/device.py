@@ -26,11 +26,15 @@ import tty
 from firmware import storage
 from firmware.controller import Controller
 from firmware.dma_chain import WDT_TIMEOUT_MS
+from firmware.crash import recover
 from picostim.virtual.sim_hal import SimHal
-from protocol import messages as M
 
 
 MAX_STEP_S = 0.02  # real-time mode: longest stretch of virtual time emulated between two link reads
+# Longest stretch of virtual time without a controller poll. The board's main loop polls every few
+# ms (the 2 s watchdog enforces it); the firmware relies on that for its tick arithmetic (a poll at
+# least once per 2**29 us: ticks_diff range, the uptime's wrap count) and the deadman.
+MAX_POLL_GAP_S = 0.25
 
 
 class VirtualPico:
@@ -40,7 +44,9 @@ class VirtualPico:
                  watchdog_ms: int | None = None, **hal_options):
         """``flash_dir``: the board's flash (parameter slots; default a fresh temp dir). ``watchdog_ms``:
         machine.WDT model in wall time (0 off; default the board's WDT_TIMEOUT_MS in realtime mode,
-        off otherwise, where tests hold the emulation for long stretches)."""
+        off otherwise, where tests hold the emulation for long stretches). ``hal_options`` go to
+        :class:`SimHal`, e.g. ``ticks0_us=2**30 - 5_000_000``: the board's ``ticks_us()`` at boot,
+        so a run crosses the 2**30 us tick wrap 5 s in (the firmware's 32-bit time arithmetic)."""
         self._channels = channels
         self._hal_options = hal_options
         self.hal = SimHal(channels=channels, **hal_options)
@@ -59,7 +65,8 @@ class VirtualPico:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.tx_dropped = 0
-        self.controller = Controller(self.hal, self._send, storage=self.storage)
+        self.controller = self._make_controller()
+        self.crashes: list[BaseException] = []  # exceptions the crash path caught (firmware/main.py)
         self.path = ""
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -69,7 +76,7 @@ class VirtualPico:
         tty.setraw(self._slave)
         os.set_blocking(self._master, False)
         self.path = os.ttyname(self._slave)
-        self.controller.emit(M.EV_BOOT, 0, self.hal.reset_reason())
+        self.controller.boot()
         self._thread = threading.Thread(target=self._serve, name="virtual-pico", daemon=True)
         self._thread.start()
         if self.watchdog_ms:
@@ -104,11 +111,27 @@ class VirtualPico:
         options = dict(self._hal_options, reset_reason=1)
         self.hal = SimHal(channels=self._channels, **options)
         self._watch(self.hal)
-        self.controller = Controller(self.hal, self._send, storage=self.storage)
+        self.controller = self._make_controller()
         self._fed = time.monotonic()
-        self.controller.emit(M.EV_BOOT, 0, self.hal.reset_reason())
+        self.controller.boot()
         self._thread = threading.Thread(target=self._serve, name="virtual-pico", daemon=True)
         self._thread.start()
+
+    # ---- the crash path (firmware/main.py) ----------------------------------------------------
+    def _make_controller(self) -> Controller:
+        return Controller(self.hal, self._send, storage=self.storage)
+
+    def _guarded(self, call, *args) -> None:
+        """Run a controller entry point as firmware/main.py's loop does: an exception takes the crash
+        path (safe state, fresh controller, crash report); if even that fails, the chip resets."""
+        try:
+            call(*args)
+        except Exception as exc:  # noqa: BLE001 - the firmware's crash path catches everything
+            self.crashes.append(exc)
+            try:
+                self.controller = recover(self.hal, self.controller, exc, self._make_controller)
+            except Exception:  # noqa: BLE001 - machine.reset() on the board
+                self.watchdog_reset()
 
     def stall_controller(self) -> None:
         """Fault injection: the controller's next poll() never returns (a firmware hang); only the
@@ -148,13 +171,14 @@ class VirtualPico:
         for (after each phase-1 reading of a running channel), then poll once more at the end."""
         with self.lock:
             system = self.hal.system
+            gap = round(MAX_POLL_GAP_S * self.hal.clock_hz)
             while system.now < cycle:
                 nxt = self.hal.next_poll_cycle()
-                step = cycle if nxt is None else min(cycle, nxt)
+                step = min(cycle, system.now + gap) if nxt is None else min(cycle, nxt, system.now + gap)
                 system.run_until(step)
                 if step < cycle:
-                    self.controller.poll()
-            self.controller.poll()
+                    self._guarded(self.controller.poll)
+            self._guarded(self.controller.poll)
 
     # ---- serving ------------------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
@@ -186,7 +210,7 @@ class VirtualPico:
                     time.sleep(0.01)
             with self.lock:
                 if data:
-                    self.controller.receive(data)
+                    self._guarded(self.controller.receive, data)
                 if self.realtime:
                     # At most MAX_STEP_S of emulation per loop: if the emulator falls behind the wall
                     # clock (a heavily loaded host), virtual time lags instead of each step growing
@@ -196,4 +220,4 @@ class VirtualPico:
                     self.run_until(self.hal.system.now + round(step * self.hal.clock_hz))
                     last = now
                 else:
-                    self.controller.poll()
+                    self._guarded(self.controller.poll)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from firmware import board, impedance, pulse_engine
+from firmware import board, impedance, pulse_engine, ticks
 from firmware import pio_programs as pio
 from picostim.capture.trace import Trace
 from picostim.virtual.electrode import Electrode
@@ -47,7 +47,9 @@ class SimHal:
 
     def __init__(self, channels: int = board.CHANNELS, electrodes: list[Electrode] | None = None,
                  accelerate: bool = True, reset_reason: int = 0, reaction_us: int | None = None,
-                 adc_noise_lsb: float = 0.0, seed: int = 0):
+                 adc_noise_lsb: float = 0.0, seed: int = 0, ticks0_us: int = 0):
+        """``ticks0_us``: the board's ``ticks_us()`` at virtual time 0 (0..2**30-1), e.g.
+        ``2**30 - 5_000_000`` to cross the tick wrap 5 s into a run (see :meth:`time_us`)."""
         if not 1 <= channels <= board.CHANNELS:
             raise ValueError("channels must be 1..%d" % board.CHANNELS)
         self.channels = channels
@@ -64,6 +66,7 @@ class SimHal:
         self._edge0 = [0] * channels  # first edge of the current train
         self._last_sample = [None] * channels  # cycle of the last reading taken
         self._reset_reason = reset_reason
+        self.ticks0_us = ticks.check(ticks0_us)
         self.watchdog_fed_at = 0
         self.sms = []
         out_mask = 0
@@ -79,6 +82,8 @@ class SimHal:
         self.system.set_outputs(out_mask, 0)
         self.system.set_pindirs(out_mask, out_mask)
         self.train_start = [0] * channels  # cycle at which each channel was last started
+        self.dac_on = [False] * channels  # DAC outputs driving (start() on, safe_state() off)
+        self.safe_states = 0  # safe_state() calls (the crash path)
         self._trains = [None] * channels
         self._blocks0 = [0] * channels
         self._empty0 = [0] * channels
@@ -92,7 +97,19 @@ class SimHal:
         return self._reset_reason
 
     def time_us(self) -> int:
-        return self.system.now * 1_000_000 // self.clock_hz
+        """``time.ticks_us()`` as on the rp2 port: µs that wrap at 2**30 (firmware/ticks.py's model;
+        every tick sum or difference the firmware makes goes through ticks_add/ticks_diff, which on
+        CPython reject anything that is not a small-int tick value)."""
+        return self.ticks_at(self.system.now)
+
+    def ticks_at(self, cycle: int) -> int:
+        """The ``ticks_us()`` value at virtual time ``cycle``."""
+        return (self.ticks0_us + cycle * 1_000_000 // int(self.clock_hz)) & ticks.MASK
+
+    def uptime_us(self, cycle: int | None = None) -> int:
+        """µs since boot at ``cycle`` (default now) as the firmware reports it (STATUS uptime, EVENT
+        times): ticks0_us + the virtual time, never wrapping."""
+        return self.ticks0_us + (self.system.now if cycle is None else cycle) * 1_000_000 // int(self.clock_hz)
 
     def feed_watchdog(self) -> None:
         self.watchdog_fed_at = self.system.now
@@ -117,6 +134,7 @@ class SimHal:
             delay = [train.delay] if train.delay else []
             self.system.dma(sm).load(delay, pulse_engine.cycle_groups(train), train.repeats)
             self._trains[ch] = train
+            self.dac_on[ch] = True
             self._delay_blocks[ch] = len(delay)
             self._blocks0[ch] = sm.blocks_consumed
             self._empty0[ch] = sm.empty_pulls
@@ -140,6 +158,40 @@ class SimHal:
         for ch in range(self.channels):
             if mask >> ch & 1:
                 self.system.dma(self.sms[ch]).stop_at_block_boundary()
+
+    def _drained(self, ch: int) -> bool:
+        """Nothing more will reach the SM and it has pulled its last word (the final group's idle:
+        a group always ends on its idle word), so no pulse is in progress or to come."""
+        sm = self.sms[ch]
+        return self.system.dma(sm).done and sm.tx_level == 0
+
+    def safe_state(self, wait_us: int = board.SAFE_STOP_US) -> bool:
+        """The crash path (firmware/main.py), as firmware/hal_rp2.py does it: stop every stream at its
+        next pulse boundary; a channel still waiting for its trigger is halted at once (nothing is in
+        progress); the others are emulated on (the board busy-waits) until drained, at most
+        ``wait_us``; then every SM is disabled with its pins driven idle, the DMA aborted, the FIFOs
+        cleared and the DACs shut down. Returns True when every stream had drained (no pulse cut),
+        False when the bound ran out first."""
+        for ch in range(self.channels):
+            self.system.dma(self.sms[ch]).stop_at_block_boundary()
+        deadline = self.system.now + wait_us * self.clock_hz // 1_000_000
+        step = max(1, self.clock_hz // 100_000)  # the busy-wait's loop: one check every 10 us
+        while True:
+            live = [ch for ch in range(self.channels)
+                    if self.sms[ch].enabled and not self.waiting(ch) and not self._drained(ch)]
+            if not live or self.system.now >= deadline:
+                break
+            self.system.run_until(min(deadline, self.system.now + step))
+        self.system.disable(self.sms)
+        out_mask = 0
+        for ch in range(self.channels):
+            out_mask |= ((1 << board.CH_OUT_COUNT[ch]) - 1) << board.CH_OUT_BASE[ch]
+            self.system.dma(self.sms[ch]).abort()
+            self.sms[ch].clear_fifos()
+            self.dac_on[ch] = False
+        self.system.set_outputs(out_mask, 0)  # mov pins, null through SMx_INSTR on the board
+        self.safe_states += 1
+        return not live
 
     def running(self, ch: int) -> bool:
         """True until the stream has drained and the SM has pulled from an empty FIFO, i.e. the last
@@ -217,7 +269,7 @@ class SimHal:
                 continue
             self._last_sample[ch] = s
             volts = self.electrodes[ch].voltage(current_a, offset / self.clock_hz, s / self.clock_hz)
-            out.append((s * 1_000_000 // self.clock_hz, self._adc(volts)))
+            out.append((self.ticks_at(s), self._adc(volts)))
         self._edge_pos[ch] = i
         return out
 
