@@ -121,7 +121,9 @@ class Controller:
             M.LOAD: self._load,
             M.LINK: self._link,
             M.EVENT_LOG: self._event_log,
+            M.REPL: self._repl,
         }
+        self.handback = False  # REPL accepted: main.py stops serving and returns to the REPL
 
     # ---- link ---------------------------------------------------------------------------------
     def receive(self, data):
@@ -475,10 +477,28 @@ class Controller:
             _refuse(M.E_OUT_OF_RANGE, "slot", slot, self.storage.slots - 1)
         return ch, slot
 
+    def busy_channel(self):
+        """The first channel that is armed, running or still draining (None when every output is
+        idle): SAVE and REPL are refused while one exists."""
+        for ch in range(self.hal.channels):
+            st = self.state[ch]
+            if st == M.ST_ARMED or st == M.ST_RUNNING or self.hal.running(ch):
+                return ch
+        return None
+
+    def _refuse_if_busy(self):
+        ch = self.busy_channel()
+        if ch is not None:
+            _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
+
     def _save(self, body):
+        """Refused while any channel is armed or running: a littlefs write erases and programs flash
+        with the CPU stalled (XIP off, interrupts off) for tens of ms, longer than the DMA feeder's
+        lookahead (docs/HARDWARE.md "Lookahead and blocking calls"), so a train could end early."""
         ch, slot = self._slot_request(body)
         if self.params[ch] is None:
             _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
+        self._refuse_if_busy()
         try:
             crc = self.storage.save(slot, P.pack(self.params[ch]))
         except storage.StorageError:
@@ -506,6 +526,16 @@ class Controller:
         self.deadman_us = ms * 1000
         self._deadman_ms = ms
         self._heard()
+        return b""
+
+    def _repl(self, body):
+        """Hand the USB port back to the MicroPython REPL (``picostim flash``). Refused (E_BAD_STATE
+        naming the channel and its state) while any channel is armed, running or draining; accepted:
+        the ACK goes out and ``handback`` tells the main loop to leave (firmware/main.py)."""
+        if body:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), 0)
+        self._refuse_if_busy()
+        self.handback = True
         return b""
 
     def _event_log(self, body):

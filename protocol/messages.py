@@ -25,11 +25,12 @@ SAVE = 0x0A  # channel u8, slot u8: save the channel's parameters to a flash slo
 LOAD = 0x0B  # channel u8, slot u8: load a slot into a channel (validated like SET_PARAMS)
 LINK = 0x0C  # deadman_ms u32: per-connection host-link deadman (0 = off; HELLO resets it to off)
 EVENT_LOG = 0x0D  # after u16: replay the logged EVENTs with a seq after ``after`` (lost on a bad link)
+REPL = 0x0E  # empty: hand the USB port back to the MicroPython REPL (picostim flash); NACK while any channel runs
 
 REQUEST_NAMES = {
     HELLO: "hello", GET_PARAMS: "get_params", SET_PARAMS: "set_params", START: "start", STOP: "stop",
     TRIGGER: "trigger", STATUS: "status", IMPEDANCE: "impedance", CLEAR_FAULT: "clear_fault",
-    SAVE: "save", LOAD: "load", LINK: "link", EVENT_LOG: "event_log",
+    SAVE: "save", LOAD: "load", LINK: "link", EVENT_LOG: "event_log", REPL: "repl",
 }
 
 RESPONSE = 0x80

@@ -64,6 +64,8 @@ def test_cli_dry_run_prints_commands(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0
     assert "built %s" % out in text
+    handback = text.index("# first: HELLO, then the REPL request over the picostim protocol on /dev/ttyACM7")
+    assert handback < text.index("mpremote connect /dev/ttyACM7")  # the request goes first
     assert "mpremote connect /dev/ttyACM7 exec 'import os" in text
     assert "fs cp -r %s/firmware %s/protocol :" % (out, out) in text
     assert "fs cp %s/main.py :main.py + soft-reset" % out in text
@@ -108,15 +110,20 @@ def _fake_mpremote(tmp_path):
 
 
 def test_flash_sequence_with_recording_mpremote(tmp_path):
-    """build -> the mpremote invocation -> soft reboot + HELLO verify, the board being the virtual Pico."""
+    """build -> REPL request (the firmware hands the port back) -> the mpremote invocation -> soft
+    reboot + HELLO verify, the board being the virtual Pico (which ACKs the REPL request and, having
+    no REPL to go to, keeps serving: verify's HELLO then answers)."""
     mpremote, log = _fake_mpremote(tmp_path)
     out = io.StringIO()
     with device.VirtualPico(channels=4) as vp:
         t0 = time.monotonic()
         info = flash.flash(vp.path, tree=tmp_path / "fw", mpremote=mpremote, out=out)
         elapsed = time.monotonic() - t0
+        assert getattr(vp.controller, "handback", False) is True  # the REPL request came and was accepted
         counters = vp.controller.decoder
         assert counters.frames_dropped + counters.crc_errors >= 1  # the Ctrl-C/Ctrl-D bytes, dropped
+    text = out.getvalue()
+    assert text.index("handed the port back to the MicroPython REPL") < text.index("$ ")  # before mpremote
     calls = [eval(line) for line in log.read_text().splitlines()]  # noqa: S307 - our own repr()
     assert calls == [flash.deploy_commands(vp.path, tmp_path / "fw", mpremote=["x"])[0][1:]]
     assert info["protocol_version"] == PROTOCOL_VERSION and info["firmware_version"] == FW
@@ -125,9 +132,73 @@ def test_flash_sequence_with_recording_mpremote(tmp_path):
 
 
 def test_flash_reports_mpremote_failure(tmp_path):
-    mpremote, _ = _fake_mpremote(tmp_path)
-    with pytest.raises(flash.FlashError, match="Ctrl-C is off"):
+    script = tmp_path / "failing_mpremote.py"
+    script.write_text("import sys\nsys.exit(1)\n")
+    with device.VirtualPico(channels=4) as vp:
+        with pytest.raises(flash.FlashError, match="mpremote failed .exit 1"):
+            flash.flash(vp.path, tree=tmp_path / "fw", mpremote=[sys.executable, str(script)], out=io.StringIO())
+
+
+def test_flash_cannot_open_the_port(tmp_path):
+    mpremote, log = _fake_mpremote(tmp_path)
+    with pytest.raises(flash.FlashError, match="cannot open /dev/fail"):
         flash.flash("/dev/fail", tree=tmp_path / "fw", mpremote=mpremote, out=io.StringIO())
+    assert not log.exists()  # mpremote never ran
+
+
+def test_flash_refused_while_a_channel_runs(tmp_path):
+    """A running train keeps the port: flash stops with the channel and its state, mpremote never runs,
+    the train goes on."""
+    from picostim.client import Client
+    from picostim.transport import open_port
+    from protocol import params as P
+
+    mpremote, log = _fake_mpremote(tmp_path)
+    with device.VirtualPico(channels=4) as vp:
+        with Client(open_port(vp.path), timeout=2.0) as c:
+            c.set_params(1, P.complete({"phase1_ns": 100_000, "phase2_ns": 100_000, "period_ns": 10_000_000,
+                                        "amplitude_ua": 500}))
+            c.start(0b10)
+        with pytest.raises(flash.FlashError, match=r"repl refused: channel 1: .*\(it is running\)"):
+            flash.flash(vp.path, tree=tmp_path / "fw", mpremote=mpremote, out=io.StringIO(), skip_build=True)
+        assert vp.controller.state[1] == 2 and not getattr(vp.controller, "handback", False)
+    assert not log.exists()
+
+
+def test_flash_on_a_firmware_without_the_repl_request(tmp_path):
+    """An older picostim answers "unknown message type": flash says what to do instead of letting
+    mpremote time out."""
+    from protocol import messages as M
+
+    mpremote, log = _fake_mpremote(tmp_path)
+    with device.VirtualPico(channels=4) as vp:
+        del vp.controller._handlers[M.REPL]
+        with pytest.raises(flash.FlashError, match="has no REPL request.*docs/HARDWARE.md"):
+            flash.flash(vp.path, tree=tmp_path / "fw", mpremote=mpremote, out=io.StringIO(), skip_build=True)
+    assert not log.exists()
+
+
+def test_handback_probe_on_a_silent_port_types_no_repl_control_byte():
+    """Nothing answers HELLO (a board at its REPL): hand_back gives up quietly (mpremote goes ahead),
+    and what it sent contains no Ctrl-B/C/D/E, which the REPL would act on (Ctrl-D: soft reboot into
+    main.py, i.e. picostim would take the port again)."""
+    import select
+
+    master, slave = os.openpty()
+    try:
+        import tty
+
+        tty.setraw(slave)
+        out = io.StringIO()
+        assert flash.hand_back(os.ttyname(slave), timeout=0.2, out=out) is None
+        assert "assuming the MicroPython REPL has the port" in out.getvalue()
+        sent = b""
+        while select.select([master], [], [], 0.05)[0]:
+            sent += os.read(master, 4096)
+        assert sent and not set(sent) & {0x02, 0x03, 0x04, 0x05}
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_verify_against_virtual_pico():

@@ -89,6 +89,9 @@ def render() -> str:
                  "boundary (event `deadman`, value = mask); HELLO turns it off"),
         M.EVENT_LOG: ("after u16 (last event seq held)", "count u8, then per event: seq u16 + EVENT body "
                       "(the last %d events are kept; at most %d per answer)" % (M.EVENT_LOG_LEN, M.EVENT_LOG_MAX)),
+        M.REPL: ("empty", "empty; then the firmware stops serving the link, stops the watchdog, turns Ctrl-C back "
+                 "on and returns to the MicroPython REPL (for `picostim flash`). NACK `E_BAD_STATE` (field "
+                 "`channel`, value = channel, limit = its state) while any channel is armed, running or draining"),
     }
     for t, name in sorted(M.REQUEST_NAMES.items()):
         req, resp = bodies[t]

@@ -317,6 +317,14 @@ class Client:
         """HELLO, cached per connection."""
         return self.device if self.device is not None else self.hello()
 
+    def repl(self, timeout=None):
+        """REPL request: the firmware hands the USB port back to the MicroPython REPL (what
+        ``picostim flash`` does before mpremote). Sent once, never retried: after the handback the
+        bytes of a retry would be typed at the REPL. Raises DeviceError (E_BAD_STATE naming the
+        channel) while any channel is armed, running or draining; LinkError if the ACK did not come
+        (the firmware may have handed the port back anyway). Afterwards the firmware does not answer."""
+        return self.request(M.REPL, b"", timeout=timeout, retries=0)
+
     def set_params(self, channel, params):
         """Send canonical params (missing fields take the defaults). Returns
         {"channel", "params", "realised"} as echoed by the device."""

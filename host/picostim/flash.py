@@ -2,6 +2,14 @@
 
 Steps (``flash(port)``):
 
+0. handback  the firmware switches Ctrl-C off (``micropython.kbd_intr(-1)``, so 0x03 inside a binary
+           frame cannot stop it), hence mpremote cannot break into a board that runs picostim. ``flash``
+           first asks it over the protocol: HELLO, then the REPL request; the firmware ACKs, stops its
+           watchdog, turns Ctrl-C back on and returns to the MicroPython REPL (firmware/main.py). It is
+           refused while any channel is armed or running (``FlashError`` naming the channel: stop it
+           first). Nothing answering HELLO means no picostim runs there (a fresh MicroPython board at
+           its REPL): mpremote goes ahead. A firmware that predates the REPL request answers "unknown
+           message type": docs/HARDWARE.md (Re-flashing) says how to get that board back.
 1. build   ``tools/build_firmware.py`` with ``-march=armv6m`` into ``build/firmware``
            (``firmware/*.mpy``, ``protocol/*.mpy``, ``main.py``); fails on syntax MicroPython rejects.
 2. deploy  one mpremote invocation (one raw-REPL session)::
@@ -18,10 +26,8 @@ Steps (``flash(port)``):
            HELLO over the picostim protocol: the protocol version must be this host's, the firmware
            version this build's (``firmware.controller.FIRMWARE_VERSION``).
 
-``dry_run`` prints the exact command lines instead of running them. Prerequisite (once per board):
-the official MicroPython UF2 (docs/HARDWARE.md). Limitation: the firmware switches Ctrl-C off
-(``micropython.kbd_intr(-1)``) so binary frames can contain 0x03; mpremote therefore cannot break into
-a board that is already running picostim — see docs/HARDWARE.md for how to get it back to the REPL.
+``dry_run`` touches no board: it prints the handback step, the exact mpremote command lines and the
+verify step. Prerequisite (once per board): the official MicroPython UF2 (docs/HARDWARE.md).
 """
 
 from __future__ import annotations
@@ -59,6 +65,64 @@ for p in ("{root}main.py", "{root}firmware", "{root}protocol"):
 
 class FlashError(RuntimeError):
     """Build, deploy or verification failed."""
+
+
+# Bytes that mean something to MicroPython's friendly REPL: Ctrl-B (friendly REPL), Ctrl-C
+# (interrupt), Ctrl-D (soft reboot: would start main.py, i.e. picostim), Ctrl-E (paste mode).
+_REPL_CONTROL = frozenset((0x02, 0x03, 0x04, 0x05))
+
+
+def probe_seq(msg_type, body=b""):
+    """A sequence number whose frame for ``msg_type`` contains no REPL control byte: the HELLO probe
+    may land on a board that is already at its REPL, where a 0x04 would soft-reboot into main.py."""
+    from protocol.framing import encode_frame
+
+    for seq in range(1, 0x10000):
+        if not _REPL_CONTROL.intersection(encode_frame(msg_type, seq, body)):
+            return seq
+    raise AssertionError("no clean sequence number")  # pragma: no cover - there are thousands
+
+
+def hand_back(port, timeout=1.0, out=None):
+    """Ask the picostim firmware on ``port`` to hand the USB port back to the MicroPython REPL.
+
+    Returns the firmware's HELLO (dict) when it did, None when nothing answered HELLO (no picostim
+    there: assume the REPL has the port). Raises FlashError when the board refuses (a channel is
+    armed or running), predates the REPL request, or the port cannot be opened."""
+    from picostim import transport
+    from picostim.client import Client, DeviceError, LinkError
+    from protocol import messages as M
+
+    out = out or sys.stdout
+    try:
+        ser = transport.open_port(port)
+    except transport.TransportError as e:
+        raise FlashError("cannot open %s: %s" % (port, e)) from e
+    # HELLO is sent twice at most; its seq is chosen so that neither copy holds a REPL control byte.
+    client = Client(ser, timeout=timeout, retries=1, seq=probe_seq(M.HELLO) - 1)
+    try:
+        try:
+            info = client.hello()
+        except LinkError:
+            print("no picostim answer on %s: assuming the MicroPython REPL has the port" % port, file=out)
+            return None
+        try:
+            client.repl()
+        except DeviceError as e:
+            if e.code == M.E_UNKNOWN_TYPE:
+                raise FlashError("the board runs picostim firmware %s, which has no REPL request: get it back "
+                                 "to the REPL as docs/HARDWARE.md (Re-flashing) describes, then flash again"
+                                 % info["firmware_version"]) from e
+            raise FlashError("the board keeps the port: %s" % e) from e
+        except LinkError:
+            print("no answer to the REPL request on %s (the firmware may have handed the port back anyway); "
+                  "trying mpremote" % port, file=out)
+            return info
+        print("picostim %s on %s handed the port back to the MicroPython REPL" % (info["firmware_version"], port),
+              file=out)
+        return info
+    finally:
+        client.close()
 
 
 def clean_code(root="/"):
@@ -158,8 +222,8 @@ def verify(port, timeout=1.0, retries=8, reboot=True, expect_firmware=None):
 
 def flash(port, tree=DEFAULT_TREE, dry_run=False, skip_build=False, mpremote=None, out=None, verify_port=None,
           run=subprocess.run):
-    """Build, deploy and verify. ``out`` (a text stream) gets progress and, with ``dry_run``, the
-    command lines. Returns the HELLO dict (None for a dry run)."""
+    """Build, hand the port back to the REPL, deploy and verify. ``out`` (a text stream) gets progress
+    and, with ``dry_run``, the steps and command lines. Returns the HELLO dict (None for a dry run)."""
     out = out or sys.stdout
     tree = Path(tree)
     if not skip_build:
@@ -167,16 +231,20 @@ def flash(port, tree=DEFAULT_TREE, dry_run=False, skip_build=False, mpremote=Non
         print("built %s (mpy-cross -march=%s)" % (tree, BOARD_MARCH), file=out)
     cmds = deploy_commands(port, tree, mpremote)
     if dry_run:
+        print("# first: HELLO, then the REPL request over the picostim protocol on %s (a running picostim "
+              "hands the port back to the MicroPython REPL; refused while a channel is armed or running)" % port,
+              file=out)
         for c in cmds:
             print(format_command(c), file=out)
         print("# then: soft reboot (Ctrl-D) and HELLO over the picostim protocol on %s" % port, file=out)
         return None
+    hand_back(port, out=out)
     for c in cmds:
         print("$ " + format_command(c), file=out, flush=True)
         proc = run(c)
         if proc.returncode != 0:
-            raise FlashError("mpremote failed (exit %d); if the board already runs picostim, mpremote cannot "
-                             "interrupt it (Ctrl-C is off): see docs/HARDWARE.md" % proc.returncode)
+            raise FlashError("mpremote failed (exit %d); if the board runs picostim and ignored the REPL request, "
+                             "see docs/HARDWARE.md (Re-flashing)" % proc.returncode)
     info = verify(verify_port or port)
     print("verified: firmware %s, protocol %d, board %s, %d channels"
           % (info["firmware_version"], info["protocol_version"], info["board_id"], info["channels"]), file=out)

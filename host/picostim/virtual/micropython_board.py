@@ -78,7 +78,14 @@ class MicroPythonBoard:
     """
 
     def __init__(self, ohm: int = DEFAULT_OHM, heapsize: str = DEFAULT_HEAPSIZE, micropython: str | None = None,
-                 main: Path | str = MAIN, extra_path: tuple = (), boot_timeout: float = 10.0):
+                 main: Path | str = MAIN, extra_path: tuple = (), boot_timeout: float = 10.0, repl: bool = False,
+                 env: dict | None = None):
+        """``repl``: run with ``-i``, so when main.py returns (the REPL handback) the unix port's REPL
+        takes the pty, as the friendly REPL does on a board (it speaks mpremote's raw REPL too).
+        ``env``: extra environment for the shims, e.g. ``PICOSTIM_SHIM_BOOTSEL`` (tests/mpy/shims/rp2.py)
+        or ``PICOSTIM_SHIM_WDT`` (tests/mpy/shims/machine.py)."""
+        self.repl = repl
+        self.extra_env = dict(env or {})
         self.ohm = ohm
         self.heapsize = heapsize
         self.exe = micropython or micropython_binary()
@@ -93,12 +100,14 @@ class MicroPythonBoard:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def command(self) -> list[str]:
-        return [self.exe or "micropython", "-X", "heapsize=" + self.heapsize, str(self.main)]
+        return [self.exe or "micropython", "-X", "heapsize=" + self.heapsize] + (["-i"] if self.repl else []) + \
+            [str(self.main)]
 
     def environment(self) -> dict:
         env = dict(os.environ)
         env["MICROPYPATH"] = os.pathsep.join(list(self.extra_path) + [str(SHIMS), str(ROOT), ".frozen"])
         env["PICOSTIM_SHIM_ADC_U16"] = str(adc_u16_for_ohm(self.ohm))
+        env.update(self.extra_env)
         return env
 
     def open(self) -> str:
@@ -160,6 +169,24 @@ class MicroPythonBoard:
                         return ev
         raise MicroPythonBoardError("no BOOT event from the firmware within %.1f s:\n%s%s"
                                     % (self.boot_timeout, raw.decode("utf-8", "replace"), self.stderr()))
+
+    def read_until(self, marker: bytes, timeout: float = 5.0) -> bytes:
+        """Read the pty (the board's output) until ``marker`` has appeared or ``timeout`` passed;
+        returns everything read (for the REPL after a handback)."""
+        got = b""
+        deadline = time.monotonic() + timeout
+        while marker not in got and time.monotonic() < deadline:
+            if select.select([self._slave], [], [], 0.05)[0]:
+                try:
+                    data = os.read(self._slave, 4096)
+                except OSError:
+                    break
+                got += data
+        return got
+
+    def send(self, data: bytes) -> None:
+        """Type ``data`` at the board (the pty), e.g. a line for the REPL after a handback."""
+        os.write(self._slave, data)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

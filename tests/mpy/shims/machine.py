@@ -144,14 +144,52 @@ class SPI:
             rbuf[i] = 0
 
 
+WATCHDOG_CTRL_CLR = 0x4005B000  # WATCHDOG CTRL, atomic clear alias: bit 30 = ENABLE (pico-sdk watchdog_disable)
+WATCHDOG_ENABLE = 0x40000000
+try:
+    import os as _os2
+
+    _WDT_ENFORCE = (_os2.getenv("PICOSTIM_SHIM_WDT") or "") == "enforce"
+except (ImportError, AttributeError):
+    _WDT_ENFORCE = False
+_wdt_on = [False]  # the hardware watchdog counts (WDT() starts it; the CTRL clear alias stops it)
+
+
+def _ms():
+    try:
+        import utime
+
+        return utime.ticks_ms()
+    except ImportError:
+        return 0
+
+
 class WDT:
+    """``PICOSTIM_SHIM_WDT=enforce`` (environment): a feed that comes later than ``timeout`` after the
+    previous one is what resets a board; it is reported on stderr ("machine.WDT: ... the board would
+    reset") and ends the interpreter. ``max_gap_ms``: longest gap between two feeds seen."""
+
     def __init__(self, id=0, timeout=5000):
         self.timeout = timeout
         self.feeds = 0
+        self.max_gap_ms = 0
+        self._last = _ms()
+        _wdt_on[0] = True
         LOG.append(("wdt", timeout))
 
     def feed(self):
         self.feeds += 1
+        now = _ms()
+        gap = now - self._last
+        self._last = now
+        if gap > self.max_gap_ms:
+            self.max_gap_ms = gap
+        if _WDT_ENFORCE and _wdt_on[0] and gap > self.timeout:
+            import sys
+
+            sys.stderr.write("machine.WDT: not fed for %d ms (timeout %d ms): the board would reset\n"
+                             % (gap, self.timeout))
+            raise SystemExit(99)
 
 
 class _Mem:
@@ -167,6 +205,8 @@ class _Mem:
     def __setitem__(self, addr, value):
         self.regs[addr] = value & self.mask
         LOG.append(("mem", addr, value & self.mask))
+        if addr == WATCHDOG_CTRL_CLR and value & WATCHDOG_ENABLE:
+            _wdt_on[0] = False
 
 
 mem32 = _Mem(32)

@@ -260,8 +260,40 @@ class Flash:
         return {4: 256, 5: 4096}.get(op, 0)
 
 
+def _bootsel_window():
+    """``PICOSTIM_SHIM_BOOTSEL`` = "START:END" (ms after this shim was imported, i.e. about process
+    start): BOOTSEL reads pressed in [START, END). Unset: never pressed."""
+    try:
+        import os as _os
+
+        spec = _os.getenv("PICOSTIM_SHIM_BOOTSEL") or ""
+        if spec:
+            a, b = spec.split(":")
+            return int(a), int(b)
+    except (ImportError, AttributeError, ValueError):
+        pass
+    return None
+
+
+try:
+    import utime as _ut  # the port's own clock (tests/mpy/shims/time.py may shadow ``time``)
+
+    _T_IMPORT = _ut.ticks_ms()
+except ImportError:  # CPython
+    _ut = None
+    _T_IMPORT = 0
+_BOOTSEL = _bootsel_window()
+BOOTSEL_READS = []  # ms after import of every bootsel_button() call
+
+
 def bootsel_button():
-    return 0
+    if _ut is None:
+        return 0
+    t = _ut.ticks_diff(_ut.ticks_ms(), _T_IMPORT)
+    BOOTSEL_READS.append(t)
+    if _BOOTSEL is None:
+        return 0
+    return 1 if _BOOTSEL[0] <= t < _BOOTSEL[1] else 0
 
 
 def country(code=None):
