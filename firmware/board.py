@@ -9,6 +9,12 @@ triggers 2, DAC SPI 2 + 4 chip selects + LDAC, ADC mux select 2, ADC 1 = 25 of 2
 - the electrode voltage of all 4 channels goes through an external 4:1 analog mux (74HC4052 half or
   TMUX1104) into ADC0 (GP26): the RP2040 has only 3 external ADC inputs (GP26-28), and one mux keeps
   every channel on the same ADC path (same offset and gain, one calibration).
+
+Before the HAL constructor runs (reset, ROM, MicroPython start-up) no pin is driven: every GPIO's
+function is NULL and its pad resets with the internal pull-down on (PDE = 1), so the drive lines sit
+weakly low, not floating; the board still fits external pull-downs (docs/HARDWARE.md, Wiring).
+GP0/GP1 (ch0 POS/NEG) are also the pico-sdk default UART0 TX/RX: a MicroPython build with a UART REPL
+would drive ch0 POS high from start-up on. Use a USB-REPL image only, or move channel 0.
 """
 
 BOARD_ID = "picostim-pico-4ch-r1"
