@@ -23,7 +23,6 @@ import time
 import traceback
 
 from picostim import paramfile, transport
-from picostim.capture.trace import CaptureError
 from picostim.client import Client, DeviceError, LinkError, mask_of
 from protocol import messages as M
 
@@ -136,12 +135,27 @@ MAX_CHANNEL = 7  # the protocol's channel mask is one byte; the device's own cou
 
 
 @contextlib.contextmanager
-def _virtual_board(channels, realtime=True, kind="cpython", electrodes=None):
+def _virtual_board(channels, realtime=True, kind="cpython", electrodes=None, uf2=None):
     """A virtual Pico on a pty: real time for interactive commands, stepped (virtual) time for
     ``run``, which emulates the requested duration as fast as the emulator goes.
 
     ``kind="micropython"``: firmware/main.py itself under the MicroPython unix port on shim hardware
     (picostim/virtual/micropython_board.py): the board's entry point and protocol, no timing."""
+    if kind == "rp2040":  # the whole chip: a MicroPython rp2 image in rp2040js (picostim/virtual/wholechip)
+        from picostim.virtual.wholechip import WholeChip, WholeChipError
+
+        if channels != 4:
+            raise UsageError("--virtual=rp2040 has the board's 4 channels (firmware/board.py)")
+        try:
+            chip = WholeChip(uf2, electrodes=electrodes)
+            path = chip.open()
+        except WholeChipError as e:
+            raise UsageError(str(e)) from None
+        try:
+            yield chip, path
+        finally:
+            chip.close()
+        return
     if kind == "micropython":
         from picostim.virtual.micropython_board import MicroPythonBoard
 
@@ -188,7 +202,8 @@ def connect(args, realtime=True):
     with contextlib.ExitStack() as stack:
         vp = None
         if args.virtual:
-            vp, path = stack.enter_context(_virtual_board(args.virtual_channels, realtime, args.virtual, electrodes))
+            vp, path = stack.enter_context(_virtual_board(args.virtual_channels, realtime, args.virtual, electrodes,
+                                                          getattr(args, "uf2", None)))
         elif args.port:
             path = args.port
         else:
@@ -360,8 +375,9 @@ def cmd_validate(args):
             ps = paramfile.load(f)
             paramfile.check(ps, _offline_limits())
             print("%s: ok (%s)" % (f, ps.name or "unnamed"))
-        except paramfile.ParamFileError as e:
-            print("%s: %s" % (f, e), file=sys.stderr)
+        except paramfile.ParamFileError as e:  # one line per bad file, the file named first
+            message = str(e) if str(f) in str(e) else "%s: %s" % (f, e)
+            print("picostim: error: %s" % _one_line(message), file=sys.stderr)
             bad += 1
     return EXIT_BAD_INPUT if bad else EXIT_OK
 
@@ -425,8 +441,9 @@ def format_status(st):
     lines = ["uptime %.3f s" % (st["uptime_ms"] / 1000.0),
              "%-8s %-8s %-7s %12s %12s" % ("channel", "state", "fault", "pulses", "impedance")]
     for ch in st["channels"]:
-        lines.append("%-8d %-8s %-7s %12d %10d Ω" % (ch["channel"], ch["state"], ch["fault"], ch["pulses"],
-                                                    ch["impedance_ohm"]))
+        ohm = ch["impedance_ohm"]
+        lines.append("%-8d %-8s %-7s %12d %12s" % (ch["channel"], ch["state"], ch["fault"], ch["pulses"],
+                                                  "unknown" if ohm is None else "%d Ω" % ohm))
     lines.append("device link: " + ", ".join("%s %d" % kv for kv in st["counters"].items()))
     if "host_counters" in st:
         lines.append("host link:   " + ", ".join("%s %d" % kv for kv in st["host_counters"].items()))
@@ -447,7 +464,8 @@ def cmd_impedance(args):
         _print_json(readings)
     else:
         for r in readings:
-            print("channel %d: %d Ω (%s)" % (r["channel"], r["ohms"], r["class"]))
+            print("channel %d: %s (%s)" % (r["channel"], "no valid reading" if r["ohms"] is None else "%d Ω" % r["ohms"],
+                                           r["class"]))
     return EXIT_OK
 
 
@@ -516,7 +534,8 @@ def cmd_watch(args):
 
 def cmd_virtual(args):
     kind = args.virtual or "cpython"
-    with _virtual_board(args.virtual_channels, kind=kind, electrodes=_electrodes(args)) as (vp, path):
+    with _virtual_board(args.virtual_channels, kind=kind, electrodes=_electrodes(args),
+                        uf2=getattr(args, "uf2", None)) as (vp, path):
         print(path, flush=True)
         print("virtual Pico (%s) with %d channels serving on %s; use: picostim --port %s info   (Ctrl-C to stop)"
               % (kind, args.virtual_channels, path, path), file=sys.stderr, flush=True)
@@ -545,8 +564,7 @@ def cmd_flash(args):
     try:
         flash.flash(port, tree=args.tree or flash.DEFAULT_TREE, dry_run=args.dry_run, skip_build=args.no_build)
     except flash.FlashError as e:
-        print("picostim: error: %s" % e, file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(str(e), EXIT_ERROR, False)
     return EXIT_OK
 
 
@@ -571,7 +589,14 @@ def cmd_run(args):
     with connect(args, realtime=False) as c:
         _check_channel(c, args.channel)
         paramfile.check(ps, c.limits)
-        if c.virtual is not None:
+        if getattr(c.virtual, "kind", None) == "rp2040":
+            from picostim.virtual import wholechip
+
+            if triggers:
+                raise UsageError("--trig1/--trig2 drive the CPython virtual Pico's inputs; --virtual=rp2040 has none yet")
+            result = wholechip.run(c.virtual, c, ps.params, duration, channel=args.channel, capture=args.capture,
+                                   plot_png=args.plot)
+        elif c.virtual is not None:
             result = runner.run_virtual(c.virtual, c, ps.params, duration, channel=args.channel,
                                         capture=args.capture, plot_png=args.plot, triggers=triggers)
         else:
@@ -580,6 +605,12 @@ def cmd_run(args):
                                       plot_png=args.plot)
     stopped = [f for f in result.faults if f["channel"] == args.channel]
     code = EXIT_SAFETY_STOP if stopped else EXIT_OK if result.report.ok else EXIT_CHECK_FAILED
+    if stopped:
+        f = stopped[0]
+        print("picostim: error: channel %d = stopped at t=%.6f s: %s (a safety stop)"
+              % (f["channel"], f["time_s"], _fault_text(f)), file=sys.stderr)
+    elif not result.report.ok:
+        _mismatch(result.report, args.capture or "the capture", args.file)
     if args.json:
         out = result.to_json()
         out["stopped_by_fault"] = bool(stopped)
@@ -604,6 +635,14 @@ def cmd_run(args):
     return code
 
 
+def _mismatch(report, capture, params):
+    """Exit 3: the report goes to stdout; stderr gets the one-line verdict like every other error."""
+    first = report.failures[0] if report.failures else "see the report"
+    more = " (+%d more)" % (len(report.failures) - 1) if len(report.failures) > 1 else ""
+    print("picostim: error: %s" % _one_line("capture = %s: does not match %s: %s%s" % (capture, params, first, more)),
+          file=sys.stderr)
+
+
 def _fault_text(f):
     if f["kind"] == "deadman":
         return "deadman: the host link was silent"
@@ -619,6 +658,8 @@ def cmd_check(args):
     report = runner.check_trace(trace, ps.params, args.channel, trace.duration_s())
     if args.plot:
         runner.plot(trace, report, args.plot)
+    if not report.ok:
+        _mismatch(report, args.capture, args.params)
     if args.json:
         out = report.to_json()
         out["map"] = used
@@ -686,7 +727,10 @@ def build_parser():
     where.add_argument("--virtual", nargs="?", const="cpython", choices=VIRTUAL_KINDS,
                        help="start a fresh virtual Pico for this one command (state is not kept between commands); "
                             "--virtual=micropython runs firmware/main.py under the MicroPython unix port on shim "
-                            "hardware (protocol and firmware logic, no PIO timing)")
+                            "hardware (protocol and firmware logic, no PIO timing); --virtual=rp2040 boots a "
+                            "MicroPython rp2 image (--uf2) in the rp2040js whole-chip emulator")
+    p.add_argument("--uf2", default=os.environ.get("PICOSTIM_UF2"),
+                   help="MicroPython rp2 image (.uf2, v1.22.0 or later) for --virtual=rp2040 (default $PICOSTIM_UF2)")
     p.add_argument("--serial", help="USB serial number (or prefix) of the board to use")
     p.add_argument("--timeout", type=_number_type(float, 0, 3600, lo_open=True, unit=" s"), default=1.0,
                    help="seconds to wait for each answer (default 1.0; 0 < S ≤ 3600)")
@@ -805,7 +849,7 @@ def build_parser():
     return p
 
 
-VIRTUAL_KINDS = ("cpython", "micropython")
+VIRTUAL_KINDS = ("cpython", "micropython", "rp2040")
 
 
 def normalise_argv(argv):
@@ -836,11 +880,11 @@ def main(argv=None):
         return args.func(args)
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else EXIT_OK if e.code is None else EXIT_BAD_INPUT
-    except (paramfile.ParamFileError, UsageError, CaptureError) as e:
+    except (paramfile.ParamFileError, UsageError) + _loaded("picostim.capture.trace", "CaptureError") as e:
         return _fail(str(e), EXIT_BAD_INPUT, as_json, {"field": getattr(e, "key", None)}, debug)
     except DeviceError as e:
         return _fail(str(e), EXIT_BAD_INPUT, as_json, {"nack": e.nack}, debug)
-    except (LinkError, transport.TransportError, OSError) as e:
+    except (LinkError, transport.TransportError, OSError) + _loaded("picostim.capture.sigrok", "SigrokError") as e:
         return _fail(_os_message(e), EXIT_ERROR, as_json, None, debug)
     except KeyboardInterrupt:
         return 130
@@ -849,13 +893,20 @@ def main(argv=None):
                      EXIT_ERROR, as_json, None, debug)
 
 
+def _loaded(module, name):
+    """An exception class of a module that may not be imported yet (the capture package pulls in NumPy
+    and Matplotlib; ``info`` should not wait for them): () when it is not, so nothing can be one."""
+    mod = sys.modules.get(module)
+    return (getattr(mod, name),) if mod is not None else ()
+
+
 def _os_message(e):
     if not isinstance(e, (LinkError, transport.TransportError)) and getattr(e, "strerror", None):
         return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
     return str(e) or type(e).__name__
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # everything str.splitlines() breaks on, and more
 MAX_MESSAGE = 1000
 
 

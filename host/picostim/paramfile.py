@@ -108,6 +108,11 @@ def _short(value, n=60):
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def _k(key):
+    """A TOML key for a message: cut, and quoted if it is not a bare key."""
+    return key if key and len(key) <= 40 and key.replace("_", "a").replace("-", "a").isalnum() else _short(key, 40)
+
+
 def _decode(raw, where):
     if len(raw) > MAX_FILE_BYTES:
         raise ParamFileError("%s: %d bytes is not a parameter file (at most %d bytes)"
@@ -175,11 +180,11 @@ def _is_number(v):
 
 def _number(key, value, allowed="a number"):
     if not _is_number(value):
-        raise ParamFileError("%s = %r: expected %s" % (key, value, allowed), key, value)
+        raise ParamFileError("%s = %s: expected %s" % (key, _short(value), allowed), key, value)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ParamFileError("%s = %r: expected a finite number" % (key, value), key, value)
+        raise ParamFileError("%s = %s: expected a finite number" % (key, _short(value)), key, value)
     if value < 0:
-        raise ParamFileError("%s = %r: must not be negative" % (key, value), key, value)
+        raise ParamFileError("%s = %s: must not be negative" % (key, _short(value)), key, value)
     return Fraction(value)
 
 
@@ -204,24 +209,25 @@ def _flatten(data):
     description = data.get("description")
     for meta, val in (("name", name), ("description", description)):
         if val is not None and not isinstance(val, str):
-            raise ParamFileError("%s = %r: expected a string" % (meta, val), meta, val)
+            raise ParamFileError("%s = %s: expected a string" % (meta, _short(val)), meta, val)
     for key, value in data.items():
         if key in META_KEYS:
             continue
         if key == CHANNEL_TABLE:
             if not isinstance(value, dict):
-                raise ParamFileError("[channel] must be a table of parameters, got %r" % (value,), key, value)
+                raise ParamFileError("channel = %s: [channel] must be a table of parameters" % _short(value), key, value)
             for k, v in value.items():
                 if k in entries:
-                    raise ParamFileError("%s is given both at the top level and in [channel]" % k, k, v)
+                    raise ParamFileError("%s = %s: is given both at the top level and in [channel]" % (_k(k), _short(v)), k, v)
                 if isinstance(v, dict):
-                    raise ParamFileError("[channel.%s]: nested tables are not allowed" % k, k, v)
+                    raise ParamFileError("channel.%s = {...}: nested tables are not allowed" % _k(k), k, v)
                 entries[k] = v
             continue
         if isinstance(value, dict):
-            raise ParamFileError("[%s]: unknown table; allowed: [channel]" % key, key, value)
+            raise ParamFileError("%s = {...}: unknown table (allowed: [channel])" % _k(key), key, value)
         if key in entries:
-            raise ParamFileError("%s is given both at the top level and in [channel]" % key, key, value)
+            raise ParamFileError("%s = %s: is given both at the top level and in [channel]" % (_k(key), _short(value)),
+                                 key, value)
         entries[key] = value
     return entries, name, description
 
@@ -236,7 +242,8 @@ def from_dict(data):
 
     def put(field, value, key):
         if field in params:
-            raise ParamFileError("%s conflicts with %s: give only one of them" % (key, keys[field]), key, entries[key])
+            raise ParamFileError("%s = %s: conflicts with %s: give only one of them" % (key, _short(entries[key]), keys[field]),
+                                 key, entries[key])
         params[field] = value
         keys[field] = key
 
@@ -245,14 +252,14 @@ def from_dict(data):
         stem, unit = _split_unit(key, TIME_UNITS)
         if stem in time_stems:
             if stem in times:
-                raise ParamFileError("%s conflicts with %s: give only one of them" % (key, times[stem][0]),
+                raise ParamFileError("%s = %s: conflicts with %s: give only one of them" % (key, _short(value), times[stem][0]),
                                      key, value)
             times[stem] = (key, _number(key, value) * TIME_UNITS[unit])
             continue
         if key in ("frequency_hz", "burst_frequency_hz"):
             f = _number(key, value, "a frequency in Hz")
             if f == 0:
-                raise ParamFileError("%s = %r: must be greater than 0" % (key, value), key, value)
+                raise ParamFileError("%s = %s: must be greater than 0" % (key, _short(value)), key, value)
             extra[key] = f
             continue
         stem, unit = _split_unit(key, AMPLITUDE_UNITS)
@@ -265,14 +272,14 @@ def from_dict(data):
             continue
         if key == "burst_pulses":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ParamFileError("burst_pulses = %r: expected a non-negative integer (0 = no bursts)" % (value,),
+                raise ParamFileError("burst_pulses = %s: expected a non-negative integer (0 = no bursts)" % _short(value),
                                      key, value)
             put("burst_pulses", value, key)
             continue
         if key in ("polarity", "trigger"):
             names = P.POLARITY_NAMES if key == "polarity" else P.TRIGGER_NAMES
             if not isinstance(value, str) or value.lower() not in names:
-                raise ParamFileError("%s = %r: allowed values are %s" % (key, value, ", ".join('"%s"' % n for n in names)),
+                raise ParamFileError("%s = %s: allowed values are %s" % (key, _short(value), ", ".join('"%s"' % n for n in names)),
                                      key, value)
             put(key, names.index(value.lower()), key)
             continue
@@ -296,10 +303,11 @@ def _resolve_period(params, keys, times, extra):
     if "frequency_hz" in extra:
         given.append(("frequency_hz", "frequency"))
     if len(given) > 1:
-        raise ParamFileError("%s conflict: give exactly one of frequency_hz, period_us or interpulse_us"
-                             % " and ".join(k for k, _ in given), given[1][0])
+        raise ParamFileError("%s = (also given): %s conflict: give exactly one of frequency_hz, period_us or "
+                             "interpulse_us" % (given[1][0], " and ".join(k for k, _ in given)), given[1][0])
     if not given:
-        raise ParamFileError("the pulse rate is missing: give exactly one of frequency_hz, period_us or interpulse_us")
+        raise ParamFileError("frequency_hz = (missing): the pulse rate is missing: give exactly one of frequency_hz, "
+                             "period_us or interpulse_us", "frequency_hz")
     key, stem = given[0]
     if stem == "frequency":
         period = Fraction(1000000000) / extra["frequency_hz"]
@@ -324,23 +332,25 @@ def _resolve_bursts(params, keys, times, extra):
                                  keys["period_ns"], 0)
         n = duration / period
         if abs(n - round(n)) * period > 1:
-            raise ParamFileError("%s = %s µs is not a whole number of periods (%s µs each)"
+            raise ParamFileError("%s = %s µs: is not a whole number of periods (%s µs each)"
                                  % (key, _fmt_num(duration / 1000), _fmt_num(Fraction(period, 1000))), key,
                                  _fmt_num(duration / TIME_UNITS[key.rsplit("_", 1)[1]]))
         n = round(n)
         if "burst_pulses" in params and params["burst_pulses"] != n:
-            raise ParamFileError("%s gives %d pulses per burst but burst_pulses = %d: give only one of them"
+            raise ParamFileError("%s = (%d pulses per burst): conflicts with burst_pulses = %d: give only one of them"
                                  % (key, n, params["burst_pulses"]), key)
         params["burst_pulses"] = n
         keys.setdefault("burst_pulses", key)
     if "burst_frequency_hz" not in extra:
         return
     if "interburst" in times:
-        raise ParamFileError("%s and burst_frequency_hz conflict: give only one of them" % times["interburst"][0],
+        raise ParamFileError("burst_frequency_hz = %s: conflicts with %s: give only one of them"
+                             % (_fmt_num(extra["burst_frequency_hz"]), times["interburst"][0]),
                              "burst_frequency_hz", _fmt_num(extra["burst_frequency_hz"]))
     n = params.get("burst_pulses", 0)
     if n < 1:
-        raise ParamFileError("burst_frequency_hz needs burst_pulses >= 1 (or burst_duration_*)", "burst_pulses", n)
+        raise ParamFileError("burst_pulses = %d: burst_frequency_hz needs burst_pulses >= 1 (or burst_duration_*)" % n,
+                             "burst_pulses", n)
     cycle = Fraction(1000000000) / extra["burst_frequency_hz"]
     gap = cycle - n * period
     if gap < 0:

@@ -37,6 +37,10 @@ WRITE_CHUNK_SAMPLES = 1 << 22  # samples per logic-1-<k> member when writing
 _DTYPES = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
+class SigrokError(RuntimeError):
+    """sigrok-cli failed or timed out (the analyzer link: exit 1 in the CLI). One line."""
+
+
 # ------------------------------------------------------------------------------------------ read .sr
 def _chunk_names(zf: zipfile.ZipFile, capturefile: str) -> list[str]:
     names = set(zf.namelist())
@@ -293,9 +297,13 @@ def capture(driver: str, samplerate: float | str, samples: int | str | Path | No
         raise FileNotFoundError(f"{cmd[0]} not found: install sigrok-cli (Debian: apt install sigrok-cli)")
     if os.path.exists(out_path):
         os.remove(out_path)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise SigrokError(f"sigrok-cli did not finish within {timeout_s:g} s: {' '.join(cmd)}") from None
     if proc.returncode != 0 or not os.path.exists(out_path):
-        raise RuntimeError(f"sigrok-cli failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.strip()}")
+        why = (proc.stderr.strip().splitlines() or ["no capture file written"])[-1]
+        raise SigrokError(f"sigrok-cli failed ({proc.returncode}): {why} (command: {' '.join(cmd)})")
     return read_capture(out_path)
 
 
