@@ -99,8 +99,11 @@ def pulses_of(edges, ch, first_pin):
 def check_invariants(edges, ch):
     """POS and NEG never high together; every edge list ends with all drive pins low."""
     level = {p: 0 for p in pins_of(ch)}
-    for c, p, lv in sorted(of_channel(edges, ch)):
+    ev = sorted(of_channel(edges, ch))
+    for i, (c, p, lv) in enumerate(ev):
         level[p] = lv
+        if i + 1 < len(ev) and ev[i + 1][0] == c:
+            continue  # the pins written in one PIO cycle change together
         assert not (level[board.CH_POS[ch]] and level[board.CH_NEG[ch]]), "POS and NEG high together at %d" % c
     assert all(v == 0 for v in level.values()), "channel %d ends with a pin high: %r" % (ch, level)
 
@@ -311,12 +314,7 @@ def test_trigger_start_equals_sim_hal_plus_the_input_synchroniser(bus):
     assert got and got == [(c + 2, p, lv) for c, p, lv in want]
 
 
-_ITEM9 = pytest.mark.xfail(strict=True, reason="issue 10 item 9: stop() cuts channel k's chain only after "
-                           "nulling the rings of channels < k (~256 stores each): later channels let 2+ pulses out")
-
-
-@pytest.mark.parametrize("mask,stop_us", [(0b0001, 437), pytest.param(0b0110, 611, marks=_ITEM9),
-                                          pytest.param(0b1111, 1203, marks=_ITEM9)])
+@pytest.mark.parametrize("mask,stop_us", [(0b0001, 437), (0b0110, 611), (0b1111, 1203)])
 def test_stop_ends_at_a_pulse_boundary_with_at_most_one_queued_pulse(bus, mask, stop_us):
     hal = bus.load_hal()
     trains = trains_for(mask)  # endless
@@ -427,19 +425,48 @@ def test_stop_disarms_a_channel_waiting_for_its_trigger(bus):
     assert rb_edges(bus, 1, t0) == [], "a pulse was delivered on a trigger after STOP"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 item 1: a forced stop (restart) holds the drive pins")
-def test_forced_restart_never_holds_a_drive_pin(bus):
-    """The controller's software TRIGGER restarts an armed channel with start(); if the external edge
-    already fired, the SM is disabled mid-phase. On silicon a disabled SM holds its pins: NEG must
-    not stay high longer than its programmed phase (the forced stop must drive the pins idle)."""
+def test_a_fired_channel_is_never_restarted(bus):
+    """Issue 10 item 1: the controller's software TRIGGER after the external edge has fired must not
+    restart the channel (on silicon a disabled SM holds its pins: NEG would stay on). start() on it
+    is refused and the pulse in progress completes exactly as sim_hal plays the triggered train."""
     hal = bus.load_hal()
-    tr = train(phase1_ns=200_000, phase2_ns=200_000, period_ns=2_000_000, trigger=1)
-    hal.start([tr, None, None, None], 1, [1, 0, 0, 0])
+    tr = train(phase1_ns=200_000, phase2_ns=200_000, period_ns=2_000_000, train_duration_ns=4_000_000,
+               trigger=1)
+    trains = [tr, None, None, None]
+    hal.start(trains, 1, [1, 0, 0, 0])
     t0 = start_cycle(bus)
-    bus.drive_input(board.TRIG1_PIN, 1, t0 + 50 * US)
+    d = 50 * US
+    bus.drive_input(board.TRIG1_PIN, 1, t0 + d)
     bus.run_until(t0 + 150 * US)  # 100 us into phase 1
-    hal.start([tr, None, None, None], 1, [0, 0, 0, 0])
-    bus.run_us(3000)
+    with pytest.raises(ValueError):
+        hal.start(trains, 1, [0, 0, 0, 0])
+    run_until_idle(bus, hal, [0])
     g = rb_edges(bus, 1, t0)
-    for rise, fall in pulses_of(g, 0, board.CH_NEG[0]):
-        assert fall - rise <= tr.phase1_ticks, "NEG held high for %d cycles (phase %d)" % (fall - rise, tr.phase1_ticks)
+    check_invariants(g, 0)
+    assert g == [(c + 2, p, lv) for c, p, lv in sim_edges(trains, 1, bus.now - t0, wait=(1, 0, 0, 0), trigger_at=d)]
+    assert [f - r for r, f in pulses_of(g, 0, board.CH_NEG[0])] == [tr.phase1_ticks] * 2
+
+
+def test_safe_state_completes_every_pulse_then_halts(bus):
+    """The crash path (issue 10 item 5) at register level: safe_state() during 4 running trains lets
+    each pulse in progress complete (at most one queued pulse), then every SM is disabled with its
+    pins low and every DMA channel idle."""
+    mask = 0b1111
+    hal = bus.load_hal()
+    trains = trains_for(mask)
+    hal.start(trains, mask, [0] * 4)
+    t0 = start_cycle(bus)
+    bus.run_until(t0 + 1313 * US)
+    t_abort = bus.now - t0
+    hal.safe_state()
+    bus.run_us(500)
+    got = rb_edges(bus, mask, t0)
+    free = sim_edges(trains, mask, bus.now - t0)
+    for ch in range(4):
+        g = of_channel(got, ch)
+        check_invariants(g, ch)
+        assert g == of_channel(free, ch)[:len(g)]
+        assert len([r for r, _f in pulses_of(g, ch, first_pin(trains[ch], ch)) if r > t_abort]) <= 1
+        assert not bus.peek(board.CH_SM[ch])["enabled"]
+    busy = [bus.read32(DMA + 0x40 * c + 0x10) >> 24 & 1 for c in range(8)]
+    assert busy == [0] * 8

@@ -279,6 +279,12 @@ def _machine(bus: RegBus):
             self.id = pid
             if mode is None and pull is None and value is None:
                 return  # Pin(n): just the object (rp2 port: no init without arguments)
+            self.init(mode, pull, value)
+
+        def init(self, mode=None, pull=None, value=None):
+            """machine_pin_obj_init_helper: value first, then mode (SIO function), then the pulls
+            (unconditionally: None means no pull)."""
+            pid = self.id
             bus.spend("pin")
             if value is not None:
                 bus.write32(SIO_GPIO_OUT_SET if value else SIO_GPIO_OUT_CLR, 1 << pid, cost=None)
