@@ -147,3 +147,13 @@ def test_safe_state_waits_for_the_pulse_and_the_queued_one_then_halts():
         assert 0 < waited <= 2 * 1_250_000
         n, problems = check_pulses(hal.trace([0], start=0))
         assert not problems and n in (4, 5)
+
+
+def test_cli_names_the_crash_and_the_reset_reason(capsys):
+    from picostim import cli
+
+    ev = M.decode_event(M.encode_event(M.EV_CRASH, 0, 2_000_000, M.crash_value("MemoryError", M.STATUS)))
+    assert cli.format_event(ev) == ("t=2.000000 s crash: MemoryError in status; outputs went to the safe state, "
+                                    "nothing is configured")
+    assert M.decode_crash(M.crash_value("SomethingElse", M.CRASH_POLL)) == {"exception": "other", "where": "poll"}
+    assert M.RESET_NAMES[M.RESET_CRASH] == "crash"

@@ -271,8 +271,8 @@ def cmd_info(args):
     print("protocol version: %d" % info["protocol_version"])
     print("board id:         %s" % info["board_id"])
     print("channels:         %d" % info["channels"])
-    print("reset reason:     %s" % {0: "power-on", 1: "watchdog", 2: "soft"}.get(info["reset_reason"],
-                                                                               info["reset_reason"]))
+    reason = info["reset_reason"]
+    print("reset reason:     %s" % (M.RESET_NAMES[reason] if reason < len(M.RESET_NAMES) else reason))
     print("firmware limits:")
     for name, value in info["limits"].items():
         print("  %-24s %s" % (name, _limit_text(name, value)))
@@ -453,6 +453,11 @@ def format_status(st):
 
 
 def format_event(ev):
+    """One line per EVENT; ``t`` is seconds since the device booted."""
+    if ev["kind"] == M.EVENT_NAMES[M.EV_CRASH]:
+        why = M.decode_crash(ev["value"])
+        return "t=%.6f s crash: %s in %s; outputs went to the safe state, nothing is configured" % (
+            ev["time_us"] / 1e6, why["exception"], why["where"])
     return "t=%.6f s channel %d %s (value %d)" % (ev["time_us"] / 1e6, ev["channel"], ev["kind"], ev["value"])
 
 
