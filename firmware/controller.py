@@ -18,7 +18,7 @@ HAL contract (duck-typed; MicroPython has no abc):
     waiting(ch) -> bool           stream armed, waiting for its external trigger
     input_level(n) -> int         level of trigger input n (1 or 2), for gated trains
     pulses(ch) -> int             pulses delivered since the channel was last started
-    measure_impedance(ch) -> int  ohms from a sub-threshold test pulse
+    measure_impedance(ch) -> int | None  ohms from a sub-threshold test pulse; None: no valid reading
     phase1_samples(ch, min_interval_us) -> [(time_us, adc_code), ...]
                                   electrode readings taken during phase 1 of the pulses played since
                                   the last call (impedance.MONITOR_SAMPLE_NS into phase 1, at most one
@@ -93,7 +93,7 @@ class Controller:
         self.trains = [None] * n
         self.state = [M.ST_IDLE] * n
         self.fault = [0] * n
-        self.impedance_ohm = [0] * n
+        self.impedance_ohm = [M.OHM_UNKNOWN] * n  # no reading until a check or monitoring gives one
         self.classifier = [impedance.Classifier() for _ in range(n)]
         self.monitor_max_hz = monitor_max_hz
         self._monitor_na = [0] * n  # realised phase-1 current of the running train (0 = not monitored)
@@ -370,6 +370,9 @@ class Controller:
         readings = []
         for ch in channels:  # electrode check before any output moves
             ohm = self.hal.measure_impedance(ch)
+            if ohm is None:  # no valid reading: the check failed (unknown), it did not measure a short
+                self.impedance_ohm[ch] = M.OHM_UNKNOWN
+                _refuse(M.E_IMPEDANCE, "channel", ch, M.OHM_UNKNOWN)
             self.impedance_ohm[ch] = ohm
             cls = impedance.classify(ohm)
             if cls in (M.Z_OPEN, M.Z_SHORT):
@@ -448,8 +451,12 @@ class Controller:
         readings = []
         for ch in channels:
             ohm = self.hal.measure_impedance(ch)
+            if ohm is None:  # no valid reading: unknown, never 0 ohm
+                self.impedance_ohm[ch] = M.OHM_UNKNOWN
+                readings.append((ch, M.OHM_UNKNOWN, M.Z_UNKNOWN))
+                continue
             self.impedance_ohm[ch] = ohm
-            readings.append((ch, min(ohm, 0xFFFFFFFF), impedance.classify(ohm)))
+            readings.append((ch, min(ohm, 0xFFFFFFFE), impedance.classify(ohm)))
         return M.encode_impedance(readings)
 
     def _clear_fault(self, body):

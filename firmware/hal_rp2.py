@@ -27,12 +27,18 @@ mem32 = machine.mem32
 Pin = machine.Pin
 ticks_us = time.ticks_us
 ticks_diff = time.ticks_diff
+try:
+    ticks_add = time.ticks_add
+except AttributeError:  # CPython with the recording fakes of the tests (no wrap there)
+    def ticks_add(t, delta):
+        return t + delta
 
 _PRIME_TIMEOUT_US = 2000  # the DMA fills an 8-word FIFO in well under a microsecond
 _SIO_GPIO_IN = 0xD0000004  # SIO GPIO_IN: pad levels, including pins driven by the PIO (RP2040 §2.3.1.7)
 # Phase-1 monitoring: the main loop waits (IRQs off) at most this long for a due phase-1 reading;
 # a reading due later is taken by a later poll. Bounds the host link's added latency.
 MONITOR_WAIT_US = 400
+_REBASE_US = 1 << 26  # phase1_samples moves the origin of a long train delay on in steps of 67 s
 _LDAC_PULSE_US = 1  # MCP4822 LDAC low time >= 100 ns
 _MOV_PINS_NULL = 0xA003  # PIO `mov pins, null`: OUT pins low (safe_state, through SMx_INSTR)
 
@@ -86,13 +92,14 @@ class _Chan:
         self.final_pulses = 0
         self.buffers = []  # keep every block buffer alive while the DMA may read it
         self.pending_dac = None  # (abs entry, a, b): latch when the stream reaches that entry
-        self.last_ohm = 0
+        self.last_ohm = None  # last valid impedance reading (None: none yet)
         # phase-1 monitoring (phase1_samples): the schedule of the running train
         self.train = None
         self.t0_us = None  # ticks_us of the train's pulse-0 schedule origin (None: not anchored yet)
         self.first_bit = 0  # SIO GPIO_IN bit of the first-phase pin
         self.origin_ticks = 0  # ticks from t0_us to pulse 0's phase-1 start
-        self.mon_next = 0  # index of the next pulse that may be read
+        self.mon_next = 0  # index of the next pulse that may be read (from the current origin)
+        self.mon_base = 0  # pulses before the current origin (phase1_samples moves it by whole cycles)
         self.mon_last_us = None  # ticks_us of the last reading
 
 
@@ -284,6 +291,7 @@ class Rp2Hal:
             st.t0_us = None if wait_trigger[st.ch] else t_start
             st.origin_ticks = train.delay_ticks + 2  # delay + the entry's 2 set-up ticks
             st.mon_next = 0
+            st.mon_base = 0
             st.mon_last_us = None
 
     def replace(self, ch, train):
@@ -367,7 +375,8 @@ class Rp2Hal:
 
     # ---- contract: phase-1 monitoring ---------------------------------------------------------
     def _pulse_tick(self, train, k):
-        """Ticks from the schedule origin to the start of pulse k's phase 1."""
+        """Ticks from the schedule origin to the start of pulse k's phase 1 (k counts from the
+        origin, which phase1_samples moves forward by whole cycles, so k and the result stay small)."""
         return pulse_engine.pulse_start_ticks(train, k)
 
     def _anchor(self, st):
@@ -386,22 +395,42 @@ class Rp2Hal:
                 st.t0_us = ticks_us()
                 st.origin_ticks = 0
                 st.mon_next = 0
+                st.mon_base = 0
                 st.mon_last_us = None
                 break
             high = now
         machine.enable_irq(irq)
 
+    def _rebase(self, st, train, k):
+        """Move the schedule origin forward by the whole cycles before pulse k: t0_us by their
+        whole µs (ticks_add: wrap-safe), the remainder into origin_ticks. Keeps every tick
+        difference of phase1_samples far below the ticks_diff range (2**29 µs, ~8.9 min) and every
+        pulse offset a small int however long the train runs."""
+        n = train.pulses_per_cycle
+        c = k // n
+        if c <= 0:
+            return k
+        hz = board.SYS_CLK_HZ // 1000000
+        shift = c * train.cycle_ticks + st.origin_ticks
+        st.t0_us = ticks_add(st.t0_us, shift // hz)
+        st.origin_ticks = shift % hz
+        st.mon_base += c * n
+        return k - c * n
+
     def phase1_samples(self, ch, min_interval_us):
-        """At most one phase-1 reading per call, CPU-timed against the PIO's pulse schedule.
+        """At most one phase-1 reading per call, CPU-scheduled against the PIO's pulse schedule and
+        accepted only on hardware evidence.
 
         The schedule origin is the start's CTRL write (software start) or an observed rising edge
         (trigger, replace); pulse k's reading is due MONITOR_SAMPLE_NS after its phase-1 start
         (``pulse_engine.pulse_start_ticks`` + the train delay + the entry's 2 ticks). If the next
         due reading (at least ``min_interval_us`` after the last) is within MONITOR_WAIT_US, the CPU
-        sets the mux, waits for it with interrupts off, converts, and keeps the reading only if the
-        first-phase pin (SIO GPIO_IN) was high before and after the conversion and the conversion
-        ended inside phase 1: a mistimed reading is dropped, never misattributed. Board-only
-        (docs/HARDWARE.md)."""
+        sets the mux, waits for it with interrupts off and converts. The reading is kept only if the
+        first-phase pin (SIO GPIO_IN) was high before and after the conversion and the hardware
+        timer read after the conversion is still inside pulse k's phase 1; its time is the timer
+        read just before the conversion started (not the due time). A mistimed reading is dropped,
+        never misattributed. Phases shorter than MONITOR_MIN_PHASE_NS (the interpreter's measured
+        latency plus margin, docs/SAFETY.md) are not monitored."""
         st = self._ch[ch]
         train = st.train
         if not st.active or train is None:
@@ -413,85 +442,111 @@ class Rp2Hal:
             if st.t0_us is None:
                 return []
         hz = board.SYS_CLK_HZ // 1000000  # ticks per µs
-        lead = st.origin_ticks + pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)
+        sample_ticks = pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)
         now = ticks_us()
+        step = _REBASE_US
+        while st.origin_ticks >= step * hz and ticks_diff(now, st.t0_us) >= step:  # a long train delay
+            st.t0_us = ticks_add(st.t0_us, step)
+            st.origin_ticks -= step * hz
+        k = self._rebase(st, train, st.mon_next)
         elapsed = ticks_diff(now, st.t0_us)
-        k = st.mon_next
         due = elapsed + 1
         if st.mon_last_us is not None:
             due = max(due, ticks_diff(st.mon_last_us, st.t0_us) + min_interval_us)
         total = train.repeats * train.pulses_per_cycle  # 0: until stopped
+        lead = st.origin_ticks + sample_ticks
         while (self._pulse_tick(train, k) + lead) // hz < due:
             k += 1
-            if total and k >= total:
+            if total and k + st.mon_base >= total:
                 return []
-        wait = (self._pulse_tick(train, k) + lead) // hz - elapsed
+        start_ticks = self._pulse_tick(train, k) + st.origin_ticks  # pulse k's phase-1 start
+        wait = (start_ticks + sample_ticks) // hz - elapsed
         if wait > MONITOR_WAIT_US:
             return []
         sel = board.CH_ADC_MUX[ch]
         self._mux[0].value(sel & 1)
         self._mux[1].value(sel >> 1 & 1)
-        t_k = st.t0_us + (self._pulse_tick(train, k) + lead) // hz
-        window_us = (train.phase1_ticks - pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)) // hz
+        t_k = ticks_add(st.t0_us, (start_ticks + sample_ticks) // hz)
+        p_start = ticks_add(st.t0_us, start_ticks // hz)
+        phase_us = train.phase1_ticks // hz - 1  # the µs timer's granularity
+        bit = st.first_bit
+        adc = self._adc
         irq = machine.disable_irq()
         while ticks_diff(ticks_us(), t_k) < 0:
             pass
-        before = mem32[_SIO_GPIO_IN] & st.first_bit
-        raw = self._adc.read_u16()
-        after = mem32[_SIO_GPIO_IN] & st.first_bit
-        late = ticks_diff(ticks_us(), t_k)
+        before = mem32[_SIO_GPIO_IN] & bit
+        t_b = ticks_us()
+        raw = adc.read_u16()
+        t_a = ticks_us()
+        after = mem32[_SIO_GPIO_IN] & bit
         machine.enable_irq(irq)
         st.mon_next = k + 1
-        if not (before and after and late < window_us):
+        if not (before and after and ticks_diff(t_a, p_start) < phase_us):
             return []
-        st.mon_last_us = t_k
-        return [(t_k, raw >> (16 - board.ADC_BITS))]
+        st.mon_last_us = t_k  # the rate cap counts scheduled times (jitter cannot skip a pulse)
+        return [(t_b, raw >> (16 - board.ADC_BITS))]
 
     # ---- contract: impedance -------------------------------------------------------------------
     def measure_impedance(self, ch):
         """Sub-threshold, charge-balanced test pulse through the channel's own PIO/DAC path:
-        TEST_CURRENT_UA cathodic for TEST_PULSE_NS, then the same anodic, the ADC (through the mux)
-        sampled TEST_SAMPLE_NS into phase 1. A running channel returns its last reading."""
+        TEST_CURRENT_UA cathodic for TEST_PULSE_NS, DEAD_TIME_NS idle, the same anodic; the ADC
+        (through the mux) converts once in phase 1, at least TEST_SAMPLE_NS after its start.
+
+        Returns the ohms, or None when no try produced a valid reading (never a made-up 0). A
+        reading is valid only on hardware evidence: the hardware µs timer read before the state
+        machine's start and after the conversion brackets the conversion inside phase 1 (the SM
+        starts between the timer reads around the CTRL write; the conversion starts after the read
+        before read_u16 and has ended before the read after it). TEST_PULSE_NS is long enough for
+        the interpreter's measured latency on the M0+ with margin (docs/SAFETY.md). A running
+        channel returns its last valid reading (None before the first)."""
         st = self._ch[ch]
         if st.active:
             return st.last_ohm
         code = pulse_engine.dac_code(impedance.TEST_CURRENT_UA)
         current_ua = pulse_engine.code_to_na(code) // 1000
         ph = pulse_engine.ns_to_ticks(impedance.TEST_PULSE_NS)
-        words = array("I", [pulse_engine.make_word(ph, pulse_engine.NEG), pulse_engine.make_word(ph, pulse_engine.POS),
+        words = array("I", [pulse_engine.make_word(ph, pulse_engine.NEG),
+                            pulse_engine.make_word(pulse_engine.DEAD_TICKS, pulse_engine.IDLE),
+                            pulse_engine.make_word(ph, pulse_engine.POS),
                             pulse_engine.make_word(pulse_engine.MIN_SEGMENT_TICKS, pulse_engine.IDLE)])
         sel = board.CH_ADC_MUX[ch]
         self._mux[0].value(sel & 1)
         self._mux[1].value(sel >> 1 & 1)
         time.sleep_us((board.ADC_MUX_SETTLE_NS + 999) // 1000)
         self._dac_set(ch, code, code)
-        sample_us = impedance.TEST_SAMPLE_NS // 1000
+        settle_us = impedance.TEST_SAMPLE_NS // 1000 + 1  # +1: the µs timer's granularity
         phase_us = impedance.TEST_PULSE_NS // 1000
+        ctrl = dma_chain.pio_ctrl_set(st.pio)  # >= 2**30: built before interrupts go off
+        start = dma_chain.ctrl_start_value(1 << st.sm_id)
+        adc = self._adc
         raw = -1
-        for _ in range(3):  # retry if the CPU was late and the conversion left phase 1
+        for _ in range(impedance.TEST_TRIES):  # retry if an interrupt-free window was still too late
             self._abort(st)
             self._init_sm(st, board.TRIG1_PIN)
             self._set_pc(st, pio.SEGMENT_ENTRY)
             st.sm.put(words)
             irq = machine.disable_irq()
-            mem32[dma_chain.pio_ctrl_set(st.pio)] = dma_chain.ctrl_start_value(1 << st.sm_id)
-            t0 = ticks_us()
-            while ticks_diff(ticks_us(), t0) < sample_us:
+            t_cb = ticks_us()
+            mem32[ctrl] = start
+            t_ca = ticks_us()
+            while ticks_diff(ticks_us(), t_ca) < settle_us:
                 pass
-            v = self._adc.read_u16()
-            late = ticks_diff(ticks_us(), t0) >= phase_us
+            t_b = ticks_us()
+            v = adc.read_u16()
+            t_a = ticks_us()
             machine.enable_irq(irq)
+            ok = ticks_diff(t_b, t_ca) >= settle_us and ticks_diff(t_a, t_cb) < phase_us
             t1 = ticks_us()
             while self._tx_level(st) and ticks_diff(ticks_us(), t1) < 10 * phase_us:
                 pass
             time.sleep_us(phase_us + 1)  # phase 2 and the idle word finish
             st.sm.active(0)
-            if not late:
+            if ok:
                 raw = v >> (16 - board.ADC_BITS)
                 break
         self._dac_shutdown(ch)
         if raw < 0:
-            return st.last_ohm
+            return None
         st.last_ohm = impedance.ohms(impedance.adc_to_electrode_uv(raw), current_ua)
         return st.last_ohm
 

@@ -19,11 +19,17 @@ HIGH_OHM = 2000
 OPEN_OHM = 4000
 CONSECUTIVE = 3  # readings that must agree before the class changes (no chatter on noise)
 
-# The test pulse: 100 µA for 50 µs is 5 nC, far below the ~100 nC a stimulation pulse carries, and
-# 100 µA puts one ADC step (4 mV at the electrode, see board.py) at 40 Ω of resolution.
+# The test pulse: 100 µA for 200 µs is 20 nC per phase, well below the ~100 nC a stimulation pulse
+# carries, and 100 µA puts one ADC step (4 mV at the electrode, see board.py) at 40 Ω of resolution.
+# Its length comes from the interpreter, measured on the emulated Cortex-M0+ (official MicroPython
+# v1.22.0 rp2 image in rp2040js, docs/SAFETY.md "Impedance test timing"): the interrupts-off path
+# from the state machine's start to the end of the conversion takes TEST_LATENCY_US; the phase
+# holds that TEST_MARGIN times over. A try whose conversion left phase 1 anyway is retried, and
+# a measurement without any valid try is reported as unknown, never as a reading.
 TEST_CURRENT_UA = 100
-TEST_PULSE_NS = 50000
-TEST_SAMPLE_NS = 40000  # ADC conversion started 40 µs into the test phase
+TEST_PULSE_NS = 200000
+TEST_SAMPLE_NS = 20000  # earliest conversion start after the phase-1 start (front-end settling)
+TEST_TRIES = 3
 _ADC_MAX = (1 << board.ADC_BITS) - 1
 
 # ---- monitoring during stimulation ------------------------------------------------------------

@@ -108,6 +108,9 @@ Z_OPEN = 2
 Z_SHORT = 3
 Z_UNKNOWN = 4
 Z_NAMES = ("ok", "high", "open", "short", "unknown")
+# Ohms field (u32) of IMPEDANCE, STATUS and the E_IMPEDANCE NACK when there is no valid reading (the
+# check never ran, or its test pulse could not be sampled inside its phase): never reported as 0 Ω.
+OHM_UNKNOWN = 0xFFFFFFFF
 
 # Counters reported by STATUS, in wire order.
 COUNTER_NAMES = ("rx_frames", "crc_errors", "frames_dropped", "nacks", "duplicates", "events_sent", "crashes")
@@ -219,7 +222,8 @@ def decode_status(body):
     for i in range(n):
         state, fault, configured, pulses, ohm = struct.unpack(_CHAN_STATUS, body[5 + i * size:5 + (i + 1) * size])
         chans.append({"channel": i, "state": STATE_NAMES[state], "fault": EVENT_NAMES.get(fault, "none"),
-                      "configured": bool(configured), "pulses": pulses, "impedance_ohm": ohm})
+                      "configured": bool(configured), "pulses": pulses,
+                      "impedance_ohm": None if ohm == OHM_UNKNOWN else ohm})
     counters = struct.unpack("<" + "I" * len(COUNTER_NAMES), body[5 + n * size:])
     return {"uptime_ms": uptime_ms, "channels": chans, "counters": dict(zip(COUNTER_NAMES, counters))}
 
@@ -236,7 +240,7 @@ def decode_impedance(body):
     out = []
     for i in range(body[0]):
         ch, ohm, cls = struct.unpack("<BIB", body[1 + 6 * i:7 + 6 * i])
-        out.append({"channel": ch, "ohms": ohm, "class": Z_NAMES[cls]})
+        out.append({"channel": ch, "ohms": None if ohm == OHM_UNKNOWN else ohm, "class": Z_NAMES[cls]})
     return out
 
 

@@ -385,8 +385,9 @@ def test_impedance_test_pulse_is_balanced_and_through_the_pio(hal):
     ohm = h.measure_impedance(2)
     put = [e for e in hw.log if e[0] == "sm_put"]
     assert len(put) == 1 and put[0][1] == 2
-    (t1, p1), (t2, p2), (_, p3) = [pe.decode_word(w) for w in put[0][2]]
+    (t1, p1), (td, pd), (t2, p2), (_, p3) = [pe.decode_word(w) for w in put[0][2]]
     assert t1 == t2 and {p1, p2} == {pe.POS, pe.NEG} and p3 == pe.IDLE
+    assert pd == pe.IDLE and td == pe.DEAD_TICKS  # the board's dead time between the two directions
     code = pe.dac_code(100)
     spi = [e[1] for e in hw.log if e[0] == "spi"]
     assert spi[:2] == [dc.dac_word(False, code).to_bytes(2, "big"), dc.dac_word(True, code).to_bytes(2, "big")]

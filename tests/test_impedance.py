@@ -304,9 +304,11 @@ def test_board_hal_reads_phase1_on_the_schedule_and_checks_the_pin(board_hal):
     got = h.phase1_samples(0, 0)
     assert len(got) == 1
     t_k, code = got[0]
-    # pulse k's reading: schedule origin + 2 entry ticks + k periods + MONITOR_SAMPLE_NS
+    # pulse k's reading is due at schedule origin + 2 entry ticks + k periods + MONITOR_SAMPLE_NS; its
+    # time is the hardware timer read just before the conversion (the fake clock: 3 µs per read)
     k = (t_k - t0 - 10) // 1000
-    assert t_k == t0 + (2 + k * train.period_ticks + pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)) // 125
+    due = t0 + (2 + k * train.period_ticks + pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)) // 125
+    assert due <= t_k <= due + 12
     assert code == 1000  # the fake ADC
     mux = [e for e in hw.log if e[0] == "pin_value" and e[1] in board.ADC_MUX_SEL_PINS][-2:]
     assert [e[2] for e in mux] == [board.CH_ADC_MUX[0] & 1, board.CH_ADC_MUX[0] >> 1 & 1]
@@ -314,7 +316,7 @@ def test_board_hal_reads_phase1_on_the_schedule_and_checks_the_pin(board_hal):
     assert h.phase1_samples(0, 5000) == []
     clock[0] = t_k + 5000 - mod.MONITOR_WAIT_US // 2
     nxt = h.phase1_samples(0, 5000)
-    assert len(nxt) == 1 and nxt[0][0] - t_k >= 5000
+    assert len(nxt) == 1 and nxt[0][0] - t_k >= 5000 - 12  # the cap spaces due times; reported: sample times
     # pin low at the due time (mistimed, or the stream already stopped): the reading is dropped
     hw.regs[mod._SIO_GPIO_IN] = 0
     clock[0] = nxt[0][0] + 1000 - 50

@@ -384,7 +384,8 @@ def test_status_round_trip(uptime, chans, counters):
     d = M.decode_status(body)
     assert d["uptime_ms"] == uptime and d["counters"] == counters
     assert d["channels"] == [{"channel": i, "state": M.STATE_NAMES[s], "fault": M.EVENT_NAMES.get(f, "none"),
-                              "configured": bool(c), "pulses": n, "impedance_ohm": z}
+                              "configured": bool(c), "pulses": n,
+                              "impedance_ohm": None if z == M.OHM_UNKNOWN else z}
                              for i, (s, f, c, n, z) in enumerate(chans)]
 
 
@@ -393,7 +394,8 @@ def test_status_round_trip(uptime, chans, counters):
                 max_size=8))
 def test_impedance_round_trip(readings):
     d = M.decode_impedance(M.encode_impedance(readings))
-    assert d == [{"channel": c, "ohms": o, "class": M.Z_NAMES[z]} for c, o, z in readings]
+    assert d == [{"channel": c, "ohms": None if o == M.OHM_UNKNOWN else o, "class": M.Z_NAMES[z]}
+                 for c, o, z in readings]
 
 
 def test_frames_carry_every_message_type():

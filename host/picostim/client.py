@@ -72,7 +72,11 @@ def describe_nack(nack, request=None):
         detail = "%s = %s cannot change while the channel is %s: stop it first" % (
             paramfile.user_name(field), paramfile.user_value(field, nack["value"]), state)
     elif code == M.E_IMPEDANCE and field == "channel":
-        detail = "channel %d: %s (%d ohm)" % (nack["value"], nack["error"], nack["limit"])
+        if nack["limit"] == M.OHM_UNKNOWN:
+            detail = "channel %d: %s (no valid reading: the test pulse could not be sampled inside its phase)" % (
+                nack["value"], nack["error"])
+        else:
+            detail = "channel %d: %s (%d ohm)" % (nack["value"], nack["error"], nack["limit"])
     elif code == M.E_BAD_VERSION:
         detail = "%s (sent %d, device speaks %d)" % (nack["error"], nack["value"], nack["limit"])
     elif field:

@@ -362,3 +362,114 @@ class WholeChip:
     def set_input(self, pin: int, level: int | None) -> None:
         """Drive an input pin from outside (0/1), or release it (None)."""
         self._send("I", bytes([pin, 2 if level is None else int(bool(level))]))
+
+
+# ---- picostim run on the whole chip ----------------------------------------------------------------
+def pin_names(channels) -> dict[int, str]:
+    """Capture names of the pins of ``channels`` (as the CPython virtual Pico names them) + triggers."""
+    from firmware import board
+
+    names = {board.TRIG1_PIN: "TRIG1", board.TRIG2_PIN: "TRIG2"}
+    for ch in channels:
+        suffix = "" if ch == 0 else "_%d" % ch
+        names.update({board.CH_POS[ch]: "POS" + suffix, board.CH_NEG[ch]: "NEG" + suffix,
+                      board.CH_RECOVERY[ch]: "RECOVERY" + suffix})
+        if ch == board.SYNC_CHANNEL:
+            names[board.SYNC_PIN] = "SYNC"
+    return names
+
+
+def trace_from_record(start: dict, rec: dict, names: dict[int, str], t0: int, end: int | None = None):
+    """A :class:`~picostim.capture.trace.Trace` (one sample per PIO cycle) of the recorded pins from
+    cycle ``t0`` (e.g. the SM enable of a start) to ``end`` (default: when recording stopped)."""
+    import numpy as np
+
+    from picostim.capture.trace import Channel, Trace
+
+    end = int(rec["cycle"] if end is None else end)
+    level = {p: lv for p, lv in start["levels"]}
+    per_pin: dict[int, list[int]] = {p: [] for p in names}
+    for cyc, pin, lv in rec["edges"]:
+        if pin not in per_pin:
+            continue
+        if lv == level[pin]:
+            continue  # a listener call without a level change (e.g. a direction change)
+        level[pin] = lv
+        per_pin[pin].append(int(cyc))
+    chans = {}
+    initial = {p: lv for p, lv in start["levels"]}
+    for pin, name in names.items():
+        e = np.asarray(per_pin[pin], dtype=np.int64)
+        before = int(np.searchsorted(e, t0, side="right"))
+        hi = int(np.searchsorted(e, end, side="left"))
+        init = initial.get(pin, 0) ^ (before & 1)
+        chans[name] = Channel(init, e[before:hi] - t0)
+    return Trace(CLOCK_HZ, end - t0, chans)
+
+
+def sm_runs(rec: dict, ch: int) -> list[tuple[int, int]]:
+    """(enable cycle, disable cycle) of every stretch in which channel ``ch``'s state machine ran,
+    from the PIO CTRL writes (the last one ends when recording stopped)."""
+    from firmware import board
+
+    runs, since = [], None
+    for cyc, pio, mask in rec["smEnables"]:
+        if pio != board.CH_PIO[ch]:
+            continue
+        on = mask >> board.CH_SM[ch] & 1
+        if on and since is None:
+            since = int(cyc)
+        elif not on and since is not None:
+            runs.append((since, int(cyc)))
+            since = None
+    if since is not None:
+        runs.append((since, int(rec["cycle"])))
+    return runs
+
+
+def sm_start_cycle(rec: dict, after: float, ch: int) -> int | None:
+    """Cycle at which the train of channel ``ch`` started: the SM enable after ``after`` that ran
+    longest (START first runs the electrode check's short test pulse on the same state machine)."""
+    runs = [r for r in sm_runs(rec, ch) if r[0] >= after]
+    if not runs:
+        return None
+    return max(runs, key=lambda r: r[1] - r[0])[0]
+
+
+def run(wc: WholeChip, client, params: dict, duration_s: float, *, channel: int = 0, capture=None,
+        plot_png=None):
+    """``picostim --virtual=rp2040 run``: upload, start, let the emulated chip run ``duration_s``
+    emulated seconds, stop (the running pulse completes), drain, and check the recorded pin edges of
+    the emulated PIO (cycle-exact) with the same analyzer as every capture."""
+    from picostim import runner
+
+    mask = 1 << channel
+    resp = client.set_params(channel, params)
+    names = pin_names([channel])
+    start = wc.record(names)
+    client.start(mask)
+    wc.wait_cycles(int(duration_s * CLOCK_HZ))
+    client.stop(mask)
+    # the pulse in progress and at most one queued pulse still play: poll until the channel is idle
+    tail = int(2 * runner.cycle_ns(params) * CLOCK_HZ // 1_000_000_000) + CLOCK_HZ // 100
+    deadline = wc.cycle() + tail
+    while wc.cycle() < deadline:
+        st = client.status()["channels"][channel]["state"]
+        if st == "idle":
+            break
+    wc.wait_cycles(CLOCK_HZ // 1000)
+    events = client.events(timeout=0.05)
+    rec = wc.recorded()
+    t0 = sm_start_cycle(rec, start["cycle"], channel)
+    if t0 is None:
+        raise WholeChipError("the emulated PIO never started channel %d's state machine" % channel)
+    trace = trace_from_record(start, rec, names, t0)
+    fault_sample = None
+    for f in runner.faults_from_events(events):
+        if f["channel"] == channel:
+            fault_sample = max(0, round(f["time_s"] * CLOCK_HZ) - t0)  # device µs are emulated µs since reset
+            break
+    result = runner._finish(params, resp["realised"], trace, events, capture, plot_png, channel, duration_s,
+                            fault_sample)
+    result.wholechip = {"start_cycle": t0, "edges": len(rec["edges"]), "end_cycle": int(rec["cycle"])}
+    return result
