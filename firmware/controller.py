@@ -13,7 +13,14 @@ HAL contract (duck-typed; MicroPython has no abc):
                                   load each masked channel's Train and start all of them on the
                                   same PIO cycle; wait_trigger[ch] = 0 (start now) or trigger input 1/2
     replace(ch, train)            double-buffered: switch to ``train`` at the next pulse boundary
-    stop(mask)                    end each masked stream at the next pulse boundary (never mid-pulse)
+    stop(mask)                    end each masked channel in every state: one waiting for its
+                                  trigger is disarmed at once (it never fires); a running stream ends
+                                  at the next pulse boundary (never mid-pulse, at most one queued
+                                  pulse follows)
+    disarm(mask) -> fired_mask    atomically make each masked trigger-waiting channel unable to fire;
+                                  one that had not fired is stopped at once (no pulse, pins idle);
+                                  returns the masked channels whose train is running (fired already,
+                                  or started without a trigger): left running, never restarted
     running(ch) -> bool           stream still producing (or waiting for its trigger)
     waiting(ch) -> bool           stream armed, waiting for its external trigger
     input_level(n) -> int         level of trigger input n (1 or 2), for gated trains
@@ -198,7 +205,9 @@ class Controller:
         self._uptime.update()  # at least once per 2**30 µs: counts the tick wraps
         for ch in range(self.hal.channels):
             st = self.state[ch]
-            if st == M.ST_ARMED and not self.hal.waiting(ch):
+            if st == M.ST_ARMED and not self.hal.waiting(ch) and (self.hal.running(ch) or self.hal.pulses(ch)):
+                # fired (a channel disarmed by a stop before its trigger is neither running nor
+                # has pulses: it only reports train_done below)
                 self.state[ch] = st = M.ST_RUNNING
                 self.emit(M.EV_TRIGGER_SEEN, ch)
             if st == M.ST_RUNNING and self._monitor_na[ch] and self._monitor(ch):
@@ -408,13 +417,26 @@ class Controller:
         return self._launch(channels, False, readings)
 
     def _trigger(self, body):
-        """Software trigger: start the masked channels now, whatever their trigger source."""
+        """Software trigger: start the masked channels now, whatever their trigger source. An armed
+        channel is disarmed atomically first (hal.disarm); one whose external edge has already
+        started its train keeps that train (it is never restarted: that would cut the pulse in
+        progress): it is reported running with a trigger_seen EVENT, and the TRIGGER is acknowledged."""
         channels = self._mask(body)
         readings = self._check_startable(channels, armed_ok=True)  # refuses before anything moves
         armed = [ch for ch in channels if self.state[ch] == M.ST_ARMED]
-        if armed:
-            self.hal.stop(self._bits(armed))  # they wait on the trigger pin: nothing is mid-pulse
-        return self._launch(channels, True, readings)
+        fired = self.hal.disarm(self._bits(armed)) if armed else 0
+        go = []
+        go_readings = []
+        for ch, ohm in zip(channels, readings):
+            if fired >> ch & 1:
+                self.state[ch] = M.ST_RUNNING
+                self.emit(M.EV_TRIGGER_SEEN, ch)
+            else:
+                go.append(ch)
+                go_readings.append(ohm)
+        if go:
+            self._launch(go, True, go_readings)
+        return b""
 
     def _stop(self, body):
         channels = self._mask(body)

@@ -67,9 +67,17 @@ PIO_FLEVEL = 0x00C  # TXn level at bits 8n+3..8n (4 bits, 0..8 with a joined FIF
 PIO_TXF0 = 0x010  # TXFn at 0x010 + 4n
 PIO_SM0_ADDR = 0x0D4  # current PC (5 bits); SMn at + 0x18 n
 PIO_SM0_INSTR = 0x0D8  # write: execute this instruction now (also on a disabled SM)
+PIO_SM0_PINCTRL = 0x0DC  # OUT_BASE 4:0, SET_BASE 9:5, SIDESET_BASE 14:10, IN_BASE 19:15, counts above
 PIO_SM_STRIDE = 0x18
+PINCTRL_IN_BASE_SHIFT = 15
+PINCTRL_IN_BASE_MASK = 0x1F << PINCTRL_IN_BASE_SHIFT
 # Atomic register aliases (2.1.2): +0x1000 XOR, +0x2000 SET, +0x3000 CLR
 REG_ALIAS_SET = 0x2000
+REG_ALIAS_CLR = 0x3000
+# `mov pins, null` (3.4.8: MOV, destination PINS = 000, op none, source NULL = 011): all OUT pins low.
+# Written to SMx_INSTR it executes at once, also on a disabled SM: the forced-stop path's pin reset
+# (a disabled SM holds its pins at whatever it last drove).
+MOV_PINS_NULL = 0xA003
 
 # ---- watchdog / misc ----
 WDT_TIMEOUT_MS = 2000  # see docs/HARDWARE.md: 2 s covers the slowest legal main-loop step
@@ -77,6 +85,8 @@ RING_BITS = 10  # control ring = 2**RING_BITS bytes = 256 entries (RING_LEN grou
 RING_LEN = (1 << RING_BITS) // 4
 RING_MARGIN = 16  # slots kept behind the DMA (their pulse counts are still read) -- >= 8 words + 2
 FIFO_DEPTH = 8  # TX FIFO joined
+# Entries a replace writes with interrupts off (Feeder.commit_replace); fill() tops up the rest.
+REPLACE_RUN = 32
 
 
 def pio_base(pio_id):
@@ -103,6 +113,20 @@ def pio_txf(pio_id, sm):
 def pio_ctrl_set(pio_id):
     """Set-alias of PIO CTRL: one write ORs bits in without a read-modify-write."""
     return pio_base(pio_id) + PIO_CTRL + REG_ALIAS_SET
+
+
+def pio_ctrl_clr(pio_id):
+    """Clear-alias of PIO CTRL: one write clears SM_ENABLE bits of the given SMs only."""
+    return pio_base(pio_id) + PIO_CTRL + REG_ALIAS_CLR
+
+
+def pio_sm_pinctrl_reg(pio_id, sm):
+    return pio_base(pio_id) + PIO_SM0_PINCTRL + PIO_SM_STRIDE * sm
+
+
+def pinctrl_in_base(pinctrl, pin):
+    """A PINCTRL value with IN_BASE replaced by ``pin`` (everything else kept)."""
+    return (pinctrl & ~PINCTRL_IN_BASE_MASK) | (pin & 0x1F) << PINCTRL_IN_BASE_SHIFT
 
 
 def pio_flevel(pio_id):
@@ -421,6 +445,8 @@ class Feeder:
         self.entry = 0
         self.finished = True
         self.max_tail_ticks = 0
+        self.staged = None  # type: tuple | None  # (addresses, pulses) of a prepared replace
+        self.races = 0  # replaces whose first store the DMA may have raced (commit_replace)
 
     # -- ring access
     def _put(self, i, value):
@@ -499,25 +525,80 @@ class Feeder:
             self.ring[self.base + (consumed + s) % self.ring_len] = 0
         self.finished = True
 
-    def replace(self, plan, consumed):
-        """From the entry at ``consumed`` on, play ``plan`` (its cycle; no delay). The old entries the
-        DMA has not read yet are overwritten back-to-front, so the DMA sees old entries then new ones.
-        """
+    def prepare_replace(self, plan, n=REPLACE_RUN):
+        """First half of a replace (CPU work, no ring write): take the first ``n`` entries of ``plan``
+        (its cycle; no delay) into ``staged``; fill() continues after them once committed."""
         if plan.p != self.p:
             raise ValueError("replace needs the stream's words per entry (%d)" % self.p)
-        # Pulses up to `consumed`: the cum of entry consumed-1.
-        self.pulses_total = self.cum[(consumed - 1) % self.ring_len] if consumed > 0 else 0
+        limit = self.ring_len - self.margin - 1
+        if n > limit:
+            n = limit
         self.cursor = Cursor(plan)
         self.block = None
         self.entry = 0
         self.finished = False
         if plan.tail_ticks > self.max_tail_ticks:
             self.max_tail_ticks = plan.tail_ticks
-        old_head = self.head
-        new_head = self._write_run(consumed, consumed + self.ring_len - self.margin)
-        # Old entries beyond the new run (if the new plan is shorter) must not survive: the 0 at
-        # new_head already ends the chain there, and the stale ones past it are never reached.
-        return old_head, new_head
+        vals = []  # type: list
+        dones = []  # type: list
+        while len(vals) < n:
+            e = self._next_entry()
+            if e is None:
+                self.finished = True
+                break
+            vals.append(e[0])
+            dones.append(e[1])
+        self.staged = (vals, dones)
+
+    def commit_replace(self, start, probe=None, tries=3):
+        """Second half (the HAL runs it with interrupts off): the staged entries from absolute index
+        ``start`` on, then a 0. Returns the switch point: the absolute index of the first new entry.
+
+        ``start`` is the entry after the one the control channel reads next (that one may be read at
+        any moment, so it stays old), or the head (the 0) when no old entry is queued. Slots are
+        written FRONT TO BACK, slot ``start`` first: the DMA reads slots in order, one per entry, and
+        an entry lasts much longer than one store, so once slot ``start`` holds the new entry the DMA
+        stays behind the writer (it never reads an old entry after a new one, nor a stale slot past
+        the old 0). ``probe()`` (the HAL: the control channel's READ_ADDR as an absolute index) is
+        read right after the first store: if it is already past ``start``, the DMA may have read
+        that slot before the store, so the run is written again from the entry after the one it
+        reads next (at most ``tries`` times; ``races`` counts them). The switch point is thus the
+        one the hardware reports, not an earlier estimate."""
+        staged = self.staged
+        if staged is None:
+            raise ValueError("commit_replace without prepare_replace")
+        vals, dones = staged
+        self.staged = None
+        rl = self.ring_len
+        for _ in range(tries):
+            if not vals:
+                break
+            self._put(start, vals[0])
+            if probe is None:
+                break
+            c = probe()
+            if c <= start:
+                break
+            self.races += 1
+            start = c + 1 if c < self.head else c
+        total = self.cum[(start - 1) % rl] if start > 0 else 0
+        for k in range(len(vals)):
+            total += dones[k]
+            self.cum[(start + k) % rl] = total
+            if k:
+                self._put(start + k, vals[k])
+        new_head = start + len(vals)
+        self.cum[new_head % rl] = total
+        self._put(new_head, 0)
+        self.pulses_total = total
+        self.head = new_head
+        return start
+
+    def replace(self, plan, start, probe=None):
+        """From absolute entry ``start`` on, play ``plan`` (its cycle; no delay): prepare_replace then
+        commit_replace. Returns the switch point."""
+        self.prepare_replace(plan)
+        return self.commit_replace(start, probe)
 
     def unwrap(self, last_abs, slot):
         """Absolute index from a ring slot, given a previous absolute index <= it (DMA never passes

@@ -34,6 +34,7 @@ except AttributeError:  # CPython with the recording fakes of the tests (no wrap
         return t + delta
 
 _PRIME_TIMEOUT_US = 2000  # the DMA fills an 8-word FIFO in well under a microsecond
+_ABORT_TIMEOUT_US = 1000  # CHAN_ABORT retires in-flight transfers within a few bus cycles
 _SIO_GPIO_IN = 0xD0000004  # SIO GPIO_IN: pad levels, including pins driven by the PIO (RP2040 §2.3.1.7)
 # Phase-1 monitoring: the main loop waits (IRQs off) at most this long for a due phase-1 reading;
 # a reading due later is taken by a later poll. Bounds the host link's added latency.
@@ -78,6 +79,38 @@ class _Chan:
         # DMA.channel (documented attribute, missing from the rp2 stubs): the hardware channel number.
         self.data_ch = getattr(self.data, "channel")
         self.ctl_ch = getattr(self.ctl, "channel")
+        # Register addresses (>= 2**30: heap ints on the board) and control words, computed once here
+        # so that no hot or interrupts-off path builds one (docs/HARDWARE.md).
+        d, c, pio_id, sm = self.data_ch, self.ctl_ch, self.pio, self.sm_id
+        self.r_pc = dma_chain.pio_sm_addr_reg(pio_id, sm)
+        self.r_instr = dma_chain.pio_sm_instr_reg(pio_id, sm)
+        self.r_pinctrl = dma_chain.pio_sm_pinctrl_reg(pio_id, sm)
+        self.r_flevel = dma_chain.pio_flevel(pio_id)
+        self.r_ctrl_set = dma_chain.pio_ctrl_set(pio_id)
+        self.r_ctrl_clr = dma_chain.pio_ctrl_clr(pio_id)
+        self.r_txf = dma_chain.pio_txf(pio_id, sm)
+        self.r_d_write = dma_chain.dma_reg(d, dma_chain.DMA_WRITE_ADDR)
+        self.r_d_count = dma_chain.dma_reg(d, dma_chain.DMA_TRANS_COUNT)
+        self.r_d_ctrl = dma_chain.dma_reg(d, dma_chain.DMA_AL1_CTRL)
+        self.r_d_trig = dma_chain.dma_reg(d, dma_chain.DMA_AL3_READ_ADDR_TRIG)
+        self.r_c_read = dma_chain.dma_reg(c, dma_chain.DMA_READ_ADDR)
+        self.r_c_write = dma_chain.dma_reg(c, dma_chain.DMA_WRITE_ADDR)
+        self.r_c_count = dma_chain.dma_reg(c, dma_chain.DMA_TRANS_COUNT)
+        self.r_c_ctrl = dma_chain.dma_reg(c, dma_chain.DMA_AL1_CTRL)
+        self.sm_bit = 1 << sm  # SM_ENABLE bit in PIO CTRL
+        self.dma_bits = 1 << d | 1 << c  # CHAN_ABORT / MULTI_CHAN_TRIGGER bits
+        self.d_run = dma_chain.data_ctrl(sm, c)  # chains to the control channel
+        self.d_cut = dma_chain.data_ctrl(sm, d)  # CHAIN_TO = itself: no chain (stop)
+        self.d_off = self.d_cut & ~dma_chain.CTRL_EN
+        self.c_run = dma_chain.control_ctrl(c)
+        self.c_off = self.c_run & ~dma_chain.CTRL_EN
+        # IN_BASE that can never pass `wait 1 pin 0` while the SM waits: its own POS pin (the first
+        # OUT pin; driven low by this SM until it leaves its wait). disarm() writes it.
+        self.blind_pin = board.CH_POS[ch]
+        self.pinctrl_blind = 0  # PINCTRL with IN_BASE = blind_pin, set by start()
+        self.waits = False  # started to wait for a trigger (start's wait_trigger)
+        self.cut_nonnull = -1  # >= 0 after stop() cut the chain: non-null entries it had read
+        self.retired = []  # [(switch entry, buffers)]: an old plan's buffers until the DMA is past them
         # Control ring: 2**RING_BITS bytes aligned to its size (the DMA read ring wraps on the
         # address bits), carved out of a buffer twice as large.
         self.ring_store = array("I", [0] * (2 * dma_chain.RING_LEN))
@@ -187,22 +220,33 @@ class Rp2Hal:
 
     # ---- PIO -----------------------------------------------------------------------------------
     def _init_sm(self, st, in_pin):
-        """(Re)initialise a channel's SM, disabled, FIFOs cleared, PC at the program start."""
+        """(Re)initialise a channel's SM, disabled (forced stop: pins driven idle), FIFOs cleared,
+        PC at the program start."""
         prog = self._progs[board.CH_OUT_COUNT[st.ch]]
-        st.sm.active(0)
+        self._halt(st)
         st.sm.init(prog, freq=board.SYS_CLK_HZ, out_base=Pin(board.CH_OUT_BASE[st.ch]), in_base=Pin(in_pin),
                    out_shiftdir=rp2.PIO.SHIFT_RIGHT, pull_thresh=pio.PULL_THRESHOLD)
         # sm.init leaves PC at the program's load offset (pio_sm_init jumps there).
-        st.offset = mem32[dma_chain.pio_sm_addr_reg(st.pio, st.sm_id)] & 0x1F
+        st.offset = mem32[st.r_pc] & 0x1F
+
+    def _halt(self, st):
+        """Forced stop of a channel's SM: disable it and drive its OUT pins low (``mov pins, null``
+        executed through SMx_INSTR, which works on a disabled SM) in one interrupts-off section. On
+        silicon a disabled SM holds its pins, so disabling alone could leave a drive pin on. Only
+        used on an SM that is not inside a pulse (never fired, drained, or being re-initialised)."""
+        irq = machine.disable_irq()
+        mem32[st.r_ctrl_clr] = st.sm_bit
+        mem32[st.r_instr] = dma_chain.MOV_PINS_NULL
+        machine.enable_irq(irq)
 
     def _set_pc(self, st, entry):
-        mem32[dma_chain.pio_sm_instr_reg(st.pio, st.sm_id)] = dma_chain.jmp(st.offset + entry)
+        mem32[st.r_instr] = dma_chain.jmp(st.offset + entry)
 
     def _pc(self, st):
-        return (mem32[dma_chain.pio_sm_addr_reg(st.pio, st.sm_id)] - st.offset) & 0x1F
+        return (mem32[st.r_pc] - st.offset) & 0x1F
 
     def _tx_level(self, st):
-        return dma_chain.tx_level(mem32[dma_chain.pio_flevel(st.pio)], st.sm_id)
+        return (mem32[st.r_flevel] >> (8 * st.sm_id)) & 0xF
 
     # ---- DMA -----------------------------------------------------------------------------------
     @staticmethod
@@ -212,61 +256,100 @@ class Rp2Hal:
     def _busy(self, channel):
         return mem32[dma_chain.dma_reg(channel, dma_chain.DMA_AL1_CTRL)] & dma_chain.CTRL_BUSY
 
+    @staticmethod
+    def _busy_reg(reg_ctrl):
+        """BUSY of a DMA channel from its (precomputed) AL1_CTRL address."""
+        return mem32[reg_ctrl] & dma_chain.CTRL_BUSY
+
     def _abort(self, st):
-        bits = 1 << st.data_ch | 1 << st.ctl_ch
+        """Abort both DMA channels of a channel, per RP2040 erratum E13: clear EN on both first (so
+        neither can be re-triggered by the other's chain), then CHAN_ABORT, then wait (bounded)
+        until CHAN_ABORT reads 0 and neither channel is BUSY, before anything reconfigures them."""
+        mem32[st.r_d_ctrl] = st.d_off
+        mem32[st.r_c_ctrl] = st.c_off
+        bits = st.dma_bits
         mem32[dma_chain.DMA_CHAN_ABORT] = bits
         t0 = ticks_us()
-        while mem32[dma_chain.DMA_CHAN_ABORT] & bits and ticks_diff(ticks_us(), t0) < 1000:
+        while (mem32[dma_chain.DMA_CHAN_ABORT] & bits or mem32[st.r_d_ctrl] & dma_chain.CTRL_BUSY
+               or mem32[st.r_c_ctrl] & dma_chain.CTRL_BUSY) and ticks_diff(ticks_us(), t0) < _ABORT_TIMEOUT_US:
             pass
 
     def _consumed(self, st):
         """Absolute index of the next ring entry the control channel will read."""
-        ra = mem32[dma_chain.dma_reg(st.ctl_ch, dma_chain.DMA_READ_ADDR)]
+        ra = mem32[st.r_c_read]
         slot = ((ra - st.ring_addr) >> 2) & (dma_chain.RING_LEN - 1)
         st.last_abs = st.feeder.unwrap(st.last_abs, slot)
         return st.last_abs
 
-    def _buffers(self, st, plan):
+    def _buffers(self, plan):
+        bufs = []
         for b in plan.blocks:
             b.buf = array("I", b.words)
             b.addr = uctypes.addressof(b.buf)
-            st.buffers.append(b.buf)
+            bufs.append(b.buf)
+        return bufs
+
+    def _release(self, st, consumed):
+        """Drop retired buffers the DMA can no longer read: the control channel has read the switch
+        entry (consumed > switch), so the data channel has finished every entry before it."""
+        keep = []
+        for sw, bufs in st.retired:
+            if consumed <= sw:
+                keep.append((sw, bufs))
+        st.retired = keep
 
     def _configure_dma(self, st):
-        d, c = st.data_ch, st.ctl_ch
-        mem32[dma_chain.dma_reg(d, dma_chain.DMA_WRITE_ADDR)] = dma_chain.pio_txf(st.pio, st.sm_id)
-        mem32[dma_chain.dma_reg(d, dma_chain.DMA_TRANS_COUNT)] = st.p
-        mem32[dma_chain.dma_reg(d, dma_chain.DMA_AL1_CTRL)] = dma_chain.data_ctrl(st.sm_id, c)
-        mem32[dma_chain.dma_reg(c, dma_chain.DMA_READ_ADDR)] = st.ring_addr
-        mem32[dma_chain.dma_reg(c, dma_chain.DMA_WRITE_ADDR)] = dma_chain.dma_reg(d, dma_chain.DMA_AL3_READ_ADDR_TRIG)
-        mem32[dma_chain.dma_reg(c, dma_chain.DMA_TRANS_COUNT)] = 1
-        mem32[dma_chain.dma_reg(c, dma_chain.DMA_AL1_CTRL)] = dma_chain.control_ctrl(c)
+        mem32[st.r_d_write] = st.r_txf
+        mem32[st.r_d_count] = st.p
+        mem32[st.r_d_ctrl] = st.d_run
+        mem32[st.r_c_read] = st.ring_addr
+        mem32[st.r_c_write] = st.r_d_trig
+        mem32[st.r_c_count] = 1
+        mem32[st.r_c_ctrl] = st.c_run
+
+    def _shut(self, st):
+        """The rest of a forced stop, after _halt: DMA aborted, SM re-initialised (FIFOs cleared,
+        PC at the program start, pins low), DAC outputs off, channel inactive."""
+        self._abort(st)
+        self._init_sm(st, board.TRIG1_PIN)
+        st.active = False
+        st.waits = False
+        st.retired = []
+        self._dac_shutdown(st.ch)
 
     # ---- contract: stimulation -----------------------------------------------------------------
     def start(self, trains, mask, wait_trigger):
         """Load every masked channel, prime its FIFO, then enable all their SMs with ONE write of the
         PIO CTRL set-alias (SM_ENABLE | CLKDIV_RESTART): same PIO cycle. Precondition (the
-        controller's): the masked channels are not running."""
+        controller's): no masked channel is running; a channel still waiting for its trigger is
+        disarmed first. Refused (ValueError, before anything changes) for a channel whose train is
+        running: a started train is never restarted (it would cut the pulse in progress)."""
         chosen = [st for st in self._ch if mask >> st.ch & 1]
+        for st in chosen:
+            if st.active and (not st.waits or self.disarm(1 << st.ch)):
+                raise ValueError("channel %d is running" % st.ch)
         trig_bits = 0
         expect = {}
         for st in chosen:
             train = trains[st.ch]
-            st.sm.active(0)
+            self._halt(st)
             self._abort(st)
             plan = dma_chain.Plan(train)
             st.p = plan.p
-            st.buffers = []
-            self._buffers(st, plan)
+            st.retired = []
+            st.buffers = self._buffers(plan)
             entries = st.feeder.load(plan)
             wait = wait_trigger[st.ch]
             self._init_sm(st, board.TRIG_PINS[wait - 1] if wait else board.TRIG1_PIN)
+            st.pinctrl_blind = dma_chain.pinctrl_in_base(mem32[st.r_pinctrl], st.blind_pin)
             self._set_pc(st, train.entry if wait else pio.SEGMENT_ENTRY)
             self._configure_dma(st)
             st.last_abs = 0
             st.idle_since = None
             st.final_pulses = 0
             st.pending_dac = None
+            st.cut_nonnull = -1
+            st.waits = bool(wait)
             st.active = True
             # Amplitude before any edge: both directions' codes, latched together.
             self._dac_set(st.ch, train.dac_a, train.dac_b)
@@ -280,9 +363,9 @@ class Rp2Hal:
                 pass
         sm_mask = 0
         for st in chosen:
-            sm_mask |= 1 << st.sm_id
+            sm_mask |= st.sm_bit
         if chosen:
-            mem32[dma_chain.pio_ctrl_set(chosen[0].pio)] = dma_chain.ctrl_start_value(sm_mask)
+            mem32[chosen[0].r_ctrl_set] = dma_chain.ctrl_start_value(sm_mask)
         t_start = ticks_us()  # the CTRL write above: the software start's pulse-schedule origin
         for st in chosen:
             train = trains[st.ch]
@@ -294,7 +377,53 @@ class Rp2Hal:
             st.mon_base = 0
             st.mon_last_us = None
 
+    def disarm(self, mask):
+        """Make every masked channel that waits for its trigger unable to fire, atomically, and report
+        which had fired already. Returns the mask of masked channels whose train is running (fired,
+        or started without a trigger): those are left running, untouched. A channel that had not
+        fired is stopped at once: SM disabled with its pins driven low, DMA aborted, FIFO cleared,
+        DAC outputs off; it delivered no pulse.
+
+        One store makes the SM blind: PINCTRL with IN_BASE on the channel's own POS pin, which this
+        SM holds low while it waits, so neither `wait 0 pin 0` nor `wait 1 pin 0` can pass any more
+        (the pin's 2-flop input synchroniser has seen it low for as long as the SM has waited). The
+        PC read after that store is final: below SEGMENT_ENTRY the SM never left its wait; at or
+        above it the edge came first (at most a few cycles before the store) and the train runs."""
+        fired = 0
+        for st in self._ch:
+            if not (mask >> st.ch & 1) or not st.active:
+                continue
+            if not st.waits:
+                fired |= 1 << st.ch
+                continue
+            irq = machine.disable_irq()
+            gone = self._blind(st)
+            machine.enable_irq(irq)
+            if gone:
+                fired |= 1 << st.ch
+            else:
+                self._shut(st)
+        return fired
+
+    def _blind(self, st):
+        """disarm()'s interrupts-off part for one trigger-waiting channel (the caller holds interrupts
+        off): the PINCTRL store, the PC read and, when it never fired, the forced stop (disable +
+        ``mov pins, null``). Returns True when it had fired (its train runs)."""
+        mem32[st.r_pinctrl] = st.pinctrl_blind
+        pc = (mem32[st.r_pc] - st.offset) & 0x1F
+        st.waits = False  # either way it waits no more: fired (running) or halted
+        if pc >= pio.SEGMENT_ENTRY:
+            return True
+        mem32[st.r_ctrl_clr] = st.sm_bit
+        mem32[st.r_instr] = dma_chain.MOV_PINS_NULL
+        st.final_pulses = 0
+        return False
+
     def replace(self, ch, train):
+        """Switch a running channel to ``train`` at an entry (pulse) boundary, at most one queued entry
+        later: the staged entries are written from the entry after the one the control channel reads
+        next, with interrupts off, and the switch point is the one the hardware reports
+        (Feeder.commit_replace). The old plan's buffers are kept until the DMA is past the switch."""
         st = self._ch[ch]
         if not st.active:
             return
@@ -302,25 +431,64 @@ class Rp2Hal:
         st.first_bit = 1 << (board.CH_NEG[ch] if train.first == pulse_engine.NEG else board.CH_POS[ch])
         st.t0_us = None  # the new timing starts at an unknown pulse boundary: re-anchor on an edge
         plan = dma_chain.Plan(train, p=st.p, with_delay=False)
-        self._buffers(st, plan)
-        consumed = self._consumed(st)
-        st.feeder.replace(plan, consumed)
+        bufs = self._buffers(plan)
+        st.feeder.prepare_replace(plan)
+        feeder = st.feeder
+        irq = machine.disable_irq()
+        c = self._consumed(st)
+        start = c + 1 if c < feeder.head else c
+        switch = feeder.commit_replace(start, lambda: self._consumed(st))
+        machine.enable_irq(irq)
+        # The previous buffers stay alive until the control channel has read the switch entry; a
+        # plan that never played (replaced again at the same switch point) is dropped at once.
+        if st.retired and st.retired[-1][0] == switch:
+            pass
+        else:
+            st.retired.append((switch, st.buffers))
+        st.buffers = bufs
+        self._release(st, c)
         # The new amplitude is latched once the stream has pulled every old word (see HARDWARE.md).
-        st.pending_dac = (consumed, train.dac_a, train.dac_b)
+        st.pending_dac = (switch, train.dac_a, train.dac_b)
 
     def stop(self, mask):
-        """Null every ring entry: the group already handed to the data channel (and the words in the
-        FIFO) complete, then the chain ends on a 0 entry. Nothing is aborted mid-pulse."""
-        for st in self._ch:
-            if mask >> st.ch & 1 and st.active:
-                st.feeder.stop(self._consumed(st))
+        """End every masked channel, whatever its state. A channel waiting for its trigger is disarmed
+        at once (never fires afterwards; disarm()). A running one ends at an entry (pulse) boundary:
+        ONE store first cuts the chain (the data channel's CHAIN_TO pointed at itself through
+        AL1_CTRL), so the entry it is transferring (and a control transfer already in flight, at most
+        one entry) is the last; the words in the FIFO complete; then the ring is nulled. The decisive
+        store of every masked channel (cut or disarm) comes first, all in one interrupts-off loop,
+        before any slow work (ring nulling, DMA abort, DAC). Nothing is aborted mid-pulse; the pins
+        are never forced."""
+        halted = []
+        cut = []
+        irq = machine.disable_irq()
+        for st in self._ch:  # every masked channel's one decisive store first, all channels together
+            if not (mask >> st.ch & 1) or not st.active:
+                continue
+            if st.waits and not self._blind(st):
+                halted.append(st)
+            elif st.cut_nonnull < 0:
+                mem32[st.r_d_ctrl] = st.d_cut
+                cut.append(st)
+        machine.enable_irq(irq)
+        for st in cut:
+            consumed = self._consumed(st)  # frozen now: nothing triggers the control channel
+            # Entries the chain read that were not null: the last one read was the 0 when the
+            # stream had already ended on it.
+            last = st.ring_store[st.ring_base + (consumed - 1) % dma_chain.RING_LEN] if consumed else 0
+            st.cut_nonnull = consumed if last else (consumed - 1 if consumed else 0)
+            st.feeder.stop(consumed)
+        for st in halted:
+            self._shut(st)
 
     def _service(self, st):
         """Top up the ring and apply a deferred DAC change; returns (consumed, chain_alive)."""
         consumed = self._consumed(st)
-        alive = self._busy(st.data_ch) or self._busy(st.ctl_ch)
-        if alive:
+        alive = self._busy_reg(st.r_d_ctrl) or self._busy_reg(st.r_c_ctrl)
+        if alive and st.cut_nonnull < 0:
             st.feeder.fill(consumed)
+        if st.retired:
+            self._release(st, consumed)
         if st.pending_dac is not None:
             at, a, b = st.pending_dac
             if self._played(st, consumed, alive) >= at:
@@ -329,16 +497,19 @@ class Rp2Hal:
         return consumed, alive
 
     def _played(self, st, consumed, alive):
-        nonnull = consumed if alive or consumed == 0 else consumed - 1
-        remaining = mem32[dma_chain.dma_reg(st.data_ch, dma_chain.DMA_TRANS_COUNT)] if self._busy(st.data_ch) else 0
+        if st.cut_nonnull >= 0:
+            nonnull = st.cut_nonnull
+        else:
+            nonnull = consumed if alive or consumed == 0 else consumed - 1
+        remaining = mem32[st.r_d_count] if self._busy_reg(st.r_d_ctrl) else 0
         return dma_chain.entries_played(nonnull, st.p, remaining, self._tx_level(st))
 
     def running(self, ch):
         """True while the DMA chain is alive, the FIFO holds words, or the last (idle) word may
-        still be playing: after the chain has ended on a 0 entry and the FIFO is empty, the SM is
-        inside its last word, which is at most ``feeder.max_tail_ticks`` long; running() stays True
-        for that long after it first sees the drained state, then disables the SM and shuts the DAC
-        outputs down."""
+        still be playing: after the chain has ended (on a 0 entry or cut by stop()) and the FIFO is
+        empty, the SM is inside its last word, which is at most ``feeder.max_tail_ticks`` long;
+        running() stays True for that long after it first sees the drained state, then stops the SM
+        (forced stop: pins driven low, they already are) and shuts the DAC outputs down."""
         st = self._ch[ch]
         if not st.active:
             return False
@@ -353,8 +524,10 @@ class Rp2Hal:
         if ticks_diff(now, st.idle_since) <= dma_chain.ticks_to_us_ceil(st.feeder.max_tail_ticks):
             return True
         st.final_pulses = st.feeder.pulses_after(self._played(st, consumed, False))
-        st.sm.active(0)
+        self._halt(st)
         st.active = False
+        st.waits = False
+        st.retired = []
         self._dac_shutdown(ch)
         return False
 
@@ -364,7 +537,7 @@ class Rp2Hal:
 
     def waiting(self, ch):
         st = self._ch[ch]
-        return st.active and self._pc(st) < pio.SEGMENT_ENTRY
+        return st.active and st.waits and self._pc(st) < pio.SEGMENT_ENTRY
 
     def pulses(self, ch):
         st = self._ch[ch]

@@ -18,22 +18,35 @@ class Hw:
         self.offset = 25  # where the PIO loader put the 7-word program (top of memory)
         self.next_dma = 0
         self.addr = 0x20000104  # deliberately not 1 KB aligned
+        self.log_reads = False  # also log ("read", addr) (order-of-access tests)
+        self.on_read = None  # hook(addr) run before a read (a register model moving under the CPU)
+        # (computed once: tests may forbid the firmware to compute register addresses later)
+        self._flevel = dc.pio_flevel(0)
+        self._pc_regs = {dc.pio_sm_addr_reg(0, sm): sm for sm in range(4)}
+        self._instr_regs = {dc.pio_sm_instr_reg(0, sm): sm for sm in range(4)}
 
     # mem32
     def read(self, a):
-        if a == dc.pio_flevel(0):
+        if self.on_read is not None:
+            self.on_read(a)
+        if self.log_reads:
+            self.log.append(("read", a))
+        return self._read(a)
+
+    def _read(self, a):
+        if a == self._flevel:
             return 0x08080808  # primed FIFOs
-        for sm in range(4):
-            if a == dc.pio_sm_addr_reg(0, sm):
-                return self.regs.get(("pc", sm), self.offset)
+        sm = self._pc_regs.get(a)
+        if sm is not None:
+            return self.regs.get(("pc", sm), self.offset)
         return self.regs.get(a, 0)
 
     def write(self, a, v):
         self.log.append(("mem", a, v))
         self.regs[a] = v
-        for sm in range(4):
-            if a == dc.pio_sm_instr_reg(0, sm) and v >> 13 == 0:
-                self.regs[("pc", sm)] = v & 0x1F
+        sm = self._instr_regs.get(a)
+        if sm is not None and v >> 13 == 0:
+            self.regs[("pc", sm)] = v & 0x1F
 
     def modules(self):
         hw = self
@@ -87,8 +100,8 @@ class Hw:
         machine.reset_cause = lambda: 3
         machine.PWRON_RESET, machine.HARD_RESET, machine.WDT_RESET = 1, 2, 3
         machine.unique_id = lambda: b"\x01\x02\x03\x04\x05\x06\x07\x08"
-        machine.disable_irq = lambda: 0
-        machine.enable_irq = lambda s=0: None
+        machine.disable_irq = lambda: hw.log.append(("irq_off",)) or 0
+        machine.enable_irq = lambda s=0: hw.log.append(("irq_on",))
 
         class PIO:
             OUT_LOW, SHIFT_RIGHT, JOIN_TX = 2, 1, 1
@@ -140,22 +153,46 @@ class Hw:
         return {"machine": machine, "rp2": rp2, "uctypes": uctypes}
 
 
-def load_board_hal(monkeypatch, us_per_tick_read):
-    """Install the fakes and a fake microsecond clock (advancing ``us_per_tick_read`` per
-    ``time.ticks_us()`` call), then import firmware.hal_rp2 afresh. Returns (module, hw, clock);
-    call ``unload_board_hal()`` when done."""
+TICKS_PERIOD = 1 << 30  # the rp2 port's ticks_us() period
+
+
+def _tick(t):
+    """A value the rp2 port's ticks functions handle correctly: a small int 0..2**30-1 (else, on the
+    board, garbage without an exception; here an error)."""
+    if type(t) is not int or not 0 <= t < TICKS_PERIOD:
+        raise ValueError("not a ticks value: %r" % (t,))
+    return t
+
+
+def ticks_diff(end, start):
+    return ((_tick(end) - _tick(start) + TICKS_PERIOD // 2) & (TICKS_PERIOD - 1)) - TICKS_PERIOD // 2
+
+
+def ticks_add(t, delta):
+    if type(delta) is not int or not -TICKS_PERIOD // 2 < delta < TICKS_PERIOD // 2:
+        raise OverflowError("ticks interval overflow")
+    return (_tick(t) + delta) & (TICKS_PERIOD - 1)
+
+
+def load_board_hal(monkeypatch, us_per_tick_read, t0=0):
+    """Install the fakes and a fake microsecond clock that wraps at 2**30 like the rp2 port's
+    (starting at ``t0``, advancing ``us_per_tick_read`` per ``time.ticks_us()`` call; ticks_diff /
+    ticks_add reject non-tick arguments), then import firmware.hal_rp2 afresh. Returns (module, hw,
+    clock); call ``unload_board_hal()`` when done."""
     hw = Hw()
     for name, module in hw.modules().items():
         monkeypatch.setitem(sys.modules, name, module)
-    clock = [0]
+    clock = [t0 & (TICKS_PERIOD - 1)]
 
     def ticks_us():
-        clock[0] += us_per_tick_read
+        clock[0] = (clock[0] + us_per_tick_read) & (TICKS_PERIOD - 1)
         return clock[0]
 
     monkeypatch.setattr(time, "ticks_us", ticks_us, raising=False)
-    monkeypatch.setattr(time, "ticks_diff", lambda a, b: a - b, raising=False)
-    monkeypatch.setattr(time, "sleep_us", lambda us: clock.__setitem__(0, clock[0] + us), raising=False)
+    monkeypatch.setattr(time, "ticks_diff", ticks_diff, raising=False)
+    monkeypatch.setattr(time, "ticks_add", ticks_add, raising=False)
+    monkeypatch.setattr(time, "sleep_us", lambda us: clock.__setitem__(0, (clock[0] + us) & (TICKS_PERIOD - 1)),
+                        raising=False)
     sys.modules.pop("firmware.hal_rp2", None)
     return importlib.import_module("firmware.hal_rp2"), hw, clock
 

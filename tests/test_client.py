@@ -50,6 +50,10 @@ class FakeHal:
             if mask >> ch & 1:
                 self.run[ch] = False
 
+    def disarm(self, mask):
+        self.stop(mask)  # never waits (waiting() is False): nothing has fired
+        return 0
+
     def running(self, ch):
         return self.run[ch]
 

@@ -51,6 +51,10 @@ class FakeHal:
     def stop(self, mask):
         self.calls.append(["stop", mask])
 
+    def disarm(self, mask):
+        self.calls.append(["disarm", mask])
+        return 0
+
     def running(self, ch):
         return self._running[ch]
 

@@ -89,8 +89,22 @@ class FakeHal:
         self.log.append(["stop", mask])
         for ch in range(self.channels):
             if mask >> ch & 1 and self._active[ch]:
+                if self._wait[ch] > 0:  # waiting for its trigger: disarmed at once, no pulse
+                    self._active[ch] = False
+                    continue
                 self._stopping[ch] = True
                 self._left[ch] = 1
+
+    def disarm(self, mask):
+        self.log.append(["disarm", mask])
+        fired = 0
+        for ch in range(self.channels):
+            if mask >> ch & 1 and self._active[ch]:
+                if self._wait[ch] > 0:
+                    self._active[ch] = False
+                else:
+                    fired |= 1 << ch
+        return fired
 
     def running(self, ch):
         return self._active[ch]

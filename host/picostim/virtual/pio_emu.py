@@ -395,6 +395,30 @@ class PioSystem:
                 sm._pin_wait = False
                 self._pin_waiters.remove(sm)
 
+    def exec_instruction(self, sm: StateMachine | int, opcode: int) -> None:
+        """CPU write to SMx_INSTR at ``now``: execute ``opcode`` at once, also on a disabled SM (the
+        RP2040 does; pico-sdk's pio_sm_exec). Modelled: ``mov pins, <x|y|null|osr|isr>`` (OUT pins,
+        the forced-stop path's ``mov pins, null``) and ``jmp <addr>`` (always); anything else raises
+        :class:`PioUnsupported`. A pin change is an edge at ``now``."""
+        sm = self._sm(sm)
+        kind, a, b, c, _delay, _ss = decode(opcode)
+        if kind == K_MOV and a == 0 and b == 0 and c in (1, 2, 3, 6, 7):
+            v = {1: sm.x, 2: sm.y, 3: 0, 6: sm.isr, 7: sm.osr}[c]
+            mask = sm._out_mask
+            sm._wr_mask |= mask
+            self._out = (self._out & ~mask) | (_rotl(v, sm.out_base) & mask)
+            self._refresh(self.now, cpu=True)
+            sm._snap_key = None
+        elif kind == K_JMP and a == 0:
+            if not 0 <= b < len(sm.program):
+                raise PioUnsupported(f"SM{sm.index}: jmp to {b} outside the program")
+            sm.pc = b
+            sm.stalled = False
+            sm._delay_left = 0
+            sm._snap_key = None
+        else:
+            raise PioUnsupported(f"SM{sm.index}: SMx_INSTR {opcode:#06x} is not modelled")
+
     def run_for(self, cycles: int) -> None:
         self.run_until(self.now + int(cycles))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from firmware import board, impedance, pulse_engine, ticks
+from firmware import board, dma_chain, impedance, pulse_engine, ticks
 from firmware import pio_programs as pio
 from picostim.capture.trace import Trace
 from picostim.virtual.electrode import Electrode
@@ -83,6 +83,7 @@ class SimHal:
         self.system.set_pindirs(out_mask, out_mask)
         self.train_start = [0] * channels  # cycle at which each channel was last started
         self.dac_on = [False] * channels  # DAC outputs driving (start() on, safe_state() off)
+        self._waits = [False] * channels  # started to wait for a trigger (disarm() clears it)
         self.safe_states = 0  # safe_state() calls (the crash path)
         self._trains = [None] * channels
         self._blocks0 = [0] * channels
@@ -119,15 +120,29 @@ class SimHal:
             self.system.run_for(cycles)
 
     # ---- stimulation -------------------------------------------------------------------------
+    def _halt(self, ch: int) -> None:
+        """Forced stop, as hal_rp2._halt: disable the SM (on silicon, and in the emulator, a disabled
+        SM holds its pins) and drive its OUT pins low with ``mov pins, null`` through SMx_INSTR."""
+        sm = self.sms[ch]
+        self.system.disable([sm])
+        self.system.exec_instruction(sm, dma_chain.MOV_PINS_NULL)
+
     def start(self, trains, mask: int, wait_trigger) -> None:
-        """Load every masked channel's DMA, then enable their SMs on one cycle (CTRL write)."""
+        """Load every masked channel's DMA, then enable their SMs on one cycle (CTRL write). As
+        hal_rp2: a channel still waiting for its trigger is disarmed first; one whose train runs is
+        refused (ValueError, nothing changed): a started train is never restarted."""
+        for ch in range(self.channels):
+            if mask >> ch & 1 and self.running(ch) and (not self._waits[ch] or self.disarm(1 << ch)):
+                raise ValueError("channel %d is running" % ch)
         chosen, pcs = [], {}
         for ch in range(self.channels):
             if not mask >> ch & 1:
                 continue
             train = trains[ch]
             sm = self.sms[ch]
-            self.system.disable([sm])
+            self._halt(ch)
+            self.system.dma(sm).abort()
+            self._waits[ch] = bool(wait_trigger[ch])
             sm.clear_fifos()
             sm.restart()
             sm.in_base = train.trigger_pin if wait_trigger[ch] else board.TRIG1_PIN
@@ -154,7 +169,35 @@ class SimHal:
         self._trains[ch] = train
         self.system.dma(self.sms[ch]).replace_at_block_boundary((), pulse_engine.cycle_groups(train), train.repeats)
 
+    def disarm(self, mask: int) -> int:
+        """As hal_rp2.disarm: point each masked trigger-waiting SM's IN_BASE at its own POS pin (low
+        while it waits, so its `wait` can never pass), then read its PC: still in the wait -> halted
+        at once (pins driven idle, DMA aborted, FIFO cleared, DAC off; no pulse); past it -> fired,
+        left running. Returns the masked channels whose train runs (fired or software-started)."""
+        fired = 0
+        for ch in range(self.channels):
+            if not mask >> ch & 1 or not self.running(ch):
+                continue
+            sm = self.sms[ch]
+            if not self._waits[ch]:
+                fired |= 1 << ch
+                continue
+            sm.in_base = board.CH_POS[ch]
+            self._waits[ch] = False
+            if sm.pc < pio.SEGMENT_ENTRY:
+                self._halt(ch)
+                self.system.dma(sm).abort()
+                sm.clear_fifos()
+                sm.restart()
+                self.dac_on[ch] = False
+            else:
+                fired |= 1 << ch
+        return fired
+
     def stop(self, mask: int) -> None:
+        """As hal_rp2.stop: a trigger-waiting channel is disarmed at once; a running stream ends at
+        the boundary of the group the DMA is transferring (the chain cut)."""
+        self.disarm(mask)
         for ch in range(self.channels):
             if mask >> ch & 1:
                 self.system.dma(self.sms[ch]).stop_at_block_boundary()
