@@ -470,3 +470,71 @@ def test_safe_state_completes_every_pulse_then_halts(bus):
         assert not bus.peek(board.CH_SM[ch])["enabled"]
     busy = [bus.read32(DMA + 0x40 * c + 0x10) >> 24 & 1 for c in range(8)]
     assert busy == [0] * 8
+
+
+def _dma_ctrl_writes(bus, ch):
+    regs = {DMA + 0x40 * ch + off for off in (0x0C, 0x10, 0x20, 0x30)}
+    return [(c, v) for c, kind, a, v in bus.trace if kind == "w" and a in regs]
+
+
+def test_dma_abort_follows_erratum_e13(bus):
+    """Issue 10 item 11 (RP2040-E13): before every CHAN_ABORT both channels' EN is clear, and after it
+    the HAL polls CHAN_ABORT and BUSY of both channels before it reconfigures them. rp2040js has no
+    in-flight DMA transfers (zero-time DMA), so this checks the HAL's register sequence on the bus."""
+    hal = bus.load_hal()
+    trains = trains_for(0b0011, train_duration_ns=600_000)
+    for _ in range(2):  # start() aborts both DMA channels of each channel before loading it
+        hal.start(trains, 0b0011, [0] * 4)
+        run_until_idle(bus, hal, [0, 1])
+    aborts = [(i, c, v) for i, (c, kind, a, v) in enumerate(bus.trace) if kind == "w" and a == DMA + 0x444 and v]
+    assert aborts
+    for i, c, bits in aborts:
+        chans = [ch for ch in range(12) if bits >> ch & 1]
+        for ch in chans:
+            before = [v for cy, v in _dma_ctrl_writes(bus, ch) if cy <= c]
+            assert before and not before[-1] & 1, "DMA channel %d enabled when aborted (cycle %d)" % (ch, c)
+        # the polls after the abort, up to the next write to one of those channels
+        nxt = next((j for j in range(i + 1, len(bus.trace)) if bus.trace[j][1] == "w"
+                    and any(DMA + 0x40 * ch <= bus.trace[j][2] < DMA + 0x40 * (ch + 1) for ch in chans)), len(bus.trace))
+        reads = {a for _c, kind, a, _v in bus.trace[i + 1:nxt] if kind == "r"}
+        assert DMA + 0x444 in reads
+        for ch in chans:
+            assert reads & {DMA + 0x40 * ch + off for off in (0x0C, 0x10, 0x20, 0x30)}, "BUSY of %d not polled" % ch
+
+
+def test_trains_across_the_2_30_us_tick_wrap():
+    """ticks_us() wraps at 2**30 on the rp2 port: a start, stop and drain around the wrap behave as
+    anywhere else (edges equal sim_hal, running() ends, pulses() counts them)."""
+    with rb.RegBus(start_us=(1 << 30) - 3700) as bus:  # boot + start take ~3.1 ms of emulated CPU
+        hal = bus.load_hal()
+        mask = 0b0101
+        trains = trains_for(mask, train_duration_ns=2_000_000)
+        hal.start(trains, mask, [0] * 4)
+        t0 = start_cycle(bus)
+        assert (1 << 30) - 1500 < bus.ticks_us() < 1 << 30  # started before the wrap
+        run_until_idle(bus, hal, [0, 2])
+        assert bus.ticks_us() < 5000  # wrapped
+        got = rb_edges(bus, mask, t0)
+        assert got == sim_edges(trains, mask, bus.now - t0)
+        for ch in (0, 2):
+            assert hal.pulses(ch) == len(pulses_of(got, ch, first_pin(trains[ch], ch))) > 5
+        timer = bus.read32(0x40054028)  # TIMERAWL: the same microseconds as ticks_us()
+        assert timer % (1 << 30) == bus.ticks_us()
+
+
+def test_impedance_test_pulse_is_balanced_on_the_pins(bus):
+    """measure_impedance() plays its test pulse through the channel's PIO: NEG then POS of equal
+    length (TEST_PULSE_NS), never together, then idle."""
+    from firmware import impedance
+    hal = bus.load_hal()
+    t = bus.now
+    hal.measure_impedance(1)
+    bus.run_us(200)
+    g = [e for e in bus.edges() if e[0] >= t and e[1] in pins_of(1)]
+    check_invariants(g, 1)
+    neg = pulses_of(g, 1, board.CH_NEG[1])
+    pos = pulses_of(g, 1, board.CH_POS[1])
+    ph = pe.ns_to_ticks(impedance.TEST_PULSE_NS)
+    assert neg and len(neg) == len(pos)
+    for (nr, nf), (pr, pf) in zip(neg, pos):
+        assert nf - nr == ph and pf - pr == ph and pr >= nf

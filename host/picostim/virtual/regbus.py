@@ -121,7 +121,8 @@ class RegBus:
         self.wdt_feeds = 0
         self.adc_value = 0x8000
         self.hal_module = None
-        reply = self._call([["reset", patches, accelerate]])
+        self.trace: list[tuple] = []  # (cycle, "r"|"w", address[, value]) of every non-SRAM access
+        reply = self._call([["reset", patches, accelerate, start_us * 1000]])
         self.version = reply["version"]
         self.patches = reply["patches"]
 
@@ -186,13 +187,18 @@ class RegBus:
         self.spend(cost)
         self._queue(["r", self.now, addr & 0xFFFFFFFF])
         ops, self.pending = self.pending, []
-        return self._call(ops)["r"][-1]
+        v = self._call(ops)["r"][-1]
+        if addr >= 0x40000000:
+            self.trace.append((self.now, "r", addr, v))
+        return v
 
     def write32(self, addr: int, value: int, cost: str | None = "mem32"):
         if cost:
             self.spend(cost)
         if addr & ~0x3000 == PIO_BASE[0] + PIO_CTRL and addr & 0x3000 in (0, ALIAS_SET) and value & 0xF:
             self.enables.append((self.now, addr, value & 0xFFFFFFFF))  # SM_ENABLE writes: start times
+        if addr >= 0x40000000:
+            self.trace.append((self.now, "w", addr, value & 0xFFFFFFFF))
         self._queue(["w", self.now, addr & 0xFFFFFFFF, value & 0xFFFFFFFF])
 
     def write_block(self, addr: int, values):

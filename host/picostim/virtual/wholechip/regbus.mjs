@@ -15,7 +15,8 @@
 //   ["in", t, pin, level]          external level of a GPIO pad from cycle t on
 //   ["run", t]                     execute every PIO cycle before t
 //   ["edges"]                      return and clear the recorded edges
-//   ["reset", patches|null, accelerate]   fresh chip; patches: list of names (null: all)
+//   ["reset", patches|null, accelerate, start_ns]   fresh chip; patches: list of names (null: all);
+//                                  the TIMER starts at start_ns
 //   ["peek", sm]                   debug: {pc, x, tx, enabled} of PIO0 SM sm -> "r"
 // Cycle semantics: everything before `now` has executed; an operation at t is applied after cycle
 // t-1 and before cycle t. A pin written by the PIO in cycle c is an edge at c; a pin changed by a CPU
@@ -77,8 +78,9 @@ function record(at) {
   lastPad = pad;
 }
 
-function reset(patches, accel) {
+function reset(patches, accel, startNs) {
   chip = new RP2040();
+  if (startNs) chip.clock.tick(startNs); // TIMER (and the CPU's ticks_us) start there
   warnings = [];
   chip.logger = {
     debug() {},
@@ -210,7 +212,7 @@ function op(o, out) {
       edges = [];
       break;
     case 'reset':
-      reset(o[1], o[2]);
+      reset(o[1], o[2], o[3]);
       out.version = VERSION;
       out.patches = ctl.applied;
       break;
