@@ -157,3 +157,21 @@ def test_cli_names_the_crash_and_the_reset_reason(capsys):
                                     "nothing is configured")
     assert M.decode_crash(M.crash_value("SomethingElse", M.CRASH_POLL)) == {"exception": "other", "where": "poll"}
     assert M.RESET_NAMES[M.RESET_CRASH] == "crash"
+
+
+def test_safe_state_bound_halts_anyway_and_says_so():
+    """With a wait bound shorter than the pulse in progress, the halt comes at the bound (the residual
+    case of docs/SAFETY.md §7): safe_state returns False, and every output is still driven idle."""
+    with VirtualPico(channels=1) as vp:
+        c = Client(open_port(vp.path, exclusive=False), timeout=0.5)
+        c.set_params(0, TRAIN)
+        c.start(1)
+        with vp.lock:
+            hal = vp.hal
+            hal.system.run_until(hal.train_start[0] + 250_000 + 1000)
+            assert hal.system.pin_level(board.CH_NEG[0]) == 1
+            assert hal.safe_state(wait_us=10) is False
+            assert hal.system.pin_level(board.CH_NEG[0]) == 0 and not hal.sms[0].enabled
+            hal.system.run_until(hal.system.now + 1_000_000)
+        assert all(hal.system.pin_level(p) == 0 for p in (board.CH_POS[0], board.CH_NEG[0], board.CH_RECOVERY[0]))
+        assert len(hal.system.edges(board.CH_NEG[0])) == 4  # pulse 0, then the cut pulse 1: nothing after
