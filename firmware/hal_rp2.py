@@ -41,7 +41,6 @@ _SIO_GPIO_IN = 0xD0000004  # SIO GPIO_IN: pad levels, including pins driven by t
 MONITOR_WAIT_US = 400
 _REBASE_US = 1 << 26  # phase1_samples moves the origin of a long train delay on in steps of 67 s
 _LDAC_PULSE_US = 1  # MCP4822 LDAC low time >= 100 ns
-_MOV_PINS_NULL = 0xA003  # PIO `mov pins, null`: OUT pins low (safe_state, through SMx_INSTR)
 
 
 def _assemble(out_count):
@@ -233,9 +232,12 @@ class Rp2Hal:
         """Forced stop of a channel's SM: disable it and drive its OUT pins low (``mov pins, null``
         executed through SMx_INSTR, which works on a disabled SM) in one interrupts-off section. On
         silicon a disabled SM holds its pins, so disabling alone could leave a drive pin on. Only
-        used on an SM that is not inside a pulse (never fired, drained, or being re-initialised)."""
+        used on an SM that is not inside a pulse (never fired, drained, or being re-initialised).
+        ``sm.active(0)`` is pico-sdk's pio_sm_set_enabled(false): a read-modify-write of PIO CTRL that
+        clears only this SM's enable bit (interrupts are off and core 1 is unused: nothing else
+        writes CTRL in between)."""
         irq = machine.disable_irq()
-        mem32[st.r_ctrl_clr] = st.sm_bit
+        st.sm.active(0)  # pio_sm_set_enabled(false): clears its SM_ENABLE bit
         mem32[st.r_instr] = dma_chain.MOV_PINS_NULL
         machine.enable_irq(irq)
 
@@ -414,7 +416,7 @@ class Rp2Hal:
         st.waits = False  # either way it waits no more: fired (running) or halted
         if pc >= pio.SEGMENT_ENTRY:
             return True
-        mem32[st.r_ctrl_clr] = st.sm_bit
+        st.sm.active(0)
         mem32[st.r_instr] = dma_chain.MOV_PINS_NULL
         st.final_pulses = 0
         return False
@@ -713,7 +715,7 @@ class Rp2Hal:
             while self._tx_level(st) and ticks_diff(ticks_us(), t1) < 10 * phase_us:
                 pass
             time.sleep_us(phase_us + 1)  # phase 2 and the idle word finish
-            st.sm.active(0)
+            self._halt(st)  # forced stop: disabled with its pins driven low (a disabled SM holds them)
             if ok:
                 raw = v >> (16 - board.ADC_BITS)
                 break
@@ -750,8 +752,7 @@ class Rp2Hal:
                 break
             self._wdt.feed()
         for st in self._ch:
-            st.sm.active(0)
-            mem32[dma_chain.pio_sm_instr_reg(st.pio, st.sm_id)] = _MOV_PINS_NULL
+            self._halt(st)  # disable + mov pins, null in one interrupts-off section
             self._abort(st)
             st.active = False
             st.idle_since = None

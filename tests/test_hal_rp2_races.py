@@ -75,7 +75,7 @@ def test_disarm_blinds_the_sm_in_one_store_before_reading_its_pc(hal):
     assert blind[2] >> dc.PINCTRL_IN_BASE_SHIFT & 0x1F == board.CH_POS[1]  # its own idle drive pin
     assert log[i + 2] == ("read", R(st).pc)
     # never left its wait: disabled and pins driven low in the same interrupts-off section
-    assert log[i + 3] == ("mem", R(st).ctrl_clr, 1 << board.CH_SM[1])
+    assert log[i + 3] == ("sm_active", board.CH_PIO[1] * 4 + board.CH_SM[1], 0)
     assert log[i + 4] == ("mem", R(st).instr, dc.MOV_PINS_NULL)
     assert log[i + 5] == ("irq_on",)
     assert [e for e in log if e[:2] == ("mem", dc.DMA_CHAN_ABORT)]
@@ -89,7 +89,7 @@ def test_disarm_leaves_a_fired_channel_running(hal):
     hw.regs[("pc", board.CH_SM[1])] = st.offset + pp.SEGMENT_ENTRY + 2  # the edge came first
     hw.log.clear()
     assert h.disarm(0b10) == 0b10
-    assert not [e for e in hw.log if e[:2] in (("mem", R(st).ctrl_clr), ("mem", dc.DMA_CHAN_ABORT))]
+    assert not [e for e in hw.log if e[:2] == ("mem", dc.DMA_CHAN_ABORT) or e[0] == "sm_active"]
     assert not [e for e in hw.log if e[:3] == ("mem", R(st).instr, dc.MOV_PINS_NULL)]
     assert h.running(1) and not h.waiting(1)
 
