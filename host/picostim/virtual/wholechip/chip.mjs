@@ -90,16 +90,18 @@ export class Chip {
     this.electrodes = (opts.electrodes || []).map((e) => ({ ...DEFAULT_ELECTRODE, ...e }));
     while (this.electrodes.length < this.board.pos.length) this.electrodes.push({ ...DEFAULT_ELECTRODE });
     this.cycle = 0; // emulated system-clock cycles since reset (the PIO cycle count: lock-step)
-    this.pioPatches = opts.pioPatches || ALL_PATCHES; // regbus's patches (pio_patches.mjs)
+    // Patches can be switched off (selftest.mjs --no-patches shows each check failing on stock rp2040js).
+    this.lockstep = opts.lockstep !== false;
+    this.pioPatches = opts.pioPatches || (this.lockstep ? ALL_PATCHES : []); // regbus's (pio_patches.mjs)
     this.recording = 0; // GPIO mask whose edges are recorded
     this.edges = []; // [cycle, pin, level] while recording
     this.smEnables = []; // [cycle, pio, mask] on every CTRL write that enables state machines
     this.adcLog = []; // [cycle, channel, code] of every conversion (for tests/benchmarks)
     this.patchLockstepPio();
     this.bootselPressed = !!opts.bootselPressed;
-    this.patchBootsel();
+    if (opts.bootsel !== false) this.patchBootsel();
     this.patchRecording();
-    this.patchAdcElectrode();
+    this.patchAdcElectrode(opts.adcModel !== false);
   }
 
   // ---- P1 + P2: lock-step PIO, enabled state machines only ------------------------------------
@@ -135,6 +137,7 @@ export class Chip {
   }
 
   pioActive() {
+    if (!this.lockstep) return false;
     for (const pio of this.mcu.pio) for (const sm of pio.machines) if (sm.enabled) return true;
     return false;
   }
@@ -207,7 +210,7 @@ export class Chip {
   }
 
   // ---- P5: ADC fed by the electrode model ----------------------------------------------------------
-  patchAdcElectrode() {
+  patchAdcElectrode(adcModel = true) {
     const chip = this;
     const b = this.board;
     const n = b.pos.length;
@@ -244,6 +247,7 @@ export class Chip {
       }
     });
     const adc = this.mcu.adc;
+    if (!adcModel) return;
     adc.onADCRead = (channel) => {
       const code = channel === b.adcInput ? chip.adcCode() : 0;
       chip.adcLog.push([chip.cycle, channel, code]);
