@@ -8,7 +8,8 @@ HAL contract (duck-typed; MicroPython has no abc):
     channels                      number of stimulation channels
     board_id() -> bytes(8)        unique id
     reset_reason() -> int         0 power-on, 1 watchdog, 2 soft
-    time_us() -> int              monotonic microseconds
+    time_us() -> int              time.ticks_us(): µs that wrap at 2**30 on the board; only ever
+                                  used through firmware/ticks.py (ticks_diff/ticks_add, Uptime)
     start(trains, mask, wait_trigger)
                                   load each masked channel's Train and start all of them on the
                                   same PIO cycle; wait_trigger[ch] = 0 (start now) or trigger input 1/2
@@ -31,6 +32,9 @@ HAL contract (duck-typed; MicroPython has no abc):
                                   the last call (impedance.MONITOR_SAMPLE_NS into phase 1, at most one
                                   per min_interval_us), oldest first; [] when none
     feed_watchdog()
+    safe_state(wait_us) -> bool   the crash path (firmware/crash.py): stop every stream at its pulse
+                                  boundary, wait at most wait_us for it to drain, then halt (SMs off,
+                                  pins idle, DMA aborted, DACs shut down); True if all had drained
 
 Electrode monitoring and faults (SPEC §5, docs/SAFETY.md): poll() turns every phase-1 reading of a
 running channel into ohms with the train's realised phase-1 current and feeds the channel's
