@@ -60,9 +60,16 @@ export function padLevels(rp2040) {
 
 /**
  * Apply the patches named in `patches` (default: all) to chip `rp2040`. Returns a controller:
- *   { stepPio(pio): one PIO cycle of that block; tick(): call once per PIO cycle BEFORE stepping,
- *     feeds the input synchronisers; syncSettled(): true when the synchronisers hold the current pad
- *     levels (nothing in flight), applied: [names] }
+ *   applied        the names applied
+ *   tick()         call once per PIO cycle BEFORE stepping the PIO blocks: shifts the input
+ *                  synchronisers (pad levels entering this cycle -> 1 -> 2 cycles old)
+ *   stepPio(pio)   one PIO cycle of that block (only its enabled SMs execute)
+ *   invalidate()   call after anything that changes pads outside the PIO/SIO outputs (IO_BANK0 or
+ *                  PADS writes, an external input level), so the next tick re-reads the pads
+ *   syncSettled()  true when the synchronisers hold the current pad levels (nothing in flight)
+ *   clkdivOk(pio)  false when an enabled SM of that block has CLKDIV != 1.0 (not modelled)
+ * A harness loop per PIO cycle: ctl.tick(); ctl.stepPio(pio0); ctl.stepPio(pio1);
+ * rp2040.clock.tick(8) (lets DREQ-paced DMA transfers fire), as wholechip/regbus.mjs does.
  */
 export function applyPioPatches(rp2040, patches = ALL_PATCHES) {
   const on = new Set(patches);
