@@ -106,6 +106,10 @@ def check_invariants(edges, ch):
             continue  # the pins written in one PIO cycle change together
         assert not (level[board.CH_POS[ch]] and level[board.CH_NEG[ch]]), "POS and NEG high together at %d" % c
     assert all(v == 0 for v in level.values()), "channel %d ends with a pin high: %r" % (ch, level)
+    # balanced: every pulse has both phases (each first phase is followed by its second phase)
+    rises = [p for _c, p, lv in ev if lv and p in (board.CH_POS[ch], board.CH_NEG[ch])]
+    assert rises[0::2] == rises[:1] * len(rises[0::2]) and len(rises) % 2 == 0, "unbalanced pulse on channel %d" % ch
+    assert len(set(rises[1::2])) <= 1 and set(rises[1::2]).isdisjoint(rises[:1])
 
 
 def first_pin(tr, ch):
