@@ -248,11 +248,20 @@ class RegBus:
                 sys.modules.pop(name, None)
             mod = importlib.import_module("firmware.hal_rp2")
         finally:
+            pkg = sys.modules.get("firmware")
             for name, m in saved.items():
                 if m is None:
                     sys.modules.pop(name, None)
                 else:
                     sys.modules[name] = m
+                if name.startswith("firmware.") and pkg is not None:
+                    # `from firmware import hal_rp2` reads the package attribute: put it back too
+                    attr = name.split(".", 1)[1]
+                    if m is None:
+                        if hasattr(pkg, attr):
+                            delattr(pkg, attr)
+                    else:
+                        setattr(pkg, attr, m)
         self.hal_module = mod
         if not construct:
             return mod
