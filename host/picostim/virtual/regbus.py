@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import types
+import weakref
 from pathlib import Path
 
 WHOLECHIP = Path(__file__).resolve().parent / "wholechip"
@@ -116,6 +117,7 @@ class RegBus:
         self.edge_log: list[tuple[int, int, int]] = []
         self.enables: list[tuple[int, int, int]] = []  # (cycle, address, value) of PIO0 SM_ENABLE writes
         self.heap = SRAM_BASE + 0x4110  # deliberately not 1 KB aligned (the HAL aligns its ring)
+        self.live_bytes = 0  # bytes of SramArrays still referenced (a bump allocator never reuses)
         self.dma_claimed = 0
         self.spi_log: list[bytes] = []
         self.wdt_feeds = 0
@@ -221,6 +223,9 @@ class RegBus:
     def peek(self, sm: int) -> dict:
         self.flush()
         return self._call([["peek", sm]])["r"][-1]
+
+    def release(self, nbytes: int):
+        self.live_bytes -= nbytes
 
     def alloc(self, nbytes: int) -> int:
         a = (self.heap + 15) & ~15
@@ -408,7 +413,10 @@ class SramArray:
         self.bus = bus
         self.typecode = typecode
         self._v = [int(x) & 0xFFFFFFFF for x in init]
-        self.addr = bus.alloc(4 * max(1, len(self._v)))
+        nbytes = 4 * max(1, len(self._v))
+        self.addr = bus.alloc(nbytes)
+        bus.live_bytes += nbytes  # emulated heap in use: given back when the array is collected
+        weakref.finalize(self, bus.release, nbytes)
         bus.spend("array_set", len(self._v))
         bus.write_block(self.addr, self._v)
 
