@@ -145,7 +145,10 @@ def legal_params(draw):
     ph2 = draw(st.one_of(st.just(ph1), st.integers(mp, 500 * US)))
     ip = draw(st.one_of(st.just(0), st.integers(1, DEAD_NS + 16), st.integers(mp, 2 * MS)))
     rec = draw(st.one_of(st.just(0), st.integers(mp, 2000), st.integers(mp, 5 * MS)))
-    p = P.complete(dict(phase1_ns=ph1, phase2_ns=ph2, interphase_ns=ip, recovery_ns=rec, amplitude_ua=1,
+    # 1 mA: validate's phase-2 amplitude limit (10 mA) then bounds phase 1 / phase 2 to 10, which keeps
+    # the balancing DAC code in range (at 1 µA, code 1, a 4096x shorter phase 2 would need code 4096:
+    # a DAC-rounding refusal by the engine that has nothing to do with timing)
+    p = P.complete(dict(phase1_ns=ph1, phase2_ns=ph2, interphase_ns=ip, recovery_ns=rec, amplitude_ua=1000,
                         electrode_area_um2=10**6, polarity=draw(st.integers(0, 1))))
     floor = max(LIMITS["min_period_ns"], P.pulse_length_ns(p, DEAD_NS) + DEAD_NS, 2 * (ph1 + ph2))
     p["period_ns"] = draw(st.one_of(st.just(floor), st.integers(floor, floor + 100), st.integers(floor, 3 * floor)))
