@@ -595,3 +595,31 @@ def test_replace_keeps_buffer_memory_bounded(bus):
     run_until_idle(bus, hal, [0])
     check_invariants(rb_edges(bus, 1, t0), 0)
     assert max(live[4:]) <= max(live[:4]), "array memory grows with every replace: %r" % live
+
+
+@pytest.mark.parametrize("trigger", [0, 1])
+def test_phase1_readings_are_taken_inside_phase_1(bus, trigger):
+    """Phase-1 monitoring on the chip: every reading phase1_samples() keeps was converted while the
+    first-phase pin was high on the pins (the HAL schedules by CPU time and checks GPIO_IN, which
+    reads the pad the PIO drives), and readings are actually kept."""
+    from firmware import impedance
+
+    tr = train(phase1_ns=100_000, phase2_ns=100_000, period_ns=1_000_000, trigger=trigger)
+    hal = bus.load_hal()
+    hal.start([tr, None, None, None], 1, [trigger, 0, 0, 0])
+    t0 = start_cycle(bus)
+    if trigger:
+        bus.drive_input(board.TRIG1_PIN, 1, t0 + 333 * US)
+    kept = []
+    for _ in range(60):
+        n = len(bus.adc_reads)
+        got = hal.phase1_samples(0, 0)
+        if got:
+            assert len(bus.adc_reads) > n
+            kept.append(bus.adc_reads[-1])
+        bus.run_us(97)
+    conv = pe.ns_to_ticks(impedance.ADC_CONVERSION_NS)
+    phases = pulses_of(rb_edges(bus, 1, 0), 0, board.CH_NEG[0])
+    assert len(kept) >= 2, "no phase-1 reading kept in %d pulses" % len(phases)
+    for c in kept:
+        assert any(r <= c - conv and c <= f for r, f in phases), "reading at cycle %d outside phase 1" % c

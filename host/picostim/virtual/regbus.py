@@ -122,6 +122,7 @@ class RegBus:
         self.spi_log: list[bytes] = []
         self.wdt_feeds = 0
         self.adc_value = 0x8000
+        self.adc_reads: list[int] = []
         self.hal_module = None
         self.trace: list[tuple] = []  # (cycle, "r"|"w", address[, value]) of every non-SRAM access
         reply = self._call([["reset", patches, accelerate, start_us * 1000]])
@@ -352,6 +353,7 @@ def _machine(bus: RegBus):
 
         def read_u16(self):
             bus.spend("adc")
+            bus.adc_reads.append(bus.now)  # cycle at which the conversion ended
             return bus.adc_value
 
     def freq(hz=None):
