@@ -255,9 +255,6 @@ class Rp2Hal:
     def _addr_of(block):
         return block.addr
 
-    def _busy(self, channel):
-        return mem32[dma_chain.dma_reg(channel, dma_chain.DMA_AL1_CTRL)] & dma_chain.CTRL_BUSY
-
     @staticmethod
     def _busy_reg(reg_ctrl):
         """BUSY of a DMA channel from its (precomputed) AL1_CTRL address."""
@@ -746,7 +743,7 @@ class Rp2Hal:
             drained = True
             for st in self._ch:
                 if st.active and self._pc(st) >= pio.SEGMENT_ENTRY and (
-                        self._busy(st.data_ch) or self._busy(st.ctl_ch) or self._tx_level(st)):
+                        self._busy_reg(st.r_d_ctrl) or self._busy_reg(st.r_c_ctrl) or self._tx_level(st)):
                     drained = False
             if drained or ticks_diff(ticks_us(), t0) >= wait_us:
                 break
