@@ -258,6 +258,11 @@ def test_patch_delay_and_lockstep():
             rises = [c for c, p, lv in b.edges() if p == 0 and lv == 1]
             assert len(rises) > 3 and {rises[i + 1] - rises[i] for i in range(len(rises) - 1)} == {period}
             assert b.peek(1)["pc"] == 0  # the disabled SM1 never stepped
+    with raw_bus([p for p in rb_patches() if p != "lockstep"]) as b:  # stock: every SM steps
+        _sm_setup(b, [0xE701, 0xE300], pinctrl=1 << 26)
+        b.write32(PIO0 + rb.PIO_CTRL, 1)
+        b.run_us(1)
+        assert b.peek(1)["pc"] != 0
 
 
 # ---- the HAL on the chip -------------------------------------------------------------------------
