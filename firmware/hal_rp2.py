@@ -36,9 +36,19 @@ except AttributeError:  # CPython with the recording fakes of the tests (no wrap
 _PRIME_TIMEOUT_US = 2000  # the DMA fills an 8-word FIFO in well under a microsecond
 _ABORT_TIMEOUT_US = 1000  # CHAN_ABORT retires in-flight transfers within a few bus cycles
 _SIO_GPIO_IN = 0xD0000004  # SIO GPIO_IN: pad levels, including pins driven by the PIO (RP2040 §2.3.1.7)
-# Phase-1 monitoring: the main loop waits (IRQs off) at most this long for a due phase-1 reading;
-# a reading due later is taken by a later poll. Bounds the host link's added latency.
-MONITOR_WAIT_US = 400
+# Phase-1 monitoring: the main loop waits at most this long for a due phase-1 reading; a reading
+# due later is taken by a later poll. Bounds the host link's added latency.
+MONITOR_WAIT_US = 2000
+# Only its last stretch runs with interrupts off (USB and timer interrupts are served before it).
+# With the old 400 µs window (all of it interrupts-off) the emulated M0+ took almost no readings:
+# the main loop, paced by the same timer as the pulses, stayed outside the window (docs/SAFETY.md
+# "Phase-1 monitoring timing").
+MONITOR_IRQ_OFF_US = 100
+# The interpreter's time from choosing the pulse to the start of the wait (schedule arithmetic, mux
+# pins; measured on the emulated M0+: up to ~0.9 ms with the old pulse-by-pulse search): only a pulse
+# due at least this far ahead is chosen, so the wait never starts after the due time.
+MONITOR_PREP_US = 1000
+_ANCHOR_WAIT_US = 400  # _anchor: longest wait (interrupts off) for a first-phase edge
 _REBASE_US = 1 << 26  # phase1_samples moves the origin of a long train delay on in steps of 67 s
 _LDAC_PULSE_US = 1  # MCP4822 LDAC low time >= 100 ns
 
@@ -561,7 +571,7 @@ class Rp2Hal:
         irq = machine.disable_irq()
         t0 = ticks_us()
         high = mem32[_SIO_GPIO_IN] & st.first_bit
-        while ticks_diff(ticks_us(), t0) < MONITOR_WAIT_US:
+        while ticks_diff(ticks_us(), t0) < _ANCHOR_WAIT_US:
             now = mem32[_SIO_GPIO_IN] & st.first_bit
             if now and not high:
                 st.t0_us = ticks_us()
@@ -597,9 +607,10 @@ class Rp2Hal:
         (trigger, replace); pulse k's reading is due MONITOR_SAMPLE_NS after its phase-1 start
         (``pulse_engine.pulse_start_ticks`` + the train delay + the entry's 2 ticks). If the next
         due reading (at least ``min_interval_us`` after the last) is within MONITOR_WAIT_US, the CPU
-        sets the mux, waits for it with interrupts off and converts. The reading is kept only if the
-        first-phase pin (SIO GPIO_IN) was high before and after the conversion and the hardware
-        timer read after the conversion is still inside pulse k's phase 1; its time is the timer
+        sets the mux, waits for it (the last MONITOR_IRQ_OFF_US with interrupts off) and converts.
+        The reading is kept only if the first-phase pin (SIO GPIO_IN) was high before and after the
+        conversion and the hardware timer read after the conversion is still inside pulse k's
+        phase 1; its time is the timer
         read just before the conversion started (not the due time). A mistimed reading is dropped,
         never misattributed. Phases shorter than MONITOR_MIN_PHASE_NS (the interpreter's measured
         latency plus margin, docs/SAFETY.md) are not monitored."""
@@ -622,15 +633,19 @@ class Rp2Hal:
             st.origin_ticks -= step * hz
         k = self._rebase(st, train, st.mon_next)
         elapsed = ticks_diff(now, st.t0_us)
-        due = elapsed + 1
+        due = elapsed + MONITOR_PREP_US
         if st.mon_last_us is not None:
             due = max(due, ticks_diff(st.mon_last_us, st.t0_us) + min_interval_us)
         total = train.repeats * train.pulses_per_cycle  # 0: until stopped
         lead = st.origin_ticks + sample_ticks
+        if train.pulses_per_cycle == 1 and (self._pulse_tick(train, k) + lead) // hz < due:
+            # one step to the first pulse due at or after ``due`` (a pulse-by-pulse search costs the
+            # interpreter ~20 us per pulse)
+            k = (due * hz - lead + train.cycle_ticks - 1) // train.cycle_ticks
         while (self._pulse_tick(train, k) + lead) // hz < due:
             k += 1
-            if total and k + st.mon_base >= total:
-                return []
+        if total and k + st.mon_base >= total:
+            return []
         start_ticks = self._pulse_tick(train, k) + st.origin_ticks  # pulse k's phase-1 start
         wait = (start_ticks + sample_ticks) // hz - elapsed
         if wait > MONITOR_WAIT_US:
@@ -643,7 +658,13 @@ class Rp2Hal:
         phase_us = train.phase1_ticks // hz - 1  # the µs timer's granularity
         bit = st.first_bit
         adc = self._adc
+        while ticks_diff(ticks_us(), t_k) < -MONITOR_IRQ_OFF_US:
+            pass
         irq = machine.disable_irq()
+        if ticks_diff(ticks_us(), t_k) > 0:  # an interrupt made the wait late: skip this pulse
+            machine.enable_irq(irq)
+            st.mon_next = k + 1
+            return []
         while ticks_diff(ticks_us(), t_k) < 0:
             pass
         before = mem32[_SIO_GPIO_IN] & bit
