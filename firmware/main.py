@@ -31,7 +31,7 @@ import time  # ticks_ms/ticks_diff/sleep_ms: MicroPython (main.py runs only ther
 from firmware import storage
 from firmware.controller import Controller
 from firmware.crash import recover, reset_chip, safe_state
-from firmware.transport import UsbCdc
+from firmware.transport import PUMP_IDLE_MAX_BYTES, PUMP_MAX_BYTES, UsbCdc
 from protocol import messages as M
 
 PARAMS_DIR = "/params"  # parameter slots on the board's littlefs (firmware/storage.py)
@@ -62,6 +62,7 @@ def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR, bootsel=None):
     controller = make()
     controller.boot()
     pump = getattr(link, "pump", None)
+    pending = getattr(link, "pending", None)
     ticks_ms = time.ticks_ms
     ticks_diff = time.ticks_diff
     t_boot = ticks_ms()
@@ -71,12 +72,13 @@ def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR, bootsel=None):
         while loops != 0:
             loops -= 1
             try:
-                data = link.read(1)
+                data = link.read(0 if pending is not None and pending() else 1)  # no wait with output queued
                 if data:
                     controller.receive(data)
                 controller.poll()
-                if pump is not None:
-                    pump()
+                if pump is not None:  # a train needs the loop back within the feeder's lookahead
+                    st = controller.state
+                    pump(PUMP_MAX_BYTES if M.ST_RUNNING in st or M.ST_ARMED in st else PUMP_IDLE_MAX_BYTES)
                 if controller.handback:
                     hand_back(hal, link, "REPL request")
                     return "repl"
