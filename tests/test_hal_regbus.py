@@ -206,6 +206,35 @@ def test_patch_input_synchroniser_two_cycles():
     assert _wait_latency([p for p in patches if p not in ("sync", "wait")]) == 0
 
 
+def _wait_pin_after_in_base_move(patches):
+    """`wait 1 pin 0` with IN_BASE on low GPIO 14; then IN_BASE is moved to GPIO 15, high for long:
+    the cycle (after the PINCTRL write) at which the next instruction drives GPIO 0, or None."""
+    with raw_bus(patches) as b:
+        _sm_setup(b, [0x20A0, 0xE001, 0x0002], pinctrl=1 << 26 | 14 << 15)
+        b.write32(PIO0 + rb.SM_INSTR, 0xE081, cost=None)
+        b.write32(rb.IO_BANK0 + 4, rb.GPIO_FUNC_PIO0, cost=None)
+        for pin in (14, 15):
+            b.write32(rb.PADS_BANK0 + 4 + 4 * pin, rb.PADS_IE, cost=None)
+        b.drive_input(15, 1, b.now)
+        b.write32(PIO0 + rb.PIO_CTRL, 1)
+        b.run_us(2)
+        assert b.peek(0)["waiting"]
+        b.write32(PIO0 + rb.SM_PINCTRL, 1 << 26 | 15 << 15, cost=None)
+        t = b.now
+        b.run_us(2)
+        rise = [c for c, p, lv in b.edges() if p == 0 and lv == 1]
+        return rise[0] - t if rise else None
+
+
+def test_patch_stalled_wait_pin_follows_in_base():
+    """WAIT PIN waits on "the input pin selected by Index", relative to the state machine's IN_BASE, and
+    a stalled instruction is re-evaluated every cycle with the current PINCTRL: moving IN_BASE under a
+    waiting SM changes the pin it waits on (the HAL's disarm relies on it). Stock rp2040js resolved
+    the GPIO once, when the WAIT first ran."""
+    assert _wait_pin_after_in_base_move(None) == 1  # WAIT completes in the write's cycle, SET next
+    assert _wait_pin_after_in_base_move([p for p in rb_patches() if p != "waitpin"]) is None
+
+
 def test_patch_pull_noblock_does_not_set_txstall():
     """FDEBUG.TXSTALL: "State machine has stalled on empty TX FIFO during a blocking PULL, or an OUT
     with autopull enabled." A `pull noblock` never stalls; a blocking `pull` does."""
@@ -628,3 +657,50 @@ def test_phase1_readings_are_taken_inside_phase_1(bus, trigger):
     assert len(kept) >= 2, "no phase-1 reading kept in %d pulses" % len(phases)
     for c in kept:
         assert any(r <= c - conv and c <= f for r, f in phases), "reading at cycle %d outside phase 1" % c
+
+
+def _disarm_store_cycle(bus, t_call):
+    """Cycle of the first PINCTRL write of channel 0's SM at or after ``t_call`` (the disarm store)."""
+    reg = PIO0 + rb.SM_PINCTRL
+    return next(c for c, kind, a, _v in bus.trace if kind == "w" and a == reg and c >= t_call)
+
+
+def _stop_with_trigger_at(d, store_offset=None):
+    """Arm channel 0 on TRIG1, then stop it with the trigger edge ``d`` cycles after the disarm store
+    (store_offset: cycles from the stop call to that store, found by a dry run)."""
+    with rb.RegBus() as bus:
+        hal = bus.load_hal()
+        tr = train(phase1_ns=20_000, phase2_ns=20_000, period_ns=200_000, train_duration_ns=600_000, trigger=1)
+        hal.start([tr, None, None, None], 1, [1, 0, 0, 0])
+        t0 = start_cycle(bus)
+        bus.run_us(200)
+        t_call = bus.now
+        if store_offset is not None:
+            bus.drive_input(board.TRIG1_PIN, 1, t_call + store_offset + d)
+        hal.stop(1)
+        store = _disarm_store_cycle(bus, t_call)
+        bus.run_us(1500)
+        hal.running(0)
+        bus.run_us(100)
+        return store - t_call, rb_edges(bus, 1, t0), hal.running(0), tr, t0, store
+
+
+def test_stop_races_a_trigger_edge_cycle_by_cycle():
+    """Issue 10 item 2 at cycle level: an external edge arriving around STOP's disarm store (the SM's
+    IN_BASE moved to its own low POS pin) either never fires, or fires a train whose pulses all
+    complete; never a cut or unbalanced pulse, and the HAL ends the channel either way. An edge
+    fires only if it reached the PIO (2 cycles through the input synchroniser) before the store: on
+    the modelled chip an edge 3 cycles before the store fires, one 2 cycles before never does."""
+    offset = _stop_with_trigger_at(0)[0]
+    outcomes = {}
+    for d in range(-6, 5):
+        _off, g, running, tr, _t0, _store = _stop_with_trigger_at(d, offset)
+        assert not running, "channel still running after a stop (edge at store%+d)" % d
+        check_invariants(g, 0)
+        n = len(pulses_of(g, 0, board.CH_NEG[0]))
+        outcomes[d] = n
+        if n:  # it fired before the disarm: the train runs and stop() ends it at a pulse boundary
+            assert g[0][2] == 1
+    assert outcomes[-6] > 0 and outcomes[4] == 0, outcomes  # early edges fire, late ones never do
+    fired = [d for d in sorted(outcomes) if outcomes[d]]
+    assert fired == list(range(-6, -2)), outcomes  # the synchroniser's 2 cycles decide, no flicker

@@ -17,6 +17,11 @@
 //               register: "0 -> input is synchronized (default)"): the PIO sees a pad level two PIO
 //               cycles after it changed; bits set in INPUT_SYNC_BYPASS see it at once. Applies to WAIT
 //               GPIO/PIN, JMP PIN, IN PINS, MOV x, PINS.
+//   waitpin     A stalled `wait pin` re-evaluates its pin through the CURRENT IN_BASE every cycle
+//               (WAIT PIN: "the input pin selected by Index ... relative to the state machine's input
+//               pin mapping"; a stalled instruction is re-evaluated each cycle, and PINCTRL writes take
+//               effect at once). rp2040js resolved the absolute GPIO once, when the WAIT first
+//               executed, so moving IN_BASE under a waiting SM (the HAL's disarm) had no effect.
 //   loopback    GPIO_IN / the PIO's inputs read the PAD level: for a pin whose output is enabled,
 //               the level the chip drives (rp2040js 1.4.1 returned only externally driven levels, so
 //               SIO GPIO_IN read 0 on a PIO-driven pin).
@@ -45,7 +50,7 @@ const FDEBUG_TXSTALL = 1 << 24;
 const DMA_MULTI_CHAN_TRIGGER = 0x430;
 const DMA_CHAN_ABORT = 0x444;
 
-export const ALL_PATCHES = ['lockstep', 'delay', 'wait', 'sync', 'loopback', 'fjoin', 'txstall', 'dmaregs'];
+export const ALL_PATCHES = ['lockstep', 'delay', 'wait', 'waitpin', 'sync', 'loopback', 'fjoin', 'txstall', 'dmaregs'];
 
 /** Pad level of every GPIO as one word (bit n = GPIO n): driven level when the output is enabled,
  *  else the external level (input enable and input override applied, as rp2040js does). */
@@ -144,6 +149,14 @@ export function applyPioPatches(rp2040, patches = ALL_PATCHES) {
     };
   }
 
+  // the GPIO a pin WAIT looks at: through the current IN_BASE (waitpin) or as first resolved
+  const waitPin = (sm) => (sm._waitPinRel >= 0 ? (sm._waitPinRel + sm.inBase) % 32 : sm.waitIndex);
+  // would a waiting SM's pin WAIT be released by the pad levels it will see once nothing is in flight?
+  ctl.pinWaitSatisfied = (sm) => {
+    const v = on.has('sync') ? sync.cur : rp2040.gpioValues >>> 0;
+    return !!((v >>> waitPin(sm)) & 1) === sm.waitPolarity;
+  };
+
   for (const pio of rp2040.pio) {
     // ---- lockstep: no free-running PIO, only enabled SMs step --------------------------------
     if (on.has('lockstep')) {
@@ -160,7 +173,6 @@ export function applyPioPatches(rp2040, patches = ALL_PATCHES) {
 
     for (const sm of pio.machines) {
       sm._delayLeft = 0;
-      const origExecute = sm.executeInstruction.bind(sm);
       const origRestart = sm.restart.bind(sm);
       const origWriteReg = sm.writeUint32.bind(sm);
       const origJmp = sm.jmpCondition.bind(sm);
@@ -190,9 +202,11 @@ export function applyPioPatches(rp2040, patches = ALL_PATCHES) {
           if (condition === 0b110) return !!((pioInputs(this.pio) >>> this.jmpPin) & 1);
           return origJmp(condition);
         };
+      }
+      if (on.has('sync') || on.has('waitpin')) {
         sm.checkWait = function () {
           if (this.waiting && this.waitType === 1 /* WaitType.Pin */) {
-            const level = !!((pioInputs(this.pio) >>> this.waitIndex) & 1);
+            const level = !!((pioInputs(this.pio) >>> waitPin(this)) & 1);
             if (level === this.waitPolarity) {
               this.waiting = false;
               this.nextPC();
@@ -205,15 +219,26 @@ export function applyPioPatches(rp2040, patches = ALL_PATCHES) {
         };
       }
 
+      sm._waitPinRel = -1;
+      if (on.has('waitpin')) {
+        const inner = sm.executeInstruction.bind(sm);
+        sm.executeInstruction = function (opcode) {
+          // WAIT (001) with source PIN (bits 6:5 = 01): remember the index relative to IN_BASE
+          this._waitPinRel = (opcode >>> 13) === 1 && ((opcode >>> 5) & 3) === 1 ? opcode & 31 : -1;
+          return inner(opcode);
+        };
+      }
+
       if (on.has('txstall')) {
+        const innerExec = sm.executeInstruction.bind(sm);
         sm.executeInstruction = function (opcode) {
           // PULL (100, bit 7 = 1) without Block (bit 5 = 0) on an empty FIFO: no stall, no TXSTALL
           const noblockPull = (opcode >>> 13) === 4 && opcode & 0x80 && !(opcode & 0x20) && this.txFIFO.empty;
-          if (!noblockPull) return origExecute(opcode);
+          if (!noblockPull) return innerExec(opcode);
           const bit = FDEBUG_TXSTALL << this.index;
           const stall = this.pio.txStall & bit;
           const dbg = this.pio.fdebug & bit;
-          origExecute(opcode);
+          innerExec(opcode);
           this.pio.txStall = (this.pio.txStall & ~bit) | stall;
           this.pio.fdebug = (this.pio.fdebug & ~bit) | dbg;
           return undefined;

@@ -121,7 +121,7 @@ function skippable(limit) {
       if (sm._delayLeft > 0) {
         k = Math.min(k, sm._delayLeft);
       } else if (sm.waiting) {
-        if (sm.waitType !== 1 || !ctl.syncSettled()) return 0;
+        if (sm.waitType !== 1 || !ctl.syncSettled() || ctl.pinWaitSatisfied(sm)) return 0;
       } else if (JMP_XDEC_SELF(pio.instructions[sm.pc], sm.pc) && sm.x > 0) {
         k = Math.min(k, sm.x >>> 0);
       } else {
