@@ -347,22 +347,25 @@ def test_acceleration_changes_nothing():
     assert out[0] == out[1] and len(out[0]) > 40
 
 
-def test_trigger_start_equals_sim_hal_plus_the_input_synchroniser(bus):
-    """A channel armed on TRIG1 starts on the edge: its edges equal sim_hal's two PIO cycles later
-    (sim_hal's pio_emu does not model the 2-flop input synchroniser; the datasheet's PIO has it)."""
+@pytest.mark.parametrize("mask,trigger", [(0b0011, 1), (0b1111, 3)])
+def test_trigger_start_equals_sim_hal_plus_the_input_synchroniser(bus, mask, trigger):
+    """Channels armed on TRIG1 (rising edge, or gated: trigger 3) start on the edge: their edges equal
+    sim_hal's two PIO cycles later (sim_hal's pio_emu does not model the 2-flop input synchroniser;
+    the datasheet's PIO has it)."""
     hal = bus.load_hal()
-    mask = 0b0011
-    trains = trains_for(mask, train_duration_ns=600_000, trigger=1)  # TRIG1 rising edge
-    hal.start(trains, mask, [1, 1, 0, 0])
+    trains = trains_for(mask, train_duration_ns=600_000, trigger=trigger)
+    chans = [ch for ch in range(4) if mask >> ch & 1]
+    wait = [1 if mask >> ch & 1 else 0 for ch in range(4)]
+    hal.start(trains, mask, wait)
     t0 = start_cycle(bus)
-    assert hal.waiting(0) and hal.waiting(1)
+    assert all(hal.waiting(ch) for ch in chans)
     d = 300 * US + 7
     bus.drive_input(board.TRIG1_PIN, 1, t0 + d)
     bus.run_us(300)
     assert hal.running(0) and not hal.waiting(0)
-    run_until_idle(bus, hal, [0, 1])
+    run_until_idle(bus, hal, chans)
     got = rb_edges(bus, mask, t0)
-    want = sim_edges(trains, mask, bus.now - t0, wait=(1, 1, 0, 0), trigger_at=d)
+    want = sim_edges(trains, mask, bus.now - t0, wait=tuple(wait), trigger_at=d)
     assert got and got == [(c + 2, p, lv) for c, p, lv in want]
 
 
