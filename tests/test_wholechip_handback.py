@@ -81,3 +81,24 @@ def test_repl_request_on_the_official_image():
             assert pump_us < 10_000  # the bound HARDWARE.md states, with margin
         finally:
             client.close()
+
+
+def test_bootsel_in_the_boot_window_on_the_official_image():
+    """BOOTSEL reads pressed from power-up in the emulator (its boot starts at the flash image, so the
+    ROM's own BOOTSEL check is not in the way): main.py builds the HAL, sees the press in its boot
+    window and hands the port to the image's REPL, watchdog stopped. (Not a regression test: on the
+    emulator the old main.py also stayed at the REPL, because it never reached the ROM's check; on a
+    board the ROM check is what made the old "hold BOOTSEL at plug-in" fail.)"""
+    from picostim.virtual.wholechip import WholeChip
+
+    with WholeChip(UF2, bootsel_pressed=True) as wc:
+        ser = transport.open_port(wc.path)
+        try:
+            wc.wait_cycles(3 * HZ)  # past the window and past the 2 s watchdog
+            ser.write(b"\r")
+            _read_until(ser, rb">>> $")
+            _paste(ser, "import machine\nprint('CTRL', machine.mem32[%d] >> 30 & 1)\n" % WATCHDOG_CTRL)
+            got, m = _read_until(ser, rb"CTRL (\d)")
+            assert m.group(1) == b"0"
+        finally:
+            ser.close()
