@@ -144,13 +144,10 @@ def in_repl(uf2):
     start = encode_frame(M.START, 20, bytes((0b1111,)))
     stop = encode_frame(M.STOP, 21, bytes((0b1111,)))
     code = "SETS = %r\nSTART = %r\nSTOP = %r\n" % (sets, start, stop) + REPL_SCRIPT
-    with WholeChip(uf2, run_main=False) as wc:
+    with WholeChip(uf2, run_main=False, extra_files={"picostim_bench.py": code.encode()}) as wc:
         ser = serial.Serial(wc.path, timeout=0.2)
         time.sleep(0.5)
-        ser.write(b"\r\n\x05")  # paste mode
-        time.sleep(0.5)
-        ser.write(code.replace("\n", "\r\n").encode())
-        ser.write(b"\x04")
+        ser.write(b"\r\nimport picostim_bench\r\n")
         buf = b""
         t = time.monotonic()
         while b"BENCH" not in buf or not buf.rstrip().endswith(b">>>"):
@@ -200,7 +197,9 @@ def main():
     _, version = flash_image(Path(uf2))
     t = time.monotonic()
     a = over_cdc(uf2)
+    print(a, flush=True)
     b = in_repl(uf2)
+    print(b, flush=True)
     print(table(a, b, version))
     print("\n(wall time %.0f s)" % (time.monotonic() - t))
     return 0

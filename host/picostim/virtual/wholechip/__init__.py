@@ -109,7 +109,7 @@ def deploy_tree(version: tuple[int, int, int], out: Path) -> Path:
     return out
 
 
-def littlefs_image(tree: Path, run_main: bool = True) -> bytes:
+def littlefs_image(tree: Path, run_main: bool = True, extra_files: dict | None = None) -> bytes:
     """A littlefs image of ``tree`` as the rp2 port mounts it (PyPI littlefs-python). Without
     ``run_main`` the entry point is stored as /picostim_main.py, so the board boots to the REPL with
     nothing started (benchmarks drive the firmware from there)."""
@@ -127,10 +127,14 @@ def littlefs_image(tree: Path, run_main: bool = True) -> bytes:
                 rel = "picostim_main.py"
             with fs.open(rel, "wb") as f:
                 f.write(p.read_bytes())
+    for name, data in (extra_files or {}).items():  # e.g. a benchmark module
+        with fs.open(name, "wb") as f:
+            f.write(data)
     return bytes(fs.context.buffer)
 
 
-def flash_image(uf2: Path, tree_dir: Path | None = None, run_main: bool = True) -> tuple[bytes, tuple[int, int, int]]:
+def flash_image(uf2: Path, tree_dir: Path | None = None, run_main: bool = True,
+                extra_files: dict | None = None) -> tuple[bytes, tuple[int, int, int]]:
     """The whole 2 MiB flash: the image's blocks plus picostim's littlefs at FS_OFFSET."""
     blocks = uf2_payload(uf2.read_bytes())
     version = image_version(blocks)
@@ -146,7 +150,7 @@ def flash_image(uf2: Path, tree_dir: Path | None = None, run_main: bool = True) 
         flash[off:off + len(data)] = data
     with tempfile.TemporaryDirectory() as tmp:
         tree = deploy_tree(version, tree_dir or Path(tmp) / "firmware")
-        fs = littlefs_image(tree, run_main)
+        fs = littlefs_image(tree, run_main, extra_files)
     flash[FS_OFFSET:FS_OFFSET + len(fs)] = fs
     return bytes(flash), version
 
@@ -192,8 +196,9 @@ class WholeChip:
     kind = "rp2040"
 
     def __init__(self, uf2=None, electrodes=None, node: str | None = None, bootsel_pressed: bool = False,
-                 timer_start_us: int = 0, run_main: bool = True):
+                 timer_start_us: int = 0, run_main: bool = True, extra_files: dict | None = None):
         self.run_main = run_main
+        self.extra_files = extra_files
         self.bootsel_pressed = bootsel_pressed
         self.timer_start_us = int(timer_start_us)
         self.uf2 = image_path(uf2)
@@ -221,7 +226,7 @@ class WholeChip:
 
     # ---- life cycle ------------------------------------------------------------------------------
     def open(self, timeout_s: float = 600.0) -> str:
-        flash, self.version = flash_image(self.uf2, run_main=self.run_main)
+        flash, self.version = flash_image(self.uf2, run_main=self.run_main, extra_files=self.extra_files)
         self._tmp = tempfile.TemporaryDirectory(prefix="picostim-chip-")
         d = Path(self._tmp.name)
         (d / "flash.bin").write_bytes(flash)
