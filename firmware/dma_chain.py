@@ -28,6 +28,8 @@ Feed design (see docs/HARDWARE.md, "DMA chain"):
   ahead.
 """
 
+from array import array
+
 from firmware import board
 from firmware import pio_programs as pio
 
@@ -307,7 +309,7 @@ class Block:
         for e in range(n):
             if words[e * p + p - 1] & PIN_MASK:
                 raise ValueError("entry %d does not end idle" % e)
-        self.words = words
+        self.words = array("I", words)  # 4 bytes a word (a list would hold heap ints >= 2**30 on the board)
         self.entries = n
         self.pulses = pulses
         self.tail_ticks = word_ticks(words[-1])  # last word: always idle
