@@ -39,7 +39,7 @@ WORK = Path(tempfile.mkdtemp(prefix="picostim-hostile-"))
 
 COUNTS: collections.Counter = collections.Counter()  # subcommand -> cases
 CODES: collections.Counter = collections.Counter()  # exit code -> cases
-T0 = time.monotonic()
+ELAPSED = [0.0]  # seconds spent in the three properties (hypothesis generation included)
 SUBCOMMANDS = ("info", "upload", "validate", "params", "start", "stop", "trigger", "clear-fault", "status",
                "impedance", "save", "load", "watch", "run", "check", "capture", "ports", "flash", "virtual")
 
@@ -49,10 +49,17 @@ def captures():
     return _make_captures()
 
 
+@pytest.fixture(autouse=True)
+def _timed():
+    t0 = time.monotonic()
+    yield
+    ELAPSED[0] += time.monotonic() - t0
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _figures():
     yield
-    record("cli_hostile_inputs", total=sum(COUNTS.values()), seconds=round(time.monotonic() - T0, 1),
+    record("cli_hostile_inputs", total=sum(COUNTS.values()), seconds=round(ELAPSED[0], 1),
            **{"exit_%d" % k: v for k, v in sorted(CODES.items())},
            **{k.replace("-", "_"): COUNTS[k] for k in SUBCOMMANDS + ("(none)",) if COUNTS[k]})
 

@@ -270,7 +270,8 @@ def test_cli_run_with_injected_fault_reports_it(capsys):
     rc = cli.main(["--virtual", "--electrode", "1k", "--fault", "short@0.3s,ch=0", "run", str(preset),
                    "--duration", "0.6", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert rc == 0, out
+    assert rc == 4, out  # the train was stopped by a safety fault (issue 12: exit 4, not 0)
+    assert out["stopped_by_fault"] is True
     assert [(f["channel"], f["kind"]) for f in out["faults"]] == [(0, "short")]
     assert out["pulses_after_fault"] in (0, 1)
 
