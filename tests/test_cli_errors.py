@@ -291,6 +291,16 @@ def test_triggered_run_needs_and_uses_trig(tmp_path):
     one_error_line(err, "--trig1", "--virtual")
 
 
+def test_trigger_edge_after_the_run_says_waiting(tmp_path):
+    """No edge within the run (here: scheduled after it; on a board: none came): the report says the
+    train waited for its input, not "no complete pulse found"."""
+    f = toml(tmp_path, GOOD + 'trigger = "ext2"\n')
+    rc, out, err = invoke("--virtual", "run", f, "--trig2", "5s", "--duration", "0.1")
+    assert rc == 3
+    one_error_line(err, "waiting for TRIG2", 'trigger = "ext2"')
+    assert "no complete pulse found" not in out + err
+
+
 def test_gated_run_follows_the_gate(tmp_path):
     f = toml(tmp_path, GOOD.replace("frequency_hz = 20", "frequency_hz = 100") + 'trigger = "gated2"\n')
     rc, out, err = invoke("--virtual", "run", f)

@@ -203,6 +203,51 @@ def test_hostile_argv_x10(captures, argv):
     argv_case(argv)
 
 
+# ------------------------------------------------------------------- device commands on a live virtual Pico
+DEVICE_CMDS = {
+    "info": [], "status": [], "params": ["-c"], "start": ["-c"], "stop": ["-c"], "trigger": ["-c"],
+    "clear-fault": ["-c"], "impedance": ["-c"], "save": ["slot", "-c"], "load": ["slot", "-c"],
+    "upload": ["preset", "-c"], "run": ["preset", "-c", "--duration"],
+}
+small = st.one_of(st.integers(-2, 9).map(str), st.sampled_from(["nan", "1e400", "-0", "0x1", ""]))
+
+
+@st.composite
+def virtual_argv(draw):
+    cmd = draw(st.sampled_from(sorted(DEVICE_CMDS)))
+    argv = ["--virtual", "--virtual-channels", draw(st.sampled_from(["1", "2", "4", "0", "5"]))]
+    argv.append(cmd)
+    for kind in DEVICE_CMDS[cmd]:
+        if kind == "slot":
+            argv.append(draw(small))
+        elif kind == "preset":
+            argv.append(str(draw(st.sampled_from(PRESETS))))
+        elif kind == "-c" and draw(st.booleans()):
+            argv += ["-c", draw(small)]
+        elif kind == "--duration":
+            argv += ["--duration", draw(st.sampled_from(["0.02", "0.05", "nan", "-1", "0"]))]
+    return argv
+
+
+def virtual_case(argv):
+    rc, out, err = invoke(argv)
+    # a live board answers: ok, a refusal or a bad option (2), a capture that does not match (3)
+    check_outcome(argv, rc, out, err, {0, 2, 3}, _names_for(argv) + ["channel", "refused", "slot"])
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(virtual_argv())
+def test_hostile_argv_live_virtual_pico(captures, argv):
+    virtual_case(argv)
+
+
+@pytest.mark.slow
+@settings(max_examples=2000, **SETTINGS)
+@given(virtual_argv())
+def test_hostile_argv_live_virtual_pico_x10(captures, argv):
+    virtual_case(argv)
+
+
 # ---------------------------------------------------------------------------------------- parameter files
 KEYS = list(paramfile.ALLOWED_KEYS) + ["name", "description", "channel", "phase_one_us", "amplitude", "x" * 60,
                                        "amplitude_MA", "a\nb", "ünïcödé", ""]

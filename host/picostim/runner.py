@@ -203,8 +203,10 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
             fault_sample = round(f["time_s"] * vp.hal.clock_hz) - start
             break
     openings = (len((triggers or {}).get(n_in, ())) + 1) // 2 if n_in is not None else 1
-    return _finish(params, resp["realised"], trace, events, capture, plot_png, channel, check_s, fault_sample,
-                   gate_openings=openings)
+    result = _finish(params, resp["realised"], trace, events, capture, plot_png, channel, check_s, fault_sample,
+                     gate_openings=openings)
+    say_waiting(result.report, params, duration_s)
+    return result
 
 
 def run_board(client: Client, params: dict[str, int], duration_s: float, *, driver: str,
@@ -240,7 +242,18 @@ def run_board(client: Client, params: dict[str, int], duration_s: float, *, driv
     events = client.events(timeout=0.2)
     result = _finish(params, resp["realised"], out["trace"], events, None, plot_png, channel, duration_s)
     result.capture_path = Path(capture)
+    say_waiting(result.report, params, duration_s)
     return result
+
+
+def say_waiting(report: Report, params: dict[str, int], duration_s: float) -> None:
+    """A triggered train that never started: say it waited for its input, not "no complete pulse"."""
+    n_in = trigger_input(params)
+    if n_in is None or report.n_pulses:
+        return
+    report.failures[:] = ["waiting for TRIG%d: the train (trigger = \"%s\") was armed and no TRIG%d edge came "
+                          "in the %g s run" % (n_in, P.TRIGGER_NAMES[params["trigger"]], n_in, duration_s)
+                          if f == "no complete pulse found" else f for f in report.failures]
 
 
 def _names(names, n=12) -> str:
