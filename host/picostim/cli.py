@@ -191,7 +191,17 @@ def _electrodes(args):
     try:
         return electrodes_from_specs(args.virtual_channels, specs, faults)
     except SpecError as e:
-        raise UsageError(str(e)) from None
+        for option, given in (("--electrode", specs), ("--fault", faults)):  # name the one that is wrong
+            for spec in given:
+                try:
+                    electrodes_from_specs(args.virtual_channels, *(([spec], []) if option == "--electrode"
+                                                                   else ([], [spec])))
+                except SpecError as one:
+                    why = str(one)
+                    for prefix in ("%s %s: " % (option, spec), "%s: " % spec):
+                        why = why[len(prefix):] if why.startswith(prefix) else why
+                    raise UsageError("%s = %s: %s" % (option, _show(spec), why)) from None
+        raise UsageError("--electrode/--fault: %s" % e) from None
 
 
 @contextlib.contextmanager
@@ -913,6 +923,10 @@ def _loaded(module, name):
 def _os_message(e):
     if not isinstance(e, (LinkError, transport.TransportError)) and getattr(e, "strerror", None):
         return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
+    cause = getattr(e, "__cause__", None)
+    m = re.match(r"cannot open (.*?): ", str(e))
+    if isinstance(e, transport.TransportError) and m and getattr(cause, "errno", None):
+        return "--port = %s: cannot open it: %s" % (m.group(1), os.strerror(cause.errno))
     return str(e) or type(e).__name__
 
 
