@@ -319,3 +319,31 @@ def test_replace_plan_with_the_streams_p_plays_the_new_cycle():
     for block in new_plan.sequence():
         stream += block.words
     assert segments(stream) == segments(pe.cycle_words(new) * new.repeats)
+
+
+def test_entry_layout_at_the_split_edges():
+    """Idle lengths at every threshold of the layout (what one pulse entry holds, one shared idle
+    entry, their sums +-1 tick): whole entries, every word in range, every entry ending idle, the tick
+    sum exact, and at most three entries besides the shared ones."""
+    p = dc.ENTRY_WORDS
+    pulse = pe.build_train(P.complete({})).pulse
+    full = p * dc.MAX_TICKS
+    q = p - len(pulse)
+    edges_ = set()
+    for base in (q * dc.MAX_TICKS, (q - 1) * dc.MAX_TICKS, full, 2 * full, 7 * full, q * dc.MAX_TICKS + full):
+        for d in (-5 * p - 1, -5 * p, -1, 0, 1, 5 * p - 1, 5 * p, 5 * p + 1):
+            if base + d >= pe.DEAD_TICKS:
+                edges_.add(base + d)
+    for pre in (0, pe.OVERHEAD, 5 * p - 1):
+        for idle in sorted(edges_ | {pe.DEAD_TICKS, 10 * pe.OVERHEAD}):
+            words, k = dc.pulse_entries(pre, pulse, idle, p)
+            b = dc.Block(words, p)  # checks whole entries, each ending idle
+            assert 1 <= b.entries <= 3
+            assert all(pe.OVERHEAD <= dc.word_ticks(w) <= dc.MAX_TICKS for w in words)
+            assert pe.words_ticks(words) + k * full == pre + pe.words_ticks(pulse) + idle
+            assert strip_idle(segments(words[:p])) == strip_idle(segments(pulse))
+    for d in sorted(edges_ | {5 * p, 5 * p + 1}):
+        if d >= 5 * p:
+            words, k = dc.idle_entries(d, p)
+            assert len(words) in (p, 2 * p) and pe.words_ticks(words) + k * full == d
+            assert all(pe.OVERHEAD <= dc.word_ticks(w) <= dc.MAX_TICKS and w & pe.PIN_MASK == 0 for w in words)
