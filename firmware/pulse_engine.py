@@ -376,8 +376,8 @@ def ramp_pulses(train):
 
 
 def iter_groups(train):
-    """The groups of one cycle in order, from the run-length coded `runs` (a 10 000-pulse burst is
-    one run, not 10 000 list entries: that is what keeps four such channels in the board's heap)."""
+    """The groups of one cycle in order, from the run-length coded host view `runs` (host side and
+    tests; the board feeds dma_chain.Plan from the compact `pulse` / `idle_runs` instead)."""
     for g, n in train.runs:
         for _ in range(n):
             yield g
