@@ -91,12 +91,13 @@ def over_cdc(uf2):
             nrx = len(wc.rx_log)
             client.start(mask)
             rx = wc.rx_log[nrx][0]
+            answered = wc.tx_log[-1][0]  # the last device bytes when the answer had arrived
             wc.wait_cycles(3 * HZ // 1000)
             rec = wc.recorded()
             t0 = sm_start_cycle(rec, rx, 0)  # the train's SM start (after the check's test pulses)
             first = min(c for c, p, lv in rec["edges"] if lv == 1 and c >= t0)
             res[key] = ms(first - rx)
-            res[key.replace("_ms", "_answer_ms")] = ms(min(c for c, n in wc.tx_log if c > rx) - rx)
+            res[key.replace("_ms", "_answer_ms")] = ms(answered - rx)
             client.stop(0b1111)
             wc.wait_cycles(5 * HZ // 1000)
         client.close()
