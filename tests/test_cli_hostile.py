@@ -354,7 +354,7 @@ def file_case(data, cmd, channel):
     if bad == "load":  # refused before anything else
         allowed = {2}
     elif bad == "limits":  # validate: this build's limits; upload/run: the device's, after connecting (none
-        allowed = {"validate": {2}, "upload": {1}, "run": {1}, "check": {0, 3}}[cmd]  # here: exit 1)
+        allowed = {"validate": {2}, "upload": {1}, "run": {1}, "check": {2}}[cmd]  # here: exit 1)
     else:
         allowed = {"validate": {0}, "upload": {1}, "run": {1}, "check": {0, 3}}[cmd]
     names = [str(f), " = ", "(missing)", "TOML", "UTF", NOPORT]

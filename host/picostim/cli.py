@@ -674,6 +674,7 @@ def cmd_check(args):
     from picostim import runner
 
     ps = paramfile.load(args.params)
+    paramfile.check(ps, _offline_limits())  # a file the firmware would refuse describes no capture
     trace, used = runner.load_capture(args.capture, args.channel, args.map)
     report = runner.check_trace(trace, ps.params, args.channel, trace.duration_s())
     if args.plot:

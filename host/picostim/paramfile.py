@@ -157,9 +157,9 @@ def load(path, require=True):
         with open(path, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise ParamFileError("cannot read %s: %s" % (path, e.strerror or e)) from None
+        raise ParamFileError("parameter file %s: cannot read it: %s" % (_short(str(path), 200), e.strerror or e)) from None
     except ValueError as e:  # e.g. an embedded NUL in the path
-        raise ParamFileError("cannot read %s: %s" % (_short(str(path)), e)) from None
+        raise ParamFileError("parameter file %s: cannot read it: %s" % (_short(str(path)), e)) from None
     ps = from_dict(_parse_toml(_decode(raw, path), path))
     ps.source = str(path)
     return check_required(ps) if require else ps

@@ -311,10 +311,13 @@ def read_capture(path: str | Path, samplerate_hz: float | None = None) -> Trace:
     """Read a ``.sr`` or ``.vcd`` capture by extension (zip magic wins over the extension).
 
     Anything that is not a usable capture (empty, truncated, no metadata, no sample rate, time going
-    backwards...) raises :class:`CaptureError` with one line naming the file and the problem;
-    ``OSError`` when the file cannot be opened."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    backwards, or no file at all) raises :class:`CaptureError` with one line naming the file and the
+    problem."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except (OSError, ValueError) as e:  # missing, a directory, a NUL in the name...
+        raise CaptureError(f"capture {str(path)[:200]!r}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
     if not magic:
         raise CaptureError(f"capture {path}: the file is empty")
     try:
