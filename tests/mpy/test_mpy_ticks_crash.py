@@ -101,9 +101,10 @@ out = []
 ctl = Controller(hal, out.append)
 frames = [binascii.unhexlify(line.strip()) for line in sys.stdin]
 time.set_ticks_us(time.TICKS_PERIOD - 100000)  # the shim's clock: 100 ms before the wrap
-for f in frames:
+for f in frames[:-1]:
     ctl.receive(f)
-t_rx = time.ticks_us()
+t_rx = time.ticks_us()  # just before the last frame: the controller's silence starts at or after it
+ctl.receive(frames[-1])
 while hal.stopped_at is None and time.ticks_diff(time.ticks_us(), t_rx) < 500000:
     ctl.poll()
 print(None if hal.stopped_at is None else time.ticks_diff(hal.stopped_at, t_rx), t_rx, time.ticks_us())
