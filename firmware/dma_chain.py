@@ -75,7 +75,6 @@ PINCTRL_IN_BASE_SHIFT = 15
 PINCTRL_IN_BASE_MASK = 0x1F << PINCTRL_IN_BASE_SHIFT
 # Atomic register aliases (2.1.2): +0x1000 XOR, +0x2000 SET, +0x3000 CLR
 REG_ALIAS_SET = 0x2000
-REG_ALIAS_CLR = 0x3000
 # `mov pins, null` (3.4.8: MOV, destination PINS = 000, op none, source NULL = 011): all OUT pins low.
 # Written to SMx_INSTR it executes at once, also on a disabled SM: the forced-stop path's pin reset
 # (a disabled SM holds its pins at whatever it last drove).
@@ -115,11 +114,6 @@ def pio_txf(pio_id, sm):
 def pio_ctrl_set(pio_id):
     """Set-alias of PIO CTRL: one write ORs bits in without a read-modify-write."""
     return pio_base(pio_id) + PIO_CTRL + REG_ALIAS_SET
-
-
-def pio_ctrl_clr(pio_id):
-    """Clear-alias of PIO CTRL: one write clears SM_ENABLE bits of the given SMs only."""
-    return pio_base(pio_id) + PIO_CTRL + REG_ALIAS_CLR
 
 
 def pio_sm_pinctrl_reg(pio_id, sm):

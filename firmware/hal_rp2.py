@@ -96,7 +96,6 @@ class _Chan:
         self.r_pinctrl = dma_chain.pio_sm_pinctrl_reg(pio_id, sm)
         self.r_flevel = dma_chain.pio_flevel(pio_id)
         self.r_ctrl_set = dma_chain.pio_ctrl_set(pio_id)
-        self.r_ctrl_clr = dma_chain.pio_ctrl_clr(pio_id)
         self.r_txf = dma_chain.pio_txf(pio_id, sm)
         self.r_d_write = dma_chain.dma_reg(d, dma_chain.DMA_WRITE_ADDR)
         self.r_d_count = dma_chain.dma_reg(d, dma_chain.DMA_TRANS_COUNT)

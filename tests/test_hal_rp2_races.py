@@ -321,7 +321,7 @@ def test_no_register_address_is_computed_outside_construction(hal, monkeypatch):
         raise AssertionError("register address computed in a hot path")
 
     for name in ("dma_reg", "pio_sm_addr_reg", "pio_sm_instr_reg", "pio_sm_pinctrl_reg", "pio_flevel",
-                 "pio_ctrl_set", "pio_ctrl_clr", "pio_txf"):
+                 "pio_ctrl_set", "pio_txf"):
         monkeypatch.setattr(dc, name, refuse)
     trains = [train(period_ns=1 * MS, train_duration_ns=5 * MS), train(trigger=1), None, None]
     h.start(trains, 0b11, [0, 1, 0, 0])
