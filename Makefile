@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?=
 ANALYZER ?= fx2lafw
 
-.PHONY: all demo test test-slow test-mpy fuzz soak firmware flash flash-dry hil bench typecheck virtual-mpy system-deps clean
+.PHONY: all demo test test-slow test-mpy fuzz soak firmware flash flash-dry hil bench typecheck virtual-mpy system-deps mutate clean
 
 all: test
 
@@ -72,6 +72,9 @@ hil: $(STAMP) system-deps
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/run_all.py
+
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) build out .pytest_cache .hypothesis

@@ -1,0 +1,161 @@
+"""Mutation testing (mutmut 3.8), one module at a time, with the tests meant to cover it.
+
+    python tools/mutate.py                 # every module in MODULES, then rewrite the BENCHMARKS.md table
+    python tools/mutate.py impedance params  # only these (matched against the module path); table rows merged
+
+Why a scratch tree: mutmut 3 copies the sources to ``mutants/`` next to pyproject.toml and names a
+module by its file path, but the host package lives in ``host/picostim`` and is imported as
+``picostim``. So each module gets its own tree under ``build/mutate/<slug>/`` with ``firmware/``,
+``protocol/`` and ``picostim/`` (= host/picostim) at the top, the tests, and a pyproject.toml whose
+[tool.mutmut] section is the repository's plus ``only_mutate`` (that one file) and
+``pytest_add_cli_args_test_selection`` (its tests). The shared checkout never gets a ``mutants/``.
+
+Score = killed / (total - no tests - skipped); timeouts count as killed (mutmut does the same for
+its own score). Slow: this is ``make mutate``, never part of ``make test``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "build" / "mutate"
+BENCH = ROOT / "BENCHMARKS.md"
+MAX_CHILDREN = "2"
+
+# module (path in the scratch tree) -> tests meant to cover it (paths relative to the repo root)
+MODULES: dict[str, list[str]] = {
+    "firmware/impedance.py": ["tests/test_impedance.py", "tests/test_mutation_kills_impedance.py"],
+    "firmware/pulse_engine.py": ["tests/test_pulse_engine.py", "tests/test_dead_time.py",
+                                "tests/test_long_trains.py", "tests/test_mutation_kills_pulse_engine.py"],
+    "protocol/params.py": ["tests/test_params.py", "tests/test_mutation_kills_params.py"],
+    "protocol/cobs.py": ["tests/test_protocol.py"],
+    "protocol/crc16.py": ["tests/test_protocol.py"],
+    "protocol/framing.py": ["tests/test_protocol.py"],
+    "protocol/messages.py": ["tests/test_protocol.py"],
+    "firmware/controller.py": ["tests/test_controller.py", "tests/test_disarm_stop.py",
+                               "tests/test_crash_path.py", "tests/test_mutation_kills_controller.py"],
+    "firmware/dma_chain.py": ["tests/test_long_trains.py", "tests/test_pulse_engine.py"],
+    "firmware/storage.py": ["tests/test_storage.py"],
+    "picostim/capture/analyzer.py": ["tests/test_analyzer.py", "tests/test_mutation_kills_analyzer.py"],
+    "picostim/paramfile.py": ["tests/test_paramfile.py"],
+}
+
+MARK_START = "<!-- mutate:start (tools/mutate.py rewrites this block) -->"
+MARK_END = "<!-- mutate:end -->"
+
+
+def slug(module: str) -> str:
+    return module.replace("/", "_").removesuffix(".py")
+
+
+def build_tree(module: str, tests: list[str]) -> Path:
+    d = WORK / slug(module)
+    if (d / "mutants").exists():
+        shutil.rmtree(d / "mutants")  # sources or tests may have changed: start clean
+    for name in ("firmware", "protocol", "picostim", "tests", "hil_tests", "presets"):
+        if (d / name).exists():
+            shutil.rmtree(d / name)
+    d.mkdir(parents=True, exist_ok=True)
+    ign = shutil.ignore_patterns("__pycache__", "node_modules", "*.pyc")
+    shutil.copytree(ROOT / "firmware", d / "firmware", ignore=ign)
+    shutil.copytree(ROOT / "protocol", d / "protocol", ignore=ign)
+    shutil.copytree(ROOT / "host" / "picostim", d / "picostim", ignore=ign)
+    shutil.copytree(ROOT / "tests", d / "tests", ignore=ign)
+    shutil.copytree(ROOT / "hil_tests", d / "hil_tests", ignore=ign)
+    shutil.copytree(ROOT / "presets", d / "presets", ignore=ign)
+    base = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    text = (ROOT / "pyproject.toml").read_text()
+    # replace the [tool.mutmut] section with the per-module one
+    cfg = dict(base)
+    cfg["only_mutate"] = [module]
+    cfg["pytest_add_cli_args_test_selection"] = [t for t in tests if (ROOT / t).exists()]
+    sect = ["[tool.mutmut]"] + ["%s = %s" % (k, json.dumps(v)) for k, v in cfg.items()]
+    text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "\n".join(sect) + "\n\n", text)
+    (d / "pyproject.toml").write_text(text)
+    return d
+
+
+def run_module(module: str) -> dict:
+    tests = MODULES[module]
+    d = build_tree(module, tests)
+    mutmut = [sys.executable, "-m", "mutmut"]
+    print("== %s (tests: %s)" % (module, " ".join(tests)), flush=True)
+    with open(d / "mutmut.log", "w") as log:
+        rc = subprocess.run(mutmut + ["run", "--max-children", MAX_CHILDREN], cwd=d, check=False,
+                            stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc:
+        raise SystemExit("mutmut run failed for %s (exit %d): see %s" % (module, rc, d / "mutmut.log"))
+    subprocess.run(mutmut + ["export-cicd-stats"], cwd=d, check=True, stdout=subprocess.DEVNULL)
+    st = json.loads((d / "mutants" / "mutmut-cicd-stats.json").read_text())
+    res = subprocess.run(mutmut + ["results"], cwd=d, check=True, capture_output=True, text=True)
+    (d / "survivors.txt").write_text(res.stdout)
+    killed = st["killed"] + st["timeout"]
+    real = st["total"] - st["no_tests"] - st["skipped"]
+    row = {"module": module, "killed": killed, "total": real, "survived": st["survived"],
+           "no_tests": st["no_tests"],
+           "score": 100.0 * killed / real if real else 0.0,
+           "date": datetime.date.today().isoformat(),
+           "tests": [t for t in tests if (ROOT / t).exists()]}
+    print("   killed %d / %d (%.1f %%), survived %d, no tests %d; survivors in %s" % (
+        killed, real, row["score"], st["survived"], st["no_tests"], d / "survivors.txt"), flush=True)
+    return row
+
+
+def table(rows: dict[str, dict]) -> str:
+    out = [MARK_START, "",
+           "| module | killed / total | score | survived | no test reaches | date | tests run |",
+           "|---|---|---|---|---|---|---|"]
+    for module in MODULES:
+        r = rows.get(module)
+        if r is None:
+            continue
+        out.append("| `%s` | %d / %d | %.1f %% | %d | %d | %s | %s |" % (
+            r["module"], r["killed"], r["total"], r["score"], r["survived"], r["no_tests"], r["date"],
+            ", ".join("`%s`" % Path(t).name for t in r["tests"])))
+    out += ["", "Command: `make mutate` (= `python tools/mutate.py`; one module: "
+            "`python tools/mutate.py impedance`), mutmut %s, `--max-children %s`. Total excludes mutants "
+            "no selected test reaches (shown separately). Surviving mutants and why each is "
+            "equivalent or still open: [tests/mutation-survivors.md](tests/mutation-survivors.md)."
+            % (mutmut_version(), MAX_CHILDREN), "", MARK_END]
+    return "\n".join(out)
+
+
+def mutmut_version() -> str:
+    from importlib.metadata import version
+    return version("mutmut")
+
+
+def old_rows() -> dict[str, dict]:
+    j = WORK / "scores.json"
+    return json.loads(j.read_text()) if j.exists() else {}
+
+
+def main(argv: list[str]) -> int:
+    wanted = [m for m in MODULES if not argv or any(a in m for a in argv)]
+    if not wanted:
+        print("no module matches %s; known: %s" % (argv, ", ".join(MODULES)))
+        return 2
+    rows = old_rows()
+    for m in wanted:
+        rows[m] = run_module(m)
+        WORK.mkdir(parents=True, exist_ok=True)
+        (WORK / "scores.json").write_text(json.dumps(rows, indent=1))
+    block = table(rows)
+    text = BENCH.read_text()
+    if MARK_START in text:
+        text = re.sub(re.escape(MARK_START) + r".*?" + re.escape(MARK_END), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n## 9. Test strength (mutation testing)\n\n" + block + "\n"
+    BENCH.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
