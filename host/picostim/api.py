@@ -273,8 +273,8 @@ class TriggerSeen(Event):
 @dataclass(frozen=True, kw_only=True)
 class Fault(Event):
     """A safety check stopped the channel: ``reason`` "open" / "short" (electrode; ``ohms`` the reading,
-    2147483647 = at the compliance rail) or "deadman" (host link silent; ``ohms`` None). The fault is
-    latched until :meth:`Stimulator.clear_fault`."""
+    2147483647 = at the compliance rail; latched: the channel starts again only after
+    :meth:`Stimulator.clear_fault`) or "deadman" (host link silent; ``ohms`` None; not latched)."""
 
     reason: str
     ohms: int | None
@@ -576,7 +576,8 @@ class Stimulator:
             self.client.stop(self._mask(channels, "all"))
 
     def trigger(self, *channels: int) -> None:
-        """Software trigger of ``channels`` (default: every channel with parameters)."""
+        """Software trigger of ``channels`` (default: every channel with parameters): their trains start
+        now, whatever their trigger source (an armed train is disarmed first)."""
         with _translated():
             self.client.trigger(self._mask(channels, "configured"))
 
@@ -651,22 +652,32 @@ class Stimulator:
                     c.stale_responses += 1
 
     # ---- the main job ----
+    def wait_idle(self, *channels: int, timeout: float = 5.0) -> bool:
+        """Wait until ``channels`` (default: all) are neither running nor armed, e.g. after
+        :meth:`stop` (the pulse in progress completes first). False if ``timeout`` s passed first."""
+        chans = [self._channel(ch) for ch in channels] or list(range(self.channels))
+        vp = self.virtual if self.kind == "cpython" and not self.virtual.realtime else None
+        deadline = time.monotonic() + timeout
+        while True:
+            if vp is not None:
+                busy = any(vp.hal.running(ch) for ch in chans)
+            else:
+                st = self.status()
+                busy = any(st.channels[ch].state in ("running", "armed") for ch in chans)
+            if not busy:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            if vp is not None:
+                vp.advance(0.01)  # stepped time (inside run): emulate instead of sleeping
+            else:
+                time.sleep(0.01)
+
     def _make_idle(self, channel: int) -> None:
         """Stop a train still running on ``channel`` and wait until its last pulse has played."""
-        if self.status().channels[channel].state not in ("running", "armed"):
-            return
-        self.stop(channel)
-        vp = self.virtual if self.kind == "cpython" else None
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            if vp is not None:
-                if not vp.hal.running(channel):
-                    return
-                vp.advance(0.01)
-            else:
-                if self.status().channels[channel].state not in ("running", "armed"):
-                    return
-                time.sleep(0.01)
+        if self.status().channels[channel].state in ("running", "armed"):
+            self.stop(channel)
+            self.wait_idle(channel)
 
     def run(self, params: ParamSource, duration: float | None = None, *, channel: int = 0,
             capture: str | Path | None = None, plot: str | Path | None = None,

@@ -1,0 +1,250 @@
+"""The Python API (host/picostim/api.py, issue 14): the README example as it stands in README.md,
+every public method against the virtual Pico, errors with their type and fields, the examples, and
+mypy --strict on the public module."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import picostim
+from picostim import paramfile
+from picostim.virtual.electrode import electrodes_from_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = {"frequency_hz": 1000, "phase1_us": 100, "amplitude_ma": 1.0, "electrode_area_mm2": 5}
+
+
+def readme_example() -> str:
+    """The first python block of README.md's "Python API" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    m = re.search(r"```python\n(.*?)```", section, re.S)
+    assert m, "README.md: no python block in the Python API section"
+    return m.group(1)
+
+
+def test_readme_example_runs(tmp_path, monkeypatch, capsys):
+    code = readme_example()
+    assert "picostim.open(" in code and "stim.run(" in code  # the block we mean, not another one
+    shutil.copytree(ROOT / "presets", tmp_path / "presets")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md[Python API]", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", out[0]), out
+    pulses, ohms = out[-1].split()
+    assert int(pulses) >= 0 and 100 <= int(ohms) < 100_000, out
+    vcd = (tmp_path / "out" / "x.vcd").read_text()
+    assert "$enddefinitions" in vcd and "POS" in vcd
+
+
+@pytest.fixture(scope="module")
+def stim():
+    with picostim.open(virtual=True) as s:
+        yield s
+
+
+def test_info_and_repr(stim):
+    info = stim.info()
+    assert info.kind == "cpython" and info.port == stim.port and info.channels == stim.channels == 4
+    assert info.limits["max_amplitude_ua"] == 10_000 and info.reset_reason == "power-on"
+    assert json.loads(json.dumps(info.to_json()))["firmware_version"] == info.firmware_version
+    assert "4 channels" in repr(stim)
+    with pytest.raises(Exception):
+        info.channels = 3  # frozen
+
+
+def test_upload_path_dict_paramset(stim):
+    r = stim.upload(ROOT / "presets" / "ptns.toml", channel=0)
+    assert (r.channel, r.phase1_us, r.frequency_hz, r.amplitude_ma, r.name) == (0, 200.0, 20.0, 2.0, "ptns")
+    r = stim.upload(dict(FAST, phase1_us=100.003), channel=1)  # realised to the 8 ns tick
+    assert r.phase1_us == 100.0 and r.requested["phase1_us"] == pytest.approx(100.003)
+    ps = paramfile.loads('phase1_us = 50\nperiod_us = 500\namplitude_ua = 300\nelectrode_area_mm2 = 5\n')
+    r = stim.upload(ps, channel=2)
+    assert (r.phase1_us, r.period_us, r.amplitude_ma) == (50.0, 500.0, 0.3)
+    assert stim.params(2).period_us == 500.0 and stim.params(3) is None
+    json.dumps(r.to_json())
+
+
+def test_start_status_stop_events(stim):
+    stim.upload(dict(FAST, train_duration_ms=5), channel=1)
+    stim.upload(FAST, channel=2)
+    stim.events()  # drop what earlier tests left
+    stim.start(1, 2)
+    done = stim.wait_event("train_done", channel=1, timeout=3)
+    assert isinstance(done, picostim.TrainDone) and done.value == 5 and done.channel == 1
+    st = stim.status()
+    assert st.channels[2].state == "running" and st.channels[2].pulses > 0 and st.uptime_s > 0
+    assert st.channels[1].state == "idle" and st.channels[1].pulses == 5
+    json.dumps(st.to_json())
+    stim.stop()  # default: all channels
+    assert stim.wait_idle(timeout=3)
+    assert all(c.state == "idle" for c in stim.status().channels)
+    stopped = stim.events(timeout=0.2)  # a stopped train reports train_done with the pulses it played
+    assert [(e.kind, e.channel) for e in stopped] == [("train_done", 2)] and stopped[0].value > 0
+    stim.trigger(1)  # a software trigger starts the train now
+    assert stim.wait_event("train_done", channel=1, timeout=3) is not None
+    assert stim.wait_event("crash", timeout=0.05) is None
+
+
+def test_impedance_save_load(stim):
+    z = stim.impedance(0)
+    assert isinstance(z, picostim.Impedance) and z.classification == "ok" and 900 <= z.ohms <= 1100
+    stim.upload(dict(FAST, amplitude_ma=0.7), channel=3)
+    crc = stim.save(3, 1)
+    assert 0 <= crc < 0x10000
+    assert stim.load(1, channel=0).amplitude_ma == 0.7
+
+
+def test_deadman_event(stim):
+    stim.upload(FAST, channel=0)
+    stim.events()
+    stim.set_deadman(0.05)
+    try:
+        stim.start(0)
+        ev = stim.wait_event("fault", timeout=3)  # waiting reads the link but sends nothing
+    finally:
+        stim.set_deadman(0)
+    assert isinstance(ev, picostim.Fault) and ev.reason == "deadman" and ev.channel == 0 and ev.ohms is None
+    assert stim.wait_idle(0, timeout=3)
+
+
+def test_run_report(stim, tmp_path):
+    stim.upload(FAST, channel=0)
+    stim.start(0)  # run() takes the channel over: the running train is stopped first
+    rep = stim.run(ROOT / "presets" / "scs_burst.toml", duration=0.05, capture=tmp_path / "new" / "c.vcd",
+                   plot=tmp_path / "c.png")
+    assert rep.ok and rep.failures == () and rep.pulses == 11 and not rep.stopped_by_fault
+    assert rep.capture == tmp_path / "new" / "c.vcd" and rep.capture.exists() and rep.plot.exists()
+    assert rep.realised.phase1_us == 500.0 and rep.trace.samplerate_hz == 125e6
+    assert rep.measured["ok"] is True and "phase1" in rep.summary
+    out = json.loads(json.dumps(rep.to_json()))
+    assert "trace" not in out and out["capture"] == str(tmp_path / "new" / "c.vcd")
+    # after a run the board is in real time again: a started train counts pulses by itself
+    stim.upload(FAST, channel=0)
+    stim.start(0)
+    assert stim.wait_event("fault", timeout=0.2) is None
+    assert stim.status().channels[0].pulses > 10
+    stim.stop()
+    stim.wait_idle()
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+
+def test_refused_by_host_limits(stim):
+    with pytest.raises(picostim.DeviceRefused) as e:
+        stim.upload(dict(FAST, amplitude_ma=50), channel=0)
+    assert (e.value.field, e.value.value, e.value.limit, e.value.relation, e.value.nack) == (
+        "amplitude_ua", 50_000, 10_000, "<=", None)
+    assert "amplitude" in str(e.value) and "10000 µA" in str(e.value)
+
+
+def test_refused_by_device_while_running(stim):
+    stim.upload(FAST, channel=0)
+    stim.start(0)
+    try:
+        with pytest.raises(picostim.DeviceRefused) as e:
+            stim.upload(dict(FAST, amplitude_ma=1.5), channel=0)  # live amplitude changes are refused
+    finally:
+        stim.stop(0)
+        stim.wait_idle(0)
+    assert e.value.nack is not None and e.value.field == "amplitude_ua" and e.value.value == 1500
+    assert "stop it first" in str(e.value)
+
+
+def test_bad_channel_and_bad_input(stim):
+    with pytest.raises(picostim.DeviceRefused) as e:
+        stim.start(7)
+    assert (e.value.field, e.value.value, e.value.limit) == ("channel", 7, 3)
+    with pytest.raises(TypeError):
+        stim.impedance(True)
+    with pytest.raises(picostim.ParamFileError) as pe:
+        stim.upload({"frequency_hz": 20, "phase1_us": 200, "electrode_area_mm2": 5})  # no amplitude
+    assert "amplitude" in str(pe.value)
+    with pytest.raises(picostim.ParamFileError):
+        stim.upload(dict(FAST, phase1_parsecs=3))
+
+
+def test_safety_fault_and_timing_mismatch():
+    faults = electrodes_from_specs(4, [], ["open@0.05s,ch=0"])
+    with picostim.open(virtual=True, electrodes=faults) as s:
+        with pytest.raises(picostim.SafetyFault) as e:
+            s.run(FAST, duration=0.2, check=True)
+        f = e.value
+        assert (f.channel, f.kind, f.ohms) == (0, "open", 2147483647) and 0.05 <= f.time_s < 0.06
+        assert f.report.stopped_by_fault and not f.report.ok and f.report.pulses_after_fault <= 1
+        with pytest.raises(picostim.SafetyFault) as latched:  # the open electrode's fault is latched
+            s.start(0)
+        assert (latched.value.kind, latched.value.channel) == ("latched", 0)
+        s.clear_fault(0)
+        assert s.status().channels[0].fault == "none"
+        # an external trigger that comes after the window: nothing to measure -> TimingMismatch
+        with pytest.raises(picostim.TimingMismatch) as tm:
+            s.run(dict(FAST, trigger="ext1"), duration=0.05, channel=1, triggers={1: [0.2]}, check=True)
+        assert "waiting for TRIG1" in tm.value.report.failures[0] and not tm.value.report.ok
+        rep = s.run(dict(FAST, trigger="ext1"), duration=0.05, channel=2, triggers={1: [0.01]})
+        # 40 ms of a 1 kHz train from the edge; the stop lets the pulse in progress and one queued play
+        assert rep.ok and 40 <= rep.pulses <= 42, rep.summary
+        with pytest.raises(ValueError):
+            s.run(dict(FAST, trigger="ext1"), duration=0.05, channel=2)  # nothing drives TRIG1
+
+
+def test_link_errors():
+    with pytest.raises(picostim.LinkError) as e:
+        picostim.open("/nonexistent/tty-picostim")
+    assert isinstance(e.value, OSError) and "/nonexistent/tty-picostim" in str(e.value)
+    s = picostim.open(virtual=True, timeout=0.1, retries=0)
+    s.virtual.close()  # the board goes away under the link
+    try:
+        with pytest.raises(picostim.LinkError):
+            s.status()
+    finally:
+        s.close()
+    with pytest.raises(ValueError):
+        picostim.open(virtual="arduino")
+
+
+# ---- examples and types -----------------------------------------------------------------------------
+
+
+def test_titration_example(capsys):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import titration
+    finally:
+        sys.path.pop(0)
+    assert titration.main(["--dwell", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "2.00 mA requested, 2.000 mA realised" in out and "threshold: 2.00 mA" in out
+
+
+def test_plot_capture_example(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "plot_capture.py"), str(tmp_path / "p.png")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p.png").stat().st_size > 10_000 and (tmp_path / "out" / "scs_burst.vcd").exists()
+    assert "OK: 11 pulses" in proc.stdout
+
+
+def test_mypy_strict_public_module():
+    pytest.importorskip("mypy")
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+                           "host/picostim/api.py", "host/picostim/__init__.py"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_public_name_documented():
+    for name in picostim.__all__:
+        obj = getattr(picostim, name)
+        assert (obj.__doc__ or "").strip(), name
+    for name, member in vars(picostim.Stimulator).items():
+        if not name.startswith("_") and callable(getattr(member, "fget", member)):
+            assert (getattr(member, "__doc__", "") or "").strip(), name
