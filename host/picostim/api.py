@@ -197,6 +197,8 @@ class Realised(_Result):
     values: Mapping[str, Any] = field(repr=False)
     name: str | None = None
     source: str | None = None
+    # the device's answer as the protocol client decodes it (params in ns/µA, realised in ticks)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata={"json": False})
 
 
 def _realised(channel: int, response: Mapping[str, Any], ps: Any = None) -> Realised:
@@ -206,7 +208,7 @@ def _realised(channel: int, response: Mapping[str, Any], ps: Any = None) -> Real
                     frequency_hz=v.get("frequency_hz", 0.0), amplitude_ma=v["amplitude_ua"] / 1000,
                     phase2_amplitude_ma=v["phase2_amplitude_ua"] / 1000, charge_residual_pc=v["charge_residual_pc"],
                     tick_hz=int(v["tick_hz"]), requested=_pf.requested_us(response["params"]), values=v,
-                    name=getattr(ps, "name", None), source=getattr(ps, "source", None))
+                    name=getattr(ps, "name", None), source=getattr(ps, "source", None), raw=response)
 
 
 @dataclass(frozen=True)
@@ -343,6 +345,7 @@ class RunReport(_Result):
     summary: str = field(repr=False)
     trace: Any = field(default=None, repr=False, compare=False, metadata={"json": False})
     analysis: Any = field(default=None, repr=False, compare=False, metadata={"json": False})
+    result: Any = field(default=None, repr=False, compare=False, metadata={"json": False})  # runner.RunResult
 
     @property
     def stopped_by_fault(self) -> bool:
@@ -769,4 +772,5 @@ def _run_report(result: Any, channel: int, duration: float, ps: Any) -> RunRepor
                      failures=tuple(rep.failures), pulses=int(rep.n_pulses), realised=realised,
                      measured=rep.to_json(), events=events, faults=faults,
                      pulses_after_fault=result.pulses_after_fault, capture=result.capture_path,
-                     plot=result.plot_path, summary=rep.summary(), trace=result.trace, analysis=rep)
+                     plot=result.plot_path, summary=rep.summary(), trace=result.trace, analysis=rep,
+                     result=result)

@@ -1,5 +1,5 @@
-"""``picostim`` command line: argument parsing and output formatting only (logic lives in client.py,
-paramfile.py and transport.py).
+"""``picostim`` command line: argument parsing and output formatting only (the board is opened and
+driven through the Python API, api.py; logic lives in client.py, paramfile.py, transport.py, runner.py).
 
 Exit codes (EXIT_HELP): 0 ok; 1 link or other error; 2 bad input (file, capture, option, value) or a
 refusal by the device (NACK); 3 a timing check (``run``/``check``) found the capture does not match the
@@ -22,8 +22,8 @@ import sys
 import time
 import traceback
 
-from picostim import paramfile, transport
-from picostim.client import Client, DeviceError, LinkError, mask_of
+from picostim import api, paramfile, transport
+from picostim.client import DeviceError, LinkError, mask_of
 from protocol import messages as M
 
 EXIT_OK = 0
@@ -206,30 +206,26 @@ def _electrodes(args):
 
 @contextlib.contextmanager
 def connect(args, realtime=True):
-    """Yield a Client for --port / --virtual / USB discovery; HELLO already done. With --virtual,
-    ``client.virtual`` is the VirtualPico (None for a board)."""
+    """Yield a :class:`picostim.api.Stimulator` (``picostim.open``, the Python API) for --port /
+    --virtual / USB discovery; HELLO already done. ``realtime=False``: the command is ``run``."""
     electrodes = _electrodes(args)  # bad --electrode/--fault (or without --virtual): exit 2 before connecting
-    with contextlib.ExitStack() as stack:
-        vp = None
-        if args.virtual:
-            vp, path = stack.enter_context(_virtual_board(args.virtual_channels, realtime, args.virtual, electrodes,
-                                                          getattr(args, "uf2", None)))
-        elif args.port:
-            path = args.port
-        else:
-            path = transport.discover(serial_number=args.serial)
-        ser = transport.open_port(path)
-        timeout = args.timeout
-        if args.virtual == "rp2040":  # emulated time runs 8-60x slower than wall time: answers take longer
-            from picostim.virtual.wholechip import MIN_HOST_TIMEOUT_S
-
-            timeout = max(timeout, MIN_HOST_TIMEOUT_S)
-        client = Client(ser, timeout=timeout, retries=args.retries)
-        stack.callback(client.close)
-        client.port_name = path
-        client.virtual = vp
-        client.hello()
-        yield client
+    kind = args.virtual
+    if kind in ("micropython", "rp2040") and args.virtual_channels != 4:
+        raise UsageError("--virtual=%s has the board's 4 channels (firmware/board.py)" % kind)
+    if kind == "micropython":
+        if not realtime:
+            raise UsageError("--virtual=micropython runs the firmware on shim hardware without PIO timing; "
+                             "use --virtual (the CPython virtual Pico) for run/captures")
+        if electrodes is not None:
+            raise UsageError("--electrode/--fault need the CPython virtual Pico (--virtual): the shim has no electrode model")
+    try:
+        stim = api.open(None if kind else (args.port or None), virtual=kind or False, serial_number=args.serial,
+                        timeout=args.timeout, retries=args.retries, channels=args.virtual_channels,
+                        electrodes=electrodes, uf2=getattr(args, "uf2", None))
+    except _loaded("picostim.virtual.wholechip", "WholeChipError") as e:
+        raise UsageError(str(e)) from None
+    with stim:
+        yield stim
 
 
 def _check_channel(client, ch):
@@ -275,9 +271,9 @@ def cmd_ports(args):
 
 
 def cmd_info(args):
-    with connect(args) as c:
-        info = dict(c.device)
-        info["port"] = c.port_name
+    with connect(args) as stim:
+        info = dict(stim.client.info())
+        info["port"] = stim.port
     if args.json:
         _print_json(info)
         return EXIT_OK
@@ -371,14 +367,15 @@ def _result_json(channel, ps, result):
 
 def cmd_upload(args):
     ps = paramfile.load(args.file)  # a malformed file -> exit 2 before any connection
-    with connect(args) as c:  # HELLO: the device's own limits, which may differ from this build's
-        _check_channel(c, args.channel)
-        paramfile.check(ps, c.limits)  # out of range -> exit 2, nothing sent but HELLO
-        result = c.set_params(args.channel, ps.params)
+    with connect(args) as stim:  # HELLO: the device's own limits, which may differ from this build's
+        _check_channel(stim, args.channel)
+        limits = stim.client.limits
+        paramfile.check(ps, limits)  # out of range -> exit 2, nothing sent but HELLO
+        result = stim.upload(ps, args.channel).raw
     if args.json:
         _print_json(_result_json(args.channel, ps, result))
     else:
-        print(format_comparison(args.channel, ps, result, c.limits.get("min_dead_time_ns")))
+        print(format_comparison(args.channel, ps, result, limits.get("min_dead_time_ns")))
     return EXIT_OK
 
 
@@ -404,7 +401,8 @@ def _offline_limits():
 
 
 def cmd_params(args):
-    with connect(args) as c:
+    with connect(args) as stim:
+        c = stim.client  # GET_PARAMS with its NACK for an explicit channel without parameters
         for ch in args.channel or ():
             _check_channel(c, ch)
         chans = args.channel if args.channel else range(c.channels)
@@ -428,9 +426,9 @@ def cmd_params(args):
 
 def _simple(method, default):
     def run(args):
-        with connect(args) as c:
-            mask = _channels_mask(c, args.channel, default)
-            getattr(c, method)(mask)
+        with connect(args) as stim:
+            mask = _channels_mask(stim.client, args.channel, default)
+            getattr(stim, method)(*_chan_list(mask))
             print("%s: channel%s %s" % (method.replace("_", " "), "s" if bin(mask).count("1") > 1 else "",
                                         ", ".join(str(ch) for ch in _chan_list(mask))))
         return EXIT_OK
@@ -439,7 +437,8 @@ def _simple(method, default):
 
 
 def cmd_status(args):
-    with connect(args) as c:
+    with connect(args) as stim:
+        c = stim.client  # the raw STATUS and the host's link counters (--json shape)
         st = c.status()
         host = c.counters()
         events = c.events()
@@ -477,7 +476,8 @@ def format_event(ev):
 
 
 def cmd_impedance(args):
-    with connect(args) as c:
+    with connect(args) as stim:
+        c = stim.client  # one IMPEDANCE request for every channel of the mask
         mask = _channels_mask(c, args.channel, "all")
         readings = c.impedance(mask)
     if args.json:
@@ -490,8 +490,8 @@ def cmd_impedance(args):
 
 
 def cmd_save(args):
-    with connect(args) as c:
-        r = c.save(_check_channel(c, args.channel), args.slot)
+    with connect(args) as stim:
+        r = {"slot": args.slot, "crc": stim.save(_check_channel(stim, args.channel), args.slot)}
     if args.json:
         _print_json(r)
     else:
@@ -500,8 +500,8 @@ def cmd_save(args):
 
 
 def cmd_load(args):
-    with connect(args) as c:
-        r = c.load(_check_channel(c, args.channel), args.slot)
+    with connect(args) as stim:
+        r = stim.load(args.slot, _check_channel(stim, args.channel)).raw
     if args.json:
         _print_json(r)
     else:
@@ -511,7 +511,8 @@ def cmd_load(args):
 
 def cmd_watch(args):
     """Live status: events as they arrive, pulses and train progress, until Ctrl-C or all idle."""
-    with connect(args) as c:
+    with connect(args) as stim:
+        c = stim.client  # raw events and STATUS (--json lines)
         totals = {}  # channel -> pulses in the whole train (0 = until stopped)
         for ch in range(c.channels):
             try:
@@ -606,23 +607,13 @@ def cmd_run(args):
     duration = args.duration
     if duration is None:
         duration = runner.default_duration_s(ps.params) + (triggers[n_in][0] if n_in in triggers else 0)
-    with connect(args, realtime=False) as c:
-        _check_channel(c, args.channel)
-        paramfile.check(ps, c.limits)
-        if getattr(c.virtual, "kind", None) == "rp2040":
-            from picostim.virtual import wholechip
-
-            if triggers:
-                raise UsageError("--trig1/--trig2 drive the CPython virtual Pico's inputs; --virtual=rp2040 has none yet")
-            result = wholechip.run(c.virtual, c, ps.params, duration, channel=args.channel, capture=args.capture,
-                                   plot_png=args.plot)
-        elif c.virtual is not None:
-            result = runner.run_virtual(c.virtual, c, ps.params, duration, channel=args.channel,
-                                        capture=args.capture, plot_png=args.plot, triggers=triggers)
-        else:
-            result = runner.run_board(c, ps.params, duration, driver=args.analyzer, samplerate=args.samplerate,
-                                      channel=args.channel, capture=args.capture or "picostim-capture.sr",
-                                      plot_png=args.plot)
+    with connect(args, realtime=False) as stim:
+        _check_channel(stim, args.channel)
+        paramfile.check(ps, stim.client.limits)
+        if stim.kind == "rp2040" and triggers:
+            raise UsageError("--trig1/--trig2 drive the CPython virtual Pico's inputs; --virtual=rp2040 has none yet")
+        result = stim.run(ps, duration, channel=args.channel, capture=args.capture, plot=args.plot,
+                          triggers=triggers, analyzer=args.analyzer, samplerate=args.samplerate).result
     stopped = [f for f in result.faults if f["channel"] == args.channel]
     code = EXIT_SAFETY_STOP if stopped else EXIT_OK if result.report.ok else EXIT_CHECK_FAILED
     if stopped:
@@ -905,6 +896,11 @@ def main(argv=None):
         return _fail(str(e), EXIT_BAD_INPUT, as_json, {"field": getattr(e, "key", None)}, debug)
     except DeviceError as e:
         return _fail(str(e), EXIT_BAD_INPUT, as_json, {"nack": e.nack}, debug)
+    except api.SafetyFault as e:  # START/TRIGGER refused: the channel's fault is latched (a NACK)
+        return _fail(str(e), EXIT_BAD_INPUT, as_json, {"nack": getattr(e.__cause__, "nack", None)}, debug)
+    except api.DeviceRefused as e:  # a NACK, or a refusal on the host from the device's limits
+        return _fail(str(e), EXIT_BAD_INPUT, as_json, {"nack": e.nack} if e.nack is not None else {"field": e.field},
+                     debug)
     except (LinkError, transport.TransportError, OSError) + _loaded("picostim.capture.sigrok", "SigrokError") as e:
         return _fail(_os_message(e), EXIT_ERROR, as_json, None, debug)
     except KeyboardInterrupt:
@@ -922,6 +918,8 @@ def _loaded(module, name):
 
 
 def _os_message(e):
+    if isinstance(e, api.LinkError) and e.__cause__ is not None:  # the API's LinkError wraps the original
+        e = e.__cause__
     if not isinstance(e, (LinkError, transport.TransportError)) and getattr(e, "strerror", None):
         return "%s: %s" % (e.filename, e.strerror) if e.filename else e.strerror
     cause = getattr(e, "__cause__", None)
