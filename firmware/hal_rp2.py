@@ -49,7 +49,6 @@ MONITOR_IRQ_OFF_US = 100
 # due at least this far ahead is chosen, so the wait never starts after the due time.
 MONITOR_PREP_US = 1000
 _ANCHOR_WAIT_US = 400  # _anchor: longest wait (interrupts off) for a first-phase edge
-_REBASE_US = 1 << 26  # phase1_samples moves the origin of a long train delay on in steps of 67 s
 _LDAC_PULSE_US = 1  # MCP4822 LDAC low time >= 100 ns
 
 
@@ -582,21 +581,28 @@ class Rp2Hal:
             high = now
         machine.enable_irq(irq)
 
-    def _rebase(self, st, train, k):
-        """Move the schedule origin forward by the whole cycles before pulse k: t0_us by their
-        whole µs (ticks_add: wrap-safe), the remainder into origin_ticks. Keeps every tick
-        difference of phase1_samples far below the ticks_diff range (2**29 µs, ~8.9 min) and every
-        pulse offset a small int however long the train runs."""
+    def _rebase(self, st, train, k, now):
+        """Fold the whole cycles before pulse k into the schedule (mon_base, origin_ticks), then move
+        t0_us forward by at most the time already past (``now``): t0_us stays at or before now, so
+        every ticks_diff against it stays inside the ticks range (2**29 µs, ~8.9 min) and every
+        ticks_add delta is a small int, however long the delay or a cycle (a 1 h interburst is far
+        beyond that range: origin_ticks then keeps the rest until its time comes)."""
         n = train.pulses_per_cycle
         c = k // n
-        if c <= 0:
-            return k
+        if c > 0:
+            st.origin_ticks += c * train.cycle_ticks
+            st.mon_base += c * n
+            st.mon_next -= c * n  # pulse indexes count from mon_base (a poll may return before using k)
+            k -= c * n
         hz = board.SYS_CLK_HZ // 1000000
-        shift = c * train.cycle_ticks + st.origin_ticks
-        st.t0_us = ticks_add(st.t0_us, shift // hz)
-        st.origin_ticks = shift % hz
-        st.mon_base += c * n
-        return k - c * n
+        past = ticks_diff(now, st.t0_us)
+        move = st.origin_ticks // hz
+        if move > past:
+            move = past
+        if move > 0:
+            st.t0_us = ticks_add(st.t0_us, move)
+            st.origin_ticks -= move * hz
+        return k
 
     def phase1_samples(self, ch, min_interval_us):
         """At most one phase-1 reading per call, CPU-scheduled against the PIO's pulse schedule and
@@ -626,11 +632,7 @@ class Rp2Hal:
         hz = board.SYS_CLK_HZ // 1000000  # ticks per µs
         sample_ticks = pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)
         now = ticks_us()
-        step = _REBASE_US
-        while st.origin_ticks >= step * hz and ticks_diff(now, st.t0_us) >= step:  # a long train delay
-            st.t0_us = ticks_add(st.t0_us, step)
-            st.origin_ticks -= step * hz
-        k = self._rebase(st, train, st.mon_next)
+        k = self._rebase(st, train, st.mon_next, now)
         elapsed = ticks_diff(now, st.t0_us)
         due = elapsed + MONITOR_PREP_US
         if st.mon_last_us is not None:

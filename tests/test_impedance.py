@@ -330,3 +330,29 @@ def test_board_hal_does_not_monitor_short_phases_or_idle_channels(board_hal):
     h.start([_train(phase1_ns=15_000, phase2_ns=15_000)] * 4, 1, [0] * 4)
     hw.regs[mod._SIO_GPIO_IN] = 1 << board.CH_NEG[0]
     assert h.phase1_samples(0, 0) == []
+
+
+def test_board_hal_monitors_a_burst_train_whose_cycle_exceeds_the_ticks_range(board_hal):
+    """A 1 h interburst makes one cycle far longer than ticks_add/ticks_diff can span (2**29 µs): moving
+    the schedule origin to the next burst must neither raise (OverflowError on the board: the crash
+    path mid-train) nor put the origin in the future; the next burst's first pulse is still read."""
+    mod, h, hw, clock = board_hal
+    hour_ns = 3600 * 10**9
+    train = _train(period_ns=5_000_000, burst_pulses=2, interburst_ns=hour_ns)
+    h.start([train] * 4, 1, [0] * 4)
+    t0 = h._ch[0].t0_us
+    hw.regs[mod._SIO_GPIO_IN] = 1 << board.CH_NEG[0]
+    assert h.phase1_samples(0, 0) == []  # pulse 0 is due too soon after the start to prepare for
+    clock[0] = (t0 + 5000 - mod.MONITOR_PREP_US) & (2**30 - 1)
+    got = h.phase1_samples(0, 0)  # pulse 1, the last of the first burst
+    assert len(got) == 1 and 0 <= got[0][0] - t0 - 5000 <= 40
+    for s_ in range(100, 3600, 100):  # the main loop keeps polling (here every 100 s) for an hour
+        clock[0] = (t0 + s_ * 1_000_000) & (2**30 - 1)
+        assert h.phase1_samples(0, 0) == []
+    burst2 = train.cycle_ticks // 125  # µs from pulse 0 to the second burst's first pulse
+    clock[0] = (t0 + burst2 - mod.MONITOR_PREP_US) & (2**30 - 1)
+    nxt = []
+    for _ in range(3):
+        nxt += h.phase1_samples(0, 0)
+    assert len(nxt) == 1
+    assert 0 <= ((nxt[0][0] - t0 - burst2) & (2**30 - 1)) <= 40  # pulse 2 = the second burst's first pulse
