@@ -19,7 +19,10 @@ try:  # host: crcmod's C extension (same polynomial/init as protocol.crc16, prov
 except ImportError:  # board / MicroPython: the table-driven implementation
     from protocol.crc16 import crc16
 
-PROTOCOL_VERSION = 1
+# 6: HELLO limits gained min_dead_time_ns, EVENT times count from boot, REPL request, crash event.
+# Versions 2-5 are never used: the version byte is in every frame, and 0x02-0x05 are the REPL's
+# control keys (Ctrl-B..Ctrl-E; a 0x03 is Ctrl-C), which a frame reaching a board at its REPL must not carry.
+PROTOCOL_VERSION = 6
 HEADER_LEN = 4
 CRC_LEN = 2
 MAX_BODY = 250

@@ -14,7 +14,7 @@ from firmware.limits import LIMITS
 from picostim import cli, transport
 from picostim.client import Client, DeviceError
 from protocol import messages as M
-from protocol.framing import FrameDecoder, encode_frame
+from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
 
 device = pytest.importorskip("picostim.virtual.device")
 
@@ -58,7 +58,7 @@ def test_info_json(vp, capsys):
     rc, info = run_json(vp, capsys, "info")
     assert rc == 0
     assert {"firmware_version", "protocol_version", "channels", "limits"} <= set(info)
-    assert info["channels"] == 4 and info["protocol_version"] == 1
+    assert info["channels"] == 4 and info["protocol_version"] == PROTOCOL_VERSION
     assert info["limits"] == LIMITS
 
 

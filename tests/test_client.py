@@ -13,6 +13,7 @@ from picostim import paramfile
 from picostim.client import Client, DeviceError, LinkError, mask_of
 from protocol import messages as M
 from protocol import params as P
+from protocol import framing
 from protocol.framing import encode_frame
 
 
@@ -127,7 +128,7 @@ def test_hello_first_and_limits(link):
     assert len(link.sent) == 2
     assert c.device["limits"] == LIMITS
     assert c.device["channels"] == 4
-    assert c.device["protocol_version"] == 1
+    assert c.device["protocol_version"] == framing.PROTOCOL_VERSION
     assert [ch["state"] for ch in st["channels"]] == ["idle"] * 4
 
 

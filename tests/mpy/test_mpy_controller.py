@@ -129,7 +129,8 @@ def random_session(rng):
                 b.garbage(bytes([rng.randrange(1, 256)]) * rng.randrange(200, 700) + b"\x00")  # oversize
         elif r < 0.22:
             t = rng.choice((rng.randrange(256), 0x7F, 0x40))
-            b.request(t, rng.randbytes(rng.randrange(0, 4)), rng.choice((1, 1, 0, 2, 255)))
+            v = framing.PROTOCOL_VERSION
+            b.request(t, rng.randbytes(rng.randrange(0, 4)), rng.choice((v, v, 0, 1, 255)))
         elif r < 0.3:
             b.tick(rng.randrange(1, 6))
         elif r < 0.45:  # configure a channel and start it (maybe with others)
@@ -210,7 +211,7 @@ def targeted_sessions():
                          + f(M.STATUS, 3)).hex()], ["tick", 1], ["rx", f(M.TRIGGER, 4, b"\x08").hex()],
                  ["tick", 8]], {}])
     # foreign version, unknown type, empty and oversize bodies
-    out.append([[["rx", (f(M.HELLO, 1, b"", 2) + f(0x55, 2) + f(M.STATUS, 3, b"\x00") + f(M.START, 4)).hex()]], {}])
+    out.append([[["rx", (f(M.HELLO, 1, b"", 1) + f(0x55, 2) + f(M.STATUS, 3, b"\x00") + f(M.START, 4)).hex()]], {}])
     return out
 
 
