@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,9 @@ def test_bad_channel_and_bad_input(stim):
 
 def test_safety_fault_and_timing_mismatch():
     faults = electrodes_from_specs(4, [], ["open@0.05s,ch=0"])
-    with picostim.open(virtual=True, electrodes=faults) as s:
+    # stepped time: the fault comes 50 ms into the run however long opening the board took
+    with picostim.open(virtual=True, electrodes=faults, realtime=False) as s:
+        time.sleep(0.2)  # wall time passes: a real-time board would be past the fault before the run
         with pytest.raises(picostim.SafetyFault) as e:
             s.run(FAST, duration=0.2, check=True)
         f = e.value
@@ -209,6 +212,20 @@ def test_link_errors():
         s.close()
     with pytest.raises(ValueError):
         picostim.open(virtual="arduino")
+
+
+def test_no_board_found(monkeypatch, capsys):
+    from picostim import cli, transport
+
+    monkeypatch.setattr(transport, "list_ports", lambda: [])
+    with pytest.raises(picostim.LinkError) as e:
+        picostim.open()  # USB discovery
+    assert "no picostim board found" in str(e.value) and "open(virtual=True)" in str(e.value)
+    # the CLI opens boards through the API and keeps its own advice and exit code
+    monkeypatch.delenv("PICOSTIM_PORT", raising=False)
+    assert cli.main(["status"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("picostim: error: no picostim board found") and "--port" in err and "\n" not in err
 
 
 # ---- examples and types -----------------------------------------------------------------------------

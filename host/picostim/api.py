@@ -366,7 +366,8 @@ class _Board:
         self.path = ""
 
 
-def _start_virtual(b: _Board, kind: str, channels: int, electrodes: Any, uf2: str | Path | None) -> None:
+def _start_virtual(b: _Board, kind: str, channels: int, electrodes: Any, uf2: str | Path | None,
+                   realtime: bool = True) -> None:
     b.kind = kind
     if kind == "rp2040":
         from picostim.virtual import wholechip
@@ -388,9 +389,9 @@ def _start_virtual(b: _Board, kind: str, channels: int, electrodes: Any, uf2: st
     else:
         from picostim.virtual.device import VirtualPico
 
-        # real time, so start()/events()/status() behave as on a board; run() switches to stepped
-        # (virtual) time for its duration. No wall-clock watchdog: a notebook may pause for minutes.
-        vp = VirtualPico(channels=channels, realtime=True, watchdog_ms=0, electrodes=electrodes)
+        # real time (default), so start()/events()/status() behave as on a board; run() switches to
+        # stepped (virtual) time for its duration. No wall-clock watchdog: a notebook may pause for minutes.
+        vp = VirtualPico(channels=channels, realtime=realtime, watchdog_ms=0, electrodes=electrodes)
         b.path = vp.open()
         b.stack.callback(vp.close)
         b.board = vp
@@ -398,7 +399,7 @@ def _start_virtual(b: _Board, kind: str, channels: int, electrodes: Any, uf2: st
 
 def open(port: str | None = None, *, virtual: VirtualKind = False, serial_number: str | None = None,
          timeout: float = 1.0, retries: int = 3, channels: int = 4, electrodes: Any = None,
-         uf2: str | Path | None = None) -> Stimulator:
+         uf2: str | Path | None = None, realtime: bool = True) -> Stimulator:
     """Connect to a board and return its :class:`Stimulator` (use it as a context manager, or call
     ``close()``).
 
@@ -408,7 +409,10 @@ def open(port: str | None = None, *, virtual: VirtualKind = False, serial_number
     (protocol and logic, no timing), "rp2040" a MicroPython rp2 image (``uf2`` or $PICOSTIM_UF2) in the
     rp2040js whole-chip emulator. ``channels`` (virtual Pico only) and ``electrodes`` (a list of
     :class:`picostim.virtual.electrode.Electrode`, CPython virtual Pico) shape the virtual board.
-    ``timeout`` (s) and ``retries``: per request. Raises :class:`LinkError` when nothing answers."""
+    ``timeout`` (s) and ``retries``: per request. ``realtime=False`` (CPython virtual Pico): virtual time
+    moves only inside :meth:`Stimulator.run` (and :meth:`Stimulator.wait_idle`), so a run is exactly
+    reproducible and electrode fault times (``open@0.5s``) count from the run's start; started trains do
+    not advance between requests. Raises :class:`LinkError` when nothing answers."""
     kind = {True: "cpython", False: None}.get(virtual, virtual) if isinstance(virtual, bool) else virtual
     if kind not in (None, "cpython", "micropython", "rp2040"):
         raise ValueError("virtual = %r: one of False, True, \"cpython\", \"micropython\", \"rp2040\"" % (virtual,))
@@ -420,13 +424,21 @@ def open(port: str | None = None, *, virtual: VirtualKind = False, serial_number
     try:
         with _translated():
             if kind is not None:
-                _start_virtual(b, str(kind), channels, electrodes, uf2)
+                _start_virtual(b, str(kind), channels, electrodes, uf2, realtime)
                 if kind == "rp2040":
                     from picostim.virtual.wholechip import MIN_HOST_TIMEOUT_S
 
                     timeout = max(timeout, MIN_HOST_TIMEOUT_S)  # emulated time runs slower than wall time
+            elif port is not None:
+                b.path = port
             else:
-                b.path = port if port is not None else _transport.discover(serial_number=serial_number)
+                try:
+                    b.path = _transport.discover(serial_number=serial_number)
+                except _transport.TransportError as e:  # the transport's advice names CLI options
+                    raise LinkError(str(e).replace("give --port PATH or URL, or use --virtual",
+                                                   "give open(port) or open(virtual=True)")
+                                    .replace("with --port or --serial", "with open(port) or open(serial_number=...)")
+                                    ) from e
             ser = _transport.open_port(b.path)
             c = _client.Client(ser, timeout=timeout, retries=retries)
             b.stack.callback(c.close)
@@ -730,6 +742,7 @@ class Stimulator:
             _pf.check(ps, self.client.limits)
         vp = self.virtual
         stepped = self.kind == "cpython"
+        was_realtime = bool(stepped and vp.realtime)
         if stepped:
             vp.realtime = False  # emulated time for the run: deterministic, as fast as the emulator goes
         try:
@@ -748,7 +761,7 @@ class Stimulator:
                                               samplerate=samplerate, channel=channel,
                                               capture=capture or "picostim-capture.sr", plot_png=plot)
         finally:
-            if stepped:
+            if was_realtime:
                 vp.realtime = True
         report = _run_report(result, channel, duration, ps)
         if check:

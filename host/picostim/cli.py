@@ -221,7 +221,7 @@ def connect(args, realtime=True):
     try:
         stim = api.open(None if kind else (args.port or None), virtual=kind or False, serial_number=args.serial,
                         timeout=args.timeout, retries=args.retries, channels=args.virtual_channels,
-                        electrodes=electrodes, uf2=getattr(args, "uf2", None))
+                        electrodes=electrodes, uf2=getattr(args, "uf2", None), realtime=realtime)
     except _loaded("picostim.virtual.wholechip", "WholeChipError") as e:
         raise UsageError(str(e)) from None
     with stim:
