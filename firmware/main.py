@@ -26,6 +26,14 @@ clear alias (RP2040 datasheet 4.7.6 / 2.1.2). The next main.py run (Ctrl-D at th
 or a reset) constructs the HAL, whose ``machine.WDT`` re-enables it.
 """
 
+if __name__ == "__main__":  # the board: Ctrl-C off before anything else (the imports take ~0.5 s),
+    try:  # or a 0x03 in a host frame sent while the board boots raises KeyboardInterrupt (found whole-chip)
+        import micropython
+
+        micropython.kbd_intr(-1)
+    except (ImportError, AttributeError):
+        pass
+
 import time  # ticks_ms/ticks_diff/sleep_ms: MicroPython (main.py runs only there; CPython imports constants)
 
 from firmware import storage

@@ -253,10 +253,6 @@ def test_run_across_the_ticks_us_wrap():
         close_chip(wc, client)
 
 
-@pytest.mark.xfail(reason="found whole-chip, not fixed (firmware/main.py is not this test's owner): a 0x03 "
-                          "byte from the host while main.py starts (before UsbCdc switches Ctrl-C off) "
-                          "leaves the board silent: no BOOT frame, no HELLO answer, no REPL prompt",
-                   strict=False)
 def test_a_ctrl_c_byte_during_boot_does_not_stop_the_firmware():
     # COBS frames often carry 0x03 (a code byte), so a host that sends HELLO while the board boots
     # (after a reset, or picostim flash's reboot) can hit this window; 0.48 s after reset is inside it
@@ -270,7 +266,7 @@ def test_a_ctrl_c_byte_during_boot_does_not_stop_the_firmware():
         while wc.cycle() < 60_000_000:
             pass
         wc._send("D", b"\x03")
-        client = Client(transport.open_port(wc.path), timeout=30.0, retries=0)
+        client = Client(transport.open_port(wc.path), timeout=30.0, retries=1)  # the 0x03 spoils one frame
         client.hello()
         assert client.device["channels"] == board.CHANNELS
         client.close()
