@@ -166,8 +166,11 @@ def _detect_polarity(neg: _Intervals, pos: _Intervals) -> str | None:
         if neg.starts[0] != pos.starts[0]:
             first_is_neg = neg.starts[0] < pos.starts[0]
             g_np, g_pn = _follow_gaps(neg, pos), _follow_gaps(pos, neg)
-            # the capture began in an interphase gap: the second line's first interval is a lone phase 2
-            lone = (len(g_pn) > len(g_np)) if first_is_neg else (len(g_np) > len(g_pn))
+            # the capture began in an interphase gap: the first line's first interval is a lone phase 2.
+            # Edges alternate, so first->second follow-gaps outnumber second->first ones only when the
+            # capture also ends on the second line; equal counts (a lone phase 2 at the start, or a cut
+            # at the end) are ambiguous and left to the follow-gap rule below.
+            lone = (len(g_pn) >= len(g_np)) if first_is_neg else (len(g_np) >= len(g_pn))
             if not lone:
                 return "cathodic-first" if first_is_neg else "anodic-first"
     g_np, g_pn = _follow_gaps(neg, pos), _follow_gaps(pos, neg)
