@@ -7,6 +7,7 @@ import time
 import types
 
 from firmware import dma_chain as dc
+from firmware import ticks
 
 
 class Hw:
@@ -153,25 +154,10 @@ class Hw:
         return {"machine": machine, "rp2": rp2, "uctypes": uctypes}
 
 
-TICKS_PERIOD = 1 << 30  # the rp2 port's ticks_us() period
-
-
-def _tick(t):
-    """A value the rp2 port's ticks functions handle correctly: a small int 0..2**30-1 (else, on the
-    board, garbage without an exception; here an error)."""
-    if type(t) is not int or not 0 <= t < TICKS_PERIOD:
-        raise ValueError("not a ticks value: %r" % (t,))
-    return t
-
-
-def ticks_diff(end, start):
-    return ((_tick(end) - _tick(start) + TICKS_PERIOD // 2) & (TICKS_PERIOD - 1)) - TICKS_PERIOD // 2
-
-
-def ticks_add(t, delta):
-    if type(delta) is not int or not -TICKS_PERIOD // 2 < delta < TICKS_PERIOD // 2:
-        raise OverflowError("ticks interval overflow")
-    return (_tick(t) + delta) & (TICKS_PERIOD - 1)
+TICKS_PERIOD = ticks.PERIOD  # the rp2 port's ticks_us() period
+# the firmware's own model of the rp2 port's ticks functions: they raise where the board would misbehave
+ticks_diff = ticks.model_ticks_diff
+ticks_add = ticks.model_ticks_add
 
 
 def load_board_hal(monkeypatch, us_per_tick_read, t0=0):
