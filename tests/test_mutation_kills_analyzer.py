@@ -33,18 +33,15 @@ def test_last_burst_with_the_wrong_count_fails_in_strict_mode():
 
 def test_a_longer_last_burst_fails_even_when_partial_bursts_are_allowed():
     t = make_train(n_pulses=15, period=250_000, burst=5, interburst=1_250_000)
-    # move the first pulse of burst 3 (pulse 10) to one period after the end of burst 2: a burst of 6
+    # close the gap before burst 3 (pulse 10 one period after pulse 9): the last burst has 10 pulses
     gap_start = 9
     chans = {k: Channel(c.initial, c.toggles.copy()) for k, c in t.channels.items()}
     shift = int(chans["NEG"].toggles[2 * 10] - (chans["NEG"].toggles[2 * gap_start] + 250_000))
     for name in ("NEG", "POS", "SYNC"):
         chans[name].toggles[2 * 10:] -= shift
     tt = Trace(t.samplerate_hz, t.n_samples, chans)
-    exp = dict(phase1_us=200, interphase_us=8, phase2_us=200, period_us=2000, burst_pulses=5,
-               burst_period_us=2000 * 4 + 10_000 + 400 + 8 + 2000 - 2000 + 408)
     r = analyze(tt, expected=dict(burst_pulses=5, period_us=2000), allow_partial_last_burst=True)
-    assert r.bursts["sizes"][-1] > 5 and fails(r, "bursts:"), (r.bursts, r.failures)
-    assert exp  # (expected keys above document the geometry)
+    assert r.bursts["sizes"] == [5, 10] and fails(r, "bursts:"), (r.bursts, r.failures)
 
 
 def test_burst_count_is_checked():

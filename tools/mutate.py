@@ -142,11 +142,13 @@ def main(argv: list[str]) -> int:
     if not wanted:
         print("no module matches %s; known: %s" % (argv, ", ".join(MODULES)))
         return 2
-    rows = old_rows()
     for m in wanted:
-        rows[m] = run_module(m)
+        row = run_module(m)
+        rows = old_rows()  # re-read: another module's run may have finished meanwhile
+        rows[m] = row
         WORK.mkdir(parents=True, exist_ok=True)
         (WORK / "scores.json").write_text(json.dumps(rows, indent=1))
+    rows = old_rows()
     block = table(rows)
     text = BENCH.read_text()
     if MARK_START in text:

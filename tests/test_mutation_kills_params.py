@@ -1,0 +1,149 @@
+"""validate's limits pinned at their exact boundaries (mutation testing, issue 15).
+
+For every limit: the value AT the limit is accepted and one unit past it is refused with the field,
+value, limit and relation the NACK carries. Custom limit sets isolate a rule from the ones before it.
+"""
+from __future__ import annotations
+
+import pytest
+
+from firmware.limits import LIMITS
+from protocol import params as P
+
+DEAD = LIMITS["min_dead_time_ns"]
+BASE = P.complete({})
+
+
+def v_of(limits=LIMITS, **kw):
+    v = P.validate(dict(BASE, **kw), limits)
+    return None if v is None else (v.field, v.value, v.limit, v.relation)
+
+
+def test_base_set_is_accepted():
+    assert v_of() is None
+
+
+@pytest.mark.parametrize("field,ok,bad,limit,rel,extra", [
+    ("polarity", 1, 2, 1, "<=", {}),
+    ("trigger", 4, 5, 4, "<=", {}),
+    ("amplitude_ua", 1, 0, 1, ">=", {}),
+    ("amplitude_ua", 10000, 10001, 10000, "<=", {}),
+    ("phase1_ns", 40, 39, 40, ">=", {}),
+    ("phase1_ns", 10_000_000, 10_000_001, 10_000_000, "<=", {"amplitude_ua": 100, "period_ns": 10**8}),
+    ("phase2_ns", 40, 39, 40, ">=", {"phase1_ns": 40}),
+    ("phase2_ns", 10_000_000, 10_000_001, 10_000_000, "<=", {"period_ns": 10**8}),
+    ("interphase_ns", 10_000_000, 10_000_001, 10_000_000, "<=", {}),
+    ("recovery_ns", 100_000_000, 100_000_001, 100_000_000, "<=", {"period_ns": 10**9}),
+    ("electrode_area_um2", 100, 99, 100, ">=", {"amplitude_ua": 1, "phase1_ns": 40}),
+    ("burst_pulses", 10000, 10001, 10000, "<=", {}),
+    ("ramp_up_ns", 0, 1, 0, "<=", {}),
+    ("period_ns", 86_400_000_000_000, 86_400_000_000_001, 86_400_000_000_000, "<=", {}),
+    ("interburst_ns", 86_400_000_000_000, 86_400_000_000_001, 86_400_000_000_000, "<=", {}),
+    ("train_duration_ns", 86_400_000_000_000, 86_400_000_000_001, 86_400_000_000_000, "<=", {}),
+    ("train_delay_ns", 86_400_000_000_000, 86_400_000_000_001, 86_400_000_000_000, "<=", {}),
+    ("period_ns", 100_000, 99_999, 100_000, ">=", {"phase1_ns": 1000, "phase2_ns": 1000}),
+])
+def test_each_limit_at_and_past_its_boundary(field, ok, bad, limit, rel, extra):
+    assert v_of(**dict(extra, **{field: ok})) is None
+    assert v_of(**dict(extra, **{field: bad})) == (field, bad, limit, rel)
+
+
+@pytest.mark.parametrize("field", ["recovery_ns", "interburst_ns", "train_delay_ns"])
+def test_a_gap_is_zero_or_at_least_one_segment(field):
+    extra = {"period_ns": 10**8}
+    assert v_of(**dict(extra, **{field: 0})) is None
+    assert v_of(**dict(extra, **{field: 40})) is None
+    assert v_of(**dict(extra, **{field: 39})) == (field, 39, 40, ">=")
+    assert v_of(**dict(extra, **{field: 1})) == (field, 1, 40, ">=")
+
+
+def test_interphase_is_judged_as_realised_with_the_dead_time():
+    L0 = dict(LIMITS, min_dead_time_ns=0)
+    assert v_of(L0, interphase_ns=0) is None
+    assert v_of(L0, interphase_ns=40) is None
+    assert v_of(L0, interphase_ns=39) == ("interphase_ns", 39, 40, ">=")
+    assert v_of(L0, interphase_ns=1) == ("interphase_ns", 1, 40, ">=")
+    # a dead time below one segment makes even a zero request unproducible
+    L20 = dict(LIMITS, min_dead_time_ns=20)
+    assert v_of(L20, interphase_ns=0) == ("interphase_ns", 0, 40, ">=")
+    assert v_of(L20, interphase_ns=40) is None
+    # the board's dead time (>= one segment) lengthens a short request instead of refusing it
+    assert v_of(interphase_ns=1) is None
+
+
+def test_realised_interphase_and_pulse_length():
+    p = dict(BASE, phase1_ns=1000, interphase_ns=30, phase2_ns=2000, recovery_ns=5000)
+    assert P.interphase_realised_ns(p, 48) == 48
+    assert P.interphase_realised_ns(p, 20) == 30
+    assert P.recovery_gap_ns(p, 48) == 48
+    assert P.pulse_length_ns(p, 48) == 1000 + 48 + 2000 + 48 + 5000
+    p0 = dict(p, recovery_ns=0)
+    assert P.recovery_gap_ns(p0, 48) == 0
+    assert P.pulse_length_ns(p0, 20) == 1000 + 30 + 2000
+
+
+@pytest.mark.parametrize("dead", [0, 20, 40, 100, DEAD])
+@pytest.mark.parametrize("recovery", [0, 700])
+def test_period_must_fit_the_pulse_and_its_idle(dead, recovery):
+    """period >= phase1 + realised interphase + phase2 (+ dead time + recovery) + max(dead, segment)."""
+    L = dict(LIMITS, min_dead_time_ns=dead, min_period_ns=0, max_duty_permille=1000)
+    ip = 300
+    length = 1000 + max(ip, dead) + 2000 + ((dead + recovery) if recovery else 0)
+    need = length + max(dead, 40)
+    kw = dict(phase1_ns=1000, interphase_ns=ip, phase2_ns=2000, recovery_ns=recovery, amplitude_ua=10)
+    assert v_of(L, period_ns=need, **kw) is None
+    assert v_of(L, period_ns=need - 1, **kw) == ("period_ns", need - 1, need, ">=")
+
+
+def test_phase2_amplitude_is_rounded_up():
+    # 11 µA x 909091 ns = 10_000_001 fC over 1000 ns needs 10000.001 µA: refused as 10001
+    kw = dict(amplitude_ua=11, phase1_ns=909_091, phase2_ns=1000, period_ns=10**8)
+    assert v_of(**kw) == ("phase2_amplitude_ua", 10001, 10000, "<=")
+    assert v_of(**dict(kw, phase1_ns=909_090)) is None  # 9999.99 µA
+    assert v_of(amplitude_ua=10000, phase1_ns=1000, phase2_ns=1000, period_ns=10**6) is None
+
+
+def test_charge_is_rounded_up_to_the_next_nc():
+    L = dict(LIMITS, max_charge_nc=1, max_amplitude_ua=10**6)
+    kw = dict(amplitude_ua=1, phase2_ns=2_000_000, period_ns=10**8, electrode_area_um2=10**9)
+    assert v_of(L, phase1_ns=1_000_000, **kw) is None                 # exactly 1 nC
+    assert v_of(L, phase1_ns=1_000_001, **kw) == ("charge_per_phase_nc", 2, 1, "<=")
+
+
+def test_duty_is_rounded_up():
+    kw = dict(phase1_ns=50000, phase2_ns=50001, amplitude_ua=1, period_ns=200000)
+    assert v_of(**kw) == ("duty_permille", 501, 500, "<=")  # 500.005 permille
+    assert v_of(**dict(kw, phase2_ns=50000)) is None
+
+
+def test_shannon_violation_reports_the_k_over_the_limit():
+    v = P.validate(dict(BASE, amplitude_ua=10000, phase1_ns=200000, phase2_ns=200000,
+                        electrode_area_um2=100), LIMITS)
+    assert (v.field, v.limit, v.relation) == ("shannon_k_centi", 185, "<=")
+    # k = log10(2 µC) + log10(2 µC / 1e-6 cm²) = 0.301 + 6.301 = 6.60
+    assert v.value == 660
+    assert P.shannon_k(0, 100) == -99.0
+    assert P.shannon_k(-5, 100) == -99.0
+    assert round(P.shannon_k(2_000_000, 100), 3) == 6.602
+
+
+def test_wire_type_checks():
+    assert v_of(polarity=256) == ("polarity", 256, 255, "<=")
+    assert v_of(polarity=255) == ("polarity", 255, 1, "<=")
+    assert v_of(amplitude_ua=2**32) == ("amplitude_ua", 2**32, 2**32 - 1, "<=")
+    assert v_of(period_ns=2**64) == ("period_ns", 2**64, 2**64 - 1, "<=")
+    assert v_of(phase1_ns=-1) == ("phase1_ns", -1, 0, ">=")
+    assert v_of(polarity=True) == ("polarity", True, 0, "integer")
+    assert v_of(phase1_ns=1.0) == ("phase1_ns", 1.0, 0, "integer")
+    assert v_of(bogus=3) == ("bogus", 3, 0, "known")
+
+
+def test_violation_messages_and_names():
+    assert P.Violation("x", 1, 0, "known").message() == "x is not a known parameter"
+    assert P.Violation("x", 1.5, 0, "integer").message() == "x = 1.5 is not a non-negative integer"
+    assert P.Violation("x", 7, 5, "<=").message() == "x = 7 violates limit <= 5"
+    assert repr(P.Violation("x", 3, 5, ">=")) == "Violation(x = 3 violates limit >= 5)"
+    assert P.field_name(P.field_id("period_ns")) == "period_ns"
+    assert P.field_name(len(P.NAMES)) == "?"
+    assert P.field_name(-1) == "?"
+    assert P.field_name(len(P.NAMES) - 1) == P.NAMES[-1]
