@@ -63,6 +63,35 @@ export function padLevels(rp2040) {
   return v >>> 0;
 }
 
+/** A cheap change detector for the pads: `changed()` is true when a PIO block's pin values or
+ *  directions or the SIO outputs moved since the last call that returned true, or after
+ *  `invalidate()` (a bus write to IO_BANK0/PADS, an external input level). */
+export function padWatcher(rp2040) {
+  const p0 = rp2040.pio[0];
+  const p1 = rp2040.pio[1];
+  const sio = rp2040.sio;
+  const sig = { a: -1, b: -1, c: -1, d: -1, e: -1, f: -1, dirty: true };
+  return {
+    invalidate() {
+      sig.dirty = true;
+    },
+    changed() {
+      if (!sig.dirty && sig.a === p0.pinValues && sig.b === p0.pinDirections && sig.c === p1.pinValues &&
+          sig.d === p1.pinDirections && sig.e === sio.gpioValue && sig.f === sio.gpioOutputEnable) {
+        return false;
+      }
+      sig.a = p0.pinValues;
+      sig.b = p0.pinDirections;
+      sig.c = p1.pinValues;
+      sig.d = p1.pinDirections;
+      sig.e = sio.gpioValue;
+      sig.f = sio.gpioOutputEnable;
+      sig.dirty = false;
+      return true;
+    },
+  };
+}
+
 /**
  * Apply the patches named in `patches` (default: all) to chip `rp2040`. Returns a controller:
  *   applied        the names applied
@@ -116,25 +145,10 @@ export function applyPioPatches(rp2040, patches = ALL_PATCHES) {
   if (on.has('sync')) {
     // pad levels are recomputed only when a pin source changed (PIO/SIO outputs and directions) or
     // the harness called invalidate() (bus write to IO_BANK0/PADS, external input change)
-    const p0 = rp2040.pio[0];
-    const p1 = rp2040.pio[1];
-    const sio = rp2040.sio;
-    const sig = { a: -1, b: -1, c: -1, d: -1, e: -1, f: -1, dirty: true };
-    ctl.invalidate = () => {
-      sig.dirty = true;
-    };
+    const pads = padWatcher(rp2040);
+    ctl.invalidate = () => pads.invalidate();
     const refresh = () => {
-      if (sig.dirty || sig.a !== p0.pinValues || sig.b !== p0.pinDirections || sig.c !== p1.pinValues ||
-          sig.d !== p1.pinDirections || sig.e !== sio.gpioValue || sig.f !== sio.gpioOutputEnable) {
-        sig.a = p0.pinValues;
-        sig.b = p0.pinDirections;
-        sig.c = p1.pinValues;
-        sig.d = p1.pinDirections;
-        sig.e = sio.gpioValue;
-        sig.f = sio.gpioOutputEnable;
-        sig.dirty = false;
-        sync.cur = padLevels(rp2040);
-      }
+      if (pads.changed()) sync.cur = padLevels(rp2040);
     };
     ctl.tick = () => {
       sync.s2 = sync.s1;

@@ -24,7 +24,7 @@
 import { createInterface } from 'node:readline';
 import { readFileSync } from 'node:fs';
 import { RP2040 } from 'rp2040js';
-import { applyPioPatches, ALL_PATCHES } from './pio_patches.mjs';
+import { applyPioPatches, ALL_PATCHES, padWatcher } from './pio_patches.mjs';
 
 const VERSION = JSON.parse(
   readFileSync(new URL('./node_modules/rp2040js/package.json', import.meta.url), 'utf8'),
@@ -38,7 +38,7 @@ let accelerate = true;
 let edges = [];
 let lastPad = 0;
 let warnings = [];
-const sig = { a: -1, b: -1, c: -1, d: -1, e: -1, f: -1, dirty: true };
+let pads = null; // padWatcher of the current chip
 
 function padLevels() {
   // what a logic analyser on the pins sees: the driven level where the output is enabled, else the
@@ -53,20 +53,7 @@ function padLevels() {
 }
 
 function record(at) {
-  const p0 = chip.pio[0];
-  const p1 = chip.pio[1];
-  const sio = chip.sio;
-  if (!sig.dirty && sig.a === p0.pinValues && sig.b === p0.pinDirections && sig.c === p1.pinValues &&
-      sig.d === p1.pinDirections && sig.e === sio.gpioValue && sig.f === sio.gpioOutputEnable) {
-    return;
-  }
-  sig.a = p0.pinValues;
-  sig.b = p0.pinDirections;
-  sig.c = p1.pinValues;
-  sig.d = p1.pinDirections;
-  sig.e = sio.gpioValue;
-  sig.f = sio.gpioOutputEnable;
-  sig.dirty = false;
+  if (!pads.changed()) return;
   const pad = padLevels();
   let diff = (pad ^ lastPad) >>> 0;
   while (diff) {
@@ -100,7 +87,7 @@ function reset(patches, accel, startNs) {
   now = 0;
   accelerate = accel !== false;
   edges = [];
-  sig.dirty = true;
+  pads = padWatcher(chip);
   lastPad = padLevels();
 }
 
@@ -181,7 +168,7 @@ function op(o, out) {
       advanceTo(o[1]);
       chip.writeUint32(o[2] >>> 0, o[3] >>> 0);
       ctl.invalidate();
-      sig.dirty = true;
+      pads.invalidate();
       record(now);
       break;
     case 'wb': {
@@ -201,7 +188,7 @@ function op(o, out) {
       advanceTo(o[1]);
       chip.gpio[o[2]].setInputValue(!!o[3]);
       ctl.invalidate();
-      sig.dirty = true;
+      pads.invalidate();
       record(now);
       break;
     case 'run':
