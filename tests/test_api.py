@@ -265,3 +265,27 @@ def test_every_public_name_documented():
     for name, member in vars(picostim.Stimulator).items():
         if not name.startswith("_") and callable(getattr(member, "fget", member)):
             assert (getattr(member, "__doc__", "") or "").strip(), name
+
+
+def test_cli_goes_through_the_api(monkeypatch, capsys, tmp_path):
+    """picostim's device commands open the board with picostim.open and run through Stimulator.run."""
+    from picostim import api, cli
+
+    opened, ran = [], []
+    real_open, real_run = api.open, api.Stimulator.run
+
+    def spy_open(*a, **k):
+        opened.append(k.get("virtual"))
+        return real_open(*a, **k)
+
+    def spy_run(self, *a, **k):
+        ran.append(a[0])
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(api, "open", spy_open)
+    monkeypatch.setattr(api.Stimulator, "run", spy_run)
+    preset = str(ROOT / "presets" / "scs_burst.toml")
+    assert cli.main(["--virtual", "upload", preset]) == 0
+    assert cli.main(["--virtual", "run", preset, "--duration", "0.05", "--capture", str(tmp_path / "c.vcd")]) == 0
+    assert opened == ["cpython", "cpython"] and len(ran) == 1
+    assert "OK: 11 pulses" in capsys.readouterr().out
