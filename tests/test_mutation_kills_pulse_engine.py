@@ -90,3 +90,98 @@ def test_ns_ticks_conversions_round_half_up():
     assert pe.ns_to_ticks(12) == 2
     assert pe.ticks_to_ns(1) == 8
     assert pe.ticks_to_ns(pe.OVERHEAD) == pe.min_segment_ns() == 8 * pe.OVERHEAD
+
+
+# ---- build_train / expand / ramp: values pinned exactly ------------------------------------------
+from protocol import params as P  # noqa: E402
+
+TICK_NS = 8
+
+
+def train(**kw):
+    return pe.build_train(P.complete(kw))
+
+
+def test_ticks_to_ns_is_an_exact_int():
+    for t in (0, 1, 5, 125_000, 2**28 + 4):
+        v = pe.ticks_to_ns(t)
+        assert type(v) is int and v == t * TICK_NS
+
+
+def test_unrealisable_names_field_value_and_minimum():
+    with pytest.raises(pe.Unrealisable) as ei:
+        train(phase1_ns=30)  # 3.75 ticks -> 4 < one 5-tick segment
+    assert (ei.value.field, ei.value.value) == ("phase1_ns", 30)
+    assert str(ei.value) == "phase1_ns: 30 ns is below the minimum segment of 40 ns"
+
+
+def test_group_must_end_idle():
+    pos = pe.make_word(10, pe.POS)
+    idle = pe.make_word(10, pe.IDLE)
+    with pytest.raises(pe.UnsafeWord, match="^group does not end idle$"):
+        pe.group_words([pos], 0)
+    with pytest.raises(pe.UnsafeWord, match="group does not end idle"):
+        pe.group_words([], 0)
+    g = pe.group_words([pos, idle], 0)  # ends idle; the word before it may drive
+    assert g == [pos, idle]
+    assert len(pe.group_words([pos], 100)) == pe.MIN_GROUP_WORDS
+
+
+@pytest.mark.parametrize("extra_ticks,cycles", [(0, 3), (1, 4), (-1, 3)])
+def test_train_duration_one_tick_past_a_cycle_boundary_plays_one_more_cycle(extra_ticks, cycles):
+    period = 125_000  # 1 ms
+    t = train(period_ns=1_000_000, train_duration_ns=3_000_000 + extra_ticks * TICK_NS)
+    assert t.repeats == cycles
+    assert t.realised["train_duration"] == cycles * period
+    segs = pe.expand(t, 10**6)
+    words = pe.cycle_words(t)
+    assert len(segs) == cycles * len(words)          # the stream ends after `repeats` cycles
+    starts = [s for s, pins in segs if pins & (pe.NEG | pe.POS) and pins & pe.SYNC and s % period == 0]
+    assert starts == [k * period for k in range(cycles)]
+
+
+def test_expand_plays_the_delay_then_the_pulses():
+    t = train(period_ns=1_000_000, train_delay_ns=1_000_000, train_duration_ns=1_000_000)
+    assert pe.expand(t, 1) == [(0, pe.IDLE)]
+    first = pe.expand(t, 3)
+    assert first[0] == (0, pe.IDLE)
+    assert first[1] == (125_000, pe.NEG | pe.SYNC)         # cathodic first, after exactly 1 ms
+    assert first[2] == (125_000 + 25_000, pe.SYNC)         # 200 µs phase 1 = 25 000 ticks
+    # a delay longer than one word (2^28 + 4 ticks): two idle words, the pulse after the sum
+    long = train(period_ns=1_000_000, train_delay_ns=3_000_000_000, train_duration_ns=1_000_000)
+    assert len(long.delay) == 2
+    segs = pe.expand(long, 3)
+    assert [p for _, p in segs] == [pe.IDLE, pe.IDLE, pe.NEG | pe.SYNC]
+    assert segs[2][0] == 375_000_000
+    assert segs[1][0] == (long.delay[0] >> pe.COUNT_SHIFT) + pe.OVERHEAD
+    assert len(pe.expand(long, 1)) == 1
+
+
+def test_ramp_codes_are_linear_in_time_and_balanced():
+    # 1 ms period, 5 ms ramp: pulses 0..3 get (k + 1) / 5 of the amplitude, pulse 4 the full one
+    t = train(period_ns=1_000_000, amplitude_ua=1000, ramp_up_ns=5_000_000)
+    assert pe.dac_code(1000) == 400 and (t.dac_a, t.dac_b) == (400, 400)
+    assert pe.ramp_pulses(t) == 4
+    assert [pe.ramp_codes(t, k) for k in range(6)] == [(80, 80), (160, 160), (240, 240), (320, 320),
+                                                       (400, 400), (400, 400)]
+    # unbalanced phases: phase 2 twice phase 1 carries half the code; anodic first swaps A/B
+    a = train(period_ns=1_000_000, amplitude_ua=1000, phase2_ns=400_000, polarity=1, ramp_up_ns=5_000_000)
+    assert pe.ramp_codes(a, 0) == (80, 40) and pe.ramp_codes(a, 9) == (400, 200)
+    c = train(period_ns=1_000_000, amplitude_ua=1000, phase2_ns=400_000, polarity=0, ramp_up_ns=5_000_000)
+    assert pe.ramp_codes(c, 0) == (40, 80)
+
+
+def test_ramp_codes_never_drop_to_zero():
+    # 1 LSB amplitude over a 10 ms ramp: 0.1 LSB rounds to 0 but is played as 1; phase 2 three times
+    # longer balances to 1/3 LSB -> 0, also played as 1
+    t = train(period_ns=1_000_000, amplitude_ua=3, phase2_ns=600_000, ramp_up_ns=10_000_000)
+    assert t.code1 == 1
+    assert pe.ramp_codes(t, 0) == (1, 1)
+
+
+def test_ramp_pulses_edges():
+    assert pe.ramp_pulses(train(period_ns=1_000_000)) == 0                         # no ramp
+    assert pe.ramp_codes(train(period_ns=1_000_000), 0) == (400, 400)
+    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=500_000)) == 0    # shorter than a period
+    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=1_000_008)) == 1
+    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=1_000_000)) == 0
