@@ -367,7 +367,10 @@ class _Board:
 
 
 def _start_virtual(b: _Board, kind: str, channels: int, electrodes: Any, uf2: str | Path | None,
-                   realtime: bool = True) -> None:
+                   realtime: bool = True, watchdog_ms: int | None = 0) -> None:
+    """Start a virtual board of ``kind`` into ``b`` (its link path, closed with ``b.stack``).
+    ``watchdog_ms`` (CPython virtual Pico): the wall-clock WDT model, 0 off (a notebook may pause for
+    minutes), None the board's own timeout (``picostim virtual`` serving other processes)."""
     b.kind = kind
     if kind == "rp2040":
         from picostim.virtual import wholechip
@@ -390,8 +393,8 @@ def _start_virtual(b: _Board, kind: str, channels: int, electrodes: Any, uf2: st
         from picostim.virtual.device import VirtualPico
 
         # real time (default), so start()/events()/status() behave as on a board; run() switches to
-        # stepped (virtual) time for its duration. No wall-clock watchdog: a notebook may pause for minutes.
-        vp = VirtualPico(channels=channels, realtime=realtime, watchdog_ms=0, electrodes=electrodes)
+        # stepped (virtual) time for its duration.
+        vp = VirtualPico(channels=channels, realtime=realtime, watchdog_ms=watchdog_ms, electrodes=electrodes)
         b.path = vp.open()
         b.stack.callback(vp.close)
         b.board = vp

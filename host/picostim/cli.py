@@ -134,49 +134,17 @@ MAX_CHANNEL = 7  # the protocol's channel mask is one byte; the device's own cou
 # ---- connection -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _virtual_board(channels, realtime=True, kind="cpython", electrodes=None, uf2=None):
-    """A virtual Pico on a pty: real time for interactive commands, stepped (virtual) time for
-    ``run``, which emulates the requested duration as fast as the emulator goes.
-
-    ``kind="micropython"``: firmware/main.py itself under the MicroPython unix port on shim hardware
-    (picostim/virtual/micropython_board.py): the board's entry point and protocol, no timing."""
-    if kind == "rp2040":  # the whole chip: a MicroPython rp2 image in rp2040js (picostim/virtual/wholechip)
-        from picostim.virtual.wholechip import WholeChip, WholeChipError
-
-        if channels != 4:
-            raise UsageError("--virtual=rp2040 has the board's 4 channels (firmware/board.py)")
-        try:
-            chip = WholeChip(uf2, electrodes=electrodes)
-            path = chip.open()
-        except WholeChipError as e:
-            raise UsageError(str(e)) from None
-        try:
-            yield chip, path
-        finally:
-            chip.close()
-        return
+def _check_virtual(args, electrodes, realtime):
+    """--virtual-channels / --electrode / --fault that the chosen virtual board cannot honour: exit 2."""
+    kind = args.virtual
+    if kind in ("micropython", "rp2040") and args.virtual_channels != 4:
+        raise UsageError("--virtual=%s has the board's 4 channels (firmware/board.py)" % kind)
     if kind == "micropython":
-        from picostim.virtual.micropython_board import MicroPythonBoard
-
         if not realtime:
             raise UsageError("--virtual=micropython runs the firmware on shim hardware without PIO timing; "
                              "use --virtual (the CPython virtual Pico) for run/captures")
-        if channels != 4:
-            raise UsageError("--virtual=micropython has the board's 4 channels (firmware/board.py)")
         if electrodes is not None:
             raise UsageError("--electrode/--fault need the CPython virtual Pico (--virtual): the shim has no electrode model")
-        with MicroPythonBoard() as board:
-            yield None, board.path
-        return
-    from picostim.virtual.device import VirtualPico
-
-    vp = VirtualPico(channels=channels, realtime=realtime, electrodes=electrodes)
-    path = vp.open()
-    try:
-        yield vp, path
-    finally:
-        vp.close()
 
 
 def _electrodes(args):
@@ -210,14 +178,7 @@ def connect(args, realtime=True):
     --virtual / USB discovery; HELLO already done. ``realtime=False``: the command is ``run``."""
     electrodes = _electrodes(args)  # bad --electrode/--fault (or without --virtual): exit 2 before connecting
     kind = args.virtual
-    if kind in ("micropython", "rp2040") and args.virtual_channels != 4:
-        raise UsageError("--virtual=%s has the board's 4 channels (firmware/board.py)" % kind)
-    if kind == "micropython":
-        if not realtime:
-            raise UsageError("--virtual=micropython runs the firmware on shim hardware without PIO timing; "
-                             "use --virtual (the CPython virtual Pico) for run/captures")
-        if electrodes is not None:
-            raise UsageError("--electrode/--fault need the CPython virtual Pico (--virtual): the shim has no electrode model")
+    _check_virtual(args, electrodes, realtime)
     try:
         stim = api.open(None if kind else (args.port or None), virtual=kind or False, serial_number=args.serial,
                         timeout=args.timeout, retries=args.retries, channels=args.virtual_channels,
@@ -555,8 +516,16 @@ def cmd_watch(args):
 
 def cmd_virtual(args):
     kind = args.virtual or "cpython"
-    with _virtual_board(args.virtual_channels, kind=kind, electrodes=_electrodes(args),
-                        uf2=getattr(args, "uf2", None)) as (vp, path):
+    electrodes = _electrodes(args)
+    _check_virtual(args, electrodes, True)
+    board = api._Board()  # the same virtual boards as picostim.open(virtual=...), served for other processes
+    with board.stack:
+        try:
+            api._start_virtual(board, kind, args.virtual_channels, electrodes, getattr(args, "uf2", None),
+                               watchdog_ms=None)
+        except _loaded("picostim.virtual.wholechip", "WholeChipError") as e:
+            raise UsageError(str(e)) from None
+        path = board.path
         print(path, flush=True)
         print("virtual Pico (%s) with %d channels serving on %s; use: picostim --port %s info   (Ctrl-C to stop)"
               % (kind, args.virtual_channels, path, path), file=sys.stderr, flush=True)
