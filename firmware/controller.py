@@ -352,16 +352,9 @@ class Controller:
 
     def _apply(self, ch, params):
         """Validate, build and install ``params`` on ``ch`` (SET_PARAMS and LOAD); refuses first."""
-        violation = P.validate(params, self.limits)
+        train, violation = pulse_engine.build_checked(params, self.limits)
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
-        try:
-            train = pulse_engine.build_train(params)
-        except pulse_engine.Unrealisable as exc:  # validate() should have caught it: refuse anyway
-            _refuse(M.E_OUT_OF_RANGE, exc.field if exc.field in P.NAMES else None, exc.value, 0)
-        if train.realised["amplitude2_ua"] > self.limits["max_amplitude_ua"]:  # after DAC rounding
-            _refuse(M.E_OUT_OF_RANGE, "phase2_amplitude_ua", train.realised["amplitude2_ua"],
-                    self.limits["max_amplitude_ua"])
         if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING):
             old = self.trains[ch]
             if (train.dac_a, train.dac_b) != (old.dac_a, old.dac_b):

@@ -13,6 +13,7 @@ with explicit raises rather than `assert`, so they survive `mpy-cross -O`.
 
 from firmware import board
 from firmware import pio_programs as pio
+from protocol import params as P
 
 OVERHEAD = pio.SEGMENT_OVERHEAD_TICKS
 COUNT_SHIFT = pio.COUNT_SHIFT
@@ -41,12 +42,15 @@ class UnsafeWord(AssertionError):
 
 
 class Unrealisable(ValueError):
-    """Parameters the PIO cannot produce exactly; `field` names the canonical field for a NACK."""
+    """Parameters the PIO or the DAC cannot produce; `field` (a canonical or derived name), `value`,
+    `limit` and `relation` make the NACK (protocol.params.Violation)."""
 
-    def __init__(self, field, value, msg):
+    def __init__(self, field, value, msg, limit=0, relation="<="):
         super().__init__("%s: %s" % (field, msg))
         self.field = field
         self.value = value
+        self.limit = limit
+        self.relation = relation
 
 
 def ns_to_ticks(ns):
@@ -121,7 +125,7 @@ def _field_ticks(params, name, zero_ok):
         return 0
     if t < OVERHEAD:
         raise Unrealisable(name, params[name], "%d ns is below the minimum segment of %d ns"
-                           % (params[name], min_segment_ns()))
+                           % (params[name], min_segment_ns()), min_segment_ns(), ">=")
     return t
 
 
@@ -243,14 +247,15 @@ def build_train(params):
     min_idle = DEAD_TICKS if DEAD_TICKS > OVERHEAD else OVERHEAD
     if period < pulse_ticks + min_idle:
         raise Unrealisable("period_ns", params["period_ns"], "%d ns leaves less than %d ns idle"
-                           " after the pulse" % (params["period_ns"], ticks_to_ns(min_idle)))
+                           " after the pulse" % (params["period_ns"], ticks_to_ns(min_idle)),
+                           ticks_to_ns(pulse_ticks + min_idle), ">=")
     polarity = params["polarity"]
     if polarity == CATHODIC_FIRST:
         first, second = NEG, POS
     elif polarity == ANODIC_FIRST:
         first, second = POS, NEG
     else:
-        raise Unrealisable("polarity", polarity, "not 0 or 1")
+        raise Unrealisable("polarity", polarity, "not 0 or 1", 1)
 
     pulse: list = []
     append_segment(pulse, ph1, first | SYNC)
@@ -287,16 +292,19 @@ def build_train(params):
     elif trig in (3, 4):
         t.entry, t.trigger_pin = pio.GATE_ENTRY, board.TRIG_PINS[trig - 3]
     else:
-        raise Unrealisable("trigger", trig, "not 0..4")
+        raise Unrealisable("trigger", trig, "not 0..4", 4)
 
     # Amplitude: phase 2 derived for charge balance from the realised phase-1 code and ticks.
     code1 = dac_code(params["amplitude_ua"])
     code2 = balance_code(code1, ph1, ph2)
     if code2 < 1:
         code2 = 1  # a phase 2 without current would leave all of phase 1's charge: 1 LSB is closer
-    if not (1 <= code1 <= board.DAC_MAX_CODE and 1 <= code2 <= board.DAC_MAX_CODE):
-        raise Unrealisable("amplitude_ua", params["amplitude_ua"],
-                           "DAC codes %d/%d out of range" % (code1, code2))
+    dac_max_ua = _round_div(code_to_na(board.DAC_MAX_CODE), 1000)
+    if code2 > board.DAC_MAX_CODE:  # a phase 2 much shorter than phase 1: beyond the DAC's full scale
+        raise Unrealisable("phase2_amplitude_ua", _round_div(code_to_na(code2), 1000),
+                           "DAC code %d beyond %d" % (code2, board.DAC_MAX_CODE), dac_max_ua)
+    if not 1 <= code1 <= board.DAC_MAX_CODE:
+        raise Unrealisable("amplitude_ua", params["amplitude_ua"], "DAC code %d out of range" % code1, dac_max_ua)
     t.code1, t.phase1_ticks, t.phase2_ticks = code1, ph1, ph2
     t.ramp_ticks = ns_to_ticks(params["ramp_up_ns"])
     t.first = first
@@ -329,6 +337,26 @@ def build_train(params):
         "residual_pc": _round_div(res, 1000),
     }
     return t
+
+
+def build_checked(params, limits):
+    """Everything SET_PARAMS/LOAD refuse, in the firmware's order: protocol.params.validate, what the
+    engine cannot produce, and the phase-2 amplitude after DAC rounding. Returns (Train, None) or
+    (None, Violation); the host runs the same function on a file before it sends it."""
+    violation = P.validate(params, limits)
+    if violation is not None:
+        return None, violation
+    try:
+        train = build_train(params)
+    except Unrealisable as exc:  # e.g. rounding to the tick ate the last idle ticks validate allowed
+        limit = exc.limit
+        if exc.field == "phase2_amplitude_ua" and limits["max_amplitude_ua"] < limit:
+            limit = limits["max_amplitude_ua"]  # beyond the DAC is beyond the amplitude limit too
+        return None, P.Violation(exc.field, exc.value, limit, exc.relation)
+    amp2 = train.realised["amplitude2_ua"]
+    if amp2 > limits["max_amplitude_ua"]:  # after DAC rounding (1 LSB = 2.5 µA)
+        return None, P.Violation("phase2_amplitude_ua", amp2, limits["max_amplitude_ua"], "<=")
+    return train, None
 
 
 def _dac_pair(first, code1, code2):

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware.controller import Controller
+from firmware.limits import LIMITS
 from protocol import messages as M
 from protocol import params as P
 from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
@@ -197,3 +198,41 @@ def test_a_refused_software_trigger_leaves_an_armed_channel_armed():
     ctl.receive(frame(M.TRIGGER, 4, b"\x01"))  # channel 0 alone: fired now, from the software entry
     assert replies(out)[-1].type == M.TRIGGER | M.RESPONSE
     assert ctl.state[0] == M.ST_RUNNING and hal.calls[-1] == ["start", 1, [0, 0, 0, 0]]
+
+
+_US = 1000
+
+
+@st.composite
+def corner_params(draw):
+    """Parameter sets near the corners where the engine and the DAC round: tiny amplitudes with very
+    asymmetric phases (phase-2 DAC code beyond full scale), periods within ticks of the pulse + dead
+    time (rounding to the tick eats the idle validate() allowed)."""
+    ph1 = draw(st.integers(40, 2000 * _US))
+    ph2 = draw(st.one_of(st.integers(40, 200), st.integers(40, 2000 * _US)))
+    p = P.complete(dict(phase1_ns=ph1, phase2_ns=ph2, interphase_ns=draw(st.integers(0, 1200)),
+                        amplitude_ua=draw(st.one_of(st.integers(1, 5), st.integers(1, 10000))),
+                        electrode_area_um2=10**8))
+    length = P.pulse_length_ns(p, LIMITS["min_dead_time_ns"])
+    p["period_ns"] = max(draw(st.integers(length, length + 2000)), 2 * (ph1 + ph2), LIMITS["min_period_ns"])
+    return p
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(corner_params())
+def test_the_host_check_refuses_exactly_what_the_firmware_refuses(p):
+    """A file the host's check passes is never refused by the firmware, and the other way round
+    (the host used to accept 1 µA sets with a phase-2 DAC code beyond full scale, and periods that
+    rounding to the tick left one tick short of the dead time)."""
+    from picostim import paramfile
+
+    ctl, hal, out = make()
+    ctl.receive(frame(M.SET_PARAMS, 1, M.encode_params(0, p)))
+    (reply,) = replies(out)
+    try:
+        paramfile.check(p, LIMITS)
+        host_ok = True
+    except paramfile.ParamLimitError as e:
+        host_ok = False
+        assert reply.type == M.NACK and M.decode_nack(reply.body)["value"] == e.violation.value
+    assert (reply.type != M.NACK) == host_ok, (reply, M.decode_nack(reply.body) if reply.type == M.NACK else None)

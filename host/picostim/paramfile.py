@@ -25,6 +25,7 @@ import math
 import tomllib
 from fractions import Fraction
 
+from firmware import pulse_engine
 from firmware.board import DEAD_TIME_NS
 from protocol import params as P
 
@@ -475,12 +476,14 @@ FIRMWARE_LIMIT_OF = {
 
 
 def check(paramset_or_params, limits):
-    """Run protocol.params.validate; raise :class:`ParamLimitError` with a user-unit message."""
+    """What the firmware checks before it accepts a parameter set (``pulse_engine.build_checked``:
+    protocol.params.validate, then what the engine and the DAC can produce, e.g. the phase-2
+    amplitude after DAC rounding); raise :class:`ParamLimitError` with a user-unit message."""
     if isinstance(paramset_or_params, ParamSet):
         params, keys = paramset_or_params.params, paramset_or_params.keys
     else:
         params, keys = paramset_or_params, {}
-    v = P.validate(params, limits)
+    _train, v = pulse_engine.build_checked(params, limits)
     if v is None:
         return params
     key = keys.get(v.field)
