@@ -147,3 +147,152 @@ def test_truncated_pulse_is_reported_with_its_time():
     assert r.incomplete["truncated"] == 1
     assert r.incomplete["truncated_times_us"] == [pytest.approx((1_000 + 4 * 125_000) / 125)]
     assert fails(r, "INCOMPLETE: 1 pulses with phase 1 but no phase 2")
+
+
+# ---- one rich capture at an asynchronous rate (25 MS/s: 0.04 µs per sample, 5 PIO cycles per sample),
+# every report field pinned: µs conversions and JSON keys are what HIL verification and users read
+SR25 = 25_000_000
+K = 1e6 / SR25  # µs per sample
+
+
+def rich():
+    # 2 bursts of 3 pulses: 200 µs / 8 µs / 200 µs, recovery 100 µs after 4 µs, 1 ms period, 5 ms between bursts
+    return make_train(sr=SR25, n_pulses=6, p1=5000, gap=200, p2=5000, rec=2500, rec_gap=100, period=25_000,
+                      burst=3, interburst=125_000, first=1000, trig_at=900)
+
+
+RICH_EXP = dict(phase1_us=200, interphase_us=8, phase2_us=200, recovery_us=100, recovery_gap_us=4,
+                period_us=1000, burst_pulses=3, burst_gap_us=5000, burst_period_us=7512, bursts=2, pulses=6,
+                trigger_latency_us=4, trigger_latency_max_cycles=500, polarity="cathodic-first")
+
+
+def test_rich_capture_report_fields():
+    r = analyze(rich(), expected=RICH_EXP)
+    assert r.ok, r.failures
+    assert not r.exact and r.tolerance_samples == 1.0 and r.clock_ppm == 100.0
+    j = r.to_json()
+    assert (j["channel"], j["polarity"], j["pulses"], j["n_samples"]) == (0, "cathodic-first", 6, 276_600)
+    assert j["duration_us"] == pytest.approx(276_600 * K)
+    for name, us_ in (("phase1", 200), ("interphase", 8), ("phase2", 200), ("recovery", 100),
+                      ("recovery_gap", 4), ("period", 1000), ("burst_gap", 5000), ("burst_period", 7512)):
+        assert j[f"{name}_us"]["mean"] == pytest.approx(us_), name
+        assert j[f"{name}_samples"]["max"] == pytest.approx(us_ / K), name
+    assert r.stats["period"].n == 4 and r.stats["burst_gap"].n == 1
+    assert j["train"] == {"start_us": pytest.approx(40.0), "end_us": pytest.approx(10_064.0),
+                          "duration_us": pytest.approx(10_024.0)}
+    b = j["bursts"]
+    assert (b["count"], b["sizes"], b["pulses_per_burst"]) == (2, [3, 3], {"min": 3, "max": 3})
+    assert b["starts_us"] == [pytest.approx(40.0), pytest.approx(7552.0)]
+    t = j["trigger"]
+    assert (t["channel"], t["latency_samples"]) == ("TRIG1", 100)
+    assert t["edge_us"] == pytest.approx(36.0) and t["latency_us"] == pytest.approx(4.0)
+    assert j["trigger_latency_cycles"] == pytest.approx(500) and j["trigger_latency_us"] == pytest.approx(4.0)
+    d = j["dead_time"]
+    assert d["required_us"] == 1.0 and d["transitions"] == 17 and d["violations"] == 0
+    assert d["min_idle_us"] == pytest.approx(4.0) and d["violation_times_us"] == []
+    assert d["tolerance_samples"] == pytest.approx(1.0 + 100e-6 * 25, abs=1e-6)
+    assert j["incomplete"] == {"truncated": 0, "truncated_times_us": [], "cut_by_capture_end": 0,
+                               "cut_by_capture_end_times_us": [], "cut_by_capture_start": 0,
+                               "orphan_phase2": 0, "orphan_phase2_times_us": [], "orphan_recovery": 0}
+    assert j["overlaps"] == {"count": 0, "times_us": [], "samples": [], "durations_samples": []}
+    assert j["sync_errors"] == 0 and j["expected"] == RICH_EXP and j["exact"] is False
+
+
+@pytest.mark.parametrize("key", ["phase1_us", "interphase_us", "phase2_us", "recovery_us", "recovery_gap_us",
+                                 "period_us", "burst_gap_us", "burst_period_us", "trigger_latency_us"])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_rich_capture_each_expectation_just_outside_its_tolerance_fails(key, sign):
+    # just outside the asynchronous tolerance: 1 sample + 100 ppm of the expected value, + 1 sample
+    off = (2 + 100e-6 * RICH_EXP[key] / K) * K
+    r = analyze(rich(), expected=dict(RICH_EXP, **{key: RICH_EXP[key] + sign * off}))
+    assert len(r.failures) == 1, r.failures
+    assert r.failures[0].startswith(key.removesuffix("_us").replace("_", " ") if key.startswith("trigger")
+                                    else key.removesuffix("_us"))
+
+
+def test_rich_capture_one_sample_off_passes_asynchronously():
+    for key in ("phase1_us", "period_us", "burst_gap_us", "trigger_latency_us"):
+        assert analyze(rich(), expected=dict(RICH_EXP, **{key: RICH_EXP[key] + 1 * K})).ok, key
+
+
+def test_frequency_is_an_alternative_to_the_period():
+    exp = {k: v for k, v in RICH_EXP.items() if k != "period_us"}
+    assert analyze(rich(), expected=dict(exp, frequency_hz=1000)).ok
+    assert fails(analyze(rich(), expected=dict(exp, frequency_hz=990)), "period")
+
+
+def test_overlap_and_dead_time_messages_at_an_asynchronous_rate():
+    t = make_train(sr=SR25, n_pulses=3, p1=5000, gap=20, p2=5000, period=25_000, first=1000)
+    r = analyze(t)
+    msg = fails(r, "DEAD TIME")
+    assert msg == ["DEAD TIME: 3 transitions between different drive states with less than 1 µs idle, "
+                   "first NEG -> POS at 240.000 µs after 20 samples (0.800 µs)"]
+    assert r.dead_time["violation_times_us"] == [pytest.approx(240.0), pytest.approx(1240.0),
+                                                  pytest.approx(2240.0)]
+    pos = t.channels["POS"].toggles.copy()
+    pos[0] -= 30  # phase 2 of pulse 0 rises 10 samples before phase 1 ends
+    r = analyze(with_toggles(t, "POS", pos))
+    assert fails(r, "OVERLAP") == ["OVERLAP: POS and NEG both high 1 times, first at sample 5990 (239.600 µs) "
+                                   "for 10 samples"]
+    assert r.to_json()["overlaps"] == {"count": 1, "times_us": [pytest.approx(239.6)], "samples": [5990],
+                                       "durations_samples": [10]}
+
+
+def test_orphans_and_cut_pulses_are_located_in_microseconds():
+    t = make_train(sr=SR25, n_pulses=4, p1=5000, gap=200, p2=5000, rec=2500, rec_gap=100, period=25_000,
+                   first=1000)
+    neg = np.delete(t.channels["NEG"].toggles, [2, 3])  # pulse 1 loses phase 1: its phase 2 is an orphan
+    r = analyze(with_toggles(t, "NEG", neg))
+    assert r.incomplete["orphan_phase2"] == 1
+    assert r.incomplete["orphan_phase2_times_us"] == [pytest.approx((26_000 + 5200) * K)]
+    assert r.incomplete["orphan_recovery"] == 1
+    assert fails(r, "RECOVERY: 1 RECOVERY intervals not after a phase 2")
+    # the capture ends inside the last phase 2: cut by the capture end, not a failure
+    cut = Trace(SR25, 76_000 + 5200 + 100, dict(t.channels))
+    rc = analyze(cut)
+    assert rc.incomplete["cut_by_capture_end"] == 1
+    assert rc.incomplete["cut_by_capture_end_times_us"] == [pytest.approx(76_000 * K)]
+    assert rc.n_pulses == 3 and not fails(rc, "INCOMPLETE")
+
+
+@pytest.mark.parametrize("line,pol", [("NEG", "cathodic-first"), ("POS", "anodic-first")])
+def test_polarity_with_one_line_only(line, pol):
+    t = make_train(n_pulses=3)
+    other = "POS" if line == "NEG" else "NEG"
+    chans = dict(t.channels)
+    chans[line] = t.channels["NEG"]
+    chans[other] = Channel(0, np.zeros(0, np.int64))
+    r = analyze(Trace(t.samplerate_hz, t.n_samples, chans))
+    assert r.polarity == pol
+    assert r.n_pulses == 0 and r.incomplete["truncated"] + r.incomplete["cut_by_capture_end"] == 3
+
+
+def test_no_pulses_no_polarity():
+    t = make_train(n_pulses=1)
+    empty = Trace(t.samplerate_hz, t.n_samples, {"POS": Channel(0), "NEG": Channel(0)})
+    r = analyze(empty)
+    assert r.polarity is None and r.n_pulses == 0 and fails(r, "no complete pulse found")
+    assert analyze(empty, expected=dict(pulses=0)).ok
+
+
+@pytest.mark.parametrize("pol", ["cathodic-first", "anodic-first"])
+def test_polarity_of_a_capture_starting_mid_phase1(pol):
+    t = make_train(polarity=pol)
+    first = "NEG" if pol == "cathodic-first" else "POS"
+    tg = t.channels[first].toggles
+    # the capture starts 100 samples into the first phase 1: that line is high at sample 0
+    chans = {k: Channel(c.initial, c.toggles - (tg[0] + 100)) for k, c in t.channels.items()}
+    chans[first] = Channel(1, (tg - (tg[0] + 100))[1:])
+    chans["SYNC"] = Channel(1, (t.channels["SYNC"].toggles - (tg[0] + 100))[1:])
+    tt = Trace(t.samplerate_hz, t.n_samples - tg[0] - 100, chans)
+    r = analyze(tt)
+    assert r.polarity == pol and r.n_pulses == 9
+    assert r.incomplete["cut_by_capture_start"] == 1
+
+
+def test_missing_lines_are_an_error():
+    t = make_train()
+    with pytest.raises(KeyError, match="trace has no POS/NEG"):
+        analyze(Trace(t.samplerate_hz, t.n_samples, {"NEG": t.channels["NEG"]}))
+    with pytest.raises(KeyError, match="trace has no POS_1/NEG_1"):
+        analyze(t, channel=1)

@@ -147,3 +147,26 @@ def test_violation_messages_and_names():
     assert P.field_name(len(P.NAMES)) == "?"
     assert P.field_name(-1) == "?"
     assert P.field_name(len(P.NAMES) - 1) == P.NAMES[-1]
+
+
+def test_shannon_k_value():
+    import math
+    for q_pc, area in ((2_000_000, 100), (1, 10**8), (3_500, 6_000_000), (123_456, 777)):
+        q_uc, a_cm2 = q_pc / 1e6, area / 1e8
+        want = 2 * math.log10(q_uc) - math.log10(a_cm2)  # log Q + log(Q/A), written differently
+        assert abs(P.shannon_k(q_pc, area) - want) < 1e-10, (q_pc, area)
+    assert P.shannon_k(1, 10**8) == pytest.approx(-12.0)
+
+
+def test_shannon_bound_is_computed_not_only_cached():
+    # the bound is cached per k; computed afresh it must still be floor(1000 * 10^(k/100))
+    P._SHANNON_CACHE.clear()
+    try:
+        assert P.shannon_bound_milli(185) == 70794        # 1000 * 10^1.85 = 70794.58
+        assert P._SHANNON_CACHE[185] == 70794
+        assert P.shannon_bound_milli(0) == 1000
+        assert P.shannon_bound_milli(-300) == 1
+        assert P.shannon_bound_milli(200) == 100000
+        assert P.shannon_bound_milli(1) == 1023            # 1000 * 10^0.01 = 1023.29
+    finally:
+        P._SHANNON_CACHE.clear()

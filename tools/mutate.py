@@ -2,6 +2,9 @@
 
     python tools/mutate.py                 # every module in MODULES, then rewrite the BENCHMARKS.md table
     python tools/mutate.py impedance params  # only these (matched against the module path); table rows merged
+    python tools/mutate.py --survivors params  # after adding tests: copy the current tests into the
+                                               # existing build/mutate/<module>/ tree and re-run only
+                                               # the mutants that survived there (same sources)
 
 Why a scratch tree: mutmut 3 copies the sources to ``mutants/`` next to pyproject.toml and names a
 module by its file path, but the host package lives in ``host/picostim`` and is imported as
@@ -70,6 +73,11 @@ def build_tree(module: str, tests: list[str]) -> Path:
     shutil.copytree(ROOT / "tests", d / "tests", ignore=ign)
     shutil.copytree(ROOT / "hil_tests", d / "hil_tests", ignore=ign)
     shutil.copytree(ROOT / "presets", d / "presets", ignore=ign)
+    write_config(d, module, tests)
+    return d
+
+
+def write_config(d: Path, module: str, tests: list[str]) -> None:
     base = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     text = (ROOT / "pyproject.toml").read_text()
     # replace the [tool.mutmut] section with the per-module one
@@ -79,19 +87,48 @@ def build_tree(module: str, tests: list[str]) -> Path:
     sect = ["[tool.mutmut]"] + ["%s = %s" % (k, json.dumps(v)) for k, v in cfg.items()]
     text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "\n".join(sect) + "\n\n", text)
     (d / "pyproject.toml").write_text(text)
-    return d
 
 
-def run_module(module: str) -> dict:
+def survivors(d: Path, module: str) -> list[str]:
+    meta = json.loads((d / "mutants" / (module + ".meta")).read_text())["exit_code_by_key"]
+    return [name for name, code in meta.items() if code == 0]
+
+
+def run_module(module: str, only_survivors: bool = False) -> dict:
     tests = MODULES[module]
-    d = build_tree(module, tests)
     mutmut = [sys.executable, "-m", "mutmut"]
-    print("== %s (tests: %s)" % (module, " ".join(tests)), flush=True)
-    with open(d / "mutmut.log", "w") as log:
-        rc = subprocess.run(mutmut + ["run", "--max-children", MAX_CHILDREN], cwd=d, check=False,
-                            stdout=log, stderr=subprocess.STDOUT).returncode
+    d = WORK / slug(module)
+    names: list[str] = []
+    if only_survivors:
+        if not (d / "mutants").exists():
+            raise SystemExit("no earlier run of %s in %s: run it in full first" % (module, d))
+        shutil.rmtree(d / "tests")
+        shutil.copytree(ROOT / "tests", d / "tests", ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+        names = survivors(d, module)
+        meta_path = d / "mutants" / (module + ".meta")
+        old_codes = json.loads(meta_path.read_text())["exit_code_by_key"]
+        # a new test file changes mutmut's test selection, which resets every verdict: only the
+        # survivors are run again and the earlier kills are restored below (same sources; tests
+        # were only added, so a killed mutant stays killed)
+        write_config(d, module, tests)
+        print("== %s: re-running %d survivors with the current tests" % (module, len(names)), flush=True)
+    else:
+        d = build_tree(module, tests)
+        print("== %s (tests: %s)" % (module, " ".join(tests)), flush=True)
+    with open(d / "mutmut.log", "a" if only_survivors else "w") as log:
+        rc = 0
+        if names or not only_survivors:
+            rc = subprocess.run(mutmut + ["run", "--max-children", MAX_CHILDREN] + names, cwd=d, check=False,
+                                stdout=log, stderr=subprocess.STDOUT).returncode
     if rc:
         raise SystemExit("mutmut run failed for %s (exit %d): see %s" % (module, rc, d / "mutmut.log"))
+    if only_survivors:
+        meta = json.loads(meta_path.read_text())
+        codes = meta["exit_code_by_key"]
+        for name, code in old_codes.items():
+            if code != 0 and codes.get(name) is None:
+                codes[name] = code
+        meta_path.write_text(json.dumps(meta))
     subprocess.run(mutmut + ["export-cicd-stats"], cwd=d, check=True, stdout=subprocess.DEVNULL)
     st = json.loads((d / "mutants" / "mutmut-cicd-stats.json").read_text())
     res = subprocess.run(mutmut + ["results"], cwd=d, check=True, capture_output=True, text=True)
@@ -138,12 +175,14 @@ def old_rows() -> dict[str, dict]:
 
 
 def main(argv: list[str]) -> int:
+    only_survivors = "--survivors" in argv
+    argv = [a for a in argv if a != "--survivors"]
     wanted = [m for m in MODULES if not argv or any(a in m for a in argv)]
     if not wanted:
         print("no module matches %s; known: %s" % (argv, ", ".join(MODULES)))
         return 2
     for m in wanted:
-        row = run_module(m)
+        row = run_module(m, only_survivors)
         rows = old_rows()  # re-read: another module's run may have finished meanwhile
         rows[m] = row
         WORK.mkdir(parents=True, exist_ok=True)
