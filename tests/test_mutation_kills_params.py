@@ -170,3 +170,25 @@ def test_shannon_bound_is_computed_not_only_cached():
         assert P.shannon_bound_milli(1) == 1023            # 1000 * 10^0.01 = 1023.29
     finally:
         P._SHANNON_CACHE.clear()
+
+
+def test_shannon_limit_is_exact_at_a_perfect_square():
+    # floor(1000 * 10^1.85) = 70794 = 2 * 3^4 * 19 * 23; with A = 2185 µm² (5 * 19 * 23) the integer
+    # bound 70794 * A * 1e7 is the perfect square 39 330 000²: Q = 39 330 000 fC is exactly on the line
+    L = dict(LIMITS, max_phase_ns=10**10)
+    q = 39_330_000
+    assert 70794 * 2185 * 10**7 == q * q
+    base = dict(BASE, amplitude_ua=1, phase2_ns=q + 1, period_ns=10**9, electrode_area_um2=2185)
+    assert P.validate(dict(base, phase1_ns=q), L) is None
+    v = P.validate(dict(base, phase1_ns=q + 1), L)  # 1 fC over: refused
+    assert (v.field, v.limit, v.relation) == ("shannon_k_centi", 185, "<=")
+    assert v.value == 186  # k = 1.850000...: reported as at least one step over the limit
+
+
+def test_shannon_violation_value_is_the_rounded_k():
+    import math
+    kw = dict(amplitude_ua=2049, phase1_ns=200_000, phase2_ns=200_000, electrode_area_um2=100)
+    v = P.validate(dict(BASE, **kw), LIMITS)
+    q_uc = 2049 * 200_000 / 1e9
+    k = 2 * math.log10(q_uc) - math.log10(100 / 1e8)   # 5.2251
+    assert v.field == "shannon_k_centi" and v.value == int(k * 100 + 0.5) == 523

@@ -185,3 +185,40 @@ def test_ramp_pulses_edges():
     assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=500_000)) == 0    # shorter than a period
     assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=1_000_008)) == 1
     assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=1_000_000)) == 0
+
+
+def test_build_train_refusals_name_the_field():
+    for kw, field, msg in ((dict(polarity=2), "polarity", "polarity: not 0 or 1"),
+                           (dict(trigger=5), "trigger", "trigger: not 0..4"),
+                           (dict(phase1_ns=0), "phase1_ns", "phase1_ns: 0 ns is below the minimum segment of 40 ns"),
+                           (dict(phase2_ns=0), "phase2_ns", "phase2_ns: 0 ns is below the minimum segment of 40 ns")):
+        with pytest.raises(pe.Unrealisable) as ei:
+            train(**kw)
+        assert (ei.value.field, ei.value.value, str(ei.value)) == (field, kw[field], msg)
+    # the period must leave the dead time (1 µs) of idle after the 400 µs + 1 µs pulse
+    assert train(period_ns=402_000).period_ticks == 50_250
+    with pytest.raises(pe.Unrealisable) as ei:
+        train(period_ns=401_992)
+    assert (ei.value.field, ei.value.value) == ("period_ns", 401_992)
+    assert str(ei.value) == "period_ns: 401992 ns leaves less than 1000 ns idle after the pulse"
+
+
+def test_append_segment_piece_count_and_refusal():
+    M = pe.MAX_SEGMENT_TICKS
+    for ticks, n in ((M, 1), (M - 1, 1), (M + 1, 2), (2 * M, 2), (2 * M + 1, 3)):
+        w = pe.append_segment([], ticks, 0)
+        assert len(w) == n and pe.words_ticks(w) == ticks, ticks
+    w = pe.append_segment([], 12, 0, 9)  # at most ticks // OVERHEAD = 2 pieces of >= 5 ticks
+    assert [pe.decode_word(x)[0] for x in w] == [6, 6]
+    assert pe.append_segment([], 0, 0) == []
+    with pytest.raises(ValueError, match="^segment of 3 ticks is shorter than 5$"):
+        pe.append_segment([], 3, 0)
+
+
+def test_interburst_only_with_bursts_and_a_one_tick_duration_is_one_cycle():
+    plain = train(period_ns=1_000_000, interburst_ns=5_000_000)
+    assert plain.realised["interburst"] == 0 and plain.cycle_ticks == 125_000
+    one = train(period_ns=1_000_000, burst_pulses=1, interburst_ns=5_000_000)
+    assert one.realised["interburst"] == 625_000 and one.cycle_ticks == 750_000
+    assert train(period_ns=1_000_000, train_duration_ns=8).repeats == 1
+    assert train(period_ns=1_000_000, train_duration_ns=0).repeats == 0  # 0 = until stopped
