@@ -402,8 +402,18 @@ class Cursor:
             return plan.lead
         if plan.repeats and self.cycle >= plan.repeats:
             return None
-        b, _, k = plan.runs[self.run]
-        self._advance()
+        # _advance inlined (one call per entry of a one-entry block: the feeder's hot path)
+        runs = plan.runs
+        b, n, k = runs[self.run]
+        rep = self.rep + 1
+        if rep >= n:
+            rep = 0
+            run = self.run + 1
+            if run >= len(runs):
+                run = 0
+                self.cycle += 1
+            self.run = run
+        self.rep = rep
         self.idle_left = k
         return b
 
@@ -464,26 +474,120 @@ class Feeder:
     def _write_run(self, start, limit):
         """Write entries at absolute indexes start.. (< limit) then a 0 after them; the first slot is
         written LAST (it commits the run: the DMA sees either the old 0 there or the whole run).
-        Returns the new head."""
+        Returns the new head. (_next_entry inlined, with the block's address looked up once per
+        block: this loop is most of START's time on the M0+.)"""
         vals = []
         cums = []
         total = self.pulses_total
         i = start
-        while i < limit and not self.finished:
-            e = self._next_entry()
-            if e is None:
-                self.finished = True
-                break
-            total += e[1]
-            vals.append(e[0])
-            cums.append(total)
-            i += 1
+        if i < limit and not self.finished:
+            cur = self.cursor
+            addr_of = self.addr_of
+            step = 4 * self.p
+            b = self.block
+            entry = self.entry
+            prev = None
+            if b is not None:
+                prev = b
+                a0 = addr_of(b)
+                n = b.entries
+                pz = b.pulses
+            if cur is not None:  # Cursor.next_block inlined on locals (written back below)
+                plan = cur.plan
+                idle = plan.idle
+                runs = plan.runs
+                nruns = len(runs)
+                repeats = plan.repeats
+                idle_left = cur.idle_left
+                run = cur.run
+                rep = cur.rep
+                cycle = cur.cycle
+                # every block the cursor gives is the same one-entry block (a plain periodic train)
+                uniform = nruns == 1 and runs[0][1] == 1 and runs[0][2] == 0 and runs[0][0].entries == 1
+            else:
+                uniform = False
+            while i < limit:
+                if b is None or entry >= n:
+                    if uniform and idle_left == 0 and not cur.lead_pending:  # type: ignore[union-attr]
+                        # the rest of the run in one go: the same entry, one pulse group each
+                        m = limit - i
+                        if repeats and m > repeats - cycle:
+                            m = repeats - cycle
+                        if m > 0:
+                            b = runs[0][0]
+                            if b is not prev:
+                                prev = b
+                                a0 = addr_of(b)
+                                n = b.entries
+                                pz = b.pulses
+                            for _ in range(m):
+                                vals.append(a0)
+                                total += pz
+                                cums.append(total)
+                            cycle += m
+                            entry = 1
+                            i += m
+                            continue
+                    entry = 0
+                    if cur is None:
+                        b = None
+                    elif idle_left > 0:
+                        idle_left -= 1
+                        b = idle
+                    elif cur.lead_pending:  # once per plan: the Cursor itself
+                        cur.idle_left = idle_left
+                        cur.run = run
+                        cur.rep = rep
+                        cur.cycle = cycle
+                        b = cur.next_block()
+                        idle_left = cur.idle_left
+                        run = cur.run
+                        rep = cur.rep
+                        cycle = cur.cycle
+                    elif repeats and cycle >= repeats:
+                        b = None
+                    else:
+                        b, nrep, k = runs[run]
+                        rep += 1
+                        if rep >= nrep:
+                            rep = 0
+                            run += 1
+                            if run >= nruns:
+                                run = 0
+                                cycle += 1
+                        idle_left = k
+                    if b is None:
+                        self.finished = True
+                        break
+                    if b is not prev:
+                        prev = b
+                        a0 = addr_of(b)
+                        n = b.entries
+                        pz = b.pulses
+                vals.append(a0 + step * entry)
+                entry += 1
+                if entry == n:
+                    total += pz
+                cums.append(total)
+                i += 1
+            self.block = b
+            self.entry = entry
+            if cur is not None:
+                cur.idle_left = idle_left
+                cur.run = run
+                cur.rep = rep
+                cur.cycle = cycle
         new_head = start + len(vals)
-        self._put(new_head, 0)
-        self.cum[new_head % self.ring_len] = total
+        ring = self.ring
+        base = self.base
+        rl = self.ring_len
+        cum = self.cum
+        ring[base + new_head % rl] = 0
+        cum[new_head % rl] = total
         for k in range(len(vals) - 1, -1, -1):
-            self.cum[(start + k) % self.ring_len] = cums[k]
-            self._put(start + k, vals[k])
+            s = (start + k) % rl
+            cum[s] = cums[k]
+            ring[base + s] = vals[k]
         self.pulses_total = total
         self.head = new_head
         return new_head
@@ -499,10 +603,14 @@ class Feeder:
         self.pulses_total = 0
         self.head = 0
         self.max_tail_ticks = plan.tail_ticks
-        for s in range(self.ring_len):
-            self.ring[self.base + s] = 0
-            self.cum[s] = 0
-        return self._write_run(0, self.ring_len - self.margin)
+        head = self._write_run(0, self.ring_len - self.margin)  # slots 0..head (the 0 at head)
+        ring = self.ring
+        base = self.base
+        cum = self.cum
+        for s in range(head + 1, self.ring_len):  # every other slot 0 (the DMA is stopped)
+            ring[base + s] = 0
+            cum[s] = 0
+        return head
 
     def fill(self, consumed):
         """Top up: ``consumed`` = absolute index of the next entry the DMA will read."""
