@@ -27,11 +27,7 @@ mem32 = machine.mem32
 Pin = machine.Pin
 ticks_us = time.ticks_us
 ticks_diff = time.ticks_diff
-try:
-    ticks_add = time.ticks_add
-except AttributeError:  # CPython with the recording fakes of the tests (no wrap there)
-    def ticks_add(t, delta):
-        return t + delta
+ticks_add = time.ticks_add
 
 _PRIME_TIMEOUT_US = 2000  # the DMA fills an 8-word FIFO in well under a microsecond
 _ABORT_TIMEOUT_US = 1000  # CHAN_ABORT retires in-flight transfers within a few bus cycles
@@ -448,9 +444,7 @@ class Rp2Hal:
         machine.enable_irq(irq)
         # The previous buffers stay alive until the control channel has read the switch entry; a
         # plan that never played (replaced again at the same switch point) is dropped at once.
-        if st.retired and st.retired[-1][0] == switch:
-            pass
-        else:
+        if not (st.retired and st.retired[-1][0] == switch):
             st.retired.append((switch, st.buffers))
         st.buffers = bufs
         self._release(st, c)
@@ -710,8 +704,8 @@ class Rp2Hal:
         self._dac_set(ch, code, code)
         settle_us = impedance.TEST_SAMPLE_NS // 1000 + 1  # +1: the µs timer's granularity
         phase_us = impedance.TEST_PULSE_NS // 1000
-        ctrl = dma_chain.pio_ctrl_set(st.pio)  # >= 2**30: built before interrupts go off
-        start = dma_chain.ctrl_start_value(1 << st.sm_id)
+        ctrl = st.r_ctrl_set  # precomputed (>= 2**30): nothing is built with interrupts off
+        start = dma_chain.ctrl_start_value(st.sm_bit)
         adc = self._adc
         raw = -1
         for _ in range(impedance.TEST_TRIES):  # retry if an interrupt-free window was still too late
