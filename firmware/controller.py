@@ -88,9 +88,8 @@ class Controller:
         self.limits = limits
         self.storage = storage
         self.event_log = []  # (seq, body), at most M.EVENT_LOG_LEN, oldest first
-        self.deadman_us = 0  # per connection: 0 off; HELLO resets it
         self.deadman_trips = 0
-        self._deadman_ms = 0
+        self.deadman_ms = 0  # per connection: 0 off; HELLO resets it
         self._uptime = Uptime(hal.time_us)  # µs since boot across the 2**30 µs tick wrap
         self._rx_ref = self._uptime.last  # tick value the host's current silence is measured from
         self._silent_ms = 0  # whole ms of that silence already folded out of _rx_ref (small ints only)
@@ -226,7 +225,7 @@ class Controller:
                 else:
                     self.state[ch] = M.ST_IDLE
                     self.emit(M.EV_TRAIN_DONE, ch, self._pulses(ch))
-        if self._deadman_ms:
+        if self.deadman_ms:
             self._check_deadman()
         self.hal.feed_watchdog()
         self.where = M.CRASH_LOOP
@@ -295,7 +294,7 @@ class Controller:
     def _check_deadman(self):
         """Tethered mode (SPEC §6): stop every running or armed channel once the host has been silent
         for the deadman time; trips once per silence (the next good frame re-arms it)."""
-        if not self._silence_exceeds(self._deadman_ms):
+        if not self._silence_exceeds(self.deadman_ms):
             return
         live = [ch for ch in range(self.hal.channels) if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING)]
         if live:
@@ -325,8 +324,7 @@ class Controller:
         return [ch for ch in range(self.hal.channels) if mask >> ch & 1]
 
     def _hello(self, body):
-        self.deadman_us = 0  # a new connection starts with the deadman off
-        self._deadman_ms = 0
+        self.deadman_ms = 0  # a new connection starts with the deadman off
         return M.encode_hello(FIRMWARE_VERSION, self.hal.channels, self.hal.board_id(), self.boot_reason,
                               self.limits)
 
@@ -549,8 +547,7 @@ class Controller:
         ms = body[0] | body[1] << 8 | body[2] << 16 | body[3] << 24
         if ms and ms < 10:
             _refuse(M.E_OUT_OF_RANGE, "deadman_ms", ms, 10)
-        self.deadman_us = ms * 1000
-        self._deadman_ms = ms
+        self.deadman_ms = ms
         self._heard()
         return b""
 

@@ -297,13 +297,13 @@ def test_hello_turns_the_deadman_off_and_bad_values_are_refused():
     with VirtualPico(channels=1) as vp:
         c = Client(open_port(vp.path, exclusive=False), timeout=0.5)
         c.set_deadman(20)
-        assert vp.controller.deadman_us == 20000
+        assert vp.controller.deadman_ms == 20
         with pytest.raises(DeviceError) as e:
             c.set_deadman(5)
         assert e.value.field == "deadman_ms"
-        assert vp.controller.deadman_us == 20000  # a refused LINK changes nothing
+        assert vp.controller.deadman_ms == 20  # a refused LINK changes nothing
         c.hello()
-        assert vp.controller.deadman_us == 0
+        assert vp.controller.deadman_ms == 0
 
 
 def test_client_event_gap_and_duplicate_accounting():

@@ -118,7 +118,7 @@ def state_of(ctl, hal):
     params = []
     for p in ctl.params:
         params.append(None if p is None else [p[n] for n in P.FIELD_NAMES])
-    return [params, list(ctl.state), list(ctl.fault), ctl.deadman_us, [list(c) for c in hal.calls]]
+    return [params, list(ctl.state), list(ctl.fault), ctl.deadman_ms, [list(c) for c in hal.calls]]
 
 
 def firmware_decisions(data):
