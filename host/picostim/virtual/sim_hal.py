@@ -79,6 +79,7 @@ class SimHal:
             self.sms.append(sm)
             out_mask |= ((1 << board.CH_OUT_COUNT[ch]) - 1) << board.CH_OUT_BASE[ch]
         # Safe state, as hal_rp2 does at boot: every drive pin an output, low.
+        self.out_mask = out_mask  # every drive pin of the channels (OUT pins of their SMs)
         self.system.set_outputs(out_mask, 0)
         self.system.set_pindirs(out_mask, out_mask)
         self.train_start = [0] * channels  # cycle at which each channel was last started
@@ -226,13 +227,11 @@ class SimHal:
                 break
             self.system.run_until(min(deadline, self.system.now + step))
         self.system.disable(self.sms)
-        out_mask = 0
         for ch in range(self.channels):
-            out_mask |= ((1 << board.CH_OUT_COUNT[ch]) - 1) << board.CH_OUT_BASE[ch]
             self.system.dma(self.sms[ch]).abort()
             self.sms[ch].clear_fifos()
             self.dac_on[ch] = False
-        self.system.set_outputs(out_mask, 0)  # mov pins, null through SMx_INSTR on the board
+        self.system.set_outputs(self.out_mask, 0)  # mov pins, null through SMx_INSTR on the board
         self.safe_states += 1
         return not live
 
