@@ -124,6 +124,10 @@ class MicroPythonBoard:
             self.proc = subprocess.Popen(self.command(), stdin=master, stdout=master, stderr=self._err,
                                          env=self.environment(), cwd=str(ROOT), close_fds=True,
                                          start_new_session=True)  # a Ctrl-C for the CLI is not for the board
+            # Until BOOT, hold a copy of the master too: if the firmware dies at boot, the kernel
+            # hangs the slave up when the last master closes and drops what is still queued (its
+            # traceback, cut after the first line); with our copy open it stays readable.
+            boot_hold = os.dup(master)
         except BaseException:
             os.close(slave)
             raise
@@ -135,6 +139,8 @@ class MicroPythonBoard:
         except BaseException:
             self.close()
             raise
+        finally:
+            os.close(boot_hold)  # from here on, a firmware exit shows on the link as a hangup
         return self.path
 
     def _wait_boot(self) -> dict:
