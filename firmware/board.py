@@ -86,6 +86,12 @@ DAC_CMD_A = 0x3000
 DAC_CMD_B = 0xB000
 DAC_CMD_SHUTDOWN_A = 0x2000  # output off (high impedance) for the safe state
 DAC_CMD_SHUTDOWN_B = 0xA000
+DAC_SETTLE_NS = 4_500  # MCP4822 output settling (datasheet, typical): a new code is usable after it
+# DAC bus state machine (firmware/pio/dac.pio, docs/ARCHITECTURE.md "DAC bus"): PIO1 SM0 writes the
+# DACs at pulse boundaries. SCK is its side-set pin; its OUT pins run from MOSI over the chip selects
+# (GP19..GP27: MOSI, CS0-2, GP23-26 unused by PIO1, CS3). LDAC is held low (outputs follow CS).
+DAC_PIO = 1
+DAC_SM = 0
 
 # Crash path (firmware/main.py, HAL safe_state): after an exception the streams are stopped at their
 # next pulse boundary and the HAL waits at most this long (feeding the watchdog) for them to drain

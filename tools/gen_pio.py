@@ -21,7 +21,7 @@ from pathlib import Path
 import adafruit_pioasm
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "firmware" / "pio" / "stim.pio"]
+SOURCES = [ROOT / "firmware" / "pio" / "stim.pio", ROOT / "firmware" / "pio" / "dac.pio"]
 OUTPUT = ROOT / "firmware" / "pio_programs.py"
 
 # PIO instruction classes (bits 15..13).
@@ -97,6 +97,8 @@ def describe(name, text):
         "out_count": kw.get("out_pin_count", 32),
         "in_shift_right": kw.get("in_shift_right", True),
         "fifo": kw.get("fifo_type", "auto"),
+        "sideset_count": kw.get("sideset_pin_count", 0),
+        "sideset_opt": bool(kw.get("sideset_enable")),
         "pin_bits": parse_pin_bits(text),
     }
     if "segment" in info["entries"]:
@@ -131,6 +133,8 @@ def render(programs, sources):
         out.append("%s_OUT_COUNT = %d" % (up, p["out_count"]))
         out.append("%s_IN_SHIFT_RIGHT = %r" % (up, p["in_shift_right"]))
         out.append("%s_FIFO_JOIN = %r" % (up, p["fifo"]))
+        out.append("%s_SIDESET_COUNT = %d" % (up, p["sideset_count"]))
+        out.append("%s_SIDESET_OPT = %r" % (up, p["sideset_opt"]))
         if "overhead" in p:
             out.append("%s_SEGMENT_OVERHEAD_TICKS = %d" % (up, p["overhead"]))
         if p["pin_bits"]:
