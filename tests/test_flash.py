@@ -42,12 +42,12 @@ def test_build_tree_is_deployable(tree):
 def test_deploy_command_line_exact(tree):
     (cmd,) = flash.deploy_commands("/dev/ttyACM0", tree, mpremote=["mpremote"])
     assert cmd == ["mpremote", "connect", "/dev/ttyACM0",
-                   "exec", flash.clean_code(), "+",
+                   "exec", flash.mpy_guard_code(tree) + flash.clean_code(), "+",
                    "fs", "cp", "-r", str(tree / "firmware"), str(tree / "protocol"), ":", "+",
                    "fs", "cp", str(tree / "main.py"), ":main.py", "+",
                    "soft-reset"]
     text = flash.format_command(cmd)
-    assert text.startswith("mpremote connect /dev/ttyACM0 exec 'import os\n")
+    assert text.startswith("mpremote connect /dev/ttyACM0 exec 'import sys\n")
     assert text.endswith("+ fs cp -r %s/firmware %s/protocol : + fs cp %s/main.py :main.py + soft-reset"
                          % (tree, tree, tree))
 
@@ -66,7 +66,7 @@ def test_cli_dry_run_prints_commands(tmp_path, capsys):
     assert "built %s" % out in text
     handback = text.index("# first: HELLO, then the REPL request over the picostim protocol on /dev/ttyACM7")
     assert handback < text.index("mpremote connect /dev/ttyACM7")  # the request goes first
-    assert "mpremote connect /dev/ttyACM7 exec 'import os" in text
+    assert "mpremote connect /dev/ttyACM7 exec 'import sys" in text  # the .mpy version guard, then the clean-up
     assert "fs cp -r %s/firmware %s/protocol :" % (out, out) in text
     assert "fs cp %s/main.py :main.py + soft-reset" % out in text
     assert "HELLO" in text
@@ -92,6 +92,39 @@ def test_clean_code_under_micropython(tmp_path):
     run_micropython(code)  # nothing left to remove: still fine
     left = sorted(p.relative_to(board).as_posix() for p in board.rglob("*"))
     assert left == ["boot.py", "slots", "slots/ch0.bin"]
+
+
+def test_mpy_version_of_a_built_tree(tree, tmp_path):
+    head = (tree / "protocol" / "crc16.mpy").read_bytes()[:3]  # the one module with native code
+    assert flash.mpy_version(tree) == (head[1], head[2] & 3, True) == (6, 3, True)
+    (tmp_path / "firmware").mkdir()
+    (tmp_path / "firmware" / "board.mpy").write_bytes((tree / "firmware" / "board.mpy").read_bytes())
+    assert flash.mpy_version(tmp_path) == (6, 0, False)  # bytecode only: any sub-version loads it
+    (tmp_path / "firmware" / "board.mpy").unlink()
+    (tmp_path / "firmware" / "board.py").write_text("x = 1\n")
+    assert flash.mpy_version(tmp_path) is None and flash.mpy_guard_code(tmp_path) == ""
+    (cmd,) = flash.deploy_commands("/dev/ttyACM0", tmp_path, mpremote=["mpremote"])
+    assert cmd[4] == flash.clean_code()
+
+
+@pytest.mark.mpy
+def test_mpy_guard_under_micropython():
+    """The guard runs on a real MicroPython: it passes for the interpreter's own .mpy version and
+    raises (so mpremote exits 1 before the clean-up) for another version, or for another
+    sub-version when the build has native code (a v1.22 board and a v1.23+ mpy-cross)."""
+    if micropython_binary() is None:
+        pytest.skip("micropython unix port not installed")
+    from mpyrun import MicroPythonError
+
+    (line,) = run_micropython("import sys\nprint(sys.implementation._mpy)")
+    ver, sub = int(line) & 0xFF, (int(line) >> 8) & 3
+    guard = flash.MPY_GUARD_CODE.format
+    assert run_micropython(guard(ver=ver, sub=sub, native=True) + "print('ok')") == ["ok"]
+    assert run_micropython(guard(ver=ver, sub=sub - 1, native=False) + "print('ok')") == ["ok"]
+    with pytest.raises(MicroPythonError, match=r"loads \.mpy v%d\.%d, the build is v%d\.%d" % (ver, sub, ver, sub - 1)):
+        run_micropython(guard(ver=ver, sub=sub - 1, native=True) + "print('ok')")
+    with pytest.raises(MicroPythonError, match="the build is v%d" % (ver + 1)):
+        run_micropython(guard(ver=ver + 1, sub=sub, native=False) + "print('ok')")
 
 
 FAKE_MPREMOTE = textwrap.dedent("""

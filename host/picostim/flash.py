@@ -17,7 +17,9 @@ Steps (``flash(port)``):
                mpremote connect PORT exec CLEAN + fs cp -r TREE/firmware TREE/protocol : \\
                    + fs cp TREE/main.py :main.py + soft-reset
 
-           CLEAN removes ``/main.py``, ``/firmware`` and ``/protocol`` first (MicroPython imports a
+           CLEAN first checks that the board's MicroPython loads this build's .mpy version
+           (``sys.implementation._mpy``) and raises otherwise, so mpremote stops before anything
+           changes; then it removes ``/main.py``, ``/firmware`` and ``/protocol`` first (MicroPython imports a
            stale ``x.py`` in preference to a new ``x.mpy``; other files, e.g. saved parameter slots,
            stay). ``main.py`` is copied last, so an interrupted deploy boots to the REPL, not to a
            half-copied firmware.
@@ -61,6 +63,43 @@ def rm(p):
 for p in ("{root}main.py", "{root}firmware", "{root}protocol"):
     rm(p)
 """
+
+
+# Run first in the same ``mpremote exec``: a board whose MicroPython cannot load this build's .mpy
+# files (another .mpy version, e.g. the v1.22 image with a v1.23+ mpy-cross) is refused before
+# anything is removed. A raised exception makes mpremote exit 1 and skip the rest of the chain.
+MPY_GUARD_CODE = """import sys
+m = getattr(sys.implementation, "_mpy", 0)
+if m & 0xFF != {ver} or {native} and (m >> 8) & 3 != {sub}:
+    raise ValueError("picostim: this MicroPython loads .mpy v%d.%d, the build is v{ver}.{sub}: flash the "
+                     "MicroPython image or the mpy-cross version that matches (docs/HARDWARE.md)" % (m & 0xFF, (m >> 8) & 3))
+"""
+
+
+def mpy_version(tree):
+    """(version, sub-version, native) of the .mpy files in a built tree; None when it holds none.
+
+    Header: b"M", version, flags (sub-version in bits 0-1, native architecture above). MicroPython
+    refuses a file of another version, and one with native code (the viper CRC) of another
+    sub-version; bytecode-only files carry sub-version 0 and load on every sub-version."""
+    found = None
+    for f in sorted(Path(tree).glob("*/*.mpy")):
+        head = f.read_bytes()[:3]
+        if len(head) < 3 or head[:1] != b"M":
+            continue
+        if head[2] >> 2:
+            return head[1], head[2] & 3, True
+        found = (head[1], head[2] & 3, False)
+    return found
+
+
+def mpy_guard_code(tree):
+    """The guard for ``tree`` (empty for a tree of sources, which load on every version)."""
+    version = mpy_version(tree)
+    if version is None:
+        return ""
+    ver, sub, native = version
+    return MPY_GUARD_CODE.format(ver=ver, sub=sub, native=native)
 
 
 class FlashError(RuntimeError):
@@ -167,7 +206,7 @@ def deploy_commands(port, tree=DEFAULT_TREE, mpremote=None):
     exe = list(mpremote or mpremote_command())
     t = Path(tree)
     return [exe + ["connect", port,
-                   "exec", clean_code(), "+",
+                   "exec", mpy_guard_code(t) + clean_code(), "+",
                    "fs", "cp", "-r", str(t / "firmware"), str(t / "protocol"), ":", "+",
                    "fs", "cp", str(t / "main.py"), ":main.py", "+",
                    "soft-reset"]]
@@ -243,8 +282,9 @@ def flash(port, tree=DEFAULT_TREE, dry_run=False, skip_build=False, mpremote=Non
         print("$ " + format_command(c), file=out, flush=True)
         proc = run(c)
         if proc.returncode != 0:
-            raise FlashError("mpremote failed (exit %d); if the board runs picostim and ignored the REPL request, "
-                             "see docs/HARDWARE.md (Re-flashing)" % proc.returncode)
+            raise FlashError("mpremote failed (exit %d): see its message above (an .mpy version mismatch is "
+                             "refused before anything on the board changes); if the board runs picostim and "
+                             "ignored the REPL request, see docs/HARDWARE.md (Re-flashing)" % proc.returncode)
     info = verify(verify_port or port)
     print("verified: firmware %s, protocol %d, board %s, %d channels"
           % (info["firmware_version"], info["protocol_version"], info["board_id"], info["channels"]), file=out)
