@@ -39,7 +39,11 @@ TIME_FIELDS = {
     "train_duration_ns": "train_duration",
     "train_delay_ns": "train_delay",
     "ramp_up_ns": "ramp_up",
+    "ramp_down_ns": "ramp_down",
 }
+# soft-start / soft-stop ramps: a duration (``ramp_up_s``/``_ms``/...) or a number of pulses
+# (``ramp_up_pulses``), never both for the same ramp (docs: README "Parameter files")
+RAMP_PULSE_FIELDS = {"ramp_up_ns": "ramp_up_pulses", "ramp_down_ns": "ramp_down_pulses"}
 TIME_UNITS = {"ns": Fraction(1), "us": Fraction(1000), "ms": Fraction(1000000), "s": Fraction(1000000000)}
 AMPLITUDE_UNITS = {"ua": Fraction(1), "ma": Fraction(1000)}
 AREA_UNITS = {"um2": Fraction(1), "mm2": Fraction(1000000), "cm2": Fraction(100000000)}
@@ -52,7 +56,8 @@ CHANNEL_TABLE = "channel"
 ALLOWED_KEYS = tuple(
     ["%s_%s" % (stem, u) for stem in list(TIME_FIELDS.values()) + list(RATE_STEMS) + ["burst_duration"]
      for u in TIME_UNITS]
-    + ["frequency_hz", "burst_frequency_hz", "burst_pulses", "amplitude_ua", "amplitude_ma",
+    + ["frequency_hz", "burst_frequency_hz", "burst_pulses", "ramp_up_pulses", "ramp_down_pulses",
+       "amplitude_ua", "amplitude_ma",
        "electrode_area_um2", "electrode_area_mm2", "electrode_area_cm2", "polarity", "trigger"]
 )
 
@@ -277,6 +282,14 @@ def from_dict(data):
                                      key, value)
             put("burst_pulses", value, key)
             continue
+        if key in RAMP_PULSE_FIELDS.values():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ParamFileError("%s = %s: expected a whole number of pulses (0 = no ramp)" % (key, _short(value)),
+                                     key, value)
+            if value < 0:
+                raise ParamFileError("%s = %s: must not be negative (0 = no ramp)" % (key, _short(value)), key, value)
+            put(key, value, key)
+            continue
         if key in ("polarity", "trigger"):
             names = P.POLARITY_NAMES if key == "polarity" else P.TRIGGER_NAMES
             if not isinstance(value, str) or value.lower() not in names:
@@ -290,6 +303,11 @@ def from_dict(data):
     for field, stem in TIME_FIELDS.items():
         if stem in times:
             key, ns = times[stem]
+            if RAMP_PULSE_FIELDS.get(field) in params:  # a ramp in time and in pulses: which one is meant?
+                pkey = RAMP_PULSE_FIELDS[field]
+                raise ParamFileError("%s = %s: conflicts with %s = %s: give the ramp as a time or as a number of "
+                                     "pulses, not both" % (pkey, _short(params[pkey]), key, _short(entries[key])),
+                                     pkey, params[pkey])
             put(field, _round(ns), key)
     if "phase1_ns" in params and "phase2_ns" not in params:
         params["phase2_ns"] = params["phase1_ns"]  # a symmetric pulse unless phase 2 is given
@@ -414,6 +432,9 @@ USER_FIELDS = {
     "train_duration_ns": ("train_duration_us", _us),
     "train_delay_ns": ("train_delay_us", _us),
     "ramp_up_ns": ("ramp_up_us", _us),
+    "ramp_down_ns": ("ramp_down_us", _us),
+    "ramp_up_pulses": ("ramp_up_pulses", lambda v: "%s pulses" % _fmt_num(v)),
+    "ramp_down_pulses": ("ramp_down_pulses", lambda v: "%s pulses" % _fmt_num(v)),
     "pulse_length_ns": ("pulse length", _us),
     "amplitude_ua": ("amplitude_ua", lambda v: "%s µA" % _fmt_num(v)),
     "phase2_amplitude_ua": ("phase-2 amplitude", lambda v: "%s µA" % _fmt_num(v)),
@@ -471,8 +492,27 @@ FIRMWARE_LIMIT_OF = {
     "phase1_ns": "max_phase_ns", "phase2_ns": "max_phase_ns", "interphase_ns": "max_interphase_ns",
     "recovery_ns": "max_recovery_ns", "period_ns": "max_duration_ns", "interburst_ns": "max_duration_ns",
     "train_duration_ns": "max_duration_ns", "train_delay_ns": "max_duration_ns", "ramp_up_ns": "max_ramp_ns",
+    "ramp_down_ns": "max_ramp_ns", "ramp_up_pulses": "max_ramp_pulses", "ramp_down_pulses": "max_ramp_pulses",
     "amplitude_ua": "max_amplitude_ua", "burst_pulses": "max_burst_pulses",
 }
+
+
+UNIT_NAMES = {"ns": "ns", "us": "µs", "ms": "ms", "s": "s"}
+KEY_UNIT_FIELDS = ("ramp_up_ns", "ramp_down_ns")  # limit messages in the unit of the key the user wrote
+
+
+def _in_key_unit(key, field, value, limit, relation):
+    """``ramp_up_s = 20 s: exceeds the firmware limit 10 s``: a time violation in the unit of the key
+    that gave it (None when ``key`` is not a time key of ``field`` or the relation is not a bound)."""
+    if field not in KEY_UNIT_FIELDS or not key or relation not in ("<=", ">="):
+        return None
+    stem, unit = _split_unit(key, TIME_UNITS)
+    if stem != TIME_FIELDS[field]:
+        return None
+    scale, name = TIME_UNITS[unit], UNIT_NAMES[unit]
+    why = "exceeds the firmware limit" if relation == "<=" else "is below the firmware limit"
+    return "%s = %s %s: %s %s %s" % (key, _fmt_num(Fraction(value) / scale, 6), name, why,
+                                     _fmt_num(Fraction(limit) / scale, 6), name)
 
 
 def check(paramset_or_params, limits):
@@ -490,9 +530,11 @@ def check(paramset_or_params, limits):
     limit = v.limit
     if v.relation == "<=" and v.field in FIRMWARE_LIMIT_OF and FIRMWARE_LIMIT_OF[v.field] in limits:
         limit = min(limit, limits[FIRMWARE_LIMIT_OF[v.field]])  # beyond the wire format: the real limit
-    msg = describe_violation(v.field, v.value, limit, v.relation, user_key=None)
-    if key and key != user_name(v.field):
-        msg += " (from %s)" % key
+    msg = _in_key_unit(key, v.field, v.value, limit, v.relation)
+    if msg is None:
+        msg = describe_violation(v.field, v.value, limit, v.relation, user_key=None)
+        if key and key != user_name(v.field):
+            msg += " (from %s)" % key
     if v.field in ("shannon_k_centi", "charge_per_phase_nc"):
         msg += " (%s µA × %s µs = %s nC per phase on %s)" % (
             params["amplitude_ua"], ns_to_us(params["phase1_ns"]),
