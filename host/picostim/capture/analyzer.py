@@ -25,6 +25,13 @@ Dead time (safety, checked on every capture whatever is expected): between two *
 time (``firmware.board.DEAD_TIME_NS``); a shorter idle, or none, is a ``DEAD TIME`` failure. The idle is
 measured like any interval (same tolerance), so a failure means the capture shows less than the dead
 time beyond the sampling uncertainty.
+
+DAC bus (issue 13; checked when the capture has SCK, MOSI and the channel's CS, else skipped with a
+note): the MCP4822 commands are decoded (:mod:`.dac`) into the channel's two output currents; every
+complete pulse's phase-1 amplitude is reported (``amplitude_ua``), and a malformed SPI frame, a DAC
+output changing while POS or NEG is high, or a pulse whose charge (current x measured width of each
+phase) is not balanced to the firmware's DAC rounding (half an LSB over phase 2, one LSB at the 1-LSB
+floor, plus the width tolerance above) is a failure.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import numpy as np
 
 from firmware.board import DEAD_TIME_NS
 
+from . import dac as dacbus
 from .trace import Channel, Trace
 
 PIO_CLOCK_HZ = 125_000_000
@@ -255,6 +263,11 @@ class Report:
     dead_time: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     expected: dict[str, Any] = field(default_factory=dict)
+    # DAC bus (issue 13): phase-1 amplitude of every complete pulse in µA (None = the capture does not
+    # show the DAC's value then; the whole list is None when the capture has no DAC lines), and the
+    # decoder's findings (see :func:`_check_dac`)
+    amplitude_ua: list[float | None] | None = None
+    dac: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -304,6 +317,8 @@ class Report:
         out["sync_errors"] = self.sync_errors
         out["dead_time"] = self.dead_time
         out["expected"] = self.expected
+        out["amplitude_ua"] = self.amplitude_ua
+        out["dac"] = self.dac
         return out
 
     def to_json_text(self, indent: int = 2) -> str:
@@ -324,6 +339,15 @@ class Report:
         if dt.get("transitions"):
             lines.append(f"  dead time   min idle {dt['min_idle_us']:.3f} µs between drive states"
                          f" (required {dt['required_us']:g} µs, {dt['transitions']} transitions)")
+        d = self.dac
+        if d.get("checked"):
+            amps = [a for a in (self.amplitude_ua or []) if a is not None]
+            rng = f"{min(amps):g}..{max(amps):g} µA" if amps else "unknown"
+            lines.append(f"  DAC         {d['commands']} commands, phase-1 amplitude {rng}, "
+                         f"{d['changes_in_pulse']} changes inside a pulse, {d['unbalanced']} unbalanced pulses, "
+                         f"{d['malformed']} malformed frames")
+        if d.get("note"):
+            lines.append(f"  DAC         {d['note']}")
         lines += [f"  - {f}" for f in self.failures]
         return "\n".join(lines)
 
@@ -666,8 +690,97 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
                     failures.append(f"trigger latency: {over:.1f} PIO cycles beyond the train delay, max "
                                     f"{expected['trigger_latency_max_cycles']}")
 
+    # --- DAC bus (issue 13): amplitude per pulse, no change inside a pulse, balance after DAC rounding
+    amplitude_ua, dac = _check_dac(trace, channel, pol, pos, neg, s[c], e[c], p2s[c], p2e[c], us_per_sample,
+                                   0.0 if exact else tol0, clock_ppm, failures)
+
     return Report(samplerate_hz=sr, n_samples=n, channel=channel, polarity=pol if (seen_pol or want_pol) else None,
                   exact=bool(exact), tolerance_samples=tol0, clock_ppm=float(clock_ppm), pulses=pulses,
                   stats=stats, values=values, overlaps=ov, incomplete=incomplete, bursts=bursts, train=train,
                   trigger=trig, sync_errors=sync_errors, dead_time=dead_time, failures=failures,
-                  expected=dict(expected))
+                  expected=dict(expected), amplitude_ua=amplitude_ua, dac=dac)
+
+
+def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel, s: np.ndarray, e: np.ndarray,
+               p2s: np.ndarray, p2e: np.ndarray, us_per_sample: float, slack: float, clock_ppm: float,
+               failures: list[str]) -> tuple[list[float | None] | None, dict[str, Any]]:
+    """The DAC checks of one channel, from the decoded bus (:mod:`.dac`); appends to ``failures``.
+
+    ``s, e, p2s, p2e``: phase-1 and phase-2 [start, end) of the complete pulses. ``slack``: how far a
+    measured width may be from the true one in samples (0 when one sample is one PIO tick), plus
+    ``clock_ppm`` of it.
+
+    * SPI: every chip-select frame the capture has must be 16 bits (a malformed frame: the DAC ignores it).
+    * No output of the channel's DAC may change while its POS or NEG is high.
+    * Phase-1 current (the output of phase 1's direction: B = NEG, A = POS) x phase-1 width against
+      phase-2 current x phase-2 width, in DAC codes x samples: the firmware's phase-2 code is the best
+      integer, so they differ by at most half an LSB over phase 2 (one LSB when phase 2 is clamped to
+      the 1-LSB floor, ``pulse_engine.balance_code``/``residual_fc``), plus the measurement slack of
+      both widths times their codes.
+
+    Without SCK, MOSI and the channel's CS the checks are skipped with a note (not failed)."""
+    need = (dacbus.SCK, dacbus.MOSI, dacbus.cs_name(channel))
+    absent = [name for name in need if name not in trace.channels]
+    if absent:
+        return None, {"checked": False, "note": "the capture has no DAC lines (%s): DAC checks skipped"
+                      % ", ".join(absent)}
+    bus = dacbus.decode_bus(trace)
+    out_a, out_b = bus.outputs[channel]
+    info: dict[str, Any] = {"checked": True, "note": None if bus.ldac else "no LDAC line: taken as held low",
+                            "cs": dacbus.cs_name(channel)}
+    fr = bus.frames[channel]
+    info["commands"] = int(fr.ok.sum())
+    info["frames_cut"] = int(fr.cut)
+
+    bad = bus.malformed()
+    info["malformed"] = len(bad)
+    info["malformed_frames"] = [dict(m, time_us=m["end"] * us_per_sample) for m in bad[:_MAX_LISTED]]
+    if bad:
+        m = bad[0]
+        failures.append(f"DAC SPI: {len(bad)} malformed frames (not {dacbus.FRAME_BITS} bits), first on {m['cs']} "
+                        f"with {m['bits']} bits, CS rising at {m['end'] * us_per_sample:.3f} µs")
+
+    # outputs changing while a drive pin is high
+    ch_a, ch_b = out_a.changes(), out_b.changes()
+    t_ch = np.concatenate((ch_a, ch_b))
+    which = np.concatenate((np.zeros(len(ch_a), np.int64), np.ones(len(ch_b), np.int64)))
+    order = np.argsort(t_ch, kind="stable")
+    t_ch, which = t_ch[order], which[order]
+    on_pos = dacbus.levels_at(pos, t_ch) == 1
+    on_neg = dacbus.levels_at(neg, t_ch) == 1
+    inside = on_pos | on_neg
+    info["changes"] = int(len(t_ch))
+    info["changes_in_pulse"] = int(inside.sum())
+    info["changes_in_pulse_us"] = [float(x) * us_per_sample for x in t_ch[inside][:_MAX_LISTED]]
+    if inside.any():
+        i = int(np.flatnonzero(inside)[0])
+        failures.append(f"DAC CHANGE IN PULSE: {int(inside.sum())} DAC output changes while POS or NEG is on, first "
+                        f"output {'AB'[int(which[i])]} of {dacbus.cs_name(channel)} at "
+                        f"{t_ch[i] * us_per_sample:.3f} µs while {'POS' if on_pos[i] else 'NEG'} was high")
+
+    # per pulse: phase 1 from the output of its direction, phase 2 from the other
+    out1, out2 = (out_b, out_a) if pol == "cathodic-first" else (out_a, out_b)
+    na1, na2 = out1.at(s), out2.at(p2s)
+    c1, c2 = out1.code_at(s), out2.code_at(p2s)
+    known = (c1 != dacbus.UNKNOWN) & (c2 != dacbus.UNKNOWN)
+    amplitude_ua = [None if x == dacbus.UNKNOWN else int(x) / 1000 for x in na1]
+    info["amplitude2_ua"] = [None if x == dacbus.UNKNOWN else int(x) / 1000 for x in na2]
+    info["unknown_pulses"] = int((~known).sum())
+    if (~known).any():
+        info["note"] = "; ".join(x for x in (info["note"], f"{int((~known).sum())} pulses before the capture's "
+                                             f"first command of each output: amplitude unknown") if x)
+    t1, t2 = (e - s).astype(np.float64), (p2e - p2s).astype(np.float64)
+    sl1 = slack + clock_ppm * 1e-6 * t1
+    sl2 = slack + clock_ppm * 1e-6 * t2
+    err = np.abs(c1 * t1 - c2 * t2)
+    lsb = np.where(c2 == 1, 1.0, 0.5)
+    allow = lsb * (t2 + sl2) + np.abs(c1) * sl1 + np.abs(c2) * sl2 + 1e-9
+    unbalanced = known & (err > allow)
+    info["unbalanced"] = int(unbalanced.sum())
+    info["unbalanced_pulses"] = [int(x) for x in np.flatnonzero(unbalanced)[:_MAX_LISTED]]
+    if unbalanced.any():
+        i = int(np.flatnonzero(unbalanced)[0])
+        failures.append(f"DAC BALANCE: {int(unbalanced.sum())} pulses not charge-balanced after DAC rounding, first "
+                        f"#{i} at {s[i] * us_per_sample:.3f} µs: {na1[i] / 1000:g} µA x {t1[i] * us_per_sample:g} µs "
+                        f"vs {na2[i] / 1000:g} µA x {t2[i] * us_per_sample:g} µs (codes {int(c1[i])}/{int(c2[i])})")
+    return amplitude_ua, info
