@@ -11,7 +11,7 @@ Typical use (what ``picostim capture/check`` call)::
 
 from .analyzer import PIO_CLOCK_HZ, Report, analyze, channel_names
 from .sigrok import (TimingResult, build_capture_command, capture, read_capture, read_sr, run_timing_decoder,
-                     sigrok_cli_path, write_capture, write_sr)
+                     run_spi_decoder, sigrok_cli_path, write_capture, write_sr)
 from .plot import plot
 from .trace import Channel, Trace
 from .vcd import read_vcd, write_vcd
@@ -19,4 +19,4 @@ from .vcd import read_vcd, write_vcd
 
 __all__ = ["Channel", "Trace", "PIO_CLOCK_HZ", "Report", "analyze", "channel_names", "read_vcd", "write_vcd",
            "read_sr", "write_sr", "read_capture", "write_capture", "capture", "build_capture_command",
-           "run_timing_decoder", "TimingResult", "sigrok_cli_path", "plot"]
+           "run_timing_decoder", "run_spi_decoder", "TimingResult", "sigrok_cli_path", "plot"]

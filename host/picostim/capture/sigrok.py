@@ -400,3 +400,32 @@ def run_timing_decoder(path: str | Path, channel: str, *, input_format: str | No
             ends.append(int(m.group(2)))
             texts.append(m.group(3))
     return TimingResult(np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64), texts, elapsed)
+
+
+_SPI_LINE = re.compile(r"^(\d+)-(\d+)\s+spi-\d+:\s*([0-9A-Fa-f]+)\s*$")
+
+
+def run_spi_decoder(path: str | Path, cs: str, *, clk: str = "SCK", mosi: str = "MOSI", wordsize: int = 16,
+                    input_format: str | None = None, sigrok_cli: str = SIGROK_CLI,
+                    timeout_s: float | None = None) -> list[tuple[int, int, int]]:
+    """Run sigrok's own ``spi`` decoder (mode 0, MSB first, CS# active low) on the DAC bus of a capture
+    file and return its MOSI words as ``(start sample, end sample, word)``: the independent decoding
+    the DAC bus check is compared with (tests/test_sigrok_spi_agrees.py). sigrok emits no word for a
+    frame with fewer bits than ``wordsize``."""
+    cmd = [sigrok_cli, "--input-file", str(path)]
+    fmt = input_format or ("vcd" if str(path).lower().endswith(".vcd") else None)
+    if fmt:
+        cmd += ["--input-format", fmt]
+    cmd += ["--protocol-decoders",
+            f"spi:clk={clk}:mosi={mosi}:cs={cs}:wordsize={int(wordsize)}:cpol=0:cpha=0:bitorder=msb-first",
+            "--protocol-decoder-annotations", "spi=mosi-data", "--protocol-decoder-samplenum"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise SigrokError(f"sigrok-cli failed ({proc.returncode}): {' '.join(cmd)}: "
+                          f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
+    out = []
+    for line in proc.stdout.splitlines():
+        m = _SPI_LINE.match(line.strip())
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)), int(m.group(3), 16)))
+    return out
