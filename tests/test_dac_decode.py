@@ -376,3 +376,48 @@ def test_asynchronous_capture_balance_within_sampling_slack():
     r = analyze(Trace(25_000_000, tr.n_samples // 5, ch))
     assert r.ok, r.failures
     assert r.amplitude_ua == [1002.5, 1000.0, 1002.5]
+
+
+# ------------------------------------------------------------------------------------------ CLI --map
+def test_check_maps_foreign_dac_lines_and_reports_amplitudes(tmp_path):
+    """``picostim check --map`` names the DAC bus lines of a foreign capture (D0..D6) too; without
+    them in the map the DAC checks are skipped with a note, not failed."""
+    import contextlib
+    import io
+    import json
+
+    from picostim import cli
+    from picostim.capture import write_capture
+
+    tr = _train([(40, 20), (80, 40), (401, 201)])
+    names = {"POS": "D0", "NEG": "D1", "SCK": "D2", "MOSI": "D3", "CS0": "D4", "CS1": "D5", "CS2": "D6"}
+    foreign = Trace(SR, tr.n_samples, {names[k]: tr.channels[k] for k in names})
+    cap = tmp_path / "foreign.sr"
+    write_capture(foreign, cap)
+    params = tmp_path / "p.toml"
+    params.write_text("frequency_hz = 500\nphase1_us = 200\ninterphase_us = 10\nphase2_us = 400\n"
+                      "amplitude_ma = 0.1\nelectrode_area_mm2 = 5\n")
+
+    def run(*extra):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main(["check", str(cap), "--params", str(params), "--json", *extra])
+        return rc, json.loads(out.getvalue()) if out.getvalue().strip() else None, err.getvalue()
+
+    rc, j, err = run("--map", "POS=D0,NEG=D1,SCK=D2,MOSI=D3,CS0=D4,CS1=D5,CS2=D6")
+    assert rc == 0, err
+    assert j["amplitude_ua"] == [100.0, 200.0, 1002.5] and j["dac"]["checked"] is True
+    rc, j, err = run("--map", "POS=D0,NEG=D1")
+    assert rc == 0, err
+    assert j["amplitude_ua"] is None and "DAC checks skipped" in j["dac"]["note"]
+    # a malformed frame on the mapped bus is a mismatch (exit 3)
+    ln = Lines(("SCK", "MOSI", "CS0"))
+    ln.frame("CS0", 5_000, A_ON | 1, nbits=14)
+    bad = ln.trace(tr.n_samples)
+    sck = Channel(0, np.sort(np.concatenate((tr.channels["SCK"].toggles, bad.channels["SCK"].toggles))))
+    cs0 = Channel(1, np.sort(np.concatenate((tr.channels["CS0"].toggles, bad.channels["CS0"].toggles))))
+    foreign.channels.update({"D2": sck, "D4": cs0})
+    write_capture(foreign, cap)
+    rc, j, err = run("--map", "POS=D0,NEG=D1,SCK=D2,MOSI=D3,CS0=D4")
+    assert rc == 3 and j["dac"]["malformed"] == 1
+    assert "DAC SPI: 1 malformed frames" in err

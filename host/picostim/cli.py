@@ -94,7 +94,7 @@ def _times_type(text):
     return times
 
 
-MAP_ROLES = ("POS", "NEG", "RECOVERY", "SYNC", "TRIG1", "TRIG2")
+MAP_ROLES = ("POS", "NEG", "RECOVERY", "SYNC", "TRIG1", "TRIG2", "SCK", "MOSI", "CS0", "CS1", "CS2", "CS3", "LDAC")
 
 
 def _map_type(text):
@@ -802,7 +802,7 @@ def build_parser():
     s.add_argument("--map", type=_map_type, metavar="POS=D0,NEG=D1,...",
                    help="which capture channel carries which line (default: the capture's own POS/NEG/... "
                         "names, else the analyzer wiring of docs/HARDWARE.md: POS=D0,NEG=D1,RECOVERY=D2,"
-                        "SYNC=D3,TRIG1=D4)")
+                        "SYNC=D3,TRIG1=D4; the DAC bus lines SCK, MOSI, CS0..CS3, LDAC only by name or --map)")
     s.add_argument("--plot", type=_out_type(".png"), help="draw the first pulses with measured widths to OUT.png")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_check)
