@@ -4,7 +4,9 @@ On the virtual Pico the capture is the pin trace of the emulated PIO (one sample
 real board it is a sigrok-cli capture from a logic analyzer wired to POS/NEG/RECOVERY/SYNC. Either way
 the same analyzer checks the measured edges against the *requested* values of the parameter file
 (tolerance: half a sample when one sample is one PIO tick, so a value realised to the nearest tick
-passes and an edge one tick off fails).
+passes and an edge one tick off fails). When the capture holds the DAC bus (SCK, MOSI, CS0..CS3, LDAC)
+the analyzer also decodes it: the phase-1 amplitude of every pulse (``amplitude_ua`` in the JSON) and
+the DAC checks (no change inside a pulse, charge balance after DAC rounding, well-formed SPI frames).
 """
 
 from __future__ import annotations
@@ -104,7 +106,11 @@ class RunResult:
     pulses_after_fault: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The analyzer's report (``amplitude_ua``: every complete pulse's phase-1 amplitude in µA from
+        the capture's DAC bus, in capture order; null when the capture has no DAC lines, ``dac.note``
+        says why) plus the run's context."""
         out = self.report.to_json()
+        out["amplitude_ua"] = self.report.amplitude_ua
         out["requested"] = requested_us(self.params)
         out["realised_ticks"] = self.realised
         out["events"] = self.events
