@@ -5,7 +5,7 @@ message, but the decision that counts is the firmware's. Sources for the figures
 docs/SAFETY.md.
 """
 
-from firmware import board
+from firmware import board, dac_bus
 
 LIMITS = {
     "max_amplitude_ua": 10000,  # 10 mA: the bench current source's full scale
@@ -18,12 +18,18 @@ LIMITS = {
     "max_interphase_ns": 10000000,  # 10 ms
     "max_recovery_ns": 100000000,  # 100 ms
     "max_duration_ns": 86400000000000,  # 24 h for periods, delays and trains
-    # Soft-start ramp: refused until the amplitude can change exactly at a pulse boundary (needs a
-    # PIO-driven DAC latch, LDAC); a ramp the hardware would apply mid-pulse is not charge-balanced.
-    "max_ramp_ns": 0,
+    # Ramps (soft start / soft stop): the DAC bus state machine changes the amplitude only after a
+    # pulse's end (docs/ARCHITECTURE.md "DAC bus"). 60 s covers the clinical soft starts (seconds);
+    # the pulse count is also bounded (max_ramp_pulses) so the DAC op list stays small (pulse_engine
+    # MAX_RAMP_OPS words): a time ramp longer than max_ramp_pulses pulses is refused too.
+    "max_ramp_ns": 60000000000,
     "max_burst_pulses": 10000,
     "min_electrode_area_um2": 100,
     # Idle between two different drive states (board.DEAD_TIME_NS): an interphase below it is
     # realised as it, and the period must leave it after the pulse (protocol.params.validate).
     "min_dead_time_ns": board.DEAD_TIME_NS,
+    "max_ramp_pulses": 1000,
+    # Idle after a pulse when the amplitude changes at its end (ramps, SET_AMPLITUDE): the DAC bus
+    # writes plus the MCP4822's settling, dac_bus.UPDATE_TICKS (8 µs at 125 MHz), in ns.
+    "min_update_idle_ns": -(-dac_bus.UPDATE_TICKS * 1000000000 // board.SYS_CLK_HZ),
 }

@@ -19,10 +19,13 @@ try:  # host: crcmod's C extension (same polynomial/init as protocol.crc16, prov
 except ImportError:  # board / MicroPython: the table-driven implementation
     from protocol.crc16 import crc16
 
+# 7: ramp fields (ramp_down_ns, ramp_up_pulses, ramp_down_pulses), HELLO limits max_ramp_pulses and
+# min_update_idle_ns, SET_AMPLITUDE and the amplitude EVENT (with from_pulse), EVENT_LOG_MAX 12.
 # 6: HELLO limits gained min_dead_time_ns, EVENT times count from boot, REPL request, crash event.
 # Versions 2-5 are never used: the version byte is in every frame, and 0x02-0x05 are the REPL's
 # control keys (Ctrl-B..Ctrl-E; a 0x03 is Ctrl-C), which a frame reaching a board at its REPL must not carry.
-PROTOCOL_VERSION = 6
+# 0x07 (Ctrl-G) has no meaning in MicroPython's readline (it is neither a REPL key nor printable: ignored).
+PROTOCOL_VERSION = 7
 HEADER_LEN = 4
 CRC_LEN = 2
 MAX_BODY = 250

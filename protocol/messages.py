@@ -26,11 +26,13 @@ LOAD = 0x0B  # channel u8, slot u8: load a slot into a channel (validated like S
 LINK = 0x0C  # deadman_ms u32: per-connection host-link deadman (0 = off; HELLO resets it to off)
 EVENT_LOG = 0x0D  # after u16: replay the logged EVENTs with a seq after ``after`` (lost on a bad link)
 REPL = 0x0E  # empty: hand the USB port back to the MicroPython REPL (picostim flash); NACK while any channel runs
+SET_AMPLITUDE = 0x0F  # channel u8, amplitude_ua u32: a running channel's amplitude from its next pulse boundary
 
 REQUEST_NAMES = {
     HELLO: "hello", GET_PARAMS: "get_params", SET_PARAMS: "set_params", START: "start", STOP: "stop",
     TRIGGER: "trigger", STATUS: "status", IMPEDANCE: "impedance", CLEAR_FAULT: "clear_fault",
     SAVE: "save", LOAD: "load", LINK: "link", EVENT_LOG: "event_log", REPL: "repl",
+    SET_AMPLITUDE: "set_amplitude",
 }
 
 RESPONSE = 0x80
@@ -49,6 +51,8 @@ E_IMPEDANCE = 8
 E_NOT_CONFIGURED = 9
 E_EMPTY_SLOT = 10
 E_STORAGE = 11
+E_DAC_BUSY = 12  # a ramp or an amplitude change is still playing on the DAC bus
+E_RAMP_TIMING = 13  # channels ramping together in one START need identical pulse timing
 ERROR_NAMES = {
     E_BAD_VERSION: "unsupported protocol version",
     E_UNKNOWN_TYPE: "unknown message type",
@@ -61,6 +65,8 @@ ERROR_NAMES = {
     E_NOT_CONFIGURED: "channel has no parameters",
     E_EMPTY_SLOT: "nothing saved in that slot",
     E_STORAGE: "flash slot unreadable or corrupt (CRC)",
+    E_DAC_BUSY: "a ramp or amplitude change is still playing; retry when it has taken effect",
+    E_RAMP_TIMING: "channels ramping together need identical pulse timing (or too many ramp steps)",
 }
 
 # Channel states
@@ -79,9 +85,12 @@ EV_FAULT_SHORT = 5
 EV_DEADMAN = 6  # the host link went silent while running with the deadman on: channels stopped
 EV_IMPEDANCE_HIGH = 7  # warning: a running channel's debounced impedance entered HIGH (it keeps running)
 EV_CRASH = 8  # the firmware caught an exception: outputs went to the safe state; value = crash_value()
+# A SET_AMPLITUDE took effect: value = the realised phase-1 amplitude in µA; its body carries one more
+# field, from_pulse u32 (0-based index, since the start, of the first pulse with the new amplitude).
+EV_AMPLITUDE = 9
 EVENT_NAMES = {EV_BOOT: "boot", EV_TRAIN_DONE: "train_done", EV_TRIGGER_SEEN: "trigger_seen",
                EV_FAULT_OPEN: "open", EV_FAULT_SHORT: "short", EV_DEADMAN: "deadman",
-               EV_IMPEDANCE_HIGH: "impedance_high", EV_CRASH: "crash"}
+               EV_IMPEDANCE_HIGH: "impedance_high", EV_CRASH: "crash", EV_AMPLITUDE: "amplitude"}
 
 # Boot/reset reason (HELLO reset_reason, value of the boot EVENT). RESET_CRASH: no chip reset; the
 # firmware caught an exception, put every output in the safe state and serves again with a fresh
@@ -117,6 +126,13 @@ COUNTER_NAMES = ("rx_frames", "crc_errors", "frames_dropped", "nacks", "duplicat
 
 _NACK = "<BBBqq"
 _EVENT = "<BBQi"
+_EVENT_EXTRA = "<I"  # appended to the EVENT body of the kinds in _EXTENDED_EVENTS
+_EXTENDED_EVENTS = (EV_AMPLITUDE,)
+EVENT_SIZE = struct.calcsize(_EVENT)
+EVENT_MAX_SIZE = EVENT_SIZE + struct.calcsize(_EVENT_EXTRA)
+_AMPLITUDE_REQUEST = "<BI"  # channel, amplitude_ua
+_AMPLITUDE_RESPONSE = "<BIIHH"  # channel, amplitude_ua (realised phase 1), amplitude2_ua, dac_a, dac_b
+AMPLITUDE_RESPONSE_NAMES = ("channel", "amplitude_ua", "amplitude2_ua", "dac_a", "dac_b")
 _HELLO_HEAD = "<BBBBB8s"
 _CHAN_STATUS = "<BBBII"  # state, fault (event kind), configured (0/1), pulses, impedance ohm
 # Realised values returned with the parameters: times in PIO ticks (see tick_hz), amplitudes as
@@ -160,13 +176,52 @@ def decode_nack(body):
             "value": value, "limit": limit}
 
 
-def encode_event(kind, channel, time_us, value):
-    return struct.pack(_EVENT, kind, channel, time_us, value)
+def encode_event(kind, channel, time_us, value, extra=None):
+    """EVENT body; ``extra`` (u32) only for the kinds in _EXTENDED_EVENTS (amplitude: from_pulse)."""
+    body = struct.pack(_EVENT, kind, channel, time_us, value)
+    if kind in _EXTENDED_EVENTS:
+        body += struct.pack(_EVENT_EXTRA, (extra or 0) & 0xFFFFFFFF)
+    return body
+
+
+def event_size(kind):
+    """Length of the EVENT body of ``kind``."""
+    return EVENT_MAX_SIZE if kind in _EXTENDED_EVENTS else EVENT_SIZE
 
 
 def decode_event(body):
-    kind, channel, time_us, value = struct.unpack(_EVENT, body)
-    return {"kind": EVENT_NAMES.get(kind, str(kind)), "channel": channel, "time_us": time_us, "value": value}
+    if not body or len(body) != event_size(body[0]):
+        raise ValueError("bad event length")
+    kind, channel, time_us, value = struct.unpack(_EVENT, body[:EVENT_SIZE])
+    out = {"kind": EVENT_NAMES.get(kind, str(kind)), "channel": channel, "time_us": time_us, "value": value}
+    if kind == EV_AMPLITUDE:
+        out["amplitude_ua"] = value
+        out["from_pulse"] = struct.unpack(_EVENT_EXTRA, body[EVENT_SIZE:])[0]
+    return out
+
+
+def encode_amplitude_event(channel, time_us, from_pulse, amplitude_ua):
+    """EVENT amplitude: ``amplitude_ua`` (realised phase 1) applies from pulse ``from_pulse``."""
+    return encode_event(EV_AMPLITUDE, channel, time_us, amplitude_ua, from_pulse)
+
+
+def encode_set_amplitude(channel, amplitude_ua):
+    return struct.pack(_AMPLITUDE_REQUEST, channel, amplitude_ua)
+
+
+def decode_set_amplitude(body):
+    """(channel, amplitude_ua) of a SET_AMPLITUDE body, or None if its length is wrong."""
+    if len(body) != struct.calcsize(_AMPLITUDE_REQUEST):
+        return None
+    return struct.unpack(_AMPLITUDE_REQUEST, body)
+
+
+def encode_amplitude_response(channel, amplitude_ua, amplitude2_ua, dac_a, dac_b):
+    return struct.pack(_AMPLITUDE_RESPONSE, channel, amplitude_ua, amplitude2_ua, dac_a, dac_b)
+
+
+def decode_amplitude_response(body):
+    return dict(zip(AMPLITUDE_RESPONSE_NAMES, struct.unpack(_AMPLITUDE_RESPONSE, body)))
 
 
 def encode_hello(fw_version, channels, board_id, reset_reason, limits):
@@ -256,8 +311,9 @@ def decode_save_response(body):
 
 
 # EVENT_LOG: request ``after`` u16 (the seq of the last event the host holds); response count u8, then
-# per event: seq u16 + the EVENT body. At most EVENT_LOG_MAX per answer, oldest first.
-EVENT_LOG_MAX = 15
+# per event: seq u16 + the EVENT body (its length follows from its kind: event_size). At most
+# EVENT_LOG_MAX per answer, oldest first: 12 of the longest bodies fit in one frame.
+EVENT_LOG_MAX = 12
 EVENT_LOG_LEN = 32  # events the device keeps for replay
 
 
@@ -270,16 +326,21 @@ def encode_event_log(entries):
 
 
 def decode_event_log(body):
-    size = 2 + struct.calcsize(_EVENT)
     n = body[0]
-    if len(body) != 1 + n * size:
-        raise ValueError("bad event log length")
     out = []
-    for i in range(n):
-        rec = body[1 + i * size:1 + (i + 1) * size]
-        ev = decode_event(rec[2:])
-        ev["seq"] = struct.unpack("<H", rec[:2])[0]
+    at = 1
+    for _ in range(n):
+        if at + 3 > len(body):
+            raise ValueError("bad event log length")
+        end = at + 2 + event_size(body[at + 2])
+        if end > len(body):
+            raise ValueError("bad event log length")
+        ev = decode_event(body[at + 2:end])
+        ev["seq"] = struct.unpack("<H", body[at:at + 2])[0]
         out.append(ev)
+        at = end
+    if at != len(body):
+        raise ValueError("bad event log length")
     return out
 
 

@@ -24,7 +24,14 @@ FIELDS = (
     ("ramp_up_ns", "Q", 0),
     ("trigger", "B", 0),
     ("electrode_area_um2", "I", 6000000),
+    # Ramps (docs/ARCHITECTURE.md "DAC bus"): a soft start over a time or a number of pulses, and a
+    # soft stop (on STOP) likewise; at most one of each pair non-zero. Linear in DAC codes, each pulse
+    # charge-balanced (firmware/pulse_engine.py pulse_codes / ramp_down_codes).
+    ("ramp_down_ns", "Q", 0),
+    ("ramp_up_pulses", "I", 0),
+    ("ramp_down_pulses", "I", 0),
 )
+RAMP_FIELDS = ("ramp_up_ns", "ramp_down_ns", "ramp_up_pulses", "ramp_down_pulses")
 FIELD_NAMES = tuple(f[0] for f in FIELDS)
 FORMAT = "<" + "".join(f[1] for f in FIELDS)
 SIZE = struct.calcsize(FORMAT)
@@ -66,6 +73,10 @@ LIMIT_NAMES = (
     "max_burst_pulses",
     "min_electrode_area_um2",
     "min_dead_time_ns",
+    "max_ramp_pulses",
+    # Idle a pulse must leave before the next one when the amplitude can change at that boundary
+    # (ramps, live changes): the DAC bus writes and the DAC's settling (firmware/dac_bus.UPDATE_TICKS).
+    "min_update_idle_ns",
 )
 
 
@@ -164,6 +175,14 @@ def _root_search(k_centi):
     return lo
 
 
+def has_ramp(p):
+    """True when the parameter set has a ramp-up or ramp-down (its amplitude changes while running)."""
+    for name in RAMP_FIELDS:
+        if p[name]:
+            return True
+    return False
+
+
 def _check_max(field, value, limit):
     return None if value <= limit else Violation(field, value, limit, "<=")
 
@@ -202,6 +221,12 @@ def validate(params, limits):
         _check_min("electrode_area_um2", p["electrode_area_um2"], limits["min_electrode_area_um2"]),
         _check_max("burst_pulses", p["burst_pulses"], limits["max_burst_pulses"]),
         _check_max("ramp_up_ns", p["ramp_up_ns"], limits["max_ramp_ns"]),
+        _check_max("ramp_down_ns", p["ramp_down_ns"], limits["max_ramp_ns"]),
+        _check_max("ramp_up_pulses", p["ramp_up_pulses"], limits["max_ramp_pulses"]),
+        _check_max("ramp_down_pulses", p["ramp_down_pulses"], limits["max_ramp_pulses"]),
+        # a ramp is given as a time or as a number of pulses, never both
+        _check_max("ramp_up_pulses", p["ramp_up_pulses"], 0) if p["ramp_up_ns"] else None,
+        _check_max("ramp_down_pulses", p["ramp_down_pulses"], 0) if p["ramp_down_ns"] else None,
     )
     for v in checks:
         if v is not None:
@@ -226,6 +251,12 @@ def validate(params, limits):
          or _check_min("period_ns", p["period_ns"], length + (dead if dead > min_phase else min_phase)))
     if v is not None:
         return v
+    # A train whose amplitude changes while it runs (a ramp) must leave the DAC bus its update time
+    # after every pulse (the writes follow the pulse's end; the next pulse needs the settled output).
+    if has_ramp(p):
+        v = _check_min("period_ns", p["period_ns"], length + limits["min_update_idle_ns"])
+        if v is not None:
+            return v
     # Rounded up (like every derived quantity here): a floor let 500.9 permille pass a 500 limit.
     duty = -(-(p["phase1_ns"] + p["phase2_ns"]) * 1000 // p["period_ns"])
     v = _check_max("duty_permille", duty, limits["max_duty_permille"])

@@ -36,7 +36,13 @@ def test_base_set_is_accepted():
     ("recovery_ns", 100_000_000, 100_000_001, 100_000_000, "<=", {"period_ns": 10**9}),
     ("electrode_area_um2", 100, 99, 100, ">=", {"amplitude_ua": 1, "phase1_ns": 40}),
     ("burst_pulses", 10000, 10001, 10000, "<=", {}),
-    ("ramp_up_ns", 0, 1, 0, "<=", {}),
+    ("ramp_up_ns", 60_000_000_000, 60_000_000_001, 60_000_000_000, "<=", {}),
+    ("ramp_down_ns", 60_000_000_000, 60_000_000_001, 60_000_000_000, "<=", {}),
+    ("ramp_up_pulses", 1000, 1001, 1000, "<=", {}),
+    ("ramp_down_pulses", 1000, 1001, 1000, "<=", {}),
+    # a ramp given both as a time and as pulses: the pulses field is refused (limit 0)
+    ("ramp_up_pulses", 0, 7, 0, "<=", {"ramp_up_ns": 10**9}),
+    ("ramp_down_pulses", 0, 7, 0, "<=", {"ramp_down_ns": 10**9}),
     ("period_ns", 86_400_000_000_000, 86_400_000_000_001, 86_400_000_000_000, "<=", {}),
     ("interburst_ns", 86_400_000_000_000, 86_400_000_000_001, 86_400_000_000_000, "<=", {}),
     ("train_duration_ns", 86_400_000_000_000, 86_400_000_000_001, 86_400_000_000_000, "<=", {}),
@@ -46,6 +52,19 @@ def test_base_set_is_accepted():
 def test_each_limit_at_and_past_its_boundary(field, ok, bad, limit, rel, extra):
     assert v_of(**dict(extra, **{field: ok})) is None
     assert v_of(**dict(extra, **{field: bad})) == (field, bad, limit, rel)
+
+
+@pytest.mark.parametrize("ramp", [{"ramp_up_pulses": 5}, {"ramp_down_ns": 1}, {"ramp_up_ns": 1},
+                                  {"ramp_down_pulses": 1}])
+def test_a_ramped_train_leaves_the_dac_update_idle_after_every_pulse(ramp):
+    # without the duty and rate limits (custom set) only the idle rules decide: 200 + 1 (dead time)
+    # + 200 µs pulse, then min_update_idle_ns (8 µs) with a ramp, else the dead time (1 µs)
+    L = dict(LIMITS, max_duty_permille=1000, min_period_ns=0)
+    assert L["min_update_idle_ns"] == 8000
+    assert v_of(L, period_ns=402_000) is None
+    assert v_of(L, period_ns=409_000, **ramp) is None
+    assert v_of(L, period_ns=408_999, **ramp) == ("period_ns", 408_999, 409_000, ">=")
+    assert v_of(L, period_ns=402_000, **ramp) == ("period_ns", 402_000, 409_000, ">=")
 
 
 @pytest.mark.parametrize("field", ["recovery_ns", "interburst_ns", "train_delay_ns"])

@@ -40,6 +40,9 @@ def field_strategy(name, limits):
         "train_duration_ns": [0, L["max_duration_ns"]],
         "train_delay_ns": [0, L["max_duration_ns"]],
         "ramp_up_ns": [0, L["max_ramp_ns"]],
+        "ramp_down_ns": [0, L["max_ramp_ns"]],
+        "ramp_up_pulses": [0, L["max_ramp_pulses"]],
+        "ramp_down_pulses": [0, L["max_ramp_pulses"]],
         "electrode_area_um2": [L["min_electrode_area_um2"], 10**6, 10**8],
     }[name]
     plausible = {
@@ -56,6 +59,9 @@ def field_strategy(name, limits):
         "train_duration_ns": st.integers(0, 10**11),
         "train_delay_ns": st.integers(0, 10**10),
         "ramp_up_ns": st.integers(0, 10**10),
+        "ramp_down_ns": st.integers(0, 10**10),
+        "ramp_up_pulses": st.integers(0, 2000),
+        "ramp_down_pulses": st.integers(0, 2000),
         "electrode_area_um2": st.integers(L["min_electrode_area_um2"], 10**8),
     }[name]
     return st.one_of(
@@ -84,13 +90,20 @@ def plausible_sets(draw, limits=LIMITS):
     period = draw(st.one_of(st.just(floor), st.integers(floor, floor + 1000), st.integers(floor, 10 * floor)))
     amp = draw(st.one_of(st.integers(1, 100), st.integers(1, L["max_amplitude_ua"]), st.just(L["max_amplitude_ua"])))
     burst = draw(st.one_of(st.just(0), st.integers(1, 20), st.just(L["max_burst_pulses"])))
+    ramp = st.one_of(st.just(0), st.just(0), st.integers(0, 10**9))
+    up_ns, down_ns = draw(ramp), draw(ramp)
+    if (up_ns or down_ns) and draw(st.integers(0, 3)):  # a ramp needs the DAC update idle after each pulse
+        period = max(period, floor - max(mp, dead) + max(mp, dead, L["min_update_idle_ns"]))
     return {
         "phase1_ns": p1, "interphase_ns": ip, "phase2_ns": p2, "recovery_ns": rec, "period_ns": period,
         "amplitude_ua": amp, "polarity": draw(st.integers(0, 1)), "burst_pulses": burst,
         "interburst_ns": draw(gap) if burst else draw(st.one_of(st.just(0), gap)),
         "train_duration_ns": draw(st.one_of(st.just(0), st.integers(0, 10**10))),
         "train_delay_ns": draw(st.one_of(st.just(0), st.integers(0, 10**10))),
-        "ramp_up_ns": draw(st.one_of(st.just(0), st.integers(0, 10**9))),
+        "ramp_up_ns": up_ns,
+        "ramp_down_ns": down_ns,
+        "ramp_up_pulses": 0 if up_ns and draw(st.integers(0, 3)) else draw(st.one_of(st.just(0), st.integers(0, 1000))),
+        "ramp_down_pulses": 0 if down_ns and draw(st.integers(0, 3)) else draw(st.one_of(st.just(0), st.integers(0, 1000))),
         "trigger": draw(st.integers(0, 4)),
         "electrode_area_um2": draw(st.one_of(st.integers(L["min_electrode_area_um2"], 10**6),
                                              st.integers(10**6, 10**8), st.just(L["min_electrode_area_um2"]))),
@@ -132,6 +145,11 @@ def check_all_limits(p, L):
     for t in ("period_ns", "interburst_ns", "train_duration_ns", "train_delay_ns"):
         rule(p[t] <= L["max_duration_ns"], t + " max")
     rule(p["ramp_up_ns"] <= L["max_ramp_ns"], "ramp")
+    rule(p["ramp_down_ns"] <= L["max_ramp_ns"], "ramp down")
+    rule(p["ramp_up_pulses"] <= L["max_ramp_pulses"], "ramp pulses")
+    rule(p["ramp_down_pulses"] <= L["max_ramp_pulses"], "ramp down pulses")
+    rule(not (p["ramp_up_ns"] and p["ramp_up_pulses"]), "ramp up given twice")
+    rule(not (p["ramp_down_ns"] and p["ramp_down_pulses"]), "ramp down given twice")
     rule(p["burst_pulses"] <= L["max_burst_pulses"], "burst")
     rule(p["electrode_area_um2"] >= L["min_electrode_area_um2"], "area")
     rule(p["period_ns"] >= L["min_period_ns"], "min period")
@@ -139,6 +157,8 @@ def check_all_limits(p, L):
     # least one segment and the dead time of idle before the next pulse
     length = p["phase1_ns"] + ip + p["phase2_ns"] + (dead + p["recovery_ns"] if p["recovery_ns"] else 0)
     rule(p["period_ns"] >= length + max(L["min_phase_ns"], dead), "period >= pulse + idle")
+    ramps = p["ramp_up_ns"] or p["ramp_down_ns"] or p["ramp_up_pulses"] or p["ramp_down_pulses"]
+    rule(not ramps or p["period_ns"] - length >= L["min_update_idle_ns"], "ramp: DAC update idle")
     if bad:
         return bad
     # duty: active phases / period <= max_duty_permille / 1000, exact rational comparison

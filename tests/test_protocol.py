@@ -321,9 +321,9 @@ def test_nack_unknown_field_and_non_int_value():
 
 
 @FAST
-@given(st.sampled_from(sorted(M.EVENT_NAMES)), st.integers(0, 255), st.integers(0, 2**64 - 1),
-       st.integers(-(2**31), 2**31 - 1))
-def test_event_round_trip(kind, channel, time_us, value):
+@given(st.sampled_from(sorted(k for k in M.EVENT_NAMES if k != M.EV_AMPLITUDE)), st.integers(0, 255),
+       st.integers(0, 2**64 - 1), st.integers(-(2**31), 2**31 - 1))
+def test_event_round_trip(kind, channel, time_us, value):  # amplitude (one more field): tests/test_set_amplitude.py
     d = M.decode_event(M.encode_event(kind, channel, time_us, value))
     assert d == {"kind": M.EVENT_NAMES[kind], "channel": channel, "time_us": time_us, "value": value}
 

@@ -92,6 +92,14 @@ def render() -> str:
         M.REPL: ("empty", "empty; then the firmware stops serving the link, stops the watchdog, turns Ctrl-C back "
                  "on and returns to the MicroPython REPL (for `picostim flash`). NACK `E_BAD_STATE` (field "
                  "`channel`, value = channel, limit = its state) while any channel is armed, running or draining"),
+        M.SET_AMPLITUDE: ("channel u8, amplitude_ua u32", "channel u8, amplitude_ua u32 (realised phase 1), "
+                          "amplitude2_ua u32 (realised phase 2), dac_a u16, dac_b u16 (the codes that will play). "
+                          "The new amplitude goes out on the DAC bus after the end of the channel's next pulse; "
+                          "the `amplitude` EVENT says from which pulse it applies. Checked like SET_PARAMS with the "
+                          "new amplitude (every limit, and the train must leave `min_update_idle_ns` idle after "
+                          "each pulse: NACK `E_OUT_OF_RANGE` naming `period_ns`). NACK `E_BAD_STATE` unless the "
+                          "channel is running (field `channel`), `E_DAC_BUSY` while a ramp or another change is "
+                          "still playing"),
     }
     for t, name in sorted(M.REQUEST_NAMES.items()):
         req, resp = bodies[t]
@@ -128,7 +136,11 @@ def render() -> str:
               ", ".join("%d %s" % (i, n) for i, n in enumerate(M.CRASH_KINDS)) + "; where: the request type whose "
               "handler raised, 0x%02X link decoding, 0x%02X poll, 0x%02X elsewhere in the main loop. After a crash "
               "the boot and crash EVENTs stay first in the event log (EVENT_LOG replays them)."
-              % (M.CRASH_LINK, M.CRASH_POLL, M.CRASH_LOOP)]
+              % (M.CRASH_LINK, M.CRASH_POLL, M.CRASH_LOOP),
+              "", "`amplitude` (a SET_AMPLITUDE took effect): value = the realised phase-1 amplitude in µA; the "
+              "body has one more field at offset %d, `from_pulse` u32: the 0-based index (counted from the "
+              "START) of the first pulse with the new amplitude. Its body is %d bytes, every other kind's %d."
+              % (M.EVENT_SIZE, M.EVENT_MAX_SIZE, M.EVENT_SIZE)]
     lines += ["", "Impedance classes: " + ", ".join("%d %s" % (i, n) for i, n in enumerate(M.Z_NAMES)) + ".", ""]
     return "\n".join(lines)
 

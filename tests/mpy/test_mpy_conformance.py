@@ -147,6 +147,9 @@ def random_param_set(rng, L=LIMITS):
             "train_duration_ns": rng.choice((0, rng.randint(0, 10**10))),
             "train_delay_ns": rng.choice((0, rng.randint(0, 10**10))),
             "ramp_up_ns": rng.choice((0, rng.randint(0, 10**9))), "trigger": rng.randint(0, 4),
+            "ramp_down_ns": rng.choice((0, 0, rng.randint(0, 10**9))),
+            "ramp_up_pulses": rng.choice((0, 0, rng.randint(0, 1000))),
+            "ramp_down_pulses": rng.choice((0, 0, rng.randint(0, 1000))),
             "electrode_area_um2": rng.choice((L["min_electrode_area_um2"], rng.randint(100, 10**6),
                                               rng.randint(10**6, 10**8))),
         }
@@ -156,6 +159,8 @@ def random_param_set(rng, L=LIMITS):
              "amplitude_ua": (1, L["max_amplitude_ua"]), "polarity": (0, 1), "trigger": (0, 4),
              "burst_pulses": (0, L["max_burst_pulses"]), "train_duration_ns": (0, L["max_duration_ns"]),
              "train_delay_ns": (0, L["max_duration_ns"]), "ramp_up_ns": (0, L["max_ramp_ns"]),
+             "ramp_down_ns": (0, L["max_ramp_ns"]), "ramp_up_pulses": (0, L["max_ramp_pulses"]),
+             "ramp_down_pulses": (0, L["max_ramp_pulses"]),
              "electrode_area_um2": (L["min_electrode_area_um2"], 10**6)}
     base = P.complete({})
     out = {}
