@@ -179,7 +179,9 @@ def dac_outputs(frames: Frames, ldac: Channel | None) -> tuple[Output, Output]:
         if len(t):
             last = np.concatenate((t[1:] != t[:-1], [True]))
             t, c, a = t[last], c[last], a[last]
-        na = np.array([pulse_engine.code_to_na(int(x)) for x in c], np.int64) if len(c) else np.zeros(0, np.int64)
+        uniq, inv = np.unique(c, return_inverse=True)  # at most 8192 distinct codes (x gain)
+        na = np.array([pulse_engine.code_to_na(int(x)) for x in uniq], np.int64)[inv.ravel()] if len(c) \
+            else np.zeros(0, np.int64)
         na = np.where(a, na, 0)
         outs.append(Output(t.astype(np.int64), na, c.astype(np.int64), a.astype(bool)))
     return outs[0], outs[1]
