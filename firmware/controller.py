@@ -10,9 +10,19 @@ HAL contract (duck-typed; MicroPython has no abc):
     reset_reason() -> int         0 power-on, 1 watchdog, 2 soft
     time_us() -> int              time.ticks_us(): µs that wrap at 2**30 on the board; only ever
                                   used through firmware/ticks.py (ticks_diff/ticks_add, Uptime)
-    start(trains, mask, wait_trigger)
+    start(trains, mask, wait_trigger, first_ops=None, ramp_ops=())
                                   load each masked channel's Train and start all of them on the
-                                  same PIO cycle; wait_trigger[ch] = 0 (start now) or trigger input 1/2
+                                  same PIO cycle; wait_trigger[ch] = 0 (start now) or trigger input 1/2.
+                                  DAC codes: first_ops None -> each started channel's full codes
+                                  (dac_bus.update_ops of train.dac_a/dac_b), else the op words of
+                                  first_ops (writes only: pulse_engine.start_ops); either way written
+                                  (a mark seen) before the state machines are enabled. Then ramp_ops
+                                  (pulse_engine.ramp_up_ops: they begin with a wait op, so they follow
+                                  the pulses) are queued on the DAC bus and a mark after them. The
+                                  controller passes the two only when a started channel ramps.
+    dac_play(ops)                 queue DAC bus op words after anything still queued, then a mark
+    dac_busy() -> bool            ops still queued or running (the last mark not yet pushed)
+    dac_mark_pulses(ch) -> int    pulses of ch completed when the most recent mark was pushed
     replace(ch, train)            double-buffered: switch to ``train`` at the next pulse boundary
     stop(mask)                    end each masked channel in every state: one waiting for its
                                   trigger is disarmed at once (it never fires); a running stream ends
@@ -45,6 +55,17 @@ pulse in progress completes its balancing phase, at most one already-queued puls
 channel latches ST_FAULT with the fault kind, and an EVENT reports channel, kind, the reading's time
 and the reading in ohms. START/TRIGGER are refused (E_FAULT_LATCHED) until CLEAR_FAULT, and the start's
 test pulse is the fresh check (E_IMPEDANCE while the electrode is still open or shorted).
+
+DAC bus (docs/ARCHITECTURE.md "DAC bus"): the amplitude changes only after a pulse's end, through op
+lists of firmware/dac_bus.py built by pulse_engine. START with a soft start (ramp_up_*) passes the first
+pulse's codes and the ramp's ops to hal.start; several channels ramp in one START only with identical
+pulse timing (E_RAMP_TIMING otherwise). SET_AMPLITUDE (a running channel, the DAC bus idle, every limit
+checked on the new parameter set) plays [wait for the channel's phase-2 pin, write A, write B]; when
+poll() sees its mark (hal.dac_busy() false) the parameters, realised values and monitoring current
+become the new ones and an `amplitude` EVENT gives the first pulse with them (hal.dac_mark_pulses).
+STOP of a running channel with a soft stop (ramp_down_*) plays the ramp-down ops and the DAC shutdown,
+and stops the stream when poll() sees their mark; a second STOP, a STOP while the DAC bus is busy or
+of channels whose timing differs, a fault, a gate closing and the deadman stop at once (no ramp).
 
 Gated trains (trigger gated1/gated2, SPEC §3 "runs while the input is high"): the PIO itself waits for
 the gate to be high (cycle-exact start); poll() sees the gate low, stops the stream at the next pulse
@@ -112,6 +133,11 @@ class Controller:
         self._stopping = [False] * n  # stopped by the host or the deadman: no re-arm on the gate
         self._pulses_before = [0] * n  # pulses of earlier gate openings of the current start
         self._sampler = getattr(hal, "phase1_samples", None)  # a HAL without it: no monitoring
+        self._dac_busy = getattr(hal, "dac_busy", None)  # a HAL without a DAC bus: no ramps, no live changes
+        self._amp_pending: list = [None] * n  # (params, train) of a SET_AMPLITUDE until its mark is seen
+        self._down_mask = 0  # channels ramping down after a STOP: stopped when the ramp's mark is seen
+        self._dac_mask = 0  # channels whose DAC ops (ramp, change, ramp-down) are queued, until the mark
+        self._plan = None  # (channels, software, ops) of the start the last _check_startable passed
         self.nacks = 0
         self.duplicates = 0
         self.events_sent = 0
@@ -132,6 +158,7 @@ class Controller:
             M.LINK: self._link,
             M.EVENT_LOG: self._event_log,
             M.REPL: self._repl,
+            M.SET_AMPLITUDE: self._set_amplitude,
         }
         self.handback = False  # REPL accepted: main.py stops serving and returns to the REPL
 
@@ -171,13 +198,14 @@ class Controller:
         self.nacks += 1
         return encode_frame(M.NACK, seq, body)
 
-    def emit(self, kind, channel, value=0, time_us=None):
+    def emit(self, kind, channel, value=0, time_us=None, extra=None):
         """Send an asynchronous EVENT frame (its seq is the device's own event counter). ``time_us``:
         a ``hal.time_us()`` tick value (e.g. a phase-1 reading's), default now. On the wire the time
-        is µs since boot (u64, never wraps): the tick value extended across the 2**30 µs wrap."""
+        is µs since boot (u64, never wraps): the tick value extended across the 2**30 µs wrap.
+        ``extra``: the additional field of the kinds that have one (amplitude: from_pulse)."""
         self.events_sent += 1
         t = self._uptime.now_us() if time_us is None else self._uptime.at_us(time_us)
-        body = M.encode_event(kind, channel, t, value)
+        body = M.encode_event(kind, channel, t, value, extra)
         self.event_log.append((self.events_sent & 0xFFFF, body))
         if len(self.event_log) > M.EVENT_LOG_LEN:  # a lossy link loses unacknowledged EVENTs
             self.event_log.pop(self._pinned)  # ... except a crash report (boot()), kept for replay
@@ -206,6 +234,8 @@ class Controller:
         loop."""
         self.where = M.CRASH_POLL
         self._uptime.update()  # at least once per 2**30 µs: counts the tick wraps
+        if self._dac_mask:
+            self._follow_dac()
         for ch in range(self.hal.channels):
             st = self.state[ch]
             if st == M.ST_ARMED and not self.hal.waiting(ch) and (self.hal.running(ch) or self.hal.pulses(ch)):
@@ -223,12 +253,53 @@ class Controller:
                 if self._gate_closed[ch]:
                     self._rearm_on_gate(ch, gate)
                 else:
+                    self._cancel_dac(ch)
                     self.state[ch] = M.ST_IDLE
                     self.emit(M.EV_TRAIN_DONE, ch, self._pulses(ch))
         if self.deadman_ms:
             self._check_deadman()
         self.hal.feed_watchdog()
         self.where = M.CRASH_LOOP
+
+    def _follow_dac(self):
+        """The DAC bus's mark: a SET_AMPLITUDE took effect (EVENT amplitude), a ramp-down is over
+        (stop its streams). A change whose stream ended first never applied: it is dropped."""
+        busy = self._bus_busy()
+        for ch in range(self.hal.channels):
+            pending = self._amp_pending[ch]
+            if pending is None:
+                continue
+            if not busy:
+                self._amp_pending[ch] = None
+                params, train = pending
+                from_pulse = self._pulses_before[ch] + self.hal.dac_mark_pulses(ch)
+                self.params[ch] = params
+                self.trains[ch] = train
+                if self._monitor_na[ch]:
+                    self._monitor_na[ch] = train.realised["amplitude_na"]
+                self.emit(M.EV_AMPLITUDE, ch, train.realised["amplitude_ua"], extra=from_pulse)
+        if not busy:
+            if self._down_mask:
+                self.hal.stop(self._down_mask)  # after the DAC shutdown: the remaining pulses carry no current
+            self._down_mask = 0
+            self._dac_mask = 0
+            return
+        for ch in range(self.hal.channels):  # a stream that ended never reaches its queued ops
+            if self._dac_mask >> ch & 1 and self.state[ch] not in (M.ST_ARMED, M.ST_RUNNING):
+                self._cancel_dac(ch)
+            elif self._dac_mask >> ch & 1 and self.state[ch] == M.ST_RUNNING and not self.hal.running(ch):
+                self._cancel_dac(ch)
+
+    def _bus_busy(self):
+        """hal.dac_busy(): True while DAC ops are queued or running (never called without it)."""
+        busy = self._dac_busy
+        return busy is not None and busy()
+
+    def _cancel_dac(self, ch):
+        """Forget a channel's pending amplitude change and ramp-down (it stopped some other way)."""
+        self._amp_pending[ch] = None
+        self._down_mask &= ~(1 << ch)
+        self._dac_mask &= ~(1 << ch)
 
     def _monitor(self, ch):
         """Classify the channel's new phase-1 readings; on OPEN/SHORT stop and latch the fault.
@@ -247,6 +318,7 @@ class Controller:
                 self.emit(M.EV_IMPEDANCE_HIGH, ch, ohm, t_us)
             if cls == M.Z_OPEN or cls == M.Z_SHORT:
                 self.hal.stop(1 << ch)  # first: the pulse in progress completes, nothing more is queued
+                self._cancel_dac(ch)  # a fault never ramps down
                 self.state[ch] = M.ST_FAULT
                 self.fault[ch] = _FAULT_EVENT[cls]
                 self._monitor_na[ch] = 0
@@ -268,7 +340,17 @@ class Controller:
         self._pulses_before[ch] += self.hal.pulses(ch)
         wait = [0] * self.hal.channels
         wait[ch] = gate
-        self.hal.start(self.trains, 1 << ch, wait)  # the PIO waits for the gate to open again
+        ramp = None
+        if self._dac_busy is not None and self.trains[ch].ramp_up_k > 1:
+            try:  # the soft start again at every opening (validated when the train was set)
+                ramp = pulse_engine.ramp_up_ops(self.trains, [ch], wait)
+            except pulse_engine.Unrealisable:
+                ramp = None
+        if ramp:
+            self.hal.start(self.trains, 1 << ch, wait, pulse_engine.start_ops(self.trains, [ch]), ramp)
+            self._dac_mask |= 1 << ch
+        else:
+            self.hal.start(self.trains, 1 << ch, wait)  # the PIO waits for the gate to open again
         self.state[ch] = M.ST_ARMED
 
     def _pulses(self, ch):
@@ -300,6 +382,7 @@ class Controller:
         if live:
             self.hal.stop(self._bits(live))  # at the next pulse boundary; poll() reports train_done
             for ch in live:
+                self._cancel_dac(ch)  # the deadman never ramps down
                 self._stopping[ch] = True
                 self._gate_closed[ch] = False
             self.deadman_trips += 1
@@ -354,6 +437,9 @@ class Controller:
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
         if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING):
+            if self._dac_mask >> ch & 1 and self._bus_busy():
+                # DAC ops in flight were built for the current train (its phase-2 pin, its codes)
+                _refuse(M.E_DAC_BUSY, "channel", ch, 0)
             old = self.trains[ch]
             if (train.dac_a, train.dac_b) != (old.dac_a, old.dac_b):
                 # the DAC is not latched at a pulse boundary while running: stop first
@@ -363,7 +449,32 @@ class Controller:
         self.trains[ch] = train
         return self._params_response(ch)
 
-    def _check_startable(self, channels, armed_ok=False):
+    def _waits(self, channels, software):
+        wait = [0] * self.hal.channels
+        for ch in channels:
+            trig = self.params[ch]["trigger"]
+            wait[ch] = 0 if software or trig == P.TRIGGER_SOFTWARE else (1 if trig in (1, 3) else 2)
+        return wait
+
+    def _ramp_ops(self, channels, wait):
+        """(first_ops, ramp_ops) for a start of ``channels``, or None when none of them ramps.
+        Refuses (before anything moves) ramps the DAC bus cannot play."""
+        if not [ch for ch in channels if self.trains[ch].ramp_up_k > 1]:
+            return None
+        if self._dac_busy is None:  # no DAC bus on this HAL: a ramp would be played at full amplitude
+            ch = [c for c in channels if self.trains[c].ramp_up_k > 1][0]
+            _refuse(M.E_OUT_OF_RANGE, "ramp_up_pulses", self.trains[ch].ramp_up_k, 0)
+        if self._bus_busy():
+            _refuse(M.E_DAC_BUSY, "channel", channels[0], 0)
+        try:
+            ramp = pulse_engine.ramp_up_ops(self.trains, channels, wait)
+        except pulse_engine.RampMismatch as exc:
+            raise Refused(M.encode_nack(M.E_RAMP_TIMING, P.field_id(exc.field), exc.value, exc.limit, exc.relation))
+        except pulse_engine.Unrealisable as exc:
+            raise Refused(M.encode_violation_nack(P.Violation(exc.field, exc.value, exc.limit, exc.relation)))
+        return pulse_engine.start_ops(self.trains, channels), ramp
+
+    def _check_startable(self, channels, armed_ok=False, software=False):
         for ch in channels:
             if self.state[ch] == M.ST_FAULT:
                 _refuse(M.E_FAULT_LATCHED, "channel", ch, 0)
@@ -371,6 +482,9 @@ class Controller:
                 _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
             if self.state[ch] != M.ST_IDLE and not (armed_ok and self.state[ch] == M.ST_ARMED):
                 _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
+        self._plan = None
+        ops = self._ramp_ops(channels, self._waits(channels, software))  # refuses an unplayable ramp first
+        self._plan = (list(channels), software, ops)
         readings = []
         for ch in channels:  # electrode check before any output moves
             ohm = self.hal.measure_impedance(ch)
@@ -392,16 +506,26 @@ class Controller:
                 pulse_engine.ns_to_ticks(impedance.MONITOR_MIN_PHASE_NS)
             self._monitor_na[ch] = train.realised["amplitude_na"] if monitored else 0
         mask = 0
-        wait = [0] * self.hal.channels
+        wait = self._waits(channels, software)
+        plan = self._plan
+        self._plan = None
+        ops = plan[2] if plan is not None and plan[0] == list(channels) and plan[1] == software else \
+            self._ramp_ops(channels, wait)
         for ch in channels:
             mask |= 1 << ch
-            trig = self.params[ch]["trigger"]
-            wait[ch] = 0 if software or trig == P.TRIGGER_SOFTWARE else (1 if trig in (1, 3) else 2)
+            self._cancel_dac(ch)
             self._software_start[ch] = software
             self._stopping[ch] = False
             self._gate_closed[ch] = False
             self._pulses_before[ch] = 0
-        self.hal.start(self.trains, mask, wait)
+        if ops is None:
+            self.hal.start(self.trains, mask, wait)
+        else:
+            self.hal.start(self.trains, mask, wait, ops[0], ops[1])
+            if ops[1]:
+                for ch in channels:
+                    if self.trains[ch].ramp_up_k > 1:
+                        self._dac_mask |= 1 << ch
         for ch in channels:
             self.state[ch] = M.ST_ARMED if wait[ch] else M.ST_RUNNING
         return b""
@@ -417,7 +541,7 @@ class Controller:
         started its train keeps that train (it is never restarted: that would cut the pulse in
         progress): it is reported running with a trigger_seen EVENT, and the TRIGGER is acknowledged."""
         channels = self._mask(body)
-        readings = self._check_startable(channels, armed_ok=True)  # refuses before anything moves
+        readings = self._check_startable(channels, armed_ok=True, software=True)  # refuses before anything moves
         armed = [ch for ch in channels if self.state[ch] == M.ST_ARMED]
         fired = self.hal.disarm(self._bits(armed)) if armed else 0
         go = []
@@ -434,12 +558,75 @@ class Controller:
         return b""
 
     def _stop(self, body):
+        """Stop the masked channels at their next pulse boundary (the running pulse completes; poll()
+        reports train_done). A running channel with a soft stop ramps down first (its stream is
+        stopped when the ramp's mark is seen); a second STOP stops it at once."""
         channels = self._mask(body)
-        self.hal.stop(self._bits(channels))  # the running pulse completes; poll() reports train_done
+        now = []
+        down = []
+        for ch in channels:
+            if self._may_ramp_down(ch):
+                down.append(ch)
+            else:
+                now.append(ch)
+        if down:
+            ops = None
+            if not self._bus_busy():
+                try:
+                    ops = pulse_engine.ramp_down_ops(self.trains, down)
+                except pulse_engine.Unrealisable:  # timing differs, too little idle, too many ops
+                    ops = None
+            if ops:
+                self.hal.dac_play(ops)
+                self._down_mask |= self._bits(down)
+                self._dac_mask |= self._bits(down)
+            else:
+                now += down
+        if now:
+            self.hal.stop(self._bits(now))
+            for ch in now:
+                self._cancel_dac(ch)
         for ch in channels:
             self._stopping[ch] = True
             self._gate_closed[ch] = False
         return b""
+
+    def _may_ramp_down(self, ch):
+        """A STOP of ``ch`` plays its soft stop: running (not waiting, not stopping already) with
+        ramp_down_* on a HAL with a DAC bus."""
+        return (self._dac_busy is not None and self.state[ch] == M.ST_RUNNING and not self._stopping[ch]
+                and not self._gate_closed[ch] and self.trains[ch].ramp_down_k > 0 and self.hal.running(ch)
+                and not self.hal.waiting(ch))
+
+    def _set_amplitude(self, body):
+        """Live amplitude: checked like SET_PARAMS with the new amplitude (every limit) and the DAC
+        update idle; played at the end of the channel's next pulse; the answer gives the realised
+        amplitudes and codes, the amplitude EVENT (poll) the first pulse that has them."""
+        req = M.decode_set_amplitude(body)
+        if req is None:
+            _refuse(M.E_BAD_LENGTH, "body", len(body), 5)
+        ch = self._channel(body, 5)
+        if self.params[ch] is None:
+            _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
+        if self.state[ch] == M.ST_FAULT:
+            _refuse(M.E_FAULT_LATCHED, "channel", ch, 0)
+        if (self.state[ch] != M.ST_RUNNING or self._stopping[ch] or self._gate_closed[ch]
+                or not self.hal.running(ch) or self.hal.waiting(ch)):
+            _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
+        params = dict(self.params[ch])
+        params["amplitude_ua"] = req[1]
+        train, violation = pulse_engine.build_checked(params, self.limits)
+        if violation is None:
+            violation = pulse_engine.update_idle_violation(train, 1)
+        if violation is not None:
+            raise Refused(M.encode_violation_nack(violation))
+        if self._dac_busy is None or self._bus_busy() or self._down_mask:
+            _refuse(M.E_DAC_BUSY, "channel", ch, 0)
+        self.hal.dac_play(pulse_engine.amplitude_ops(train, ch))
+        self._amp_pending[ch] = (params, train)
+        self._dac_mask |= 1 << ch
+        r = train.realised
+        return M.encode_amplitude_response(ch, r["amplitude_ua"], r["amplitude2_ua"], train.dac_a, train.dac_b)
 
     @staticmethod
     def _bits(channels):

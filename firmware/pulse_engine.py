@@ -11,7 +11,7 @@ Safety invariants (POS and NEG never in one word, every group ends idle, count i
 with explicit raises rather than `assert`, so they survive `mpy-cross -O`.
 """
 
-from firmware import board
+from firmware import board, dac_bus
 from firmware import pio_programs as pio
 from protocol import params as P
 
@@ -180,6 +180,9 @@ class Train:
         self.phase1_ticks = 0
         self.phase2_ticks = 0
         self.ramp_ticks = 0
+        self.ramp_up_k = 0  # pulses of the soft start (pulse K-1 has the full codes); <= 1: no ramp
+        self.ramp_down_k = 0  # pulses of the soft stop after the stop's boundary; 0: none
+        self.ramp_down_ticks = 0  # ramp_down_ns in ticks (0 when given in pulses)
         self.entry = pio.SEGMENT_ENTRY  # initial PC for the state machine
         self.trigger_pin: int | None = None  # GPIO the PIO waits on (in_base), None for a software start
         self.first = NEG  # pin of phase 1 (NEG = cathodic-first)
@@ -307,6 +310,9 @@ def build_train(params):
         raise Unrealisable("amplitude_ua", params["amplitude_ua"], "DAC code %d out of range" % code1, dac_max_ua)
     t.code1, t.phase1_ticks, t.phase2_ticks = code1, ph1, ph2
     t.ramp_ticks = ns_to_ticks(params["ramp_up_ns"])
+    t.ramp_up_k = params["ramp_up_pulses"] or pulses_starting_before(t, t.ramp_ticks)
+    t.ramp_down_ticks = ns_to_ticks(params["ramp_down_ns"])
+    t.ramp_down_k = params["ramp_down_pulses"] or pulses_starting_before(t, t.ramp_down_ticks)
     t.first = first
     t.dac_a, t.dac_b = _dac_pair(first, code1, code2)
 
@@ -356,7 +362,29 @@ def build_checked(params, limits):
     amp2 = train.realised["amplitude2_ua"]
     if amp2 > limits["max_amplitude_ua"]:  # after DAC rounding (1 LSB = 2.5 µA)
         return None, P.Violation("phase2_amplitude_ua", amp2, limits["max_amplitude_ua"], "<=")
+    if P.has_ramp(params):
+        v = ramp_violation(train, params, limits["max_ramp_pulses"])
+        if v is not None:
+            return None, v
     return train, None
+
+
+def ramp_violation(train, params, max_pulses):
+    """What the ramp rules refuse after rounding to the tick (validate checks them in ns): a time
+    ramp longer than ``max_pulses`` pulses, and less idle after a pulse than a DAC update needs."""
+    for name, k in (("ramp_up_ns", train.ramp_up_k), ("ramp_down_ns", train.ramp_down_k)):
+        if params[name] and k > max_pulses:
+            return P.Violation(name, params[name], ticks_to_ns(pulse_start_ticks(train, max_pulses)), "<=")
+    return update_idle_violation(train, 1)
+
+
+def update_idle_violation(train, channels=1):
+    """None when the idle after each pulse leaves the DAC bus time to update ``channels`` channels
+    at that boundary (dac_bus.min_idle_ticks); else the Violation naming period_ns."""
+    need = train.realised["pulse"] + dac_bus.min_idle_ticks(channels)
+    if train.period_ticks >= need:
+        return None
+    return P.Violation("period_ns", ticks_to_ns(train.period_ticks), ticks_to_ns(need), ">=")
 
 
 def _dac_pair(first, code1, code2):
@@ -372,19 +400,25 @@ def pulse_start_ticks(train, k):
     return (k // n) * train.cycle_ticks + (k % n) * train.period_ticks
 
 
-def ramp_codes(train, k):
-    """(DAC A, DAC B) for pulse k during the soft-start ramp, still charge-balanced.
+def pulses_starting_before(train, ticks):
+    """How many pulses start before ``ticks`` after the first pulse's start (closed form: a 60 s
+    ramp at 10 kHz is never counted pulse by pulse)."""
+    if ticks <= 0:
+        return 0
+    n = train.pulses_per_cycle
+    q = ticks // train.cycle_ticks
+    r = ticks - q * train.cycle_ticks
+    inc = (r + train.period_ticks - 1) // train.period_ticks
+    return q * n + (inc if inc < n else n)
 
-    Linear in time: pulse k gets min(1, (t_k + period) / ramp_up) of the full amplitude, so the
-    first pulse is already non-zero and the ramp ends at ramp_up. The controller writes these in
-    the idle after pulse k-1 (never mid-pulse).
-    """
-    if train.ramp_ticks <= 0:
-        return train.dac_a, train.dac_b
-    t = pulse_start_ticks(train, k) + train.period_ticks
-    if t >= train.ramp_ticks:
-        return train.dac_a, train.dac_b
-    c1 = _round_div(train.code1 * t, train.ramp_ticks)
+
+def total_pulses(train):
+    """Pulses the train plays, or None when it plays until stopped."""
+    return train.repeats * train.pulses_per_cycle if train.repeats else None
+
+
+def _codes(train, c1):
+    """(DAC A, DAC B) for a phase-1 code: phase 2 balanced from it (>= 1 LSB)."""
     if c1 < 1:
         c1 = 1
     c2 = balance_code(c1, train.phase1_ticks, train.phase2_ticks)
@@ -393,14 +427,189 @@ def ramp_codes(train, k):
     return _dac_pair(train.first, c1, c2)
 
 
+def pulse_codes(train, j):
+    """(DAC A, DAC B) of pulse ``j`` (0-based) from the start, soft start included.
+
+    Ramp-up over K = train.ramp_up_k pulses (ramp_up_pulses, or the pulses that start before
+    ramp_up_ns): pulse j < K gets phase-1 code max(1, round(code1 * (j + 1) / K)), linear in DAC codes,
+    so pulse K - 1 and every later one has the full codes; phase 2 is derived per pulse for charge
+    balance (balance_code, at least 1 LSB). docs/ARCHITECTURE.md "DAC bus".
+    """
+    k = train.ramp_up_k
+    if j >= k:
+        return train.dac_a, train.dac_b
+    return _codes(train, _round_div(train.code1 * (j + 1), k))
+
+
+def ramp_codes(train, k):
+    """Former name of pulse_codes (the conformance vectors and older tests use it)."""
+    return pulse_codes(train, k)
+
+
 def ramp_pulses(train):
-    """Number of pulses that get a reduced (ramp) amplitude."""
-    if train.ramp_ticks <= 0:
-        return 0
-    k = 0
-    while pulse_start_ticks(train, k) + train.period_ticks < train.ramp_ticks:
-        k += 1
-    return k
+    """K of the soft start: pulses 0..K-1 follow the ramp (the last of them at full amplitude)."""
+    return train.ramp_up_k
+
+
+def ramp_down_codes(train, j):
+    """(DAC A, DAC B) of pulse ``j`` (0-based) of the soft stop, after the STOP's next boundary: phase-1
+    code max(1, round(code1 * (K - j) / (K + 1))) with K = train.ramp_down_k, charge-balanced."""
+    k = train.ramp_down_k
+    return _codes(train, _round_div(train.code1 * (k - j), k + 1))
+
+
+# ---- DAC bus op lists (firmware/dac_bus.py words; HAL contract in firmware/controller.py) --------
+# Longest op list a ramp may queue (one u32 per word; 16 KB): a one-channel ramp of max_ramp_pulses
+# (1000) needs at most 3 words per pulse, several channels ramping together 1 + 2 per channel.
+MAX_RAMP_OPS = 4096
+
+
+class RampMismatch(Unrealisable):
+    """Channels that cannot ramp together (their pulse boundaries are not the same ticks)."""
+
+
+def phase2_pin(train, ch):
+    """GPIO of channel ``ch``'s phase-2 drive pin: its fall is the end of the pulse's active part,
+    where a DAC update may start (POS when cathodic-first, NEG when anodic-first)."""
+    return board.CH_POS[ch] if train.first == NEG else board.CH_NEG[ch]
+
+
+def timing_key(train, wait=0):
+    """Everything that places a train's pulse boundaries in time: equal keys (and the same start)
+    mean every pulse of both ends on the same tick. ``wait``: the start's trigger input (0 = now)."""
+    r = train.realised
+    return (r["phase1"], r["interphase"], r["phase2"], r["recovery_gap"], r["recovery"], train.period_ticks,
+            tuple(train.idle_runs), train.delay_ticks, wait, train.entry if wait else 0)
+
+
+def amplitude_ops(train, ch):
+    """A live amplitude change of channel ``ch`` to ``train``'s codes: wait for the end of the
+    channel's next pulse, then write both DAC outputs."""
+    return [dac_bus.wait_op(phase2_pin(train, ch))] + dac_bus.update_ops(ch, train.dac_a, train.dac_b)
+
+
+def start_ops(trains, channels):
+    """The writes before a START enables the state machines: each channel's first-pulse codes."""
+    ops: list = []
+    for ch in channels:
+        a, b = pulse_codes(trains[ch], 0)
+        ops.extend(dac_bus.update_ops(ch, a, b))
+    return ops
+
+
+def _check_group(trains, channels, waits, field_of):
+    """Refuse a ramp group whose boundaries differ or whose idle is too short for its writes."""
+    lead = trains[channels[0]]
+    key = timing_key(lead, waits[channels[0]] if waits else 0)
+    for ch in channels[1:]:
+        if timing_key(trains[ch], waits[ch] if waits else 0) != key:
+            raise RampMismatch(field_of(trains[ch]), ch, "channel %d cannot ramp with channel %d: their pulse "
+                               "timing differs" % (ch, channels[0]), channels[0], "<=")
+    v = update_idle_violation(lead, len(channels))
+    if v is not None:
+        raise Unrealisable(v.field, v.value, "%d channels updating at one boundary need more idle"
+                           % len(channels), v.limit, v.relation)
+    return lead
+
+
+def _too_many_ops(trains, channels, field_of, k_of, per_boundary):
+    """The Unrealisable naming the ramp field of the longest ramp when the op list would exceed
+    MAX_RAMP_OPS words."""
+    ch = channels[0]
+    for c in channels:
+        if k_of(trains[c]) > k_of(trains[ch]):
+            ch = c
+    t = trains[ch]
+    k_max = MAX_RAMP_OPS // per_boundary
+    field = field_of(t)
+    if field.endswith("_pulses"):
+        return Unrealisable(field, k_of(t), "more DAC ops than %d words" % MAX_RAMP_OPS, k_max, "<=")
+    return Unrealisable(field, ticks_to_ns(t.ramp_ticks if field == "ramp_up_ns" else t.ramp_down_ticks),
+                        "more DAC ops than %d words" % MAX_RAMP_OPS, ticks_to_ns(pulse_start_ticks(t, k_max)), "<=")
+
+
+def _up_field(train):
+    return "ramp_up_ns" if train.ramp_ticks else "ramp_up_pulses"
+
+
+def _down_field(train):
+    return "ramp_down_ns" if train.ramp_down_ticks else "ramp_down_pulses"
+
+
+def ramp_up_ops(trains, channels, waits=None):
+    """The ops that follow a START's pulses through the soft start of every channel in ``channels``
+    whose train has one (ramp_up_k > 1): per boundary a wait op on the lead channel's phase-2 pin,
+    then the writes of every ramping channel whose codes change (a bare wait when none does);
+    nothing after the last change. [] when no channel ramps.
+
+    Several channels ramp together only with identical pulse timing (timing_key, same trigger:
+    ``waits``), and then need dac_bus.min_idle_ticks(k) idle: else RampMismatch / Unrealisable,
+    and likewise beyond MAX_RAMP_OPS words. The waits never outnumber the pulses of a finite train.
+    """
+    ramping = [ch for ch in channels if trains[ch].ramp_up_k > 1]
+    if not ramping:
+        return []
+    lead = _check_group(trains, ramping, waits, _up_field)
+    n = 0
+    for ch in ramping:
+        if trains[ch].ramp_up_k > n:
+            n = trains[ch].ramp_up_k
+        total = total_pulses(trains[ch])
+        if total is not None and total < n:
+            n = total
+    wait = dac_bus.wait_op(phase2_pin(lead, ramping[0]))
+    prev = [pulse_codes(trains[ch], 0) for ch in ramping]
+    ops: list = []
+    last_change = 0
+    for j in range(1, n):
+        ops.append(wait)
+        for i, ch in enumerate(ramping):
+            codes = pulse_codes(trains[ch], j)
+            if codes != prev[i]:
+                prev[i] = codes
+                ops.extend(dac_bus.update_ops(ch, codes[0], codes[1]))
+                last_change = len(ops)
+        if len(ops) > MAX_RAMP_OPS:
+            raise _too_many_ops(trains, ramping, _up_field, _up_k, 1 + 2 * len(ramping))
+    del ops[last_change:]  # trailing bare waits would only delay the mark
+    return ops
+
+
+def _up_k(train):
+    return train.ramp_up_k
+
+
+def _down_k(train):
+    return train.ramp_down_k
+
+
+def ramp_down_ops(trains, channels):
+    """The soft stop of ``channels`` (each with ramp_down_k > 0, running with identical timing): at
+    each of the next K boundaries the writes of ramp_down_codes, at the boundary after a channel's
+    last ramp pulse its DAC shutdown; the caller stops the streams when the mark after these ops is
+    seen. RampMismatch / Unrealisable like ramp_up_ops (the caller then stops at once)."""
+    lead = _check_group(trains, channels, None, _down_field)
+    n = 0
+    for ch in channels:
+        if trains[ch].ramp_down_k > n:
+            n = trains[ch].ramp_down_k
+    wait = dac_bus.wait_op(phase2_pin(lead, channels[0]))
+    prev = [(trains[ch].dac_a, trains[ch].dac_b) for ch in channels]
+    ops: list = []
+    for j in range(n + 1):
+        ops.append(wait)
+        for i, ch in enumerate(channels):
+            t = trains[ch]
+            if j < t.ramp_down_k:
+                codes = ramp_down_codes(t, j)
+                if codes != prev[i]:
+                    prev[i] = codes
+                    ops.extend(dac_bus.update_ops(ch, codes[0], codes[1]))
+            elif j == t.ramp_down_k:
+                ops.extend(dac_bus.shutdown_ops(ch))
+        if len(ops) > MAX_RAMP_OPS:
+            raise _too_many_ops(trains, channels, _down_field, _down_k, 1 + 2 * len(channels))
+    return ops
 
 
 def iter_groups(train):

@@ -158,10 +158,11 @@ def test_expand_plays_the_delay_then_the_pulses():
 
 
 def test_ramp_codes_are_linear_in_time_and_balanced():
-    # 1 ms period, 5 ms ramp: pulses 0..3 get (k + 1) / 5 of the amplitude, pulse 4 the full one
+    # 1 ms period, 5 ms ramp: K = 5 pulses start before 5 ms; pulse k gets (k + 1) / 5 of the
+    # amplitude, so pulses 0..3 are reduced and pulse 4 has the full one
     t = train(period_ns=1_000_000, amplitude_ua=1000, ramp_up_ns=5_000_000)
     assert pe.dac_code(1000) == 400 and (t.dac_a, t.dac_b) == (400, 400)
-    assert pe.ramp_pulses(t) == 4
+    assert pe.ramp_pulses(t) == 5
     assert [pe.ramp_codes(t, k) for k in range(6)] == [(80, 80), (160, 160), (240, 240), (320, 320),
                                                        (400, 400), (400, 400)]
     # unbalanced phases: phase 2 twice phase 1 carries half the code; anodic first swaps A/B
@@ -182,9 +183,14 @@ def test_ramp_codes_never_drop_to_zero():
 def test_ramp_pulses_edges():
     assert pe.ramp_pulses(train(period_ns=1_000_000)) == 0                         # no ramp
     assert pe.ramp_codes(train(period_ns=1_000_000), 0) == (400, 400)
-    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=500_000)) == 0    # shorter than a period
-    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=1_000_008)) == 1
-    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=1_000_000)) == 0
+    # K = pulses starting before the ramp's end; K = 1 is the full amplitude from pulse 0 (no ramp)
+    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=500_000)) == 1    # shorter than a period
+    assert pe.ramp_codes(train(period_ns=1_000_000, ramp_up_ns=500_000), 0) == (400, 400)
+    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=1_000_008)) == 2
+    assert pe.ramp_codes(train(period_ns=1_000_000, ramp_up_ns=1_000_008), 0) == (200, 200)
+    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_ns=1_000_000)) == 1
+    # in pulses: taken as given
+    assert pe.ramp_pulses(train(period_ns=1_000_000, ramp_up_pulses=3)) == 3
 
 
 def test_build_train_refusals_name_the_field():

@@ -293,11 +293,11 @@ def test_ramp_is_monotonic_balanced_and_reaches_full():
     tr = pe.build_train(params(period_ns=50 * MS, ramp_up_ns=1 * S, phase2_ns=400_000,
                                amplitude_ua=5000))
     n = pe.ramp_pulses(tr)
-    assert n == 19
+    assert n == 20  # the pulses starting before 1 s; the last of them has the full codes
     codes = [pe.ramp_codes(tr, k) for k in range(n + 2)]
     bs = [b for _, b in codes]  # cathodic-first: B carries phase 1
     assert bs == sorted(bs) and bs[0] >= 1
-    assert codes[n] == codes[n + 1] == (tr.dac_a, tr.dac_b)
+    assert codes[n - 2] != codes[n - 1] == codes[n] == codes[n + 1] == (tr.dac_a, tr.dac_b)
     for a, b in codes:
         assert abs(b * tr.phase1_ticks - a * tr.phase2_ticks) * 2 <= tr.phase2_ticks
     assert pe.ramp_codes(pe.build_train(params()), 0) == (400, 400)

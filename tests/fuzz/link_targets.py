@@ -29,6 +29,9 @@ class FakeHal:
     def __init__(self):
         self.calls = []
         self._running = [False] * self.channels
+        self.busy = False  # DAC bus: ops queued and their mark not yet pushed (tests flip it)
+        self.mark_pulses = [0] * self.channels
+        self.ops = []  # every op word queued on the DAC bus (first_ops, ramp_ops, dac_play), in order
 
     def board_id(self):
         return b"fuzzhal0"
@@ -39,11 +42,28 @@ class FakeHal:
     def time_us(self):
         return 1234
 
-    def start(self, trains, mask, wait):
-        self.calls.append(["start", mask, list(wait)])
+    def start(self, trains, mask, wait, first_ops=None, ramp_ops=()):
+        if first_ops is None:
+            self.calls.append(["start", mask, list(wait)])
+        else:  # a soft start: the controller built the DAC ops
+            self.calls.append(["start", mask, list(wait), len(first_ops), len(ramp_ops)])
+            self.ops.extend(first_ops)
+            self.ops.extend(ramp_ops)
+            self.busy = self.busy or bool(ramp_ops)
         for ch in range(self.channels):
             if mask >> ch & 1:
                 self._running[ch] = True
+
+    def dac_play(self, ops):
+        self.calls.append(["dac_play", len(ops)])
+        self.ops.extend(ops)
+        self.busy = True
+
+    def dac_busy(self):
+        return self.busy
+
+    def dac_mark_pulses(self, ch):
+        return self.mark_pulses[ch]
 
     def replace(self, ch, train):
         self.calls.append(["replace", ch])
@@ -159,6 +179,7 @@ def seed_frames():
         M.SAVE: [b"\x00\x01", b"\x01\x02", b"\x00\x09"], M.LOAD: [b"\x01\x00", b"\x00\x05", b"\x00"],
         M.LINK: [b"\x64\x00\x00\x00", b"\x01\x00\x00\x00", b"\xff\xff\xff\xff"],
         M.EVENT_LOG: [b"\x00\x00", b"\xff\xff"], 0x55: [b""],
+        M.SET_AMPLITUDE: [M.encode_set_amplitude(0, 2000), M.encode_set_amplitude(0, 10 ** 6), b"\x00\x01"],
     }
     seq = 1
     for t in sorted(bodies):
