@@ -135,7 +135,50 @@ def op_engine(params, ramp_k=0):
     if ramp_k:
         out["ramp"] = [list(E.ramp_codes(t, k)) for k in range(ramp_k)]
         out["ramp_pulses"] = E.ramp_pulses(t) if t.ramp_ticks < 100 * t.period_ticks else -1
+    out["ramp_k"] = [t.ramp_up_k, t.ramp_down_k]
     return out
+
+
+def _exc(e):
+    return [type(e).__name__, getattr(e, "field", None), getattr(e, "value", None), getattr(e, "limit", None)]
+
+
+def op_ramp(params_list, channels, waits=None):
+    """The DAC bus op lists of a start / stop of ``channels`` (trains built from ``params_list``, one
+    per channel or None), the per-pulse codes of the first train, and build_checked's decision."""
+    from firmware import pulse_engine as E
+
+    trains = [None if p is None else E.build_train(p) for p in params_list]
+    out = {}
+    t = trains[channels[0]]
+    if t.ramp_up_k <= 300:
+        out["up_codes"] = [list(E.pulse_codes(t, j)) for j in range(t.ramp_up_k + 1)]
+    if t.ramp_down_k <= 300:
+        out["down_codes"] = [list(E.ramp_down_codes(t, j)) for j in range(t.ramp_down_k)]
+    out["first"] = E.start_ops(trains, channels)
+    try:
+        out["up"] = E.ramp_up_ops(trains, channels, waits)
+    except E.Unrealisable as e:
+        out["up"] = _exc(e)
+    down = [ch for ch in channels if trains[ch].ramp_down_k > 0]
+    if down:
+        try:
+            out["down"] = E.ramp_down_ops(trains, down)
+        except E.Unrealisable as e:
+            out["down"] = _exc(e)
+    out["amplitude"] = E.amplitude_ops(t, channels[0])
+    _, v = E.build_checked(params_list[channels[0]], LIMITS)
+    out["checked"] = _violation(v)
+    return out
+
+
+def op_amplitude_messages(ch, amp, amp2, dac_a, dac_b, time_us, from_pulse):
+    req = M.encode_set_amplitude(ch, amp)
+    resp = M.encode_amplitude_response(ch, amp, amp2, dac_a, dac_b)
+    ev = M.encode_amplitude_event(ch, time_us, from_pulse, amp)
+    log = M.encode_event_log([(1, ev), (2, M.encode_event(M.EV_BOOT, 0, time_us, 1)), (3, ev)])
+    return [_h(req), list(M.decode_set_amplitude(req)), _h(resp), M.decode_amplitude_response(resp), _h(ev),
+            M.decode_event(ev), _h(log), M.decode_event_log(log)]
 
 
 OPS = {
@@ -154,4 +197,6 @@ OPS = {
     "status": op_status,
     "impedance": op_impedance,
     "engine": op_engine,
+    "ramp": op_ramp,
+    "amplitude_messages": op_amplitude_messages,
 }

@@ -15,6 +15,7 @@ starts after ``1 + ch`` ticks, and impedance readings come from the session's co
 
 import binascii
 
+from firmware import pio_programs as pio
 from firmware.controller import Controller
 from protocol import params as P
 
@@ -52,6 +53,8 @@ class FakeHal:
         self._stopping = [False] * n
         self.watchdog = 0
         self.log = []
+        self._dac_ticks = 0  # DAC bus: ticks until the queued ops' mark is pushed (0 = idle)
+        self._marks = [0] * n  # pulses per channel when the last mark was pushed
 
     # identity, time, watchdog
     def board_id(self):
@@ -68,9 +71,14 @@ class FakeHal:
         self.watchdog += 1
 
     # stimulation
-    def start(self, trains, mask, wait_trigger):
-        self.log.append(["start", mask, list(wait_trigger),
-                         [_train_summary(trains[ch]) if mask >> ch & 1 else None for ch in range(self.channels)]])
+    def start(self, trains, mask, wait_trigger, first_ops=None, ramp_ops=()):
+        entry = ["start", mask, list(wait_trigger),
+                 [_train_summary(trains[ch]) if mask >> ch & 1 else None for ch in range(self.channels)]]
+        if first_ops is not None:
+            entry.append(list(first_ops))
+            entry.append(list(ramp_ops))
+            self._queue(ramp_ops)
+        self.log.append(entry)
         for ch in range(self.channels):
             if mask >> ch & 1:
                 t = trains[ch]
@@ -80,6 +88,24 @@ class FakeHal:
                 self._ticks[ch] = 0
                 self._wait[ch] = (1 + ch) if wait_trigger[ch] else 0
                 self._left[ch] = (2 + t.pulses % 3) if t.repeats else -1
+
+    # DAC bus: queued ops take one tick per wait op (a pulse boundary each), then the mark
+    def _queue(self, ops):
+        waits = 0
+        for op in ops:
+            if op & 0x1F not in (pio.DAC_WRITE_ENTRY, pio.DAC_MARK_ENTRY):
+                waits += 1
+        self._dac_ticks += waits if waits else 1
+
+    def dac_play(self, ops):
+        self.log.append(["dac_play", list(ops)])
+        self._queue(ops)
+
+    def dac_busy(self):
+        return self._dac_ticks > 0
+
+    def dac_mark_pulses(self, ch):
+        return self._marks[ch]
 
     def replace(self, ch, train):
         self.log.append(["replace", ch, _train_summary(train)])
@@ -130,6 +156,10 @@ class FakeHal:
 
     # the fake's own clock
     def tick(self):
+        if self._dac_ticks > 0:
+            self._dac_ticks -= 1
+            if self._dac_ticks == 0:
+                self._marks = [self.pulses(ch) for ch in range(self.channels)]
         for ch in range(self.channels):
             if not self._active[ch]:
                 continue

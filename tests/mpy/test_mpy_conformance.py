@@ -259,3 +259,52 @@ def test_engine(micropython):
     answers = check_conformance("engine", reqs)
     assert len(sets) >= 100, len(sets)
     assert sum(1 for a in answers if "exc" not in a) >= 100
+
+
+# ------------------------------------------------------------------------- ramps, live amplitude
+def test_ramps(micropython):
+    """Per-pulse ramp codes, the DAC bus op lists (start, soft start, soft stop, live change) and their
+    refusals are identical on MicroPython (op words stay below 2**30: small ints on the board)."""
+    rng = random.Random(RNG_SEED + 8)
+    reqs = []
+    for _ in range(500):
+        base = random_param_set(rng)
+        if P.validate(base, LIMITS) is not None or base["period_ns"] > 10**10:
+            continue
+        p = dict(base, ramp_up_ns=0, ramp_down_ns=0, ramp_up_pulses=0, ramp_down_pulses=0)
+        if rng.random() < 0.5:
+            p["ramp_up_pulses"] = rng.choice((1, 2, rng.randint(1, 60), 1000))
+        else:
+            p["ramp_up_ns"] = rng.randint(1, 60) * p["period_ns"] + rng.randint(-3, 3)
+        if rng.random() < 0.5:
+            p["ramp_down_pulses"] = rng.randint(0, 60)
+        else:
+            p["ramp_down_ns"] = rng.randint(0, 30 * p["period_ns"])
+        ch = rng.randrange(4)
+        others = [None] * 4
+        others[ch] = p
+        chans = [ch]
+        if rng.random() < 0.4:  # a second channel, same timing or not
+            ch2 = (ch + 1 + rng.randrange(3)) % 4
+            q = dict(p, amplitude_ua=rng.randint(1, p["amplitude_ua"]), polarity=rng.randint(0, 1))
+            if rng.random() < 0.3:
+                q["period_ns"] += 8
+            others[ch2] = q
+            chans.append(ch2)
+        reqs.append(["ramp", others, chans])
+    answers = check_conformance("ramp", reqs)
+    assert len(reqs) >= 40
+    assert any(isinstance(a.get("up"), list) and a["up"] and isinstance(a["up"][0], int) for a in answers)
+    assert any(a["up"] and a["up"][0] == "RampMismatch" for a in answers)
+    words = [w for a in answers for k in ("first", "up", "down", "amplitude") for w in a.get(k) or []
+             if isinstance(w, int)]
+    assert words and max(words) < 2**30
+
+
+def test_amplitude_messages(micropython):
+    rng = random.Random(RNG_SEED + 9)
+    reqs = [["amplitude_messages", rng.randrange(256), rng.randrange(2**31), rng.randrange(2**32),
+             rng.randrange(2**16), rng.randrange(2**16), rng.randrange(2**64), rng.randrange(2**32)]
+            for _ in range(200)]
+    reqs[0] = ["amplitude_messages", 3, 2**31 - 1, 0, 4095, 1, 2**64 - 1, 2**32 - 1]
+    check_conformance("amplitude_messages", reqs)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.mpy
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 20240611
 REQUESTS = (M.HELLO, M.GET_PARAMS, M.SET_PARAMS, M.START, M.STOP, M.TRIGGER, M.STATUS, M.IMPEDANCE,
-            M.CLEAR_FAULT)
+            M.CLEAR_FAULT, M.SET_AMPLITUDE)
 MASK_TYPES = (M.START, M.STOP, M.TRIGGER, M.IMPEDANCE, M.CLEAR_FAULT)
 
 
@@ -43,6 +43,9 @@ def _good_param_sets():
     sets.append(dict(base, burst_pulses=4, interburst_ns=10**6, train_duration_ns=2 * 10**7))
     sets.append(dict(base, amplitude_ua=2 * base["amplitude_ua"]))  # an amplitude change
     sets.append(dict(base, period_ns=2 * base["period_ns"]))  # a timing-only change (replace while running)
+    # soft start / soft stop, in pulses and in time (issue 13)
+    sets.append(dict(base, ramp_up_pulses=3, ramp_down_pulses=2, train_duration_ns=8 * base["period_ns"]))
+    sets.append(dict(base, ramp_up_ns=4 * base["period_ns"], ramp_down_ns=2 * base["period_ns"]))
     return [P.complete(s) for s in sets if P.validate(P.complete(s), LIMITS) is None]
 
 
@@ -74,6 +77,8 @@ class SessionBuilder:
             return bytes([ch & 0xFF])
         if t in MASK_TYPES:
             return bytes([mask & 0xFF])
+        if t == M.SET_AMPLITUDE:
+            return M.encode_set_amplitude(ch & 0xFF, self.rng.choice((1, 500, 2000, 10000, 10001, mask * 97)))
         return b""
 
     def request(self, t, body, version=framing.PROTOCOL_VERSION):
@@ -212,6 +217,12 @@ def targeted_sessions():
                  ["tick", 8]], {}])
     # foreign version, unknown type, empty and oversize bodies
     out.append([[["rx", (f(M.HELLO, 1, b"", 1) + f(0x55, 2) + f(M.STATUS, 3, b"\x00") + f(M.START, 4)).hex()]], {}])
+    # a ramped start, a live change once the ramp is over, a stop with a ramp-down (issue 13)
+    ramp = P.complete(dict(P.complete({}), ramp_up_pulses=3, ramp_down_pulses=2))
+    out.append([[["rx", (f(M.SET_PARAMS, 1, M.encode_params(1, ramp)) + f(M.START, 2, b"\x02")
+                         + f(M.SET_AMPLITUDE, 3, M.encode_set_amplitude(1, 2000))).hex()], ["tick", 3],
+                 ["rx", f(M.SET_AMPLITUDE, 4, M.encode_set_amplitude(1, 2500)).hex()], ["tick", 2],
+                 ["rx", (f(M.GET_PARAMS, 5, b"\x01") + f(M.STOP, 6, b"\x02")).hex()], ["tick", 6]], {}])
     return out
 
 
@@ -269,6 +280,14 @@ def test_controller_targeted(micropython):
     assert dup["final"]["duplicates"] == 1 and [e[0] for e in dup["hal"]].count("start") == 1
     assert not_dup["final"]["duplicates"] == 0
     assert hello3["final"]["duplicates"] == 0 and hello3["final"]["nacks"] == 0
+    ramp = answers[-1]
+    frames = _decode_all([ramp])
+    kinds = [M.decode_event(f.body)["kind"] for f in frames if f.type == M.EVENT]
+    assert kinds == ["amplitude", "train_done"], kinds
+    nacks = [M.decode_nack(f.body)["code"] for f in frames if f.type == M.NACK]
+    assert nacks == [M.E_DAC_BUSY]  # the first change came while the soft start played
+    assert [e[0] for e in ramp["hal"] if e[0] in ("start", "dac_play", "stop")] == ["start", "dac_play", "dac_play",
+                                                                                   "stop"]
     frames = _decode_all(answers[4:5])
     nacks = [M.decode_nack(f.body) for f in frames if f.type == M.NACK]
     assert [n["code"] for n in nacks] == [M.E_IMPEDANCE]
