@@ -80,6 +80,25 @@ REG_ALIAS_SET = 0x2000
 # (a disabled SM holds its pins at whatever it last drove).
 MOV_PINS_NULL = 0xA003
 
+# ---- DAC bus state machine (firmware/pio/dac.pio on PIO1 SM0, docs/ARCHITECTURE.md "DAC bus") -----
+DREQ_PIO1_TX0 = 8  # 2.5.3.1
+PIO_RXF0 = 0x020  # RXFn at 0x020 + 4n (read: pops the FIFO)
+PIO_SM0_SHIFTCTRL = 0x0D0
+FSTAT_RXEMPTY_SHIFT = 8  # FSTAT.RXEMPTY bits 11:8 (one per SM)
+SHIFTCTRL_FJOIN_RX = 1 << 31  # changing FJOIN_RX flushes both FIFOs (3.7 SHIFTCTRL)
+REG_ALIAS_XOR = 0x1000
+REG_ALIAS_CLR = 0x3000
+CTRL_SM_RESTART_SHIFT = 4  # PIO CTRL.SM_RESTART 7:4, self-clearing
+PINCTRL_OUT_COUNT_SHIFT = 20
+PINCTRL_SIDESET_BASE_SHIFT = 10
+PINCTRL_SIDESET_COUNT_SHIFT = 29
+# `mov osr, null` / `out pins, 9` / `out pindirs, 9`, side-set 0 (SCK low): executed through SMx_INSTR
+# they drive MOSI and every chip-select latch low and release every chip select (direction 0).
+DAC_MOV_OSR_NULL = 0xA0E3
+DAC_OUT_PINS_9 = 0x6000 | pio.DAC_OUT_COUNT
+DAC_OUT_PINDIRS_9 = 0x6080 | pio.DAC_OUT_COUNT
+DAC_RX_DEPTH = 4  # `.fifo txrx`: 4-deep RX FIFO (marks)
+
 # ---- watchdog / misc ----
 WDT_TIMEOUT_MS = 2000  # see docs/HARDWARE.md: 2 s covers the slowest legal main-loop step
 RING_BITS = 10  # control ring = 2**RING_BITS bytes = 256 entries (RING_LEN groups ahead of the DMA)
@@ -184,6 +203,16 @@ def control_ctrl(control_channel, ring_bits=RING_BITS):
     """Control channel: full speed, one word per trigger, read ring over the control ring, no chain
     (CHAIN_TO = itself)."""
     return dma_ctrl(TREQ_PERMANENT, control_channel, inc_read=True, inc_write=False, ring_bits=ring_bits)
+
+
+def pio_reg(pio_id, offset):
+    """Address of a PIO block register (CTRL, FSTAT, FLEVEL, ...) plus an alias offset if any."""
+    return pio_base(pio_id) + offset
+
+
+def pio_sm_reg(pio_id, sm, sm0_offset):
+    """Address of a per-SM register given its SM0 offset (CLKDIV 0x0c8 ... PINCTRL 0x0dc)."""
+    return pio_base(pio_id) + sm0_offset + PIO_SM_STRIDE * sm
 
 
 def aligned_offset(addr, align_bytes):
@@ -729,11 +758,6 @@ def ticks_to_us_ceil(ticks):
     return (ticks * 1_000_000 + board.SYS_CLK_HZ - 1) // board.SYS_CLK_HZ
 
 
-def dac_word(channel_b, code):
-    """MCP4822 16-bit command (board.py): gain 1x, output on."""
-    return (board.DAC_CMD_B if channel_b else board.DAC_CMD_A) | (code & 0xFFF)
-
-
 def reset_reason_code(cause, pwron, wdt, soft):
     """machine.reset_cause() -> contract code: 0 power-on (also RUN pin / unknown), 1 watchdog,
     2 soft."""
@@ -742,3 +766,116 @@ def reset_reason_code(cause, pwron, wdt, soft):
     if cause == soft:
         return 2
     return 0
+
+
+# ---- DAC bus: op-word bookkeeping for the HAL (pure; firmware/pio/dac.pio, firmware/dac_bus.py) ------
+# Program addresses by role: the write routine (select, 16 bits, release), and per `gpN` routine its two
+# WAIT instructions (the wait is still open there) and the `jmp next` after them (the wait is done).
+_GP_ENTRIES = [e for n, e in pio.DAC_ENTRIES.items() if n.startswith("gp")]
+DAC_WAIT_OPS = set(_GP_ENTRIES)  # a wait op word is exactly its routine's address
+_DAC_WAITING_PCS = set([e for e in _GP_ENTRIES] + [e + 1 for e in _GP_ENTRIES])
+_DAC_WAIT_DONE_PCS = set([e + 2 for e in _GP_ENTRIES if e + 2 < 32])
+_DAC_WRITE_PCS = set(range(pio.DAC_WRITE_ENTRY, min(_GP_ENTRIES)))
+_DAC_PULL_PC = pio.DAC_NEXT_ENTRY  # `pull block` (stalls here when idle)
+_DAC_OUTPC_PC = pio.DAC_NEXT_ENTRY + 1  # `out pc, 5`: a word pulled, its routine not entered yet
+DAC_MARK = pio.DAC_MARK_ENTRY
+
+
+def dac_is_wait(word):
+    return word in DAC_WAIT_OPS
+
+
+def dac_is_write(word):
+    return word & 0x1F == pio.DAC_WRITE_ENTRY and word >> 5 != 0
+
+
+def dac_wait_pin(word):
+    """GPIO a wait op waits on (its routine's name gpN)."""
+    for n, e in pio.DAC_ENTRIES.items():
+        if e == word and n.startswith("gp"):
+            return int(n[2:])
+    return -1
+
+
+def dac_batch_len(ops, start, limit):
+    """How many words of ``ops[start:]`` one DMA batch takes (at most ``limit``): everything if it fits,
+    else up to the last wait op inside the limit, so a batch never ends between a wait op and the
+    writes that must follow it (those go out in the same idle, paced by the FIFO, not by the CPU)."""
+    n = len(ops) - start
+    if n <= limit:
+        return n
+    for k in range(limit - 1, 0, -1):
+        if ops[start + k] in DAC_WAIT_OPS:
+            return k
+    return limit  # no wait op at all in the window: only unbound writes/marks, any cut is safe
+
+
+def _bound_write_next(prev, nxt):
+    """True when ``nxt`` is a write that must follow ``prev`` (a wait or a write of the same group)
+    without a pause: interrupting there could push the write into the next pulse."""
+    return nxt is not None and dac_is_write(nxt) and prev is not None and (dac_is_write(prev) or prev in DAC_WAIT_OPS)
+
+
+def dac_resume_ops(pc, batch, pulled, rest, prev_last=None):
+    """The op words still to play after the DAC state machine was disabled at program address ``pc``
+    having pulled ``pulled`` words of the DMA batch ``batch`` (``rest``: words not handed to the DMA
+    yet; ``prev_last``: the last word of the batch before). None when ``pc`` is not a safe point, i.e.
+    inside a write, or between a completed wait op (or write) and a write bound to it: the caller
+    lets the SM run on and tries again. An open wait op is played again from its start (it waits
+    for the NEXT end of that phase, so its writes still land between two pulses)."""
+    n = len(batch)
+    if pulled < 0 or pulled > n:
+        return None
+    follow = list(batch[pulled:]) + list(rest)
+    nxt = follow[0] if follow else None
+    cur = batch[pulled - 1] if pulled >= 1 else prev_last
+    prev = batch[pulled - 2] if pulled >= 2 else (prev_last if pulled == 1 else None)
+    if pc in _DAC_WRITE_PCS:
+        return None
+    if pc in _DAC_WAITING_PCS:
+        if cur is None or cur not in DAC_WAIT_OPS:
+            return None
+        return [cur] + follow
+    if pc in _DAC_WAIT_DONE_PCS:
+        return None if _bound_write_next(cur, nxt) else follow
+    if pc == _DAC_OUTPC_PC:  # `cur` pulled, not entered yet: play it again
+        if cur is None or _bound_write_next(prev, cur):
+            return None
+        return [cur] + follow
+    if pc == DAC_MARK:  # the mark's push has not run yet (or the SM never ran: nothing pulled)
+        if pulled == 0 and prev_last is None:
+            return follow
+        if cur != DAC_MARK:
+            return None
+        return [DAC_MARK] + follow
+    if pc == _DAC_PULL_PC:
+        return None if _bound_write_next(cur, nxt) else follow
+    return None  # any other address is not part of the program's op routines
+
+
+def dac_drop_channels(ops, pins):
+    """``ops`` without the groups (a wait op and the writes after it) that wait on one of ``pins``:
+    a stopped channel's phase pins never move again, so its waits would block the bus forever."""
+    out = []
+    skip = False
+    for w in ops:
+        if w in DAC_WAIT_OPS:
+            skip = dac_wait_pin(w) in pins
+        elif not dac_is_write(w):
+            skip = False  # a mark ends a group
+        if not skip:
+            out.append(w)
+    return out
+
+
+def dac_ctrl(channel):
+    """DMA CTRL for the DAC bus channel: paced by DREQ_PIO1_TX0 + DAC_SM, read increments, write fixed
+    (the TX FIFO), no chain (CHAIN_TO = itself)."""
+    return dma_ctrl(DREQ_PIO1_TX0 + board.DAC_SM, channel, inc_read=True, inc_write=False)
+
+
+def dac_pinctrl():
+    """PINCTRL of the DAC state machine: OUT_BASE = MOSI, OUT_COUNT 9 (MOSI and the chip selects),
+    side-set 1 pin at SCK (no enable bit), no SET pins, IN_BASE unused (its waits are WAIT GPIO)."""
+    return (board.DAC_MOSI_PIN | pio.DAC_OUT_COUNT << PINCTRL_OUT_COUNT_SHIFT
+            | board.DAC_SCK_PIN << PINCTRL_SIDESET_BASE_SHIFT | pio.DAC_SIDESET_COUNT << PINCTRL_SIDESET_COUNT_SHIFT)

@@ -13,7 +13,7 @@ import machine
 import rp2
 import uctypes
 
-from firmware import board, dma_chain, impedance, pulse_engine
+from firmware import board, dac_bus, dma_chain, impedance, pulse_engine
 from firmware import pio_programs as pio
 
 try:
@@ -45,7 +45,31 @@ MONITOR_IRQ_OFF_US = 100
 # due at least this far ahead is chosen, so the wait never starts after the due time.
 MONITOR_PREP_US = 1000
 _ANCHOR_WAIT_US = 400  # _anchor: longest wait (interrupts off) for a first-phase edge
-_LDAC_PULSE_US = 1  # MCP4822 LDAC low time >= 100 ns
+# DAC bus (docs/ARCHITECTURE.md "DAC bus", docs/HARDWARE.md): one DMA channel feeds op words to the
+# dac state machine from a bounded buffer, one batch at a time; _DAC_BUF_WORDS = 42 updates of one
+# channel ([wait, write A, write B]) per batch.
+_DAC_BUF_WORDS = 128
+_DAC_MARK_TIMEOUT_US = 2000  # a write takes 1.4 us: the HAL's own writes are done far sooner
+_DAC_SAFE_POINT_US = 500  # longest wait for the DAC SM to leave a write burst (8 writes: 11 us)
+
+
+def _assemble_dac():
+    """The generated dac program: 32 instructions (all of PIO1's memory: load offset 0), side-set 1
+    pin without enable bit. asm_pio makes the side-set optional (EXECCTRL.SIDE_EN) unless every
+    instruction calls ``.side()``, so each word goes in without bit 12 and ``.side()`` puts it back:
+    the assembled words are exactly the generated ones."""
+
+    @rp2.asm_pio(sideset_init=[rp2.PIO.OUT_LOW], out_shiftdir=rp2.PIO.SHIFT_RIGHT, autopull=False,
+                 pull_thresh=pio.DAC_PULL_THRESHOLD)
+    def dac(ops=pio.DAC_OPCODES, wrap_at=pio.DAC_WRAP_TARGET, wrap_end=pio.DAC_WRAP):
+        for i in range(len(ops)):
+            if i == wrap_at:
+                wrap_target()
+            word(ops[i] & 0xEFFF).side(ops[i] >> 12 & 1)
+            if i == wrap_end:
+                wrap()
+
+    return dac
 
 
 def _assemble(out_count):
@@ -127,7 +151,8 @@ class _Chan:
         self.idle_since = None
         self.final_pulses = 0
         self.buffers = []  # keep every block buffer alive while the DMA may read it
-        self.pending_dac = None  # (abs entry, a, b): latch when the stream reaches that entry
+        self.pending_dac = None  # (abs entry, ops): DAC bus ops to queue when the stream reaches that entry
+        self.dac_codes = None  # (dac_a, dac_b) the channel's DAC holds (None: off)
         self.last_ohm = None  # last valid impedance reading (None: none yet)
         # phase-1 monitoring (phase1_samples): the schedule of the running train
         self.train = None
@@ -150,7 +175,8 @@ class Rp2Hal:
             for p in (board.CH_POS[ch], board.CH_NEG[ch], board.CH_RECOVERY[ch]):
                 self._drive.append(Pin(p, Pin.OUT, value=0))
         self._drive.append(Pin(board.SYNC_PIN, Pin.OUT, value=0))
-        # 2. DACs: chip selects idle high, LDAC high, both outputs of every MCP4822 shut down.
+        # 2. DACs: chip selects idle high, LDAC high, both outputs of every MCP4822 shut down by the
+        # CPU over SPI0; then LDAC low for good (every DAC output follows its own CS rising edge).
         self._cs = [Pin(p, Pin.OUT, value=1) for p in board.CH_DAC_CS]
         self._ldac = Pin(board.DAC_LDAC_PIN, Pin.OUT, value=1)
         self._spi = machine.SPI(board.DAC_SPI_ID, baudrate=board.DAC_BAUD, polarity=0, phase=0, bits=8,
@@ -158,8 +184,9 @@ class Rp2Hal:
                                 mosi=Pin(board.DAC_MOSI_PIN), miso=None)
         self._dacbuf = bytearray(2)
         for ch in range(board.CHANNELS):
-            self._dac_shutdown(ch, latch=False)
-        self._latch()
+            self._dac_write(ch, board.DAC_CMD_SHUTDOWN_A)
+            self._dac_write(ch, board.DAC_CMD_SHUTDOWN_B)
+        self._ldac.value(0)
         # 3. Watchdog (WDT_TIMEOUT_MS, docs/HARDWARE.md), then the reset reason.
         self._wdt = machine.WDT(timeout=dma_chain.WDT_TIMEOUT_MS)
         self._reset_reason = dma_chain.reset_reason_code(
@@ -179,6 +206,9 @@ class Rp2Hal:
         self._ch = [_Chan(ch, self._addr_of) for ch in range(board.CHANNELS)]
         for st in self._ch:
             self._init_sm(st, board.TRIG1_PIN)
+        # 4. The DAC bus: PIO1 SM0 (dac.pio) fed by one DMA channel; it takes SCK/MOSI/CS over from
+        # SPI0/SIO (_dac_attach) and idles at `pull block`.
+        self._dac_init()
 
     # ---- identity, time, watchdog --------------------------------------------------------------
     def board_id(self):
@@ -193,8 +223,9 @@ class Rp2Hal:
     def feed_watchdog(self):
         self._wdt.feed()
 
-    # ---- DAC -----------------------------------------------------------------------------------
+    # ---- DAC: the CPU path (boot, crash path) ---------------------------------------------------
     def _dac_write(self, ch, cmd):
+        """One MCP4822 command over SPI0 by the CPU (pins on SPI0/SIO: boot and _dac_cpu_shutdown)."""
         b = self._dacbuf
         b[0] = cmd >> 8 & 0xFF
         b[1] = cmd & 0xFF
@@ -203,23 +234,278 @@ class Rp2Hal:
         self._spi.write(b)
         cs.value(1)
 
-    def _latch(self):
-        """LDAC low pulse: every DAC's input registers go to its outputs together."""
-        self._ldac.value(0)
-        time.sleep_us(_LDAC_PULSE_US)
-        self._ldac.value(1)
+    def _dac_cpu_shutdown(self):
+        """Every DAC output off by the CPU, whatever the DAC bus state machine was doing: the SM is
+        disabled and its DMA aborted first (nothing from PIO1 reaches the pins any more), the chip
+        selects become SIO outputs driven high and SCK/MOSI go back to SPI0, then the shutdown
+        commands go out over SPI0 (LDAC is low: each output turns off at its CS rising edge). No step
+        waits on the PIO, so it cannot hang; a write the SM was in the middle of is cut (its DAC sees
+        a short command, then the full shutdown command). The next DAC use hands the pins back to
+        PIO1 (_dac_attach)."""
+        irq = machine.disable_irq()
+        mem32[self._r_dac_ctrl_clr] = self._dac_sm_bit
+        machine.enable_irq(irq)
+        self._dac_abort()
+        self._dac_reset_queue()
+        for cs in self._cs:
+            cs.init(Pin.OUT, value=1)
+        self._ldac.value(0)  # (held low since boot; asserted again: the commands act at CS rise)
+        Pin(board.DAC_SCK_PIN, Pin.ALT, alt=Pin.ALT_SPI)
+        Pin(board.DAC_MOSI_PIN, Pin.ALT, alt=Pin.ALT_SPI)
+        for ch in range(board.CHANNELS):
+            self._dac_write(ch, board.DAC_CMD_SHUTDOWN_A)
+            self._dac_write(ch, board.DAC_CMD_SHUTDOWN_B)
+        self._dac_on_pio = False
 
-    def _dac_set(self, ch, code_a, code_b, latch=True):
-        self._dac_write(ch, dma_chain.dac_word(False, code_a))
-        self._dac_write(ch, dma_chain.dac_word(True, code_b))
-        if latch:
-            self._latch()
+    # ---- DAC bus state machine (PIO1 SM0, docs/ARCHITECTURE.md "DAC bus") ----------------------
+    def _dac_init(self):
+        self._dac_prog = _assemble_dac()
+        self._dac_sm = rp2.StateMachine(board.DAC_PIO * 4 + board.DAC_SM)
+        self._dac_dma = rp2.DMA()
+        d = getattr(self._dac_dma, "channel")
+        p, sm = board.DAC_PIO, board.DAC_SM
+        # register addresses (>= 2**30: heap ints on the board) and words, computed once
+        self._r_dac_ctrl_set = dma_chain.pio_reg(p, dma_chain.PIO_CTRL + dma_chain.REG_ALIAS_SET)
+        self._r_dac_ctrl_clr = dma_chain.pio_reg(p, dma_chain.PIO_CTRL + dma_chain.REG_ALIAS_CLR)
+        self._r_dac_fstat = dma_chain.pio_reg(p, dma_chain.PIO_FSTAT)
+        self._r_dac_flevel = dma_chain.pio_flevel(p)
+        self._r_dac_txf = dma_chain.pio_txf(p, sm)
+        self._r_dac_rxf = dma_chain.pio_reg(p, dma_chain.PIO_RXF0 + 4 * sm)
+        self._r_dac_pc = dma_chain.pio_sm_addr_reg(p, sm)
+        self._r_dac_instr = dma_chain.pio_sm_instr_reg(p, sm)
+        self._r_dac_pinctrl = dma_chain.pio_sm_pinctrl_reg(p, sm)
+        self._r_dac_shift_xor = dma_chain.pio_sm_reg(p, sm, dma_chain.PIO_SM0_SHIFTCTRL) + dma_chain.REG_ALIAS_XOR
+        self._r_dd_read = dma_chain.dma_reg(d, dma_chain.DMA_READ_ADDR)
+        self._r_dd_write = dma_chain.dma_reg(d, dma_chain.DMA_WRITE_ADDR)
+        self._r_dd_count = dma_chain.dma_reg(d, dma_chain.DMA_TRANS_COUNT)
+        self._r_dd_trig = dma_chain.dma_reg(d, dma_chain.DMA_CTRL_TRIG)
+        self._r_dd_ctrl = dma_chain.dma_reg(d, dma_chain.DMA_AL1_CTRL)
+        self._dac_dma_bit = 1 << d
+        self._dac_run = dma_chain.dac_ctrl(d)
+        self._dac_off = self._dac_run & ~dma_chain.CTRL_EN
+        self._dac_sm_bit = 1 << sm
+        self._dac_restart_bit = 1 << (dma_chain.CTRL_SM_RESTART_SHIFT + sm)
+        self._dac_rxempty = 1 << (dma_chain.FSTAT_RXEMPTY_SHIFT + sm)
+        self._dac_pins_pio = dma_chain.dac_pinctrl()
+        self._dbuf = array("I", [0] * _DAC_BUF_WORDS)
+        self._dbuf_addr = uctypes.addressof(self._dbuf)
+        self._dq = []  # op words not handed to the DMA yet (self._dqi: the next one)
+        self._dqi = 0
+        self._dbatch_n = 0  # words of the batch in self._dbuf handed to the DMA
+        self._dprev_last = None  # last word of the batch before it
+        self._dac_pending = 0  # marks queued and not seen yet
+        self._dac_seen = 0  # marks seen since boot
+        self._mark_pulses = [0] * board.CHANNELS
+        self._dac_on_pio = False
+        self._dac_attach()
 
-    def _dac_shutdown(self, ch, latch=True):
-        self._dac_write(ch, board.DAC_CMD_SHUTDOWN_A)
-        self._dac_write(ch, board.DAC_CMD_SHUTDOWN_B)
-        if latch:
-            self._latch()
+    def _dac_attach(self):
+        """Hand SCK/MOSI/CS to PIO1 and start the DAC SM, idle: program loaded at offset 0, SM0
+        configured (side-set SCK, OUT MOSI + 8 pins, shift right, pull threshold 30, divider 1),
+        every OUT latch low and every chip select released (direction 0) before the pads switch, the
+        chip-select pads pulled up (the external pull-ups are required as well: docs/HARDWARE.md),
+        PC at `next`, enabled: it stalls at `pull block` with SCK low."""
+        sm = self._dac_sm
+        sm.init(self._dac_prog, freq=board.SYS_CLK_HZ, sideset_base=Pin(board.DAC_SCK_PIN),
+                out_base=Pin(board.DAC_MOSI_PIN), out_shiftdir=rp2.PIO.SHIFT_RIGHT, pull_thresh=pio.DAC_PULL_THRESHOLD)
+        mem32[self._r_dac_pinctrl] = self._dac_pins_pio  # OUT_COUNT 9 (asm_pio has no out_init for it)
+        self._dac_exec_release()
+        mem32[self._r_dac_instr] = dma_chain.jmp(pio.DAC_NEXT_ENTRY)
+        for p in board.CH_DAC_CS:
+            Pin(p, Pin.ALT, pull=Pin.PULL_UP, alt=Pin.ALT_PIO1)
+        Pin(board.DAC_MOSI_PIN, Pin.ALT, pull=Pin.PULL_DOWN, alt=Pin.ALT_PIO1)
+        mem32[self._r_dd_write] = self._r_dac_txf
+        mem32[self._r_dac_ctrl_set] = self._dac_sm_bit
+        self._dac_on_pio = True
+
+    def _dac_exec_release(self):
+        """Through SMx_INSTR (also on a disabled SM): MOSI and every chip-select latch low, every
+        chip select released (direction 0), SCK low."""
+        r = self._r_dac_instr
+        mem32[r] = dma_chain.DAC_MOV_OSR_NULL
+        mem32[r] = dma_chain.DAC_OUT_PINS_9
+        mem32[r] = dma_chain.DAC_MOV_OSR_NULL
+        mem32[r] = dma_chain.DAC_OUT_PINDIRS_9
+
+    def _dac_abort(self):
+        """Abort the DAC DMA channel (EN cleared first, CHAN_ABORT, bounded wait: erratum E13 order)."""
+        mem32[self._r_dd_ctrl] = self._dac_off
+        bit = self._dac_dma_bit
+        mem32[dma_chain.DMA_CHAN_ABORT] = bit
+        t0 = ticks_us()
+        while (mem32[dma_chain.DMA_CHAN_ABORT] & bit or mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY) \
+                and ticks_diff(ticks_us(), t0) < _ABORT_TIMEOUT_US:
+            pass
+
+    def _dac_reset_queue(self):
+        self._dq = []
+        self._dqi = 0
+        self._dbatch_n = 0
+        self._dprev_last = None
+        self._dac_pending = 0
+
+    def _dac_queue(self, ops):
+        """Queue ``ops`` and a mark after everything still queued; start a DMA batch if none runs."""
+        q = self._dq
+        marks = 1
+        for w in ops:
+            q.append(w)
+            if w == dac_bus.MARK_OP:
+                marks += 1
+        q.append(dac_bus.MARK_OP)
+        self._dac_pending += marks
+        self._dac_kick()
+
+    def _dac_kick(self):
+        """Hand the next batch to the DMA when the previous one is done (the DMA channel idle).
+        A batch never ends between a wait op and its writes (dma_chain.dac_batch_len)."""
+        q = self._dq
+        i = self._dqi
+        if i >= len(q) or not self._dac_on_pio or mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY:
+            return
+        n = dma_chain.dac_batch_len(q, i, _DAC_BUF_WORDS)
+        buf = self._dbuf
+        if self._dbatch_n:
+            self._dprev_last = buf[self._dbatch_n - 1]
+        for k in range(n):
+            buf[k] = q[i + k]
+        self._dbatch_n = n
+        i += n
+        if i >= len(q):
+            self._dq = []
+            i = 0
+        self._dqi = i
+        mem32[self._r_dd_read] = self._dbuf_addr
+        mem32[self._r_dd_write] = self._r_dac_txf
+        mem32[self._r_dd_count] = n
+        mem32[self._r_dd_trig] = self._dac_run
+
+    def _dac_marks(self):
+        """Pop the marks the SM pushed (at most the RX FIFO's depth per call; a bound, not a wait)."""
+        k = 0
+        while k < dma_chain.DAC_RX_DEPTH and not mem32[self._r_dac_fstat] & self._dac_rxempty:
+            mem32[self._r_dac_rxf]
+            k += 1
+        if k:
+            self._dac_seen += k
+            self._dac_pending = self._dac_pending - k if self._dac_pending > k else 0
+            # dac_mark_pulses: the board reads the pulse counts when it sees the mark (docs/HARDWARE.md)
+            for st in self._ch:
+                if st.active:  # (not through pulses(): that may queue DAC ops, see _service)
+                    alive = self._busy_reg(st.r_d_ctrl) or self._busy_reg(st.r_c_ctrl)
+                    self._mark_pulses[st.ch] = st.feeder.pulses_after(self._played(st, self._consumed(st), alive))
+        return k
+
+    def _dac_service(self):
+        if self._dac_pending:
+            self._dac_marks()
+            self._dac_kick()
+
+    def _dac_halt(self):
+        """Stop the DAC SM at a safe point and return the op words it has not played (None if it did
+        not reach one within _DAC_SAFE_POINT_US; it is then left disabled). A safe point: inside a wait
+        op (played again from its start: it waits for the NEXT end of that phase), or between two
+        groups; never inside a write or between a wait and its writes (the SM runs on and is stopped
+        again). Then the DMA is aborted, the marks already pushed are counted, both FIFOs flushed, and
+        the SM restarted at `next`, disabled."""
+        rest = self._dq[self._dqi:]
+        if not self._dac_on_pio:
+            return rest
+        buf = self._dbuf
+        t0 = ticks_us()
+        while True:
+            irq = machine.disable_irq()
+            mem32[self._r_dac_ctrl_clr] = self._dac_sm_bit
+            pc = mem32[self._r_dac_pc] & 0x1F
+            machine.enable_irq(irq)
+            n = self._dbatch_n
+            while True:  # a stable read: the DMA may still move words into the FIFO
+                lvl = mem32[self._r_dac_flevel] & 0xF
+                busy = n and mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY
+                remaining = mem32[self._r_dd_count] if busy else 0
+                if mem32[self._r_dac_flevel] & 0xF == lvl:
+                    break
+            ops = dma_chain.dac_resume_ops(pc, [buf[k] for k in range(n)], n - remaining - lvl, rest,
+                                           self._dprev_last)
+            if ops is not None:
+                break
+            if ticks_diff(ticks_us(), t0) >= _DAC_SAFE_POINT_US:
+                return None
+            mem32[self._r_dac_ctrl_set] = self._dac_sm_bit  # let the write burst finish
+            time.sleep_us(2)
+        self._dac_abort()
+        self._dac_marks()
+        x = self._r_dac_shift_xor
+        mem32[x] = dma_chain.SHIFTCTRL_FJOIN_RX  # flush both FIFOs (pico-sdk pio_sm_clear_fifos)
+        mem32[x] = dma_chain.SHIFTCTRL_FJOIN_RX
+        mem32[self._r_dac_ctrl_set] = self._dac_restart_bit
+        mem32[self._r_dac_instr] = dma_chain.jmp(pio.DAC_NEXT_ENTRY)
+        self._dq = []
+        self._dqi = 0
+        self._dbatch_n = 0
+        self._dprev_last = None
+        return ops
+
+    def _dac_now(self, ops, drop_pins=()):
+        """Play ``ops`` (writes for channels that are not running) ahead of everything still queued,
+        dropping the queued groups that wait on ``drop_pins`` (a stopped channel's), and wait
+        (bounded) for the mark after them. Returns False when the bus did not confirm them."""
+        if not self._dac_on_pio:
+            self._dac_attach()
+        rest = self._dac_halt()
+        if rest is None:
+            return False
+        if drop_pins:
+            rest = dma_chain.dac_drop_channels(rest, drop_pins)
+        q = list(ops)
+        q.append(dac_bus.MARK_OP)
+        q.extend(rest)
+        pending = 0
+        for w in q:
+            if w == dac_bus.MARK_OP:
+                pending += 1
+        self._dq = q
+        self._dqi = 0
+        self._dac_pending = pending
+        seen = self._dac_seen
+        mem32[self._r_dac_ctrl_set] = self._dac_sm_bit
+        self._dac_kick()
+        t0 = ticks_us()
+        while self._dac_seen == seen:
+            self._dac_marks()
+            self._dac_kick()
+            if self._dac_seen == seen and ticks_diff(ticks_us(), t0) >= _DAC_MARK_TIMEOUT_US:
+                return False
+        return True
+
+    def _channel_pins(self, ch):
+        return (board.CH_POS[ch], board.CH_NEG[ch])
+
+    def _dac_channel_off(self, ch):
+        """Both outputs of channel ``ch``'s DAC off through the DAC bus, its queued groups dropped (its
+        pins no longer move). The channel is not running. RuntimeError (the crash path then shuts
+        every DAC down by the CPU) if the bus does not confirm it."""
+        self._ch[ch].dac_codes = None
+        if not self._dac_now(dac_bus.shutdown_ops(ch), self._channel_pins(ch)):
+            raise RuntimeError("DAC bus: channel %d's shutdown was not confirmed" % ch)
+
+    # ---- contract: DAC bus -----------------------------------------------------------------------
+    def dac_play(self, ops):
+        """Queue op words (dac_bus: wait ops, then writes) after anything still queued; a mark follows."""
+        if not self._dac_on_pio:
+            self._dac_attach()
+        self._dac_queue(ops)
+
+    def dac_busy(self):
+        """Ops still queued or playing (the last mark not pushed yet)."""
+        self._dac_service()
+        return self._dac_pending > 0
+
+    def dac_mark_pulses(self, ch):
+        """Pulses of ``ch`` completed when the HAL saw the most recent mark (read at that moment, so
+        on the board it may count pulses played after the mark was pushed: docs/HARDWARE.md)."""
+        self._dac_service()
+        return self._mark_pulses[ch]
 
     # ---- PIO -----------------------------------------------------------------------------------
     def _init_sm(self, st, in_pin):
@@ -318,15 +604,22 @@ class Rp2Hal:
         st.active = False
         st.waits = False
         st.retired = []
-        self._dac_shutdown(st.ch)
+        self._dac_channel_off(st.ch)
 
     # ---- contract: stimulation -----------------------------------------------------------------
-    def start(self, trains, mask, wait_trigger):
+    def start(self, trains, mask, wait_trigger, first_ops=None, ramp_ops=()):
         """Load every masked channel, prime its FIFO, then enable all their SMs with ONE write of the
         PIO CTRL set-alias (SM_ENABLE | CLKDIV_RESTART): same PIO cycle. Precondition (the
         controller's): no masked channel is running; a channel still waiting for its trigger is
         disarmed first. Refused (ValueError, before anything changes) for a channel whose train is
-        running: a started train is never restarted (it would cut the pulse in progress)."""
+        running: a started train is never restarted (it would cut the pulse in progress).
+
+        Amplitude before any edge, through the DAC bus: ``first_ops`` (writes only), or when None
+        each started channel's full codes (dac_bus.update_ops), played ahead of anything queued
+        (groups still queued for the started channels are dropped) and confirmed by their mark
+        before the SMs are enabled (RuntimeError, nothing started, if the bus does not confirm them
+        within _DAC_MARK_TIMEOUT_US). Then ``ramp_ops`` (they begin with wait ops, so they follow the
+        pulses) are queued with a mark after them."""
         chosen = [st for st in self._ch if mask >> st.ch & 1]
         for st in chosen:
             if st.active and (not st.waits or self.disarm(1 << st.ch)):
@@ -354,11 +647,29 @@ class Rp2Hal:
             st.cut_nonnull = -1
             st.waits = bool(wait)
             st.active = True
-            # Amplitude before any edge: both directions' codes, latched together.
-            self._dac_set(st.ch, train.dac_a, train.dac_b)
             trig_bits |= 1 << st.ctl_ch
             n = entries * plan.p
             expect[st.ch] = n if n < dma_chain.FIFO_DEPTH else dma_chain.FIFO_DEPTH
+        if chosen:
+            ops = first_ops
+            drop = []
+            for st in chosen:
+                drop.extend(self._channel_pins(st.ch))
+            if ops is None:
+                ops = []
+                for st in chosen:
+                    ops.extend(dac_bus.update_ops(st.ch, trains[st.ch].dac_a, trains[st.ch].dac_b))
+            if not self._dac_now(ops, drop):
+                for st in chosen:
+                    self._halt(st)
+                    self._abort(st)
+                    st.active = False
+                    st.waits = False
+                raise RuntimeError("DAC bus: the start's DAC writes were not confirmed")
+            for st in chosen:
+                st.dac_codes = (trains[st.ch].dac_a, trains[st.ch].dac_b)
+            if ramp_ops:
+                self._dac_queue(ramp_ops)
         mem32[dma_chain.DMA_MULTI_CHAN_TRIGGER] = trig_bits
         t0 = ticks_us()
         for st in chosen:
@@ -448,8 +759,15 @@ class Rp2Hal:
             st.retired.append((switch, st.buffers))
         st.buffers = bufs
         self._release(st, c)
-        # The new amplitude is latched once the stream has pulled every old word (see HARDWARE.md).
-        st.pending_dac = (switch, train.dac_a, train.dac_b)
+        # New codes: once the stream has pulled every old word, [wait for the end of the next pulse's
+        # phase 2] + the writes go to the DAC bus, so they land between two pulses (HARDWARE.md).
+        old = st.dac_codes
+        st.dac_codes = (train.dac_a, train.dac_b)
+        ops = []
+        if old != st.dac_codes:
+            p2 = board.CH_POS[ch] if train.first == pulse_engine.NEG else board.CH_NEG[ch]
+            ops = [dac_bus.wait_op(p2)] + dac_bus.update_ops(ch, train.dac_a, train.dac_b)
+        st.pending_dac = (switch, ops)  # the switch point the hardware reported (ops may be empty)
 
     def stop(self, mask):
         """End every masked channel, whatever its state. A channel waiting for its trigger is disarmed
@@ -491,10 +809,11 @@ class Rp2Hal:
         if st.retired:
             self._release(st, consumed)
         if st.pending_dac is not None:
-            at, a, b = st.pending_dac
+            at, ops = st.pending_dac
             if self._played(st, consumed, alive) >= at:
-                self._dac_set(st.ch, a, b)
                 st.pending_dac = None
+                if ops:
+                    self._dac_queue(ops)
         return consumed, alive
 
     def _played(self, st, consumed, alive):
@@ -529,7 +848,7 @@ class Rp2Hal:
         st.active = False
         st.waits = False
         st.retired = []
-        self._dac_shutdown(ch)
+        self._dac_channel_off(ch)
         return False
 
     def input_level(self, n):
@@ -701,7 +1020,9 @@ class Rp2Hal:
         self._mux[0].value(sel & 1)
         self._mux[1].value(sel >> 1 & 1)
         time.sleep_us((board.ADC_MUX_SETTLE_NS + 999) // 1000)
-        self._dac_set(ch, code, code)
+        if not self._dac_now(dac_bus.update_ops(ch, code, code), self._channel_pins(ch)):
+            self._dac_channel_off(ch)  # raises unless the bus recovered
+            return None
         settle_us = impedance.TEST_SAMPLE_NS // 1000 + 1  # +1: the µs timer's granularity
         phase_us = impedance.TEST_PULSE_NS // 1000
         ctrl = st.r_ctrl_set  # precomputed (>= 2**30): nothing is built with interrupts off
@@ -732,7 +1053,7 @@ class Rp2Hal:
             if ok:
                 raw = v >> (16 - board.ADC_BITS)
                 break
-        self._dac_shutdown(ch)
+        self._dac_channel_off(ch)
         if raw < 0:
             return None
         st.last_ohm = impedance.ohms(impedance.adc_to_electrode_uv(raw), current_ua)
@@ -772,8 +1093,8 @@ class Rp2Hal:
             st.pending_dac = None
         for p in self._drive:
             p.init(Pin.OUT, value=0)
-        for ch in range(board.CHANNELS):
-            self._dac_shutdown(ch, latch=False)
-        self._latch()
+        for st in self._ch:
+            st.dac_codes = None
+        self._dac_cpu_shutdown()  # the CPU path: nothing in it waits on the PIO (docs/SAFETY.md §7)
         self._wdt.feed()
         return drained

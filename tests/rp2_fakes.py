@@ -25,6 +25,9 @@ class Hw:
         self._flevel = dc.pio_flevel(0)
         self._pc_regs = {dc.pio_sm_addr_reg(0, sm): sm for sm in range(4)}
         self._instr_regs = {dc.pio_sm_instr_reg(0, sm): sm for sm in range(4)}
+        # the DAC bus SM (PIO1 SM0, loaded at offset 0): an exec'd JMP sets its PC
+        self._pc_regs[dc.pio_sm_addr_reg(1, 0)] = "dac"
+        self._instr_regs[dc.pio_sm_instr_reg(1, 0)] = "dac"
 
     # mem32
     def read(self, a):
@@ -39,7 +42,7 @@ class Hw:
             return 0x08080808  # primed FIFOs
         sm = self._pc_regs.get(a)
         if sm is not None:
-            return self.regs.get(("pc", sm), self.offset)
+            return self.regs.get(("pc", sm), 0 if sm == "dac" else self.offset)
         return self.regs.get(a, 0)
 
     def write(self, a, v):
@@ -61,10 +64,14 @@ class Hw:
 
         class Pin:
             IN, OUT, PULL_DOWN, PULL_UP = 0, 1, 2, 1
+            ALT, ALT_SPI, ALT_PIO1 = 3, 1, 7
 
-            def __init__(self, pid, mode=-1, pull=-1, value=None):
+            def __init__(self, pid, mode=-1, pull=-1, value=None, alt=-1):
                 self.id = pid
-                hw.log.append(("pin", pid, mode, value))
+                hw.log.append(("pin", pid, mode, value) if mode != 3 else ("pin_alt", pid, alt, pull))
+
+            def init(self, mode=-1, pull=-1, value=None, alt=-1):
+                hw.log.append(("pin", self.id, mode, value) if mode != 3 else ("pin_alt", self.id, alt, pull))
 
             def value(self, v=None):
                 if v is not None:
@@ -113,7 +120,15 @@ class Hw:
                 g = fn.__globals__
                 saved = dict(g)
                 g.clear()  # as MicroPython does: the function may only use its defaults and builtins
-                g.update(word=lambda w: words.append(w), wrap_target=lambda: wraps.__setitem__("t", len(words)),
+                class Side:  # word(x).side(v): the side-set value into bit 12 (1 side-set pin, no enable)
+                    def side(self, v):
+                        words[-1] |= v << 12
+
+                def word(w):
+                    words.append(w)
+                    return Side()
+
+                g.update(word=word, wrap_target=lambda: wraps.__setitem__("t", len(words)),
                          wrap=lambda: wraps.__setitem__("w", len(words) - 1))
                 try:
                     fn()
@@ -128,6 +143,9 @@ class Hw:
                 self.id = sid
 
             def init(self, prog, **kw):
+                if "out_init" not in prog["kw"]:  # the DAC bus program (side-set SCK, no out_init)
+                    hw.log.append(("sm_init_dac", self.id, kw))
+                    return
                 hw.log.append(("sm_init", self.id, len(prog["kw"]["out_init"]), kw["freq"],
                                kw["out_base"].id, kw["in_base"].id))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rp2_fakes import load_board_hal, unload_board_hal
 
-from firmware import board
+from firmware import board, dac_bus
 from firmware import dma_chain as dc
 from firmware import pio_programs as pp
 from firmware import pulse_engine as pe
@@ -81,9 +81,11 @@ def test_jmp_and_alignment():
     assert dc.aligned_offset(0x20001004, 1024) == 255
 
 
-def test_dac_word_and_reset_reason():
-    assert dc.dac_word(False, 400) == 0x3000 | 400
-    assert dc.dac_word(True, 4095) == 0xBFFF
+def test_dac_command_and_reset_reason():
+    assert dac_bus.command(False, 400) == 0x3000 | 400
+    assert dac_bus.command(True, 4095) == 0xBFFF
+    assert (dac_bus.shutdown_command(False), dac_bus.shutdown_command(True)) == (board.DAC_CMD_SHUTDOWN_A,
+                                                                                  board.DAC_CMD_SHUTDOWN_B)
     assert [dc.reset_reason_code(c, 1, 3, 4) for c in (1, 2, 3, 4)] == [0, 0, 1, 2]
 
 
@@ -260,11 +262,30 @@ def test_entries_played_counts_only_pulled_words():
 
 
 # ---- Rp2Hal on CPython with recording fakes (tests/rp2_fakes.py) -----------------------------------
+def _record_dac_batches(hw, h):
+    """Log ("dac_batch", words) whenever the HAL triggers its DAC bus DMA channel: the words it hands
+    over are those in its buffer at that moment."""
+    orig = hw.write
+
+    def write(a, v):
+        orig(a, v)
+        if a == h._r_dd_trig:
+            hw.log.append(("dac_batch", list(h._dbuf[:hw.regs[h._r_dd_count]])))
+
+    hw.write = write
+
+
 @pytest.fixture
 def hal(monkeypatch):
     mod, hw, _clock = load_board_hal(monkeypatch, 7)
-    yield mod.Rp2Hal(), hw
+    h = mod.Rp2Hal()
+    _record_dac_batches(hw, h)
+    yield h, hw
     unload_board_hal()
+
+
+def _batches(log):
+    return [e[1] for e in log if e[0] == "dac_batch"]
 
 
 def _index(log, pred):
@@ -286,13 +307,37 @@ def test_constructor_is_the_safe_state_first(hal):
     assert first_spi > len(drive) and wdt > first_spi
     shut = [e[1] for e in log[first_spi:wdt] if e[0] == "spi"]
     assert shut == [b"\x20\x00", b"\xa0\x00"] * board.CHANNELS
-    ldac = [e for e in log[first_spi:wdt] if e[0] == "pin_value" and e[1] == board.DAC_LDAC_PIN]
-    assert ldac == [("pin_value", board.DAC_LDAC_PIN, 0), ("pin_value", board.DAC_LDAC_PIN, 1)]
+    ldac = [e for e in log if e[0] in ("pin_value", "pin") and e[1] == board.DAC_LDAC_PIN]
+    # LDAC high while the shutdown commands go in, then low for good (outputs follow each CS edge)
+    assert ldac == [("pin", board.DAC_LDAC_PIN, 1, 1), ("pin_value", board.DAC_LDAC_PIN, 0)]
+    assert log.index(ldac[-1]) < wdt
     assert log[wdt] == ("wdt", dc.WDT_TIMEOUT_MS)
     assert ("spi_init", None) in log  # no MISO: GP16 stays the mux select
     assert h.reset_reason() == 1 and len(h.board_id()) == 8
-    # no PIO state machine is enabled by the constructor
+    # no stimulation state machine is enabled by the constructor
     assert not [e for e in log if e[0] == "mem" and e[1] == dc.pio_ctrl_set(0)]
+    # the DAC bus: PIO1 SM0 with SCK as side-set, OUT from MOSI (9 pins), threshold 30, divider 1
+    (init,) = [e for e in log if e[0] == "sm_init_dac"]
+    kw = init[2]
+    assert init[1] == 4 * board.DAC_PIO + board.DAC_SM == 4
+    assert (kw["sideset_base"].id, kw["out_base"].id, kw["pull_thresh"], kw["freq"]) == (
+        board.DAC_SCK_PIN, board.DAC_MOSI_PIN, 30, board.SYS_CLK_HZ)
+    i_init = log.index(init)
+    pinctrl = [i for i, e in enumerate(log) if e[0] == "mem" and e[1] == dc.pio_sm_pinctrl_reg(1, 0)]
+    assert len(pinctrl) == 1 and pinctrl[0] > i_init
+    v = log[pinctrl[0]][2]
+    assert (v & 31, v >> 20 & 63, v >> 10 & 31, v >> 29) == (board.DAC_MOSI_PIN, 9, board.DAC_SCK_PIN, 1)
+    # latches low and chip selects released (exec'd) before the pads go to PIO1 with pull-ups
+    instr = [i for i, e in enumerate(log) if e[0] == "mem" and e[1] == dc.pio_sm_instr_reg(1, 0)]
+    assert [log[i][2] for i in instr] == [0xA0E3, 0x6009, 0xA0E3, 0x6089, pp.DAC_NEXT_ENTRY]
+    alts = [(i, e) for i, e in enumerate(log) if e[0] == "pin_alt"]
+    assert {e[1]: (e[2], e[3]) for _, e in alts} == {
+        **{cs: (7, 1) for cs in board.CH_DAC_CS}, board.DAC_MOSI_PIN: (7, 2)}
+    assert min(i for i, _ in alts) > max(instr)
+    enable = [i for i, e in enumerate(log) if e[0] == "mem" and e[1] == dc.pio_ctrl_set(1)]
+    assert [log[i][2] for i in enable] == [1] and enable[0] > max(i for i, _ in alts)
+    assert h._dac_dma.channel == 8  # after the 8 stimulation channels
+    assert ("mem", dc.dma_reg(8, dc.DMA_WRITE_ADDR), dc.pio_txf(1, 0)) in log
 
 
 def test_program_assembled_from_generated_opcodes(hal):
@@ -327,6 +372,7 @@ def test_multichannel_start_is_one_ctrl_write_after_everything(hal):
     assert ctrl[0] == len(log) - 1  # the very last action
     multi = [e for e in log if e[0] == "mem" and e[1] == dc.DMA_MULTI_CHAN_TRIGGER]
     assert len(multi) == 1
+    multi_i = log.index(multi[0])
     ctl_bits = 0
     for c in range(3):
         ctl_bits |= 1 << h._ch[c].ctl_ch
@@ -337,9 +383,15 @@ def test_multichannel_start_is_one_ctrl_write_after_everything(hal):
         assert jm[-1][2] == hw.offset + entry
     # channel 1 waits on TRIG2 (in_base)
     assert [e for e in log if e[0] == "sm_init" and e[1] == 1][-1][5] == board.TRIG2_PIN
-    # DAC codes written and latched before the SMs start
-    spi = [i for i, e in enumerate(log) if e[0] == "spi"]
-    assert spi and max(spi) < ctrl[0]
+    # DAC codes written over the DAC bus (each started channel's full codes, then a mark) before the
+    # SMs start; no CPU SPI write
+    assert not [e for e in log if e[0] == "spi"]
+    batches = [(i, e[1]) for i, e in enumerate(log) if e[0] == "dac_batch"]
+    want = []
+    for c in range(3):
+        want += dac_bus.update_ops(c, trains[c].dac_a, trains[c].dac_b)
+    assert [b for _, b in batches] == [want + [dac_bus.MARK_OP]]
+    assert batches[0][0] < multi_i < ctrl[0]
     st = h._ch[0]
     a = dc.dma_reg(st.data_ch, 0)
     assert ("mem", a + dc.DMA_WRITE_ADDR, dc.pio_txf(0, 0)) in log
@@ -375,7 +427,8 @@ def test_running_ends_after_the_tail_and_shuts_the_dac(hal):
     while h.running(0):
         pass
     assert h.pulses(0) == tr.repeats * tr.pulses_per_cycle
-    assert [e[1] for e in hw.log if e[0] == "spi"] == [b"\x20\x00", b"\xa0\x00"]
+    assert not [e for e in hw.log if e[0] == "spi"]
+    assert _batches(hw.log) == [dac_bus.shutdown_ops(0) + [dac_bus.MARK_OP]]
 
 
 def test_impedance_test_pulse_is_balanced_and_through_the_pio(hal):
@@ -389,9 +442,11 @@ def test_impedance_test_pulse_is_balanced_and_through_the_pio(hal):
     assert t1 == t2 and {p1, p2} == {pe.POS, pe.NEG} and p3 == pe.IDLE
     assert pd == pe.IDLE and td == pe.DEAD_TICKS  # the board's dead time between the two directions
     code = pe.dac_code(100)
-    spi = [e[1] for e in hw.log if e[0] == "spi"]
-    assert spi[:2] == [dc.dac_word(False, code).to_bytes(2, "big"), dc.dac_word(True, code).to_bytes(2, "big")]
-    assert spi[-2:] == [b"\x20\x00", b"\xa0\x00"]
+    assert _batches(hw.log) == [dac_bus.update_ops(2, code, code) + [dac_bus.MARK_OP],
+                                dac_bus.shutdown_ops(2) + [dac_bus.MARK_OP]]
+    i_put = hw.log.index(put[0])
+    first, last = [i for i, e in enumerate(hw.log) if e[0] == "dac_batch"]
+    assert first < i_put < last
     from firmware import impedance as imp
     assert ohm == imp.ohms(imp.adc_to_electrode_uv(1000), pe.code_to_na(code) // 1000)
 
@@ -421,7 +476,8 @@ def test_dma_chain_and_hal_import_under_micropython():
         "h = hal_rp2.Rp2Hal()\n"
         "p = {'phase1_ns':200000,'interphase_ns':0,'phase2_ns':200000,'recovery_ns':0,'period_ns':50000000,"
         "'amplitude_ua':1000,'polarity':0,'burst_pulses':3,'interburst_ns':10000000,'train_duration_ns':1000000000,"
-        "'train_delay_ns':3000000,'ramp_up_ns':0,'trigger':0,'electrode_area_um2':6000000}\n"
+        "'train_delay_ns':3000000,'ramp_up_ns':0,'ramp_down_ns':0,'ramp_up_pulses':0,'ramp_down_pulses':0,"
+        "'trigger':0,'electrode_area_um2':6000000}\n"
         "t = pe.build_train(p)\n"
         "h.start([t] * 4, 3, [0] * 4)\n"
         "h.stop(3)\n"

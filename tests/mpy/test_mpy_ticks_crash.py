@@ -276,7 +276,7 @@ def test_crash_path_on_the_board_hal_under_micropython(micropython, monkeypatch,
     assert hello and hello[0]["reset_reason"] == M.RESET_CRASH
     status = [M.decode_status(f.body) for f in got if f.type == M.STATUS | M.RESPONSE and f.seq == 6]
     assert status and status[0]["counters"]["crashes"] == 1  # serving again after the crash
-    # the halt: every SM's OUT pins low through SMx_INSTR, DMA aborted, DACs shut down and latched,
+    # the halt: every SM's OUT pins low through SMx_INSTR, DMA aborted, DACs shut down by the CPU (LDAC low),
     # drive pins SIO outputs driven low
     log = eval(mlog)  # noqa: S307 - our own repr of tuples
     for ch in range(board.CHANNELS):

@@ -70,8 +70,10 @@ PADS_IE = 1 << 6
 PADS_OD = 1 << 7
 PADS_PUE = 1 << 3
 PADS_PDE = 1 << 2
+GPIO_FUNC_SPI = 1
 GPIO_FUNC_SIO = 5
 GPIO_FUNC_PIO0 = 6
+GPIO_FUNC_PIO1 = 7
 ALIAS_XOR, ALIAS_SET, ALIAS_CLR = 0x1000, 0x2000, 0x3000
 PIO_BASE = (0x50200000, 0x50300000)
 PIO_CTRL, PIO_FSTAT, PIO_FDEBUG, PIO_FLEVEL, PIO_TXF0, PIO_INSTR_MEM0 = 0x000, 0x004, 0x008, 0x00C, 0x010, 0x048
@@ -295,16 +297,17 @@ def _machine(bus: RegBus):
     class Pin:
         IN, OUT, OPEN_DRAIN, ALT = 0, 1, 2, 3
         PULL_UP, PULL_DOWN = 1, 2
+        ALT_SPI, ALT_SIO, ALT_PIO0, ALT_PIO1 = GPIO_FUNC_SPI, GPIO_FUNC_SIO, GPIO_FUNC_PIO0, GPIO_FUNC_PIO1
 
-        def __init__(self, pid, mode=None, pull=None, value=None):
+        def __init__(self, pid, mode=None, pull=None, value=None, alt=GPIO_FUNC_SIO):
             self.id = pid
             if mode is None and pull is None and value is None:
                 return  # Pin(n): just the object (rp2 port: no init without arguments)
-            self.init(mode, pull, value)
+            self.init(mode, pull, value, alt=alt)
 
-        def init(self, mode=None, pull=None, value=None):
-            """machine_pin_obj_init_helper: value first, then mode (SIO function), then the pulls
-            (unconditionally: None means no pull)."""
+        def init(self, mode=None, pull=None, value=None, alt=GPIO_FUNC_SIO):
+            """machine_pin_obj_init_helper: value first, then mode (SIO function, or ALT: the ``alt``
+            function), then the pulls (unconditionally: None means no pull)."""
             pid = self.id
             bus.spend("pin")
             if value is not None:
@@ -315,6 +318,8 @@ def _machine(bus: RegBus):
             elif mode == Pin.OUT:
                 bus.write32(SIO_GPIO_OE_SET, 1 << pid, cost=None)
                 _gpio_set_function(bus, pid, GPIO_FUNC_SIO)
+            elif mode == Pin.ALT:
+                _gpio_set_function(bus, pid, alt)
             elif mode is not None:
                 raise NotImplementedError("Pin mode %r is not modelled" % mode)
             p = pull or 0
@@ -510,13 +515,27 @@ def _rp2(bus: RegBus):
         """The rp2 port's asm_pio for what the HAL uses (word, wrap_target, wrap): the function runs
         twice (two assembler passes) with its module globals replaced by the DSL; the result is the
         port's program list [data, offset_pio0, offset_pio1, execctrl, shiftctrl, out, set, sideset]."""
-        if sideset_init is not None:
-            raise NotImplementedError("side-set is not used by picostim's program")
         execctrl = int(side_pindir) << 29
         shiftctrl = (fifo_join << 30 | (pull_thresh & 0x1F) << 25 | (push_thresh & 0x1F) << 20 | out_shiftdir << 19
                      | in_shiftdir << 18 | int(autopull) << 17 | int(autopush) << 16)
         prog = [[], -1, -1, execctrl, shiftctrl, out_init, set_init, sideset_init]
-        state = {"n": 0, "pass": 0, "wrap_used": False}
+        if sideset_init is None:
+            sideset_count = 0
+        else:
+            sideset_count = 1 if isinstance(sideset_init, int) else len(sideset_init)
+        state = {"n": 0, "pass": 0, "wrap_used": False, "nside": 0, "count": sideset_count, "opt": False}
+
+        class Instr:
+            """What the DSL's word() returns: ``.side(v)`` as PIOASMEmit.side (value at bit 13 - count,
+            the enable bit 12 when the program's side-set is optional)."""
+
+            def side(self, value):
+                state["nside"] += 1
+                if state["pass"] > 0:
+                    if state["count"] == 0:
+                        raise ValueError("no sideset")
+                    prog[PROG_DATA][-1] |= int(state["opt"]) << 12 | value << (13 - state["count"])
+                return self
 
         def word(instr, label=None):
             if label is not None:
@@ -524,6 +543,7 @@ def _rp2(bus: RegBus):
             state["n"] += 1
             if state["pass"] > 0:
                 prog[PROG_DATA].append(instr & 0xFFFF)
+            return Instr()
 
         def wrap_target():
             prog[PROG_EXECCTRL] |= state["n"] << 7
@@ -543,8 +563,14 @@ def _rp2(bus: RegBus):
                 f()
                 if not state["wrap_used"] and state["n"]:
                     wrap()
+                if state["count"]:  # PIOASMEmit.start_pass(1): optional unless every word had .side()
+                    state["opt"] = state["nside"] != state["n"]
+                    if state["opt"]:
+                        prog[PROG_EXECCTRL] |= 1 << 30
+                        state["count"] += 1
                 state["pass"] = 1
                 state["n"] = 0
+                state["nside"] = 0
                 f()
             finally:
                 g.clear()
@@ -625,9 +651,12 @@ def _rp2(bus: RegBus):
             out_cfg = _pin_config(prog[PROG_OUT_PINS], out_base)
             if out_cfg["base"] >= 0:
                 pinctrl = (pinctrl & ~(0x3F << 20 | 31)) | out_cfg["count"] << 20 | out_cfg["base"]
-            if prog[PROG_SET_PINS] is not None or set_base is not None or jmp_pin is not None \
-                    or sideset_base is not None:
-                raise NotImplementedError("set/jmp/side-set pins are not used by picostim's program")
+            if prog[PROG_SET_PINS] is not None or set_base is not None or jmp_pin is not None:
+                raise NotImplementedError("set/jmp pins are not used by picostim's programs")
+            side_cfg = _pin_config(prog[PROG_SIDESET_PINS], sideset_base)
+            if side_cfg["base"] >= 0:  # rp2_pio.c: count (+1 when optional) and base into PINCTRL
+                count = side_cfg["count"] + (1 if execctrl >> 30 & 1 else 0)
+                pinctrl = (pinctrl & ~(7 << 29 | 31 << 10)) | count << 29 | side_cfg["base"] << 10
             # asm_pio_override_shiftctrl: (shiftctrl & ~bits) | (value << lsb), the value NOT masked
             for value, bits, lsb in ((in_shiftdir, 1 << 18, 18), (out_shiftdir, 1 << 19, 19),
                                      (push_thresh, 0x1F << 20, 20), (pull_thresh, 0x1F << 25, 25)):
@@ -636,6 +665,8 @@ def _rp2(bus: RegBus):
             self._set_config(clkdiv, execctrl, shiftctrl & 0xFFFFFFFF, pinctrl)
             if out_cfg["base"] >= 0:
                 self._init_gpio(out_cfg)
+            if side_cfg["base"] >= 0:
+                self._init_gpio(side_cfg)
 
         def _set_config(self, clkdiv, execctrl, shiftctrl, pinctrl):
             bus.write32(self._smreg(SM_CLKDIV), clkdiv, cost=None)
@@ -647,6 +678,8 @@ def _rp2(bus: RegBus):
             """asm_pio_init_gpio: pio_sm_set_pins_with_mask, pio_sm_set_pindirs_with_mask (each pin by
             an exec'd `set pins`/`set pindirs` with a one-pin SET group), gpio_set_function(PIO)."""
             mask = ((1 << cfg["count"]) - 1) << cfg["base"]
+            if not mask:
+                return
             for values, set_op in ((cfg["vals"] << cfg["base"], 0xE000), (cfg["dirs"] << cfg["base"], 0xE080)):
                 pinctrl = bus.read32(self._smreg(SM_PINCTRL), cost="call")
                 execctrl = bus.read32(self._smreg(SM_EXECCTRL), cost="call")

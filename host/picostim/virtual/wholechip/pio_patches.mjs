@@ -32,6 +32,13 @@
 //   txstall     FDEBUG.TXSTALL: "State machine has stalled on empty TX FIFO during a blocking PULL,
 //               or an OUT with autopull enabled." A `pull noblock` on an empty FIFO does not stall
 //               and does not set it (rp2040js set it).
+//   pulls       PADS_BANK0 GPIOn PUE / PDE (datasheet 2.19.4 "Pads": each pad has a pull-up and a
+//               pull-down resistor): a pad that no output drives and no external source drives
+//               reads 1 with only its pull-up enabled, else 0. rp2040js 1.4.1 keeps the pull bits in
+//               the pad register but a pad nobody drives always read its external level, 0 unless set;
+//               so a chip select released to its pull-up (the DAC bus drives CS through the pin
+//               direction) read low = selected. A pin the harness drives (setInputValue) keeps that
+//               external level.
 //   dmaregs     DMA CHAN_ABORT reads 0 once in-flight transfers have been flushed (rp2040js DMA
 //               transfers take zero time, so at once) and MULTI_CHAN_TRIGGER reads 0 (self-clearing);
 //               rp2040js 1.4.1 read both as 0xFFFFFFFF (unimplemented), so a firmware poll of
@@ -50,7 +57,21 @@ const FDEBUG_TXSTALL = 1 << 24;
 const DMA_MULTI_CHAN_TRIGGER = 0x430;
 const DMA_CHAN_ABORT = 0x444;
 
-export const ALL_PATCHES = ['lockstep', 'delay', 'wait', 'waitpin', 'sync', 'loopback', 'fjoin', 'txstall', 'dmaregs'];
+export const ALL_PATCHES = ['lockstep', 'delay', 'wait', 'waitpin', 'sync', 'loopback', 'pulls', 'fjoin', 'txstall',
+  'dmaregs'];
+
+/** Level of a pad whose output driver is off: the external level if something drives it (the harness
+ *  called setInputValue), else its pulls (with the 'pulls' patch; rp2040js alone: rawInputValue). */
+export function undrivenLevel(g) {
+  if (g._pulls && !g._external) return g.pullupEnabled && !g.pulldownEnabled;
+  return g.rawInputValue;
+}
+
+/** What a logic analyser on the pin sees: the driven level where the output is enabled, else
+ *  undrivenLevel (input enable and overrides play no part). */
+export function padLevel(g) {
+  return g.outputEnable ? g.outputValue : undrivenLevel(g);
+}
 
 /** Pad level of every GPIO as one word (bit n = GPIO n): driven level when the output is enabled,
  *  else the external level (input enable and input override applied, as rp2040js does). */
@@ -112,13 +133,40 @@ export function applyPioPatches(rp2040, patches = ALL_PATCHES) {
   }
   const ctl = { applied: [...on], stepPio: (pio) => pio.step(), tick: () => {}, invalidate: () => {}, syncSettled: () => true };
 
+  // ---- pulls: an undriven pad reads its pull-up / pull-down ---------------------------------------
+  if (on.has('pulls')) {
+    for (const pin of rp2040.gpio) {
+      pin._pulls = true;
+      pin._external = false;
+      const origSet = pin.setInputValue.bind(pin);
+      pin.setInputValue = function (value) {
+        this._external = true;
+        origSet(value);
+      };
+      if (!on.has('loopback')) {
+        Object.defineProperty(pin, 'inputValue', {
+          configurable: true,
+          get() {
+            const v = (this.outputEnable ? false : undrivenLevel(this)) && this.inputEnable;
+            switch (this.inputOverride) {
+              case 1: return !v;
+              case 2: return false;
+              case 3: return true;
+              default: return v;
+            }
+          },
+        });
+      }
+    }
+  }
+
   // ---- loopback: GPIO input value = pad level ----------------------------------------------------
   if (on.has('loopback')) {
     for (const pin of rp2040.gpio) {
       Object.defineProperty(pin, 'inputValue', {
         configurable: true,
         get() {
-          const level = this.outputEnable ? this.outputValue : this.rawInputValue;
+          const level = this.outputEnable ? this.outputValue : undrivenLevel(this);
           const v = level && this.inputEnable;
           switch (this.inputOverride) {
             case 1: return !v;

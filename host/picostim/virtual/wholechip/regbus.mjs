@@ -17,14 +17,14 @@
 //   ["edges"]                      return and clear the recorded edges
 //   ["reset", patches|null, accelerate, start_ns]   fresh chip; patches: list of names (null: all);
 //                                  the TIMER starts at start_ns
-//   ["peek", sm]                   debug: {pc, x, tx, enabled} of PIO0 SM sm -> "r"
+//   ["peek", sm, pio]              debug: {pc, x, tx, enabled} of SM sm of PIO pio (default 0) -> "r"
 // Cycle semantics: everything before `now` has executed; an operation at t is applied after cycle
 // t-1 and before cycle t. A pin written by the PIO in cycle c is an edge at c; a pin changed by a CPU
 // write or an input at t is an edge at t (as picostim's pio_emu records them).
 import { createInterface } from 'node:readline';
 import { readFileSync } from 'node:fs';
 import { RP2040 } from 'rp2040js';
-import { applyPioPatches, ALL_PATCHES, padWatcher } from './pio_patches.mjs';
+import { applyPioPatches, ALL_PATCHES, padLevel, padWatcher } from './pio_patches.mjs';
 
 const VERSION = JSON.parse(
   readFileSync(new URL('./node_modules/rp2040js/package.json', import.meta.url), 'utf8'),
@@ -42,12 +42,11 @@ let pads = null; // padWatcher of the current chip
 
 function padLevels() {
   // what a logic analyser on the pins sees: the driven level where the output is enabled, else the
-  // external level (input enable and overrides play no part)
+  // external level or, with the 'pulls' patch, the pad's pull (input enable and overrides play no part)
   let v = 0;
   const { gpio } = chip;
   for (let i = 0; i < gpio.length; i++) {
-    const g = gpio[i];
-    if (g.outputEnable ? g.outputValue : g.rawInputValue) v |= 1 << i;
+    if (padLevel(gpio[i])) v |= 1 << i;
   }
   return v >>> 0;
 }
@@ -204,7 +203,7 @@ function op(o, out) {
       out.patches = ctl.applied;
       break;
     case 'peek': {
-      const sm = chip.pio[0].machines[o[1]];
+      const sm = chip.pio[o[2] || 0].machines[o[1]];
       out.r.push({ pc: sm.pc, x: sm.x, tx: sm.txFIFO.itemCount, txsize: sm.txFIFO.size, enabled: sm.enabled,
         waiting: sm.waiting });
       break;
