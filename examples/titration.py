@@ -1,10 +1,11 @@
-"""Amplitude titration: step the amplitude up until the subject responds (or a ceiling is reached).
+"""Amplitude titration: raise the amplitude step by step while the train runs, until the subject
+responds (or a ceiling is reached).
 
-This firmware refuses parameter changes while a channel runs (SET_PARAMS answers "cannot change while
-the channel is running: stop it first", raised here as picostim.DeviceRefused). So a titration step is
-stop -> wait until the last pulse has played -> upload the new amplitude -> start, never a live change.
-Each upload is checked against the device's limits (amplitude, charge per phase, Shannon charge
-density for the electrode area) before anything is sent.
+The train starts once and keeps running; each step is a live amplitude change
+(``stim.set_amplitude``): the device checks it against every limit (amplitude, charge per phase,
+Shannon charge density for the electrode area, phase 2 after DAC rounding) and applies it at the next
+pulse boundary, never inside a pulse. The ``AmplitudeChanged`` event says from which pulse on the new
+amplitude plays. A refused step raises ``picostim.DeviceRefused`` with the field, value and limit.
 
     python examples/titration.py                      # the virtual Pico
     python examples/titration.py --port /dev/ttyACM0  # a board
@@ -34,25 +35,31 @@ def responded(stim: picostim.Stimulator, amplitude_ma: float) -> bool:
 def titrate(stim: picostim.Stimulator, channel: int = 0, start_ma: float = 0.5, step_ma: float = 0.5,
             ceiling_ma: float = 4.0, dwell_s: float = 0.5) -> float | None:
     """Return the first amplitude (mA) at which ``responded`` is true, None if the ceiling was reached."""
-    amplitude = start_ma
-    while amplitude <= ceiling_ma + 1e-9:
-        stim.stop(channel)                       # a started pulse always completes
-        stim.wait_idle(channel)                  # ... and parameters only change on an idle channel
-        realised = stim.upload(dict(BASE, amplitude_ma=amplitude), channel=channel)
-        stim.start(channel)
-        time.sleep(dwell_s)
-        pulses = stim.status().channels[channel].pulses
-        print("%.2f mA requested, %.3f mA realised, %d pulses" % (amplitude, realised.amplitude_ma, pulses))
-        for ev in stim.events():
-            if isinstance(ev, picostim.Fault):   # electrode open/short: the firmware stopped the train
-                raise picostim.SafetyFault("channel %d: %s" % (ev.channel, ev.reason), channel=ev.channel,
-                                           kind=ev.reason, time_s=ev.time_s, ohms=ev.ohms)
-        if responded(stim, amplitude):
-            stim.stop(channel)
-            return amplitude
-        amplitude = round(amplitude + step_ma, 6)
     stim.stop(channel)
-    return None
+    stim.wait_idle(channel)                      # parameters are uploaded to an idle channel
+    realised = stim.upload(dict(BASE, amplitude_ma=start_ma), channel=channel)
+    stim.start(channel)
+    print("%.2f mA requested, %.3f mA realised, started" % (start_ma, realised.amplitude_ma))
+    amplitude = start_ma
+    try:
+        while True:
+            time.sleep(dwell_s)
+            for ev in stim.events():
+                if isinstance(ev, picostim.Fault):   # electrode open/short: the firmware stopped the train
+                    raise picostim.SafetyFault("channel %d: %s" % (ev.channel, ev.reason), channel=ev.channel,
+                                               kind=ev.reason, time_s=ev.time_s, ohms=ev.ohms)
+            if responded(stim, amplitude):
+                return amplitude
+            amplitude = round(amplitude + step_ma, 6)
+            if amplitude > ceiling_ma + 1e-9:
+                return None
+            step = stim.set_amplitude(channel, amplitude)   # live: the train keeps running
+            ev = stim.wait_event("amplitude", channel=channel, timeout=2.0)
+            where = "from pulse %d" % ev.from_pulse if isinstance(ev, picostim.AmplitudeChanged) else "pending"
+            print("%.2f mA requested, %.3f mA realised (phase 2 %.3f mA), %s"
+                  % (amplitude, step.amplitude_ma, step.phase2_amplitude_ua / 1000, where))
+    finally:
+        stim.stop(channel)                       # a started pulse always completes
 
 
 def main(argv: list[str] | None = None) -> int:

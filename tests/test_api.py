@@ -228,6 +228,115 @@ def test_no_board_found(monkeypatch, capsys):
     assert err.startswith("picostim: error: no picostim board found") and "--port" in err and "\n" not in err
 
 
+# ---- live amplitude (issue 13 item 3) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given,ua", [("2.5mA", 2500), ("2500uA", 2500), ("2500 µA", 2500), (" 2.5 MA ", 2500),
+                                      (2.5, 2500), (2, 2000), ("0.0014mA", 1), ("0.0015mA", 2), ("1e1uA", 10),
+                                      (".5", 500), ("3", 3000)])
+def test_parse_amplitude(given, ua):
+    assert picostim.api.parse_amplitude_ua(given) == ua
+
+
+@pytest.mark.parametrize("given", ["abc", "2.5A", "2.5 mV", "-1mA", "", "nan", "inf mA", -0.5, float("nan"),
+                                   float("inf"), True, None, [2.5]])
+def test_parse_amplitude_refuses(given):
+    with pytest.raises(ValueError) as e:
+        picostim.api.parse_amplitude_ua(given)
+    assert str(e.value).startswith("amplitude = ") and "\n" not in str(e.value)
+
+
+def test_set_amplitude_at_the_pulse_boundary_in_the_capture():
+    """A live change while the train runs: the result gives the realised amplitudes and DAC codes, the
+    AmplitudeChanged event the first pulse that has it, and the capture's DAC bus (decoded by the
+    analyzer) shows every pulse before it at the old amplitude and every pulse from it on at the new one."""
+    from picostim import runner
+
+    with picostim.open(virtual=True, realtime=False) as s:
+        s.upload(dict(FAST, amplitude_ma=1.0), channel=0)
+        s.start(0)
+        s.virtual.advance(0.0105)
+        a = s.set_amplitude(0, "2.5mA")
+        assert isinstance(a, picostim.Amplitude)
+        assert (a.channel, a.requested_ua, a.amplitude_ua, a.phase2_amplitude_ua, a.amplitude_ma) == (
+            0, 2500, 2500, 2500, 2.5)
+        assert (a.dac_a, a.dac_b) == (1000, 1000)  # 2.5 µA per code, symmetric phases
+        with pytest.raises(picostim.DeviceRefused) as busy:  # stepped time: the first change is still queued
+            s.set_amplitude(0, "3mA")
+        assert busy.value.nack is not None and busy.value.code == picostim.api._M.E_DAC_BUSY
+        assert "still playing" in str(busy.value)
+        assert json.loads(json.dumps(a.to_json())) == {"channel": 0, "requested_ua": 2500, "amplitude_ua": 2500,
+                                                       "phase2_amplitude_ua": 2500, "dac_a": 1000, "dac_b": 1000}
+        s.virtual.advance(0.01)
+        ev = s.wait_event("amplitude", channel=0, timeout=1)
+        assert isinstance(ev, picostim.AmplitudeChanged) and ev.amplitude_ua == 2500 and ev.kind == "amplitude"
+        assert 10 <= ev.from_pulse <= 13  # 1 kHz: ~10.5 pulses before the request, applied at the next boundary
+        assert ev.to_json()["from_pulse"] == ev.from_pulse
+        assert s.params(0).amplitude_ma == 2.5  # the channel's parameters carry the new amplitude
+        s.stop(0)
+        s.virtual.advance(0.005)
+        trace = s.virtual.hal.trace([0])
+        rep = runner.check_trace(trace, s.client.get_params(0)["params"], 0, trace.duration_s())
+    amps = rep.amplitude_ua
+    assert rep.ok and len(amps) >= ev.from_pulse + 5, rep.summary()
+    assert amps[:ev.from_pulse] == [1000.0] * ev.from_pulse
+    assert amps[ev.from_pulse:] == [2500.0] * (len(amps) - ev.from_pulse)
+
+
+def test_set_amplitude_refusals(stim):
+    stim.stop()
+    stim.wait_idle()
+    stim.upload(FAST, channel=0)
+    with pytest.raises(picostim.DeviceRefused) as e:  # the device: the channel is not running
+        stim.set_amplitude(0, "2mA")
+    assert e.value.nack is not None and (e.value.field, e.value.value) == ("channel", 0)
+    assert "running" in str(e.value) and "idle" in str(e.value)
+    stim.start(0)
+    try:
+        nacks = stim.client.nacks
+        with pytest.raises(picostim.DeviceRefused) as e:  # the host: beyond the amplitude limit, nothing sent
+            stim.set_amplitude(0, 12.0)
+        assert (e.value.field, e.value.value, e.value.limit, e.value.relation, e.value.nack) == (
+            "amplitude_ua", 12000, 10000, "<=", None)
+        small = dict(FAST, electrode_area_mm2=0.01)  # Shannon: 2 mA x 100 µs on 0.01 mm² is over k = 1.85
+        stim.stop(0)
+        stim.wait_idle(0)
+        stim.upload(dict(small, amplitude_ma=0.1), channel=0)
+        stim.start(0)
+        with pytest.raises(picostim.DeviceRefused) as e:
+            stim.set_amplitude(0, "2mA")
+        assert e.value.field == "shannon_k_centi" and e.value.limit == 185 and "Shannon" in str(e.value)
+        assert stim.client.nacks == nacks  # refused on the host: the device never saw these
+        with pytest.raises(ValueError):
+            stim.set_amplitude(0, "2 A")
+        with pytest.raises(picostim.DeviceRefused) as e:
+            stim.set_amplitude(7, "1mA")
+        assert (e.value.field, e.value.value) == ("channel", 7)
+        assert stim.set_amplitude(0, "0.2mA").amplitude_ua == 200  # within the limits: accepted
+        assert stim.wait_event("amplitude", channel=0, timeout=2) is not None
+    finally:
+        stim.stop(0)
+        stim.wait_idle(0)
+
+
+def test_set_amplitude_needs_the_dac_update_idle(stim):
+    """A train whose idle after the pulse is shorter than the DAC update (min_update_idle_ns) runs, but
+    its amplitude cannot change at a pulse boundary: refused on the host with the period limit."""
+    tight = {"period_us": 100, "phase1_us": 20, "interphase_us": 55, "phase2_us": 20, "amplitude_ma": 1,
+             "electrode_area_mm2": 5}
+    stim.upload(tight, channel=1)
+    stim.start(1)
+    try:
+        with pytest.raises(picostim.DeviceRefused) as e:
+            stim.set_amplitude(1, "1.5mA")
+        assert e.value.field == "period_ns" and e.value.relation == ">=" and e.value.nack is None
+        assert e.value.limit >= 95_000 + stim.info().limits["min_update_idle_ns"]
+        assert "DAC update" in str(e.value)
+    finally:
+        stim.stop(1)
+        stim.wait_idle(1)
+
+
 # ---- examples and types -----------------------------------------------------------------------------
 
 
@@ -239,7 +348,13 @@ def test_titration_example(capsys):
         sys.path.pop(0)
     assert titration.main(["--dwell", "0.05"]) == 0
     out = capsys.readouterr().out
-    assert "2.00 mA requested, 2.000 mA realised" in out and "threshold: 2.00 mA" in out
+    # one upload and start, then live steps while the train runs, each from a pulse the device names
+    assert "0.50 mA requested, 0.500 mA realised, started" in out
+    assert re.search(r"1\.00 mA requested, 1\.000 mA realised \(phase 2 1\.000 mA\), from pulse \d+", out), out
+    assert re.search(r"2\.00 mA requested, 2\.000 mA realised \(phase 2 2\.000 mA\), from pulse \d+", out), out
+    assert "threshold: 2.00 mA" in out and "pending" not in out
+    steps = [int(n) for n in re.findall(r"from pulse (\d+)", out)]
+    assert len(steps) == 3 and steps == sorted(steps) and steps[0] >= 1  # one train, pulses counted on
 
 
 def test_plot_capture_example(tmp_path):

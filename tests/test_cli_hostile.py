@@ -41,7 +41,8 @@ COUNTS: collections.Counter = collections.Counter()  # subcommand -> cases
 CODES: collections.Counter = collections.Counter()  # exit code -> cases
 ELAPSED = [0.0]  # seconds spent in the three properties (hypothesis generation included)
 SUBCOMMANDS = ("info", "upload", "validate", "params", "start", "stop", "trigger", "clear-fault", "status",
-               "impedance", "save", "load", "watch", "run", "check", "capture", "ports", "flash", "virtual")
+               "impedance", "save", "load", "watch", "run", "check", "capture", "ports", "flash", "virtual",
+               "set-amplitude")
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +149,10 @@ COMMAND_OPTS = {
     "ports": {"--json": False},
     "flash": {"--dry-run": False, "--tree": True},
     "virtual": {},
+    "set-amplitude": {"--channel": True, "-c": True, "--json": False},
 }
 POSITIONAL = {"upload": ["file"], "validate": ["file"], "run": ["file"], "check": ["capture"], "save": ["slot"],
-              "load": ["slot"], "capture": ["out"]}
+              "load": ["slot"], "capture": ["out"], "set-amplitude": ["amplitude"]}
 
 
 @st.composite
@@ -163,7 +165,7 @@ def hostile_argv(draw):
     for kind in POSITIONAL.get(cmd, []):
         if draw(st.booleans()):  # a plausible one: the fuzz then reaches the command itself
             argv.append({"file": PTNS, "capture": str(WORK / "cap.vcd"), "slot": "1",
-                         "out": str(WORK / "o.sr")}[kind])
+                         "out": str(WORK / "o.sr"), "amplitude": "2.5mA"}[kind])
         else:
             argv.append(draw(value))
     opts = COMMAND_OPTS[cmd]
@@ -181,7 +183,7 @@ def hostile_argv(draw):
 def _names_for(argv):
     """Words that may name what was wrong: every option or value given, and the subcommand."""
     return [a for a in argv if len(a.strip()) >= 1] + ["argument", "arguments", "COMMAND", "file", "port", NOPORT,
-                                                      "slot", "capture", "out"]
+                                                      "slot", "capture", "out", "AMPLITUDE"]
 
 
 def argv_case(argv):
@@ -209,7 +211,7 @@ def test_hostile_argv_x10(captures, argv):
 DEVICE_CMDS = {
     "info": [], "status": [], "params": ["-c"], "start": ["-c"], "stop": ["-c"], "trigger": ["-c"],
     "clear-fault": ["-c"], "impedance": ["-c"], "save": ["slot", "-c"], "load": ["slot", "-c"],
-    "upload": ["preset", "-c"], "run": ["preset", "-c", "--duration"],
+    "upload": ["preset", "-c"], "run": ["preset", "-c", "--duration"], "set-amplitude": ["amplitude", "-c"],
 }
 small = st.one_of(st.integers(-2, 9).map(str), st.sampled_from(["nan", "1e400", "-0", "0x1", ""]))
 
@@ -224,6 +226,9 @@ def virtual_argv(draw):
             argv.append(draw(small))
         elif kind == "preset":
             argv.append(str(draw(st.sampled_from(PRESETS))))
+        elif kind == "amplitude":
+            argv.append(draw(st.one_of(st.sampled_from(["2.5mA", "2500uA", "1", "12mA", "0uA", "-1mA", "2.5A",
+                                                        "1e400mA", "nan"]), small)))
         elif kind == "-c" and draw(st.booleans()):
             argv += ["-c", draw(small)]
         elif kind == "--duration":

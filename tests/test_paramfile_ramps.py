@@ -15,16 +15,13 @@ from protocol import params as P
 
 BASE = "frequency_hz = 20\nphase1_us = 200\namplitude_ma = 1\nelectrode_area_mm2 = 5\n"
 RAMP_FIELDS = ("ramp_up_ns", "ramp_down_ns", "ramp_up_pulses", "ramp_down_pulses")
-# TEMPORARY (remove once protocol/params.py has the fields): the firmware side appends them
-needs_fields = pytest.mark.skipif(not all(f in P.FIELD_NAMES for f in RAMP_FIELDS) or "max_ramp_pulses" not in LIMITS,
-                                  reason="waits on the firmware side's ramp fields (issue 13, protocol/params.py)")
+
 
 
 def load(extra):
     return pf.loads(BASE + extra, require=True)
 
 
-@needs_fields
 def test_contract_fields_exist():
     """The wire fields the keys map to (protocol/params.py, appended by the firmware side)."""
     for name in RAMP_FIELDS:
@@ -32,7 +29,6 @@ def test_contract_fields_exist():
     assert "max_ramp_pulses" in P.LIMIT_NAMES and "max_ramp_pulses" in LIMITS
 
 
-@needs_fields
 @pytest.mark.parametrize("key,value,field,expected", [
     ("ramp_up_s", 1, "ramp_up_ns", 10 ** 9),
     ("ramp_up_ms", 500, "ramp_up_ns", 5 * 10 ** 8),
@@ -53,7 +49,6 @@ def test_ramp_keys_map_to_canonical_fields(key, value, field, expected):
     assert set(ps.params) == set(P.FIELD_NAMES)
 
 
-@needs_fields
 def test_up_and_down_together_in_the_channel_table():
     ps = pf.loads('name = "r"\n[channel]\n' + BASE + "ramp_up_pulses = 10\nramp_down_ms = 300\n", require=True)
     assert (ps.params["ramp_up_pulses"], ps.params["ramp_up_ns"]) == (10, 0)
@@ -88,21 +83,34 @@ def _limit_s(name):
     return Fraction(LIMITS[name], 10 ** 9)
 
 
-@needs_fields
 @pytest.mark.parametrize("key,scale,unit", [("ramp_up_s", 10 ** 9, "s"), ("ramp_down_ms", 10 ** 6, "ms"),
                                             ("ramp_up_us", 1000, "µs")])
 def test_ramp_time_beyond_limit_in_the_keys_own_unit(key, scale, unit):
+    slow = BASE.replace("frequency_hz = 20", "frequency_hz = 1")  # max_ramp_pulses is not the bound here
     over = LIMITS["max_ramp_ns"] // scale + 1
-    ps = load("%s = %d\n" % (key, over))
+    ps = pf.loads(slow + "%s = %d\n" % (key, over))
     with pytest.raises(pf.ParamLimitError) as ei:
         pf.check(ps, LIMITS)
     limit = pf._fmt_num(Fraction(LIMITS["max_ramp_ns"], scale), 6)
     assert str(ei.value) == "%s = %d %s: exceeds the firmware limit %s %s" % (key, over, unit, limit, unit)
-    ok = load("%s = %s\n" % (key, LIMITS["max_ramp_ns"] // scale))  # on the limit: accepted
+    ok = pf.loads(slow + "%s = %s\n" % (key, LIMITS["max_ramp_ns"] // scale))  # on the limit: accepted
     pf.check(ok, LIMITS)
 
 
-@needs_fields
+def test_ramp_time_bounded_by_the_pulse_count_says_so():
+    """At 20 Hz a 60 s ramp is 1200 pulses: the bound is max_ramp_pulses, and the message says why the
+    limit is below max_ramp_ns."""
+    n = LIMITS["max_ramp_pulses"]
+    limit_s = Fraction(n, 20)  # 1000 pulses at 20 Hz
+    assert limit_s * 10 ** 9 < LIMITS["max_ramp_ns"]
+    ps = load("ramp_up_s = %s\n" % pf._fmt_num(limit_s + 1))
+    with pytest.raises(pf.ParamLimitError) as ei:
+        pf.check(ps, LIMITS)
+    assert str(ei.value) == ("ramp_up_s = %s s: exceeds the firmware limit %s s (%d pulses, the firmware's "
+                             "max_ramp_pulses, at this pulse rate)" % (pf._fmt_num(limit_s + 1), pf._fmt_num(limit_s), n))
+    pf.check(load("ramp_up_s = %s\n" % pf._fmt_num(limit_s)), LIMITS)
+
+
 def test_absurd_ramp_time_reports_the_firmware_limit_not_the_wire_ceiling():
     ps = load("ramp_down_s = 1e30\n")
     with pytest.raises(pf.ParamLimitError) as ei:
@@ -112,7 +120,6 @@ def test_absurd_ramp_time_reports_the_firmware_limit_not_the_wire_ceiling():
     assert "18446744073709551615" not in msg and len(msg) < 120
 
 
-@needs_fields
 @pytest.mark.parametrize("key", ["ramp_up_pulses", "ramp_down_pulses"])
 def test_ramp_pulses_beyond_limit(key):
     n = LIMITS["max_ramp_pulses"]
@@ -134,7 +141,6 @@ ramp_form = st.one_of(
 )
 
 
-@needs_fields
 @given(ramp_form, ramp_form)
 def test_ramp_keys_round_trip_to_canonical_ns_and_pulses(up, down):
     """Any ramp written as a time in any unit or as a pulse count -> exactly the canonical ns (nearest

@@ -13,10 +13,10 @@ errors are :class:`DeviceRefused`, :class:`LinkError`, :class:`TimingMismatch`, 
 (all :class:`PicostimError`) and :class:`ParamFileError`.
 """
 
-from picostim.api import (Boot, ChannelStatus, Crash, DeviceRefused, Event, Fault, Impedance, ImpedanceHigh, Info,
-                          LinkError, ParamFileError, PicostimError, Realised, RunReport, SafetyFault, Status,
-                          Stimulator, TimingMismatch, TrainDone, TriggerSeen, open)
+from picostim.api import (Amplitude, AmplitudeChanged, Boot, ChannelStatus, Crash, DeviceRefused, Event, Fault,
+                          Impedance, ImpedanceHigh, Info, LinkError, ParamFileError, PicostimError, Realised,
+                          RunReport, SafetyFault, Status, Stimulator, TimingMismatch, TrainDone, TriggerSeen, open)
 
-__all__ = ["open", "Stimulator", "Info", "Realised", "ChannelStatus", "Status", "Impedance", "RunReport",
-           "Event", "Boot", "TrainDone", "TriggerSeen", "Fault", "ImpedanceHigh", "Crash",
+__all__ = ["open", "Stimulator", "Info", "Realised", "Amplitude", "ChannelStatus", "Status", "Impedance", "RunReport",
+           "Event", "Boot", "TrainDone", "TriggerSeen", "Fault", "ImpedanceHigh", "Crash", "AmplitudeChanged",
            "PicostimError", "DeviceRefused", "LinkError", "TimingMismatch", "SafetyFault", "ParamFileError"]

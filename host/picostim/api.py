@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterator, Literal, Mapping, Union
@@ -48,13 +50,14 @@ ParamFileError = _paramfile_module.ParamFileError  # a malformed parameter file 
 
 __all__ = [
     "open", "Stimulator", "VirtualKind", "ParamSource",
-    "Info", "Realised", "ChannelStatus", "Status", "Impedance", "RunReport",
-    "Event", "Boot", "TrainDone", "TriggerSeen", "Fault", "ImpedanceHigh", "Crash",
+    "Info", "Realised", "Amplitude", "ChannelStatus", "Status", "Impedance", "RunReport",
+    "Event", "Boot", "TrainDone", "TriggerSeen", "Fault", "ImpedanceHigh", "Crash", "AmplitudeChanged",
     "PicostimError", "DeviceRefused", "LinkError", "TimingMismatch", "SafetyFault", "ParamFileError",
 ]
 
 VirtualKind = Union[bool, Literal["cpython", "micropython", "rp2040"]]
 ParamSource = Union[str, Path, Mapping[str, Any], Any]  # a TOML path, a dict with unit keys, or a ParamSet
+AmplitudeSource = Union[str, float, int]  # "2.5mA", "2500uA", "2500 µA", or a number in mA
 
 FAULT_REASONS = ("open", "short", "deadman")  # device event kinds that stop a train (SAFETY.md)
 
@@ -211,6 +214,55 @@ def _realised(channel: int, response: Mapping[str, Any], ps: Any = None) -> Real
                     name=getattr(ps, "name", None), source=getattr(ps, "source", None), raw=response)
 
 
+_AMPLITUDE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ma|ua|µa|μa)?\s*$", re.IGNORECASE)
+
+
+def parse_amplitude_ua(amplitude: AmplitudeSource) -> int:
+    """An amplitude as the API takes it -> whole µA (nearest, halves up): ``"2.5mA"``, ``"2500uA"``
+    (also ``µA``, any case, spaces allowed), or a number in mA (``2.5``). Raises ValueError naming the
+    value for anything else (negative, not finite, no number, another unit). Limits are the device's
+    business: :meth:`Stimulator.set_amplitude` checks them."""
+    if isinstance(amplitude, bool) or not isinstance(amplitude, (int, float, str)):
+        raise ValueError("amplitude = %r: a current such as \"2.5mA\" or \"2500uA\", or a number in mA"
+                         % (amplitude,))
+    if isinstance(amplitude, str):
+        m = _AMPLITUDE.match(amplitude)
+        if not m:
+            shown = amplitude if len(amplitude) <= 30 else amplitude[:27] + "..."
+            raise ValueError("amplitude = %r: not a current (e.g. 2.5mA or 2500uA; a bare number is mA)" % shown)
+        value = Fraction(m.group(1))
+        unit = (m.group(2) or "ma").lower()
+        ua = value * (1000 if unit == "ma" else 1)
+    else:
+        if isinstance(amplitude, float) and not math.isfinite(amplitude):
+            raise ValueError("amplitude = %r: not a finite number of mA" % (amplitude,))
+        if amplitude < 0:
+            raise ValueError("amplitude = %r: must not be negative" % (amplitude,))
+        ua = Fraction(amplitude) * 1000
+    return int(math.floor(ua + Fraction(1, 2)))
+
+
+@dataclass(frozen=True)
+class Amplitude(_Result):
+    """The result of :meth:`Stimulator.set_amplitude`: the amplitude asked for and what the DAC plays
+    from the next pulse boundary on. ``amplitude_ua``: phase 1 as realised by the 12-bit DAC;
+    ``phase2_amplitude_ua``: phase 2 derived from it for charge balance; ``dac_a`` / ``dac_b``: the
+    DAC codes of the POS and NEG directions. The :class:`AmplitudeChanged` event says from which pulse
+    on it applies."""
+
+    channel: int
+    requested_ua: int
+    amplitude_ua: int
+    phase2_amplitude_ua: int
+    dac_a: int
+    dac_b: int
+
+    @property
+    def amplitude_ma(self) -> float:
+        """Realised phase-1 amplitude in mA."""
+        return self.amplitude_ua / 1000
+
+
 @dataclass(frozen=True)
 class ChannelStatus(_Result):
     """One channel: ``state`` idle/armed/running/fault, ``fault`` (the latched fault's kind or "none"),
@@ -298,6 +350,16 @@ class Crash(Event):
     where: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class AmplitudeChanged(Event):
+    """A live amplitude change (:meth:`Stimulator.set_amplitude`) took effect: pulses from
+    ``from_pulse`` on (0-based, counted since the channel's start) play ``amplitude_ua`` (phase 1, as
+    realised by the DAC)."""
+
+    from_pulse: int
+    amplitude_ua: int
+
+
 def _event(d: Mapping[str, Any]) -> Event:
     common: dict[str, Any] = {"channel": int(d["channel"]), "time_s": d["time_us"] / 1e6, "value": int(d["value"]),
                               "seq": int(d.get("seq", 0))}
@@ -313,6 +375,9 @@ def _event(d: Mapping[str, Any]) -> Event:
     if kind == "crash":
         why = _M.decode_crash(d["value"])
         return Crash(kind=kind, exception=why["exception"], where=why["where"], **common)
+    if kind == "amplitude":
+        return AmplitudeChanged(kind=kind, from_pulse=int(d["from_pulse"]), amplitude_ua=int(d["amplitude_ua"]),
+                                **common)
     if kind == "boot":
         names = _M.RESET_NAMES
         return Boot(kind=kind, reset_reason=names[d["value"]] if 0 <= d["value"] < len(names) else str(d["value"]),
@@ -582,6 +647,31 @@ class Stimulator:
             raise
         return _realised(channel, resp)
 
+    def set_amplitude(self, channel: int, amplitude: AmplitudeSource) -> Amplitude:
+        """Change the amplitude of a running ``channel`` without stopping it: ``"2.5mA"``,
+        ``"2500uA"`` or a number in mA. The device applies it at the next pulse boundary (never inside
+        a pulse; the phase-2 amplitude follows for charge balance) and reports from which pulse on as
+        an :class:`AmplitudeChanged` event. The channel's parameters with the new amplitude are first
+        checked against the device's limits (amplitude, charge per phase, Shannon density, phase 2
+        after DAC rounding), so nothing is sent when the host already sees a limit. Raises
+        :class:`DeviceRefused` (``field``/``value``/``limit``: beyond a limit; or the device refused:
+        the channel is not running, a ramp or another change is still playing, or the idle after each
+        pulse is too short for the DAC update), ValueError for an amplitude that is not a current."""
+        self._channel(channel)
+        ua = parse_amplitude_ua(amplitude)
+        with _translated():
+            try:
+                params = self.client.get_params(channel)["params"]
+            except _client.DeviceError as e:
+                if e.code != _M.E_NOT_CONFIGURED:
+                    raise
+                params = None  # nothing to check against: the device's own refusal names the channel
+            if params is not None:
+                _pf.check_amplitude(params, ua, self.client.limits)
+            r = self.client.set_amplitude(channel, ua)
+        return Amplitude(channel=int(r["channel"]), requested_ua=ua, amplitude_ua=int(r["amplitude_ua"]),
+                         phase2_amplitude_ua=int(r["amplitude2_ua"]), dac_a=int(r["dac_a"]), dac_b=int(r["dac_b"]))
+
     def start(self, *channels: int) -> None:
         """Start the trains of ``channels`` (default: every channel with parameters). A train with an
         external trigger is armed and waits for its input."""
@@ -646,14 +736,14 @@ class Stimulator:
     def events(self, timeout: float = 0.0) -> list[Event]:
         """The events received so far (oldest first); when there are none, waits up to ``timeout``
         seconds for the first. Typed: :class:`TrainDone`, :class:`Fault`, :class:`ImpedanceHigh`,
-        :class:`Crash`, :class:`Boot`, :class:`TriggerSeen`."""
+        :class:`Crash`, :class:`Boot`, :class:`TriggerSeen`, :class:`AmplitudeChanged`."""
         with _translated():
             return [_event(d) for d in self.client.events(timeout=timeout)]
 
     def wait_event(self, kind: str | None = None, channel: int | None = None,
                    timeout: float = 5.0) -> Event | None:
         """Wait up to ``timeout`` s for an event of ``kind`` ("train_done", "fault", "impedance_high",
-        "crash", "boot", "trigger_seen"; None = any) on ``channel`` (None = any); None on timeout.
+        "crash", "boot", "trigger_seen", "amplitude"; None = any) on ``channel`` (None = any); None on timeout.
         Other events stay queued for :meth:`events`."""
         deadline = time.monotonic() + timeout
         c = self.client

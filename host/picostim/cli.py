@@ -433,6 +433,9 @@ def format_event(ev):
         why = M.decode_crash(ev["value"])
         return "t=%.6f s crash: %s in %s; outputs went to the safe state, nothing is configured" % (
             ev["time_us"] / 1e6, why["exception"], why["where"])
+    if ev["kind"] == M.EVENT_NAMES[M.EV_AMPLITUDE] and "from_pulse" in ev:
+        return "t=%.6f s channel %d amplitude %s from pulse %d" % (ev["time_us"] / 1e6, ev["channel"],
+                                                                    _ma(ev["amplitude_ua"]), ev["from_pulse"])
     return "t=%.6f s channel %d %s (value %d)" % (ev["time_us"] / 1e6, ev["channel"], ev["kind"], ev["value"])
 
 
@@ -467,6 +470,33 @@ def cmd_load(args):
         _print_json(r)
     else:
         print("slot %d loaded into channel %d" % (args.slot, args.channel))
+    return EXIT_OK
+
+
+def _amplitude_type(text):
+    """argparse type for ``set-amplitude``: 2.5mA, 2500uA, 2500µA or a bare number in mA -> µA."""
+    try:
+        return api.parse_amplitude_ua(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("= %s: not a current (e.g. 2.5mA or 2500uA; a bare number is mA)"
+                                         % _show(text)) from None
+
+
+def _ma(ua):
+    return "%s mA" % paramfile._fmt_num(ua / 1000, 4)
+
+
+def cmd_set_amplitude(args):
+    """Live amplitude change of a running channel, applied at the next pulse boundary (one line out)."""
+    with connect(args) as stim:
+        _check_channel(stim, args.channel)
+        r = stim.set_amplitude(args.channel, "%duA" % args.amplitude)
+    if args.json:
+        _print_json(r.to_json())
+    else:
+        print("channel %d: amplitude %s requested, %s realised (phase 2 %s; DAC A %d, B %d) from the next pulse "
+              "boundary" % (r.channel, _ma(r.requested_ua), _ma(r.amplitude_ua), _ma(r.phase2_amplitude_ua),
+                            r.dac_a, r.dac_b))
     return EXIT_OK
 
 
@@ -773,6 +803,14 @@ def build_parser():
         s.add_argument("--channel", "-c", type=_CHANNEL, default=0, help="channel (default 0)")
         s.add_argument("--json", action="store_true")
         s.set_defaults(func=func)
+    s = sub.add_parser("set-amplitude", help="change a running channel's amplitude at the next pulse boundary "
+                                             "(e.g. 2.5mA, 2500uA; checked against every limit)")
+    s.add_argument("amplitude", type=_amplitude_type, metavar="AMPLITUDE",
+                   help="the new phase-1 amplitude: 2.5mA, 2500uA (a bare number is mA); phase 2 follows for "
+                        "charge balance")
+    s.add_argument("--channel", "-c", type=_CHANNEL, default=0, help="channel (default 0)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_set_amplitude)
     s = sub.add_parser("watch", help="live events and pulse counts until the trains end (or Ctrl-C)")
     s.add_argument("--interval", type=_number_type(float, 0, 3600, lo_open=True, unit=" s"), default=0.5)
     s.add_argument("--follow", action="store_true", help="keep watching after all channels are idle")

@@ -62,6 +62,15 @@ def describe_nack(nack, request=None):
         detail = "%s = %s is not available (the device has channels 0..%s)" % (
             field, nack["value"] if field == "channel" else "0x%02x" % nack["value"],
             nack["limit"] if field == "channel" else bin(nack["limit"]).count("1") - 1)
+    elif code == M.E_BAD_STATE and field == "channel" and request == M.SET_AMPLITUDE:
+        state = M.STATE_NAMES[nack["limit"]] if 0 <= nack["limit"] < len(M.STATE_NAMES) else "not running"
+        detail = ("channel %d is %s: a live amplitude change needs a running train (start it first; upload sets "
+                  "the amplitude of a stopped channel)" % (nack["value"], state))
+    elif code == M.E_DAC_BUSY and field == "channel":
+        detail = "channel %d: %s" % (nack["value"], nack["error"])
+    elif code == M.E_RAMP_TIMING and field:
+        detail = "%s: %s" % (nack["error"], paramfile.describe_violation(field, nack["value"], nack["limit"],
+                                                                         nack["relation"]))
     elif code in (M.E_FAULT_LATCHED, M.E_NOT_CONFIGURED, M.E_BAD_STATE) and field == "channel":
         extra = ""
         if code == M.E_BAD_STATE and 0 <= nack["limit"] < len(M.STATE_NAMES):
@@ -334,6 +343,15 @@ class Client:
         {"channel", "params", "realised"} as echoed by the device."""
         full = P.complete(params)
         return self.request(M.SET_PARAMS, M.encode_params(channel, full), decode=M.decode_params_response)
+
+    def set_amplitude(self, channel, amplitude_ua):
+        """Live amplitude of a running channel (SET_AMPLITUDE): applied by the device at the end of the
+        channel's next pulse. Returns {"channel", "amplitude_ua" (realised phase 1), "amplitude2_ua"
+        (phase 2, balanced), "dac_a", "dac_b"}; the ``amplitude`` EVENT (keys ``from_pulse``,
+        ``amplitude_ua``) follows when it has taken effect. NACKs: not running (E_BAD_STATE), a ramp or
+        change still playing (E_DAC_BUSY), a limit (E_OUT_OF_RANGE with the field)."""
+        return self.request(M.SET_AMPLITUDE, M.encode_set_amplitude(channel, amplitude_ua),
+                            decode=M.decode_amplitude_response)
 
     def get_params(self, channel):
         return self.request(M.GET_PARAMS, bytes((channel,)), decode=M.decode_params_response)

@@ -531,6 +531,10 @@ def check(paramset_or_params, limits):
     if v.relation == "<=" and v.field in FIRMWARE_LIMIT_OF and FIRMWARE_LIMIT_OF[v.field] in limits:
         limit = min(limit, limits[FIRMWARE_LIMIT_OF[v.field]])  # beyond the wire format: the real limit
     msg = _in_key_unit(key, v.field, v.value, limit, v.relation)
+    if (v.field in KEY_UNIT_FIELDS and v.relation == "<=" and "max_ramp_pulses" in limits
+            and limit < limits.get("max_ramp_ns", limit)):  # the bound is the ramp's pulse count
+        msg = (msg or describe_violation(v.field, v.value, limit, v.relation)) + (
+            " (%d pulses, the firmware's max_ramp_pulses, at this pulse rate)" % limits["max_ramp_pulses"])
     if msg is None:
         msg = describe_violation(v.field, v.value, limit, v.relation, user_key=None)
         if key and key != user_name(v.field):
@@ -541,6 +545,23 @@ def check(paramset_or_params, limits):
             _fmt_num(Fraction(params["amplitude_ua"] * params["phase1_ns"], 1000000)),
             user_value("electrode_area_um2", params["electrode_area_um2"]))
     raise ParamLimitError(msg, v)
+
+
+def check_amplitude(params, amplitude_ua, limits):
+    """What the firmware checks before a live amplitude change (SET_AMPLITUDE): the channel's
+    canonical ``params`` with ``amplitude_ua`` through :func:`check` (every limit, phase 2 after DAC
+    rounding), then the idle after each pulse the DAC bus needs to update at a pulse boundary
+    (pulse_engine.update_idle_violation). Returns the new parameter dict; raises
+    :class:`ParamLimitError` with a user-unit message."""
+    new = dict(params)
+    new["amplitude_ua"] = amplitude_ua
+    check(new, limits)
+    train, _v = pulse_engine.build_checked(new, limits)
+    v = pulse_engine.update_idle_violation(train, 1)
+    if v is not None:
+        raise ParamLimitError(describe_violation(v.field, v.value, v.limit, v.relation)
+                              + " (a live amplitude change needs the DAC update idle after every pulse)", v)
+    return new
 
 
 # ----------------------------------------------------------------------------------------------
