@@ -87,3 +87,24 @@ def min_idle_ticks(channels_sharing_a_boundary=1):
     """Idle a pulse must leave before the next one when amplitude updates follow it: the DAC
     program's writes for every channel that shares that boundary, then the outputs' settling."""
     return UPDATE_TICKS + (channels_sharing_a_boundary - 1) * 2 * WRITE_TICKS
+
+
+# ---- fast path for long op lists (ramps: up to thousands of writes built in one request) ---------
+def _reverse8(v):
+    r = 0
+    for _ in range(8):
+        r = (r << 1) | (v & 1)
+        v >>= 1
+    return r
+
+
+_REV8 = bytes([_reverse8(i) for i in range(256)])
+# write_op of each channel's DAC A / DAC B with code 0: a code's bits are disjoint from the command's,
+# so the bit-reversed command is the OR of the two reversals (code_write_op).
+_CODE_BASE = [(write_op(ch, command(False, 0)), write_op(ch, command(True, 0))) for ch in range(board.CHANNELS)]
+
+
+def code_write_op(ch, channel_b, code):
+    """write_op(ch, command(channel_b, code)) from tables: the same word without the bit loop."""
+    code &= _CODE_MASK
+    return _CODE_BASE[ch][1 if channel_b else 0] | ((_REV8[code & 0xFF] << 8 | _REV8[code >> 8]) << _CMD_SHIFT)

@@ -545,6 +545,7 @@ def ramp_up_ops(trains, channels, waits=None):
     Several channels ramp together only with identical pulse timing (timing_key, same trigger:
     ``waits``), and then need dac_bus.min_idle_ticks(k) idle: else RampMismatch / Unrealisable,
     and likewise beyond MAX_RAMP_OPS words. The waits never outnumber the pulses of a finite train.
+    The list is allocated once (no growth: one block of at most MAX_RAMP_OPS words).
     """
     ramping = [ch for ch in channels if trains[ch].ramp_up_k > 1]
     if not ramping:
@@ -557,22 +558,37 @@ def ramp_up_ops(trains, channels, waits=None):
         total = total_pulses(trains[ch])
         if total is not None and total < n:
             n = total
+    per = 1 + 2 * len(ramping)
+    size = (n - 1) * per if n > 1 else 0
+    ops = [0] * (size if size < MAX_RAMP_OPS else MAX_RAMP_OPS)
     wait = dac_bus.wait_op(phase2_pin(lead, ramping[0]))
     prev = [pulse_codes(trains[ch], 0) for ch in ramping]
-    ops: list = []
+    at = 0
     last_change = 0
     for j in range(1, n):
-        ops.append(wait)
+        if at + per > len(ops) and at + 1 + _changes(trains, ramping, prev, j) * 2 > MAX_RAMP_OPS:
+            raise _too_many_ops(trains, ramping, _up_field, _up_k, per)
+        ops[at] = wait
+        at += 1
         for i, ch in enumerate(ramping):
             codes = pulse_codes(trains[ch], j)
             if codes != prev[i]:
                 prev[i] = codes
-                ops.extend(dac_bus.update_ops(ch, codes[0], codes[1]))
-                last_change = len(ops)
-        if len(ops) > MAX_RAMP_OPS:
-            raise _too_many_ops(trains, ramping, _up_field, _up_k, 1 + 2 * len(ramping))
-    del ops[last_change:]  # trailing bare waits would only delay the mark
+                ops[at] = dac_bus.code_write_op(ch, False, codes[0])
+                ops[at + 1] = dac_bus.code_write_op(ch, True, codes[1])
+                at += 2
+                last_change = at
+    del ops[last_change:]  # bare waits after the last change would only delay the mark
     return ops
+
+
+def _changes(trains, channels, prev, j):
+    """How many of ``channels`` change codes at boundary j (before the list could overflow)."""
+    n = 0
+    for i, ch in enumerate(channels):
+        if pulse_codes(trains[ch], j) != prev[i]:
+            n += 1
+    return n
 
 
 def _up_k(train):
@@ -593,22 +609,29 @@ def ramp_down_ops(trains, channels):
     for ch in channels:
         if trains[ch].ramp_down_k > n:
             n = trains[ch].ramp_down_k
+    per = 1 + 2 * len(channels)
+    if (n + 1) * per > MAX_RAMP_OPS:  # every boundary writes every channel (codes fall, then off)
+        raise _too_many_ops(trains, channels, _down_field, _down_k, per)
+    ops = [0] * ((n + 1) * per)
     wait = dac_bus.wait_op(phase2_pin(lead, channels[0]))
     prev = [(trains[ch].dac_a, trains[ch].dac_b) for ch in channels]
-    ops: list = []
+    at = 0
     for j in range(n + 1):
-        ops.append(wait)
+        ops[at] = wait
+        at += 1
         for i, ch in enumerate(channels):
             t = trains[ch]
             if j < t.ramp_down_k:
                 codes = ramp_down_codes(t, j)
                 if codes != prev[i]:
                     prev[i] = codes
-                    ops.extend(dac_bus.update_ops(ch, codes[0], codes[1]))
+                    ops[at] = dac_bus.code_write_op(ch, False, codes[0])
+                    ops[at + 1] = dac_bus.code_write_op(ch, True, codes[1])
+                    at += 2
             elif j == t.ramp_down_k:
-                ops.extend(dac_bus.shutdown_ops(ch))
-        if len(ops) > MAX_RAMP_OPS:
-            raise _too_many_ops(trains, channels, _down_field, _down_k, 1 + 2 * len(channels))
+                ops[at:at + 2] = dac_bus.shutdown_ops(ch)
+                at += 2
+    del ops[at:]
     return ops
 
 

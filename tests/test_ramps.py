@@ -365,3 +365,11 @@ def test_the_deadman_never_ramps_down():
         ctl.poll()
     assert ["stop", 1] in hal.calls and not [c for c in hal.calls if c[0] == "dac_play"]
     assert ctl.deadman_trips >= 1
+
+
+def test_the_fast_dac_write_gives_exactly_the_write_op_words():
+    """dac_bus.code_write_op (tables, for ramps of thousands of writes) == write_op(command(...))."""
+    for ch in range(board.CHANNELS):
+        for b in (False, True):
+            for code in range(4096):
+                assert dac_bus.code_write_op(ch, b, code) == dac_bus.write_op(ch, dac_bus.command(b, code))
