@@ -98,6 +98,7 @@ DAC_MOV_OSR_NULL = 0xA0E3
 DAC_OUT_PINS_9 = 0x6000 | pio.DAC_OUT_COUNT
 DAC_OUT_PINDIRS_9 = 0x6080 | pio.DAC_OUT_COUNT
 DAC_RX_DEPTH = 4  # `.fifo txrx`: 4-deep RX FIFO (marks)
+DAC_TX_DEPTH = 4  # and a 4-deep TX FIFO
 
 # ---- watchdog / misc ----
 WDT_TIMEOUT_MS = 2000  # see docs/HARDWARE.md: 2 s covers the slowest legal main-loop step
@@ -818,8 +819,10 @@ def _bound_write_next(prev, nxt):
 
 def dac_resume_ops(pc, batch, pulled, rest, prev_last=None):
     """The op words still to play after the DAC state machine was disabled at program address ``pc``
-    having pulled ``pulled`` words of the DMA batch ``batch`` (``rest``: words not handed to the DMA
-    yet; ``prev_last``: the last word of the batch before). None when ``pc`` is not a safe point, i.e.
+    having pulled ``pulled`` words of ``batch`` (the words handed to the DMA that may not all have been
+    pulled: the HAL passes the batch after the last TX-FIFO-depth words of the batches before it;
+    ``rest``: words not handed to the DMA yet; ``prev_last``: the word before ``batch[0]``, when known).
+    None when ``pc`` is not a safe point, i.e.
     inside a write, or between a completed wait op (or write) and a write bound to it: the caller
     lets the SM run on and tries again. An open wait op is played again from its start (it waits
     for the NEXT end of that phase, so its writes still land between two pulses)."""

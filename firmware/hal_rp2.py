@@ -292,7 +292,9 @@ class Rp2Hal:
         self._dq = []  # op words not handed to the DMA yet (self._dqi: the next one)
         self._dqi = 0
         self._dbatch_n = 0  # words of the batch in self._dbuf handed to the DMA
-        self._dprev_last = None  # last word of the batch before it
+        # the words handed to the DMA that may not have been pulled yet: the batch, after the last
+        # FIFO-depth words of the batches before it (they may still sit in the TX FIFO)
+        self._dwords = []
         self._dac_pending = 0  # marks queued and not seen yet
         self._dac_seen = 0  # marks seen since boot
         self._mark_pulses = [0] * board.CHANNELS
@@ -341,7 +343,7 @@ class Rp2Hal:
         self._dq = []
         self._dqi = 0
         self._dbatch_n = 0
-        self._dprev_last = None
+        self._dwords = []
         self._dac_pending = 0
 
     def _dac_queue(self, ops):
@@ -365,10 +367,11 @@ class Rp2Hal:
             return
         n = dma_chain.dac_batch_len(q, i, _DAC_BUF_WORDS)
         buf = self._dbuf
-        if self._dbatch_n:
-            self._dprev_last = buf[self._dbatch_n - 1]
+        words = self._dwords[-dma_chain.DAC_TX_DEPTH:]
         for k in range(n):
             buf[k] = q[i + k]
+            words.append(q[i + k])
+        self._dwords = words
         self._dbatch_n = n
         i += n
         if i >= len(q):
@@ -411,22 +414,20 @@ class Rp2Hal:
         rest = self._dq[self._dqi:]
         if not self._dac_on_pio:
             return rest
-        buf = self._dbuf
         t0 = ticks_us()
         while True:
             irq = machine.disable_irq()
             mem32[self._r_dac_ctrl_clr] = self._dac_sm_bit
             pc = mem32[self._r_dac_pc] & 0x1F
             machine.enable_irq(irq)
-            n = self._dbatch_n
+            words = self._dwords
             while True:  # a stable read: the DMA may still move words into the FIFO
                 lvl = mem32[self._r_dac_flevel] & 0xF
-                busy = n and mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY
+                busy = self._dbatch_n and mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY
                 remaining = mem32[self._r_dd_count] if busy else 0
                 if mem32[self._r_dac_flevel] & 0xF == lvl:
                     break
-            ops = dma_chain.dac_resume_ops(pc, [buf[k] for k in range(n)], n - remaining - lvl, rest,
-                                           self._dprev_last)
+            ops = dma_chain.dac_resume_ops(pc, words, len(words) - remaining - lvl, rest)
             if ops is not None:
                 break
             if ticks_diff(ticks_us(), t0) >= _DAC_SAFE_POINT_US:
@@ -443,7 +444,7 @@ class Rp2Hal:
         self._dq = []
         self._dqi = 0
         self._dbatch_n = 0
-        self._dprev_last = None
+        self._dwords = []
         return ops
 
     def _dac_now(self, ops, drop_pins=()):

@@ -489,3 +489,59 @@ def test_dma_chain_and_hal_import_under_micropython():
     p, words, _ = r.stdout.strip().splitlines()[-1].split("|")
     assert int(p) >= 3
     assert words.replace(" ", "") == str(list(pp.OPCODES)).replace(" ", "")
+
+
+# ---- DAC bus bookkeeping (firmware/dma_chain.py, pure) --------------------------------------------
+def _ramp(ch, pin, n):
+    ops = []
+    for k in range(n):
+        ops += [dac_bus.wait_op(pin)] + dac_bus.update_ops(ch, 100 + k, 100 + k)
+    return ops
+
+
+def test_dac_batches_never_end_between_a_wait_op_and_its_writes():
+    ops = _ramp(0, board.CH_POS[0], 50) + [dac_bus.MARK_OP]
+    i, cuts = 0, []
+    while i < len(ops):
+        n = dc.dac_batch_len(ops, i, 16)
+        assert 0 < n <= 16
+        i += n
+        cuts.append(i)
+        if i < len(ops):
+            assert dc.dac_is_wait(ops[i])  # the next batch starts with a wait op
+    assert cuts[-1] == len(ops) and len(cuts) > 5
+
+
+def test_dac_resume_ops_only_at_safe_points():
+    w = dac_bus.wait_op(board.CH_NEG[1])
+    a, b = dac_bus.update_ops(1, 7, 7)
+    m = dac_bus.MARK_OP
+    batch = [w, a, b, m, w, a, b, m]
+    gp = pp.DAC_ENTRIES["gp%d" % board.CH_NEG[1]]
+    rest = [99 << 5 | pp.DAC_WRITE_ENTRY]
+    # inside the second wait op (either WAIT): that wait op again, then everything after it
+    for pc in (gp, gp + 1):
+        assert dc.dac_resume_ops(pc, batch, 5, rest) == [w, a, b, m] + rest
+    # the wait is done (jmp next) or the SM is about to pull the write bound to it: not a safe point
+    assert dc.dac_resume_ops(gp + 2, batch, 5, rest) is None
+    assert dc.dac_resume_ops(pp.DAC_NEXT_ENTRY, batch, 5, rest) is None
+    assert dc.dac_resume_ops(pp.DAC_NEXT_ENTRY, batch, 6, rest) is None
+    for pc in range(pp.DAC_WRITE_ENTRY, pp.DAC_WRITE_ENTRY + 6):  # inside a write
+        assert dc.dac_resume_ops(pc, batch, 6, rest) is None
+    # between groups: after a mark, or idle at `pull` with everything pulled
+    assert dc.dac_resume_ops(pp.DAC_NEXT_ENTRY, batch, 4, rest) == [w, a, b, m] + rest
+    assert dc.dac_resume_ops(pp.DAC_MARK_ENTRY, batch, 4, rest) == [m, w, a, b, m] + rest
+    assert dc.dac_resume_ops(pp.DAC_NEXT_ENTRY, batch, 8, []) == []
+    # `out pc` pending for a pulled wait op: play it again
+    assert dc.dac_resume_ops(pp.DAC_NEXT_ENTRY + 1, batch, 5, []) == [w, a, b, m]
+    assert dc.dac_resume_ops(pp.DAC_NEXT_ENTRY, batch, 9, []) is None  # inconsistent count
+
+
+def test_dac_drop_channels_removes_whole_groups_only():
+    g0 = [dac_bus.wait_op(board.CH_POS[0])] + dac_bus.update_ops(0, 5, 5)
+    g1 = [dac_bus.wait_op(board.CH_NEG[1])] + dac_bus.update_ops(1, 6, 6)
+    first = dac_bus.update_ops(2, 9, 9)
+    m = dac_bus.MARK_OP
+    ops = first + [m] + g0 + g1 + [m] + g1 + [m] + g0 + [m]
+    assert dc.dac_drop_channels(ops, (board.CH_POS[1], board.CH_NEG[1])) == first + [m] + g0 + [m, m] + g0 + [m]
+    assert dc.dac_drop_channels(ops, ()) == ops

@@ -227,6 +227,11 @@ class RegBus:
         self.flush()
         return self._call([["peek", sm]])["r"][-1]
 
+    def peek_sm(self, sm: int, pio: int) -> dict:
+        """Debug view {pc, x, tx, enabled, waiting} of SM ``sm`` of PIO ``pio`` (no bus access)."""
+        self.flush()
+        return self._call([["peek", sm, pio]])["r"][-1]
+
     def release(self, nbytes: int):
         self.live_bytes -= nbytes
 

@@ -143,6 +143,9 @@ export function applyPioPatches(rp2040, patches = ALL_PATCHES) {
         this._external = true;
         origSet(value);
       };
+      pin.refreshInput = function () {
+        origSet(this.rawInputValue); // a pad write (input enable) is not an external driver
+      };
       if (!on.has('loopback')) {
         Object.defineProperty(pin, 'inputValue', {
           configurable: true,
