@@ -77,7 +77,9 @@ def test_edge_case_timing(bench, case):
 def test_train_delay_is_exact(virtual_bench):
     params, duration = EDGE_CASES["train_delay"]
     result = virtual_bench.run(params, duration_s=duration)
-    first = result.trace.channels["NEG"].rising()[0]
+    hal = virtual_bench.vp.hal
+    # the capture is armed before START: the enable comes after the DAC writes start() makes first
+    first = result.trace.channels["NEG"].rising()[0] - (hal.train_start[0] - hal.start_called[0])
     # the SM's first pin write comes SEGMENT_ENTRY's two set-up instructions after the enable
     assert first == pulse_engine.ns_to_ticks(30_000_000) + 2
 

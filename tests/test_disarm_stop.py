@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from firmware import board, dma_chain, pulse_engine
+from firmware import board, dac_bus, dma_chain, pulse_engine
 from firmware import pio_programs as pio
 from firmware.controller import Controller
 from picostim.virtual.pio_emu import PioSystem
@@ -108,7 +108,8 @@ def test_trigger_before_the_edge_disarms_and_starts_now():
     b.hal.drive_trigger(1, 1)  # too late: the channel no longer waits on it
     b.run(0.1)
     got = pulses(b.hal)
-    assert len(got) == 2 and got[0][0] - t < 10
+    # now = after the DAC bus has shut the disarmed DAC down and written the start's codes (issue 13)
+    assert len(got) == 2 and got[0][0] - t < 10 + 4 * dac_bus.WRITE_TICKS
     assert all(w1 == w2 == 200 * US for _, w1, _, w2 in got)
 
 

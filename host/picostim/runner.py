@@ -183,7 +183,8 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
     driven on TRIG1/TRIG2 like a function generator."""
     mask = 1 << channel
     resp = client.set_params(channel, params)
-    client.start(mask)
+    armed = vp.hal.system.now  # the capture starts here, as a logic analyzer armed before START:
+    client.start(mask)  # it holds the DAC writes the HAL makes before it enables the state machines
     start = vp.hal.system.now  # the run's start (a gate re-arms the train: its own start moves on)
     for n, times in sorted((triggers or {}).items()):
         for i, t in enumerate(times):
@@ -197,7 +198,7 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
             if not vp.hal.running(channel):
                 break
     events = client.events(timeout=0.05)
-    trace = vp.hal.trace([channel], start=start)
+    trace = vp.hal.trace([channel], start=armed)
     check_s: float | None = duration_s
     n_in = trigger_input(params)
     if n_in is not None:  # the train starts at the first edge; a gate stops and restarts it
@@ -205,8 +206,8 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
         check_s = max(0.0, duration_s - edges[0]) if P.TRIGGER_NAMES[params["trigger"]].startswith("ext") else 0.0
     fault_sample = None
     for f in faults_from_events(events):
-        if f["channel"] == channel:  # device µs -> capture samples (the trace starts at the train start)
-            fault_sample = round(f["time_s"] * vp.hal.clock_hz) - start
+        if f["channel"] == channel:  # device µs -> capture samples (the trace starts when armed)
+            fault_sample = round(f["time_s"] * vp.hal.clock_hz) - armed
             break
     openings = (len((triggers or {}).get(n_in, ())) + 1) // 2 if n_in is not None else 1
     result = _finish(params, resp["realised"], trace, events, capture, plot_png, channel, check_s, fault_sample,

@@ -79,6 +79,14 @@ class DmaChannel:
         """Convenience: one block, played once."""
         self.load((), [list(words)], 1)
 
+    def queue(self, words: Iterable[int]) -> None:
+        """Append one block, played once after everything already queued (a DMA fed from a
+        software queue: the virtual Pico's DAC bus op words)."""
+        block = [int(w) & 0xFFFFFFFF for w in words]
+        if block:
+            self._once.append(block)
+            self._kick()
+
     def stop_at_block_boundary(self) -> None:
         """Finish the block being transferred, then stop (``done`` becomes True)."""
         if self._cur is None:

@@ -20,6 +20,7 @@ Command-line syntax (``picostim --virtual --electrode ... --fault ...``; docs/SA
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import dataclass, field
@@ -213,3 +214,86 @@ def _targets(ch: int | None, channels: int, spec: str) -> range:
     if ch >= channels:
         raise SpecError("%s: ch=%d but the virtual Pico has channels 0..%d" % (spec, ch, channels - 1))
     return range(ch, ch + 1)
+
+
+# ---- the current source: one MCP4822 per channel on the emulated DAC bus ----------------------
+class Mcp4822Bus:
+    """The MCP4822s on the virtual Pico's DAC bus, fed by the pins the emulated ``dac`` program drove.
+
+    Each DAC decodes its own SPI frames from the emulator's pin record (``system._edges``: SCK, MOSI,
+    its chip select): a frame is a low interval of the chip select; its bits are MOSI's levels at the
+    SCK rising edges inside it (MSB first). A 16-bit command (bit 15 A/B, bit 13 /GA, bit 12 /SHDN,
+    bits 11..0 code) updates the selected output at the CS rising edge (LDAC is held low: outputs are
+    transparent); a frame of any other length is ignored, as the MCP4822 does. An output is off (0
+    current) until its first command (and after a shutdown command). Current = code *
+    ``board.DAC_FULL_SCALE_UA`` / 4096, exact in nA by ``pulse_engine.code_to_na``, twice that at
+    gain 2x. Frames are decoded incrementally (:meth:`update`), only for chip-select edges not seen
+    before, so the cost grows with the DAC writes, not with time.
+    """
+
+    def __init__(self, system, sck_pin: int, mosi_pin: int, cs_pins) -> None:
+        self.system = system
+        self.sck_pin, self.mosi_pin = sck_pin, mosi_pin
+        self.cs_pins = tuple(cs_pins)
+        self._seen = [0] * len(self.cs_pins)  # CS edges already decoded
+        # per DAC, per output (0 = A, 1 = B): cycles of the CS rises that changed it and the nA after
+        self._at: list[list[list[int]]] = [[[], []] for _ in self.cs_pins]
+        self._na: list[list[list[int]]] = [[[], []] for _ in self.cs_pins]
+        self.commands: list[tuple[int, int, int]] = []  # (CS rise cycle, dac, 16-bit command)
+        self.malformed = 0
+
+    def _level(self, pin: int, cycle: int) -> int:
+        edges = self.system._edges[pin]
+        flips = bisect.bisect_right(edges, cycle)
+        return ((self.system._initial_eff >> pin) & 1) ^ (flips & 1)
+
+    def update(self) -> None:
+        """Decode every frame whose chip select has risen since the last call."""
+        from firmware import pulse_engine  # the board's code -> nA rule
+
+        sys_edges = self.system._edges
+        sck = sys_edges[self.sck_pin]
+        sck0 = (self.system._initial_eff >> self.sck_pin) & 1
+        for dac, pin in enumerate(self.cs_pins):
+            edges = sys_edges[pin]
+            i = self._seen[dac]
+            if len(edges) == i:
+                continue
+            high0 = (self.system._initial_eff >> pin) & 1
+            while i < len(edges):
+                level_after = high0 ^ ((i + 1) & 1)
+                if level_after == 0:  # a fall: the frame ends at the next edge
+                    if i + 1 >= len(edges):
+                        break  # CS still low: frame in progress
+                    fall, rise = edges[i], edges[i + 1]
+                    lo = bisect.bisect_right(sck, fall)
+                    hi = bisect.bisect_left(sck, rise)
+                    bits = []
+                    for k in range(lo, hi):
+                        if sck0 ^ ((k + 1) & 1):  # SCK high after toggle k: a rising edge
+                            bits.append(self._level(self.mosi_pin, sck[k]))
+                    i += 2
+                    if len(bits) != 16:
+                        self.malformed += 1
+                        continue
+                    cmd = 0
+                    for b in bits:
+                        cmd = (cmd << 1) | b
+                    self.commands.append((rise, dac, cmd))
+                    out = cmd >> 15 & 1
+                    if cmd & 0x1000:
+                        na = pulse_engine.code_to_na(cmd & 0x0FFF) * (1 if cmd & 0x2000 else 2)
+                    else:
+                        na = 0
+                    self._at[dac][out].append(rise)
+                    self._na[dac][out].append(na)
+                else:
+                    i += 1  # a rise without a fall seen (CS released at the start): nothing
+            self._seen[dac] = i
+
+    def current_na(self, dac: int, out_b: bool, cycle: int) -> int:
+        """Output A (``out_b`` False: POS direction) or B (NEG direction) of DAC ``dac`` at ``cycle``
+        (after a CS rise at that cycle), in nA; call :meth:`update` first."""
+        at = self._at[dac][1 if out_b else 0]
+        k = bisect.bisect_right(at, cycle)
+        return self._na[dac][1 if out_b else 0][k - 1] if k else 0

@@ -159,7 +159,8 @@ class StateMachine:
                  side_set_opt: bool = False, side_set_pindirs: bool = False, jmp_pin: int = 0,
                  out_shift_right: bool = True, in_shift_right: bool = True, autopull: bool = False,
                  pull_threshold: int = 32, autopush: bool = False, push_threshold: int = 32,
-                 fifo_depth: int = 4, rx_fifo_depth: int = 4, status_sel: int = 0, status_n: int = 0):
+                 fifo_depth: int = 4, rx_fifo_depth: int = 4, status_sel: int = 0, status_n: int = 0,
+                 gpio_mask: int = M32):
         prog = [int(o) & 0xFFFF for o in program]
         if not 1 <= len(prog) <= 32:
             raise ValueError("a PIO program has 1..32 instructions")
@@ -189,9 +190,12 @@ class StateMachine:
         self.autopush, self.push_threshold = autopush, push_threshold
         self.fifo_depth, self.rx_fifo_depth = fifo_depth, rx_fifo_depth
         self.status_sel, self.status_n = status_sel, status_n
-        self._out_mask = _pinmask(self.out_base, out_count)
-        self._set_mask = _pinmask(self.set_base, set_count)
-        self._ss_mask = _pinmask(self.side_set_base, side_set_count)
+        # GPIO function select: only pins in ``gpio_mask`` are routed to this SM's PIO; its writes
+        # to any other pin reach no pad (e.g. dac.pio's OUT over GP19..GP27 never drives GP23-26).
+        self.gpio_mask = gpio_mask & M32
+        self._out_mask = _pinmask(self.out_base, out_count) & self.gpio_mask
+        self._set_mask = _pinmask(self.set_base, set_count) & self.gpio_mask
+        self._ss_mask = _pinmask(self.side_set_base, side_set_count) & self.gpio_mask
         self._pot_wr = self._out_mask | self._set_mask | self._ss_mask  # pins this SM can ever drive
         self._next_pc = [wrap_target if pc == wrap else (pc + 1) & 31 for pc in range(len(prog))]
         # registers
@@ -207,6 +211,10 @@ class StateMachine:
         self.dma = DmaChannel()
         self.dma._system = system
         self.dma._sm = self
+        # CPU-side observers (the HAL's interrupt handlers, modelled at the exact cycle):
+        # push_hook(t, word) after every word pushed into the RX FIFO; see PioSystem.at_pull.
+        self.push_hook = None
+        self._pull_hooks: list = []  # sorted (words_pulled value, seq, fn)
         # run state
         self.enabled = False
         self.next_time: float = INF
@@ -246,7 +254,7 @@ class StateMachine:
         """CPU write to TXF: returns False (and drops the word, like TXOVER) when the FIFO is full."""
         if len(self.tx) >= self.fifo_depth:
             return False
-        self.tx.append((self.system.now, int(word) & M32, False))
+        self.tx.append((self.system._cpu_time(), int(word) & M32, False))
         self.system._wake_tx(self)
         return True
 
@@ -302,6 +310,21 @@ class PioSystem:
         self._inputs: list[tuple[int, int, int, int]] = []  # (cycle, seq, pin, level), pending
         self._in_seq = 0
         self._pin_waiters: list[StateMachine] = []
+        self._exec_t: Optional[int] = None  # cycle being executed inside run_until (hooks run there)
+        self._stop_at: Optional[int] = None
+        self._hook_seq = 0
+
+    def stop_run(self) -> None:
+        """From a hook: end the current :meth:`run_until` after the cycle being executed (``now``
+        becomes that cycle + 1; instructions of other SMs in the same cycle still execute), e.g.
+        a CPU busy-wait that ends when it sees an RX FIFO word. No effect outside a run."""
+        if self._exec_t is not None:
+            self._stop_at = self._exec_t + 1
+
+    def _cpu_time(self) -> int:
+        """When a CPU-side action (HAL call, or a hook running inside an instruction at cycle t)
+        takes effect: ``now`` between runs, ``t + 1`` inside a hook."""
+        return self.now if self._exec_t is None else self._exec_t + 1
 
     # ================================================================ configuration
     def add_state_machine(self, program: Sequence[int], wrap_target: int, wrap: int, **config) -> StateMachine:
@@ -310,7 +333,9 @@ class PioSystem:
         Keyword config: ``out_base, out_count, set_base, set_count, in_base, side_set_base,
         side_set_count, side_set_opt, side_set_pindirs, jmp_pin, out_shift_right, in_shift_right,
         autopull, pull_threshold, autopush, push_threshold, fifo_depth`` (4, or 8 for a joined TX
-        FIFO), ``rx_fifo_depth``, ``status_sel`` (0 TX level, 1 RX level), ``status_n``.
+        FIFO), ``rx_fifo_depth``, ``status_sel`` (0 TX level, 1 RX level), ``status_n``,
+        ``gpio_mask`` (pins whose GPIO function is this SM's PIO: its pin writes reach only those;
+        default every pin).
         """
         sm = StateMachine(self, len(self.sms), program, wrap_target, wrap, **config)
         self.sms.append(sm)
@@ -335,6 +360,26 @@ class PioSystem:
         """Set output latch levels for the pins in ``mask``, at ``now`` (e.g. ``out_init`` levels)."""
         self._out = (self._out & ~mask | levels & mask) & M32
         self._refresh(self.now, cpu=True)
+
+    def set_pull(self, mask: int, levels: int) -> None:
+        """Pull resistors (e.g. a 10 kOhm pull-up): from ``now`` on, each pin in ``mask`` reads
+        ``levels``' bit whenever its direction is input (nothing drives it). Modelled as the pin's
+        external input level, so it is the level the trace records while the pin is released;
+        :meth:`set_input` changes it like any input."""
+        self._in = (self._in & ~mask | levels & mask) & M32
+        self._refresh(self.now, cpu=True)
+
+    def at_pull(self, sm: "StateMachine | int", count: int, fn) -> None:
+        """Call ``fn(t)`` at the cycle ``t`` at which ``sm`` pulls its ``count``-th TX word
+        (``words_pulled`` reaches ``count``): the model of a CPU reacting at that exact cycle (an
+        action ``fn`` takes, e.g. queueing DMA words, takes effect at ``t + 1``). Called at once
+        (with ``t = now``) when ``sm`` has pulled that many words already."""
+        sm = self._sm(sm)
+        if sm.words_pulled >= count:
+            fn(self.now)
+            return
+        self._hook_seq += 1
+        bisect.insort(sm._pull_hooks, (count, self._hook_seq, fn))
 
     def set_input(self, pin: int, level: int, at_cycle: Optional[int] = None) -> None:
         """Schedule an external input change: ``pin`` becomes ``level`` at ``at_cycle`` (>= now)."""
@@ -412,10 +457,17 @@ class PioSystem:
         elif kind == K_JMP and a == 0:
             if not 0 <= b < len(sm.program):
                 raise PioUnsupported(f"SM{sm.index}: jmp to {b} outside the program")
+            if sm.stalled:
+                sm._stall_acc += max(0, self.now - sm._stall_t)
+            if sm._pin_wait:  # a stalled WAIT is abandoned
+                sm._pin_wait = False
+                self._pin_waiters.remove(sm)
             sm.pc = b
             sm.stalled = False
             sm._delay_left = 0
             sm._snap_key = None
+            if sm.enabled:  # an enabled SM executes the new PC from the next cycle on
+                sm.next_time = self._cpu_time()
         else:
             raise PioUnsupported(f"SM{sm.index}: SMx_INSTR {opcode:#06x} is not modelled")
 
@@ -430,20 +482,27 @@ class PioSystem:
         sms = self.sms
         inputs = self._inputs
         step = self._step
-        while True:
-            best = None
-            bt = INF
-            for sm in sms:
-                nt = sm.next_time
-                if nt < bt:
-                    bt = nt
-                    best = sm
-            if best is None or bt >= limit:
-                break
-            t = int(bt)
-            if inputs and inputs[0][0] <= t:
-                self._apply_inputs(t)
-            step(best, t, limit)
+        try:
+            while True:
+                best = None
+                bt = INF
+                for sm in sms:
+                    nt = sm.next_time
+                    if nt < bt:
+                        bt = nt
+                        best = sm
+                if best is None or bt >= limit:
+                    break
+                t = int(bt)
+                if inputs and inputs[0][0] <= t:
+                    self._apply_inputs(t)
+                self._exec_t = t
+                step(best, t, limit)
+                if self._stop_at is not None:
+                    limit = min(limit, self._stop_at)
+                    self._stop_at = None
+        finally:
+            self._exec_t = None
         if inputs and inputs[0][0] < limit:
             self._apply_inputs(limit - 1)
         self.now = limit
@@ -566,8 +625,8 @@ class PioSystem:
 
     # ================================================================ internals: DMA / FIFO
     def _dma_kick(self, sm: StateMachine) -> None:
-        """HAL changed the DMA program: top the FIFO up at ``now``."""
-        self._fill(sm, self.now)
+        """HAL changed the DMA program: top the FIFO up at ``now`` (at ``t + 1`` from a hook)."""
+        self._fill(sm, self._cpu_time())
         self._wake_tx(sm)
 
     def _fill(self, sm: StateMachine, avail: int) -> None:
@@ -580,8 +639,9 @@ class PioSystem:
             tx.append((avail, nw[0], nw[1]))
 
     def _wake_tx(self, sm: StateMachine) -> None:
-        if sm.enabled and sm.stalled and sm.next_time > self.now:
-            sm.next_time = self.now
+        t = self._cpu_time()
+        if sm.enabled and sm.stalled and sm.next_time > t:
+            sm.next_time = t
         sm._snap_key = None
 
     _wake_rx = _wake_tx
@@ -594,6 +654,9 @@ class PioSystem:
             sm.blocks_consumed += 1
         sm._dirty = True
         self._fill(sm, t + self.dma_latency)
+        hooks = sm._pull_hooks
+        while hooks and hooks[0][0] <= sm.words_pulled:
+            hooks.pop(0)[2](t)
         return w
 
     # ================================================================ internals: execution
@@ -714,6 +777,8 @@ class PioSystem:
                 sm.isr = 0
                 sm.isr_count = 0
                 sm._dirty = True
+                if sm.push_hook is not None:
+                    sm.push_hook(t, sm.rx[-1])
         elif kind == K_OUT:
             dst, n = a, b
             if dst == 7:
@@ -784,6 +849,8 @@ class PioSystem:
                 sm.isr = 0
                 sm.isr_count = 0
                 sm._dirty = True
+                if sm.push_hook is not None:
+                    sm.push_hook(t, sm.rx[-1])
             elif block:
                 self._stall(sm, t, INF)
                 return

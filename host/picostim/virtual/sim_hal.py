@@ -17,14 +17,27 @@ capture shows when a board running this controller would stop.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import random
 
-from firmware import board, dma_chain, impedance, pulse_engine, ticks
+from firmware import board, dac_bus, dma_chain, impedance, pulse_engine, ticks
 from firmware import pio_programs as pio
 from picostim.capture.trace import Trace
-from picostim.virtual.electrode import Electrode
+from picostim.virtual.electrode import Electrode, Mcp4822Bus
 from picostim.virtual.pio_emu import PioSystem
+
+# The DAC bus lines in every capture (the names a logic analyzer wired to the board uses too).
+DAC_LINE_NAMES = {board.DAC_SCK_PIN: "SCK", board.DAC_MOSI_PIN: "MOSI", board.DAC_LDAC_PIN: "LDAC"}
+DAC_LINE_NAMES.update({pin: "CS%d" % ch for ch, pin in enumerate(board.CH_DAC_CS)})
+# Pins whose GPIO function is PIO1 (the DAC program's): SCK, MOSI and the chip selects. dac.pio's
+# OUT PINDIRS/PINS span GP19..GP27; GP23-26 are not PIO1's, so those bits reach no pad.
+_DAC_GPIO_MASK = (1 << board.DAC_SCK_PIN) | (1 << board.DAC_MOSI_PIN)
+for _cs in board.CH_DAC_CS:
+    _DAC_GPIO_MASK |= 1 << _cs
+_CS_MASK = _DAC_GPIO_MASK & ~((1 << board.DAC_SCK_PIN) | (1 << board.DAC_MOSI_PIN))
+# PCs of the wait routines' two WAIT instructions (entry, entry + 1: `wait 1 gpio N`, `wait 0 gpio N`)
+_DAC_WAIT_PCS = frozenset(v + i for k, v in pio.DAC_ENTRIES.items() if k.startswith("gp") for i in (0, 1))
 
 
 def _pin_names(ch: int) -> dict[int, str]:
@@ -82,7 +95,37 @@ class SimHal:
         self.out_mask = out_mask  # every drive pin of the channels (OUT pins of their SMs)
         self.system.set_outputs(out_mask, 0)
         self.system.set_pindirs(out_mask, out_mask)
-        self.train_start = [0] * channels  # cycle at which each channel was last started
+        # The DAC bus (docs/ARCHITECTURE.md "DAC bus"): PIO1 SM0 runs dac.pio; here it is the SM
+        # after the channels' in the same PioSystem, so it runs cycle by cycle beside them (one
+        # clock for both PIOs, as on the chip). SCK (side-set) an output, low; MOSI and the chip
+        # selects released (direction input, output latch 0): the CS lines' 10 kOhm pull-ups hold
+        # them high; MOSI reads 0 (the pad's default pull-down). LDAC an output held low.
+        self.dac_sm = self.system.add_state_machine(
+            pio.DAC_OPCODES, pio.DAC_WRAP_TARGET, pio.DAC_WRAP, out_base=board.DAC_MOSI_PIN,
+            out_count=pio.DAC_OUT_COUNT, side_set_base=board.DAC_SCK_PIN,
+            side_set_count=pio.DAC_SIDESET_COUNT, side_set_opt=pio.DAC_SIDESET_OPT,
+            out_shift_right=pio.DAC_OUT_SHIFT_RIGHT, in_shift_right=pio.DAC_IN_SHIFT_RIGHT,
+            autopull=pio.DAC_AUTO_PULL, pull_threshold=pio.DAC_PULL_THRESHOLD,
+            fifo_depth=4, rx_fifo_depth=4, gpio_mask=_DAC_GPIO_MASK)  # FIFO_JOIN 'txrx': 4 + 4
+        assert pio.DAC_FIFO_JOIN == "txrx"
+        ldac = 1 << board.DAC_LDAC_PIN
+        sck = 1 << board.DAC_SCK_PIN
+        self.system.set_pull(_CS_MASK, _CS_MASK)
+        self.system.set_outputs(_DAC_GPIO_MASK | ldac, 0)
+        self.system.set_pindirs(_DAC_GPIO_MASK | ldac, sck | ldac)
+        self.dac_sm.push_hook = self._dac_pushed
+        self.system.enable([self.dac_sm], start_pc=pio.DAC_NEXT_ENTRY)  # stalls on its pull
+        self.dac = Mcp4822Bus(self.system, board.DAC_SCK_PIN, board.DAC_MOSI_PIN, board.CH_DAC_CS)
+        self._marks_queued = 0  # marks appended to the DAC queue
+        self._marks_pushed = 0  # marks the DAC program has pushed (RX FIFO, read at once)
+        self._mark_pulses = [0] * channels  # pulses_ended(ch) when the most recent mark was pushed
+        self._drive_edge0 = [((board.CH_POS[ch], 0), (board.CH_NEG[ch], 0)) for ch in range(channels)]
+        self._mark_wanted = None  # start()/safe_state() busy-wait: stop the run at this mark
+        self._codes = [None] * channels  # (dac_a, dac_b) last queued for each channel
+        self._replace_token = [0] * channels  # invalidates a replace()'s pending DAC update
+        self._replace_pending = [False] * channels
+        self.train_start = [0] * channels  # cycle at which each channel's SM was last enabled
+        self.start_called = [0] * channels  # cycle of that start() call: its DAC writes begin here
         self.dac_on = [False] * channels  # DAC outputs driving (start() on, safe_state() off)
         self._waits = [False] * channels  # started to wait for a trigger (disarm() clears it)
         self.safe_states = 0  # safe_state() calls (the crash path)
@@ -128,10 +171,17 @@ class SimHal:
         self.system.disable([sm])
         self.system.exec_instruction(sm, dma_chain.MOV_PINS_NULL)
 
-    def start(self, trains, mask: int, wait_trigger) -> None:
+    def start(self, trains, mask: int, wait_trigger, first_ops=None, ramp_ops=()) -> None:
         """Load every masked channel's DMA, then enable their SMs on one cycle (CTRL write). As
         hal_rp2: a channel still waiting for its trigger is disarmed first; one whose train runs is
-        refused (ValueError, nothing changed): a started train is never restarted."""
+        refused (ValueError, nothing changed): a started train is never restarted.
+
+        DAC (dac_contract.md): before the SMs are enabled the DAC program writes the first codes:
+        ``first_ops`` (op words, writes only) or, when None, each started channel's full codes
+        (``dac_bus.update_ops(ch, train.dac_a, train.dac_b)``); a mark follows and the emulation
+        runs (the board busy-waits) until the DAC program has pushed it, so the enable comes the
+        cycle after that push. Then ``ramp_ops`` (they begin with wait ops: they follow the
+        pulses) are queued with a mark after them."""
         for ch in range(self.channels):
             if mask >> ch & 1 and self.running(ch) and (not self._waits[ch] or self.disarm(1 << ch)):
                 raise ValueError("channel %d is running" % ch)
@@ -139,6 +189,7 @@ class SimHal:
         for ch in range(self.channels):
             if not mask >> ch & 1:
                 continue
+            self.start_called[ch] = self.system.now
             train = trains[ch]
             sm = self.sms[ch]
             self._halt(ch)
@@ -160,15 +211,151 @@ class SimHal:
             self._last_sample[ch] = None
             chosen.append(sm)
             pcs[sm] = train.entry if wait_trigger[ch] else pio.SEGMENT_ENTRY
+            self._replace_token[ch] += 1
+            self._replace_pending[ch] = False
+        if first_ops is None:
+            first_ops = []
+            for ch in range(self.channels):
+                if mask >> ch & 1:
+                    first_ops += dac_bus.update_ops(ch, trains[ch].dac_a, trains[ch].dac_b)
+        for ch in range(self.channels):
+            if mask >> ch & 1:
+                self._codes[ch] = (trains[ch].dac_a, trains[ch].dac_b)
+        if chosen:
+            self._dac_run_to_mark(self.dac_play(first_ops))
+        for ch in range(self.channels):  # the SMs start now (after the DAC writes)
+            if mask >> ch & 1:
+                self.train_start[ch] = self.system.now
+                self._drive_edge0[ch] = tuple((pin, len(self.system._edges[pin]))
+                                              for pin in (board.CH_POS[ch], board.CH_NEG[ch]))
         self.system.enable(chosen, start_pc=pcs)
+        if ramp_ops:
+            self.dac_play(ramp_ops)
+
+    # ---- DAC bus (dac.pio on the emulated PIO1 SM0) ------------------------------------------
+    def dac_play(self, ops) -> int:
+        """Queue op words after anything still queued, with a mark after them; returns the mark's
+        number (marks are counted from 1)."""
+        self._marks_queued += 1
+        self.system.dma(self.dac_sm).queue(list(ops) + [dac_bus.MARK_OP])
+        return self._marks_queued
+
+    def dac_busy(self) -> bool:
+        """Ops still queued or running (the last appended mark not yet pushed), or a replace()'s
+        amplitude update still waiting for its switch point."""
+        return self._marks_pushed < self._marks_queued or any(self._replace_pending)
+
+    def dac_mark_pulses(self, ch: int) -> int:
+        """Pulses of ``ch`` completed at the emulated cycle at which the most recent mark was
+        pushed (:meth:`pulses_ended`: their phase 2 had ended). After ``[wait_op] + update_ops``
+        this is the index of the first pulse with the new codes."""
+        return self._mark_pulses[ch]
+
+    def pulses_ended(self, ch: int, cycle: int | None = None) -> int:
+        """Pulses of ``ch`` since its start whose phase 2 had ended at ``cycle`` (default: now),
+        from the emulated pins: a biphasic pulse is one high interval on each of POS and NEG, so
+        the ended pulses are (POS falls + NEG falls) // 2 -- whatever the polarity, also across a
+        replace() that changes it. Unlike :meth:`pulses` (a group counts once the SM has pulled
+        its last idle word) this counts a pulse from the end of its drive phases."""
+        cycle = self.system.now if cycle is None else cycle
+        falls = 0
+        for pin, e0 in self._drive_edge0[ch]:
+            edges = self.system._edges[pin]
+            falls += (bisect.bisect_right(edges, cycle, e0) - e0) // 2  # each pin starts low
+        return falls // 2
+
+    def _dac_pushed(self, t: int, word: int) -> None:
+        """Push hook of the DAC SM: the HAL reads the RX FIFO at once (so it never fills)."""
+        self.dac_sm.get()
+        self._marks_pushed += 1
+        self._mark_pulses = [self.pulses_ended(ch, t) for ch in range(self.channels)]
+        if self._mark_wanted is not None and self._marks_pushed >= self._mark_wanted:
+            self._mark_wanted = None
+            self.system.stop_run()
+
+    def _dac_run_to_mark(self, mark: int, max_us: int = 60_000_000) -> None:
+        """Busy-wait (emulate) until mark ``mark`` has been pushed; the run ends the cycle after
+        the push. RuntimeError if the DAC program has not got there within ``max_us``."""
+        deadline = self.system.now + max_us * self.clock_hz // 1_000_000
+        self._mark_wanted = mark
+        try:
+            while self._marks_pushed < mark:
+                if self.system.now >= deadline:
+                    raise RuntimeError("the DAC bus program did not reach its mark within %d us" % max_us)
+                self.system.run_until(min(deadline, self.system.now + self.clock_hz // 1000))
+        finally:
+            self._mark_wanted = None
+
+    def _dac_flush(self) -> None:
+        """Drop every DAC op not yet started (DMA aborted, TX FIFO cleared, marks forgotten) and
+        leave a wait op at once (``jmp next`` through SMx_INSTR); a write in progress completes
+        (never a cut command). Returns with the program stalled on its pull."""
+        sm = self.dac_sm
+        sm.dma.abort()
+        sm.tx.clear()
+        self._marks_queued = self._marks_pushed
+        for _ in range(4 * dac_bus.WRITE_TICKS):
+            if sm.pc in _DAC_WAIT_PCS:
+                self.system.exec_instruction(sm, pio.DAC_NEXT_ENTRY)  # jmp next (opcode 0x0000 | addr)
+            if sm.pc == pio.DAC_NEXT_ENTRY and sm.stalled:
+                return
+            self.system.run_until(self.system.now + 1)
 
     def replace(self, ch: int, train) -> None:
+        """Double-buffered switch to ``train`` at the next pulse boundary (the end of the group the
+        DMA is transferring). A different amplitude (other DAC codes) goes out as
+        ``[wait_op(phase-2 pin of the old train)] + update_ops(ch, a, b)`` + a mark, queued when
+        the stream reaches the switch point: the cycle at which the SM pulls the phase-2 word of
+        the last pulse of the old program (its pin goes high the next cycle, so the wait ends at
+        that pulse's end and the writes land in the idle before the new program's first pulse).
+        When no pulse of the old program is still to come the writes are queued at once."""
         old = self._trains[ch]
         if old is not None and self._first_pin(ch, old) != self._first_pin(ch, train):
             # polarity change: monitor the new first-phase pin from here on
             self._edge_pos[ch] = self._edge0[ch] = len(self.system._edges[self._first_pin(ch, train)])
         self._trains[ch] = train
-        self.system.dma(self.sms[ch]).replace_at_block_boundary((), pulse_engine.cycle_groups(train), train.repeats)
+        sm = self.sms[ch]
+        dma = self.system.dma(sm)
+        # where the old program ends: the rest of the block the DMA is transferring, or (at a
+        # boundary) the block it sent last
+        cur = dma._cur
+        last = cur if cur is not None else dma.last_block
+        remaining = len(cur) - dma._pos if cur is not None else 0
+        dma.replace_at_block_boundary((), pulse_engine.cycle_groups(train), train.repeats)
+        self._replace_token[ch] += 1
+        self._replace_pending[ch] = False
+        codes = (train.dac_a, train.dac_b)
+        if codes == self._codes[ch] or old is None:
+            return
+        token = self._replace_token[ch]
+        wait_pin = board.CH_POS[ch] if old.first == pulse_engine.NEG else board.CH_NEG[ch]
+        bit = pio.PIN_POS if wait_pin == board.CH_POS[ch] else pio.PIN_NEG
+        p2 = None
+        for i, w in enumerate(last or ()):
+            if w & bit:
+                p2 = i  # the last word of phase 2 (a long phase may be split over several words)
+        # pull number of that word: the word the DMA sent last is pulled as number
+        # words_pulled + len(tx); each word still to send adds one
+        n = None if p2 is None else sm.words_pulled + sm.tx_level + remaining - (len(last) - p2) + 1
+        ops = dac_bus.update_ops(ch, train.dac_a, train.dac_b)
+
+        def switch(_t: int) -> None:
+            if self._replace_token[ch] != token:
+                return  # restarted, halted or replaced again meanwhile
+            self._replace_pending[ch] = False
+            self._codes[ch] = codes
+            if wait_pin_high_or_coming[0]:
+                self.dac_play([dac_bus.wait_op(wait_pin)] + ops)
+            else:
+                self.dac_play(ops)
+
+        wait_pin_high_or_coming = [True]
+        if n is None or (n <= sm.words_pulled and not self.system.pin_level(wait_pin)):
+            wait_pin_high_or_coming[0] = False  # no pulse of the old program still to end
+            switch(self.system.now)
+            return
+        self._replace_pending[ch] = True
+        self.system.at_pull(sm, n, switch)
 
     def disarm(self, mask: int) -> int:
         """As hal_rp2.disarm: point each masked trigger-waiting SM's IN_BASE at its own POS pin (low
@@ -191,6 +378,10 @@ class SimHal:
                 sm.clear_fifos()
                 sm.restart()
                 self.dac_on[ch] = False
+                self._replace_token[ch] += 1
+                self._replace_pending[ch] = False
+                self._codes[ch] = None
+                self.dac_play(dac_bus.shutdown_ops(ch))  # DAC outputs off, through the DAC bus
             else:
                 fired |= 1 << ch
         return fired
@@ -231,7 +422,17 @@ class SimHal:
             self.system.dma(self.sms[ch]).abort()
             self.sms[ch].clear_fifos()
             self.dac_on[ch] = False
+            self._replace_token[ch] += 1
+            self._replace_pending[ch] = False
+            self._codes[ch] = None
         self.system.set_outputs(self.out_mask, 0)  # mov pins, null through SMx_INSTR on the board
+        # every DAC output shut down (all of the board's DACs, as hal_rp2): pending DAC ops are
+        # dropped (a write in progress completes), then the shutdown commands are emulated to the end
+        self._dac_flush()
+        ops = []
+        for ch in range(board.CHANNELS):
+            ops += dac_bus.shutdown_ops(ch)
+        self._dac_run_to_mark(self.dac_play(ops))
         self.safe_states += 1
         return not live
 
@@ -294,7 +495,10 @@ class SimHal:
         offset = pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)
         conv = pulse_engine.ns_to_ticks(impedance.ADC_CONVERSION_NS)
         spacing = min_interval_us * self.clock_hz // 1_000_000
-        current_a = train.realised["amplitude_na"] * 1e-9
+        # phase 1's current: the output the emulated DAC bus has latched (A = POS direction, B =
+        # NEG direction) at the moment of the reading, not the train's nominal amplitude
+        self.dac.update()
+        out_b = train.first == pulse_engine.NEG
         out = []
         i = self._edge_pos[ch]
         while i < len(edges):
@@ -310,6 +514,7 @@ class SimHal:
             if last is not None and s - last < spacing:
                 continue
             self._last_sample[ch] = s
+            current_a = self.dac.current_na(ch, out_b, s) * 1e-9
             volts = self.electrodes[ch].voltage(current_a, offset / self.clock_hz, s / self.clock_hz)
             out.append((self.ticks_at(s), self._adc(volts)))
         self._edge_pos[ch] = i
@@ -361,10 +566,15 @@ class SimHal:
 
     # ---- the logic analyzer attached to the virtual pins -------------------------------------
     def trace(self, channels=None, start: int | None = None, end: int | None = None) -> Trace:
-        """Pin trace (one sample per PIO cycle) of the given channels (default: all) and the trigger
-        inputs, from ``start`` (default: the earliest train start) to ``end`` (default: now)."""
+        """Pin trace (one sample per PIO cycle) of the given channels (default: all), the trigger
+        inputs and the DAC bus (SCK, MOSI, CS0-CS3, LDAC: shared by every channel, always all of
+        them), from ``start`` (default: the earliest train start, i.e. SM enable, of those
+        channels) to ``end`` (default: now). The DAC writes start() makes before it enables the
+        SMs begin at ``start_called[ch]``: pass ``start=min(hal.start_called)`` (or any earlier
+        cycle) for a capture that holds them, as a logic analyzer armed before START would."""
         channels = range(self.channels) if channels is None else channels
         names: dict[int, str] = {board.TRIG1_PIN: "TRIG1", board.TRIG2_PIN: "TRIG2"}
+        names.update(DAC_LINE_NAMES)
         for ch in channels:
             names.update(_pin_names(ch))
         if start is None:
