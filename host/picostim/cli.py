@@ -311,6 +311,10 @@ def format_comparison(channel, ps, result, dead_ns=None):
         extras.append("%d pulses per burst" % params["burst_pulses"])
     extras.append("tick %s ns" % paramfile._fmt_num(1e9 / realised["tick_hz"], 3))
     lines.append(", ".join(extras))
+    ramps = paramfile.ramp_pulses(params)
+    if any(ramps.values()):
+        lines.append("; ".join("%s: %s" % (label, "%d pulses" % ramps[key] if ramps[key] else "none")
+                               for label, key in (("soft start", "ramp_up"), ("soft stop (on stop)", "ramp_down"))))
     lines.append("charge-balance residual per pulse: %.3f pC (phase 2 amplitude derived from phase 1 charge)"
                  % (paramfile._get(realised, "residual_fc", "residual_charge_fc") / 1000.0))
     return "\n".join(lines)
@@ -320,6 +324,9 @@ def _result_json(channel, ps, result):
     out = {"channel": channel,
            "requested": paramfile.requested_us(result["params"]),
            "realised": paramfile.realised_us(result["realised"])}
+    ramps = paramfile.ramp_pulses(result["params"])
+    out["realised"]["ramp_up_pulses"] = ramps["ramp_up"]
+    out["realised"]["ramp_down_pulses"] = ramps["ramp_down"]
     if ps is not None:
         out["name"] = ps.name
         out["source"] = ps.source

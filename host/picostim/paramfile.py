@@ -584,6 +584,18 @@ def _get(realised, *names):
     return 0
 
 
+def ramp_pulses(params):
+    """{"ramp_up": K, "ramp_down": K}: how many pulses the soft start / soft stop of canonical
+    ``params`` span, as the pulse engine counts them (a time ramp: the pulses that start within it);
+    0 = none (a 1-pulse soft start plays its only pulse at full amplitude: none either)."""
+    try:
+        train = pulse_engine.build_train(P.complete(params))
+    except Exception:  # parameters the engine cannot build have no ramp to report
+        return {"ramp_up": 0, "ramp_down": 0}
+    up = train.ramp_up_k if train.ramp_up_k > 1 else 0
+    return {"ramp_up": up, "ramp_down": train.ramp_down_k}
+
+
 def phase2_amplitude_ua(params):
     """Requested phase-2 amplitude for charge balance: amp1 × phase1 / phase2 (float µA)."""
     if not params["phase2_ns"]:
