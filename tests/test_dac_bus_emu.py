@@ -373,3 +373,33 @@ def test_the_mark_is_pushed_into_an_rx_fifo_the_hal_reads(accelerate):
     s.run_until(100)
     assert len(sm.rx) == 4 and sm.get() == 0
     assert sm.pc == pio.DAC_NEXT_ENTRY and sm.stalled
+
+
+def test_waits_on_a_channel_whose_stream_ended_are_skipped_and_block_nobody():
+    """A ramp longer than its train: the waits left over would never end and would hold every later
+    op (another channel's live change, the next start) for good. The HAL skips them once the stream
+    has ended; the writes and marks behind them still play, in order."""
+    hal = SimHal(channels=2)
+    short = _train(1000, 1_000_000, train_duration_ns=3_000_000)  # 3 pulses
+    other = _train(1000, 1_000_000)
+    ramp = []
+    for c in range(10, 110, 10):  # 10 steps
+        ramp += [dac_bus.wait_op(board.CH_POS[0])] + dac_bus.update_ops(0, c, c)
+    hal.start([short, other], 0b11, [0, 0], ramp_ops=ramp)
+    hal.advance_cycles(5_000 * US)
+    assert not hal.running(0) and hal.running(1)
+    n_before = len(commands(hal.system))
+    assert n_before == 4 + 2 * 3  # start codes of both, then the 3 ramp steps the pulses released
+    hal.dac_play([dac_bus.wait_op(board.CH_POS[1])] + dac_bus.update_ops(1, 7, 7))  # its phase 2
+    hal.advance_cycles(2_000 * US)
+    assert not hal.dac_busy()
+    cmds = commands(hal.system)
+    # the 7 leftover ramp writes of channel 0 (no waits any more), then channel 1's change
+    assert [(d, c & 0xFFF) for _r, d, c in cmds[n_before:]] == \
+        [(0, c) for c in range(40, 110, 10) for _ in (0, 1)] + [(1, 7), (1, 7)]
+    p1 = _pulses(hal, 1, other)
+    r = cmds[-1][0]
+    assert any(e < r for _s, e in p1) and not any(s <= r <= e for s, e in p1)
+    n = len(cmds)
+    hal.start([short, other], 0b01, [0, 0])  # a new start is not held up either
+    assert len(commands(hal.system)) == n + 2

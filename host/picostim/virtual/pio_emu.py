@@ -28,7 +28,19 @@ Timing model (all choices documented so tests can pin them down):
   cycle, when two SMs write the same pin the higher-numbered SM wins, and side-set beats OUT/SET of
   the same instruction (as on the RP2040).
 * A pin's level is its output latch when its direction bit is 1, else the external input level
-  (set with :meth:`PioSystem.set_input`; default 0). The trace records the effective level.
+  (set with :meth:`PioSystem.set_input`; default 0, the pad's pull-down). A pull resistor is that
+  input level (:meth:`PioSystem.set_pull`: the DAC chip selects' 10 kOhm pull-ups read 1 while
+  released). The trace records the effective level.
+* GPIO function select: an SM's pin writes (OUT/SET/MOV pins and pindirs, side-set) reach only the
+  pins in its ``gpio_mask`` (default every pin): dac.pio's 9-pin OUT over GP19..GP27 writes its
+  zero-extended bits to all nine, but GP23-26 are not PIO1's and keep their levels.
+* OUT PINS / OUT PINDIRS write OUT_COUNT pins: the shifted bits zero-extended (``out pins, 1`` with
+  OUT_COUNT 9 drives the other eight pins' latches to 0). MOV OSR, <src> fills the OSR (shift count
+  0); JMP !OSRE compares the shift count with the pull threshold; PUSH/PULL noblock on a full/empty
+  FIFO drop the ISR / load X into the OSR.
+* Several PIOs (picostim: PIO0's stimulation SMs, PIO1's DAC bus SM) share one clock and one pin
+  space in one PioSystem; a WAIT GPIO on a pin another SM drives sees that write one cycle later
+  (the 2-flop input synchroniser, 2 more cycles on the chip, is not modelled; see above).
 * DMA latency: when a state machine pops a word from its TX FIFO at cycle ``t``, the DMA refills the
   freed slot with a word that can be popped from cycle ``t + dma_latency`` on (default 1, i.e. the
   very next cycle; on the RP2040 DREQ-paced DMA needs a few system clocks, which never matters for a
@@ -42,6 +54,11 @@ Timing model (all choices documented so tests can pin them down):
   cycle per refill, so the differential tests do not cover autopull.
 * Autopush: an IN that would reach the push threshold while the RX FIFO is full stalls before
   shifting; otherwise it shifts and pushes in the same cycle.
+
+CPU-side observers (the HAL's interrupt handlers and busy-waits, modelled at an exact cycle):
+``sm.push_hook(t, word)`` after each RX FIFO push; :meth:`PioSystem.at_pull` calls ``fn(t)`` at the
+cycle an SM pulls its n-th TX word; anything such a hook does to a FIFO or DMA takes effect at
+``t + 1``; :meth:`PioSystem.stop_run` from a hook ends the current run the cycle after ``t``.
 
 Not modelled (raise :class:`PioUnsupported` when executed): IRQ, WAIT IRQ, OUT EXEC, MOV EXEC,
 reserved encodings. Clock dividers are not modelled (divider 1).

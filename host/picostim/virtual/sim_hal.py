@@ -38,6 +38,8 @@ for _cs in board.CH_DAC_CS:
 _CS_MASK = _DAC_GPIO_MASK & ~((1 << board.DAC_SCK_PIN) | (1 << board.DAC_MOSI_PIN))
 # PCs of the wait routines' two WAIT instructions (entry, entry + 1: `wait 1 gpio N`, `wait 0 gpio N`)
 _DAC_WAIT_PCS = frozenset(v + i for k, v in pio.DAC_ENTRIES.items() if k.startswith("gp") for i in (0, 1))
+# wait routine entry (= its op word) -> the GPIO it waits on
+_DAC_WAIT_PIN = {v: int(k[2:]) for k, v in pio.DAC_ENTRIES.items() if k.startswith("gp")}
 
 
 def _pin_names(ch: int) -> dict[int, str]:
@@ -213,6 +215,7 @@ class SimHal:
             pcs[sm] = train.entry if wait_trigger[ch] else pio.SEGMENT_ENTRY
             self._replace_token[ch] += 1
             self._replace_pending[ch] = False
+        self._dac_release_dead_waits()  # the channels just halted: their old waits can never end
         if first_ops is None:
             first_ops = []
             for ch in range(self.channels):
@@ -236,6 +239,7 @@ class SimHal:
     def dac_play(self, ops) -> int:
         """Queue op words after anything still queued, with a mark after them; returns the mark's
         number (marks are counted from 1)."""
+        self._dac_release_dead_waits()
         self._marks_queued += 1
         self.system.dma(self.dac_sm).queue(list(ops) + [dac_bus.MARK_OP])
         return self._marks_queued
@@ -243,7 +247,42 @@ class SimHal:
     def dac_busy(self) -> bool:
         """Ops still queued or running (the last appended mark not yet pushed), or a replace()'s
         amplitude update still waiting for its switch point."""
+        self._dac_release_dead_waits()
         return self._marks_pushed < self._marks_queued or any(self._replace_pending)
+
+    def _dac_release_dead_waits(self) -> None:
+        """A wait op on the pin of a channel whose stream has ended (or was halted, or never
+        started) could never end and would hold every op behind it, on every channel: the HAL
+        skips it when it next looks at the bus (this call: start(), dac_play(), dac_busy()). Only
+        the waits go; the writes and marks stay in order (a ramp-down's shutdown still happens).
+        The program stuck in such a wait leaves it through SMx_INSTR (`jmp next`)."""
+        if self._marks_pushed >= self._marks_queued:
+            return
+        dead = set()
+        for ch in range(board.CHANNELS):
+            if ch >= self.channels or not self.running(ch):
+                dead.add(board.CH_POS[ch])
+                dead.add(board.CH_NEG[ch])
+        if not dead:
+            return
+        sm = self.dac_sm
+        if sm.pc in _DAC_WAIT_PCS:
+            entry = sm.pc if sm.pc in _DAC_WAIT_PIN else sm.pc - 1
+            if _DAC_WAIT_PIN[entry] in dead:
+                self.system.exec_instruction(sm, pio.DAC_NEXT_ENTRY)  # jmp next
+        elif sm.pc == pio.DAC_NEXT_ENTRY + 1 and _DAC_WAIT_PIN.get(sm.osr & 31) in dead and not sm.osr >> 5:
+            self.system.exec_instruction(sm, pio.DAC_NEXT_ENTRY)  # its `out pc` would enter one
+        dma = sm.dma
+        words = [w for _t, w, _last in sm.tx]
+        if dma._cur is not None:
+            words += dma._cur[dma._pos:]
+        for block in dma._once:
+            words += block
+        kept = [w for w in words if _DAC_WAIT_PIN.get(w) not in dead]
+        if len(kept) != len(words):
+            dma.abort()
+            sm.tx.clear()
+            dma.queue(kept)
 
     def dac_mark_pulses(self, ch: int) -> int:
         """Pulses of ``ch`` completed at the emulated cycle at which the most recent mark was
