@@ -48,9 +48,10 @@ CASES = {
     # asymmetric: phase 2 three times longer, its code derived for balance (400 x 100 us = 133.3 x 300 us)
     "asymmetric_rounded": dict(phase1_us=100, phase2_us=300, frequency_hz=100, amplitude_ua=1001,
                                train_duration_us=50_000),
-    # the 1-code floor, anodic-first (phase 1 from DAC A)
-    "one_code_anodic": dict(phase1_us=200, phase2_us=200, frequency_hz=200, amplitude_ua=3,
-                            polarity="anodic-first", train_duration_us=30_000),
+    # anodic-first (phase 1 from DAC A), 101 µA -> 40 codes = 100 µA; a phase 2 of 7x the width
+    # leaves 5.71 codes -> 6 (a few µA would be read as an electrode short by the monitor)
+    "anodic_rounded": dict(phase1_us=140, phase2_us=980, frequency_hz=200, amplitude_ua=101,
+                           polarity="anodic-first", train_duration_us=30_000),
     # full scale, short phases at a high rate
     "full_scale_fast": dict(phase1_us=20, phase2_us=20, frequency_hz=5_000, amplitude_ua=10_000,
                             train_duration_us=2_000, electrode_area_mm2=50),
@@ -66,6 +67,7 @@ def test_every_pulse_has_the_files_amplitude(virtual_bench, case):
     _needs_bus(result)
     rep = result.report
     assert rep.ok, rep.summary()
+    assert not result.faults
     n = rep.n_pulses
     assert n == rep.expected["pulses"] > 0
     c1 = file_code(keys["amplitude_ua"])

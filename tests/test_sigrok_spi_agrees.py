@@ -1,10 +1,12 @@
 """sigrok-cli's own ``spi`` decoder and picostim's DAC bus decoder read the same MCP4822 words from the
 same capture file (issue 13 item 5).
 
-The bus waveform comes from the DAC program itself (firmware/pio/dac.pio) run on the cycle-exact PIO
-emulator (host/picostim/virtual/pio_emu.py), fed with the op words firmware/dac_bus.py builds, chip
-selects pulled up, a channel's POS/NEG driven as inputs so the program's ``gpN`` waits pass; the
-capture is written as a sigrok session (.sr) and as VCD, and both decoders read the file back.
+1. The capture of a real ``picostim --virtual run`` of a ramped train (the firmware's ops on the
+   virtual Pico's DAC state machine, written by ``--capture``): sigrok's words, ours, and the
+   amplitudes ``run --json`` reports all agree.
+2. Two channels, waits and a shutdown: the DAC program itself (firmware/pio/dac.pio) run on the
+   cycle-exact PIO emulator, fed with op words from firmware/dac_bus.py, chip selects pulled up, POS
+   driven as an input so the program's ``gpN`` waits pass; written as .sr and as VCD.
 """
 
 from __future__ import annotations
@@ -18,6 +20,45 @@ from picostim.capture import read_capture, run_spi_decoder, sigrok_cli_path, wri
 from picostim.virtual.pio_emu import PioSystem
 
 pytestmark = pytest.mark.skipif(sigrok_cli_path() is None, reason="sigrok-cli not installed (.ci/run installs it)")
+
+RAMPED = """frequency_hz = 500
+phase1_us = 100
+phase2_us = 300
+amplitude_ma = 2.0
+electrode_area_mm2 = 5
+ramp_up_pulses = 6
+train_duration_ms = 20
+"""
+
+
+def test_sigrok_agrees_on_a_virtual_run_capture(tmp_path):
+    import contextlib
+    import io
+    import json
+
+    from picostim import cli
+
+    f = tmp_path / "ramped.toml"
+    f.write_text(RAMPED)
+    cap = tmp_path / "run.sr"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(["--virtual", "run", str(f), "--capture", str(cap), "--json"])
+    assert rc == 0, err.getvalue()
+    report = json.loads(out.getvalue())
+    trace = read_capture(cap)
+    assert {"SCK", "MOSI", "CS0", "LDAC"} <= set(trace.channels)
+    bus = dacbus.decode_bus(trace)
+    ours = bus.commands(0)
+    theirs = run_spi_decoder(cap, "CS0")
+    assert len(ours) >= 12  # 6 ramp steps x (A, B), then nothing or a shutdown
+    assert [w for _, w in ours] == [w for _, _, w in theirs]
+    assert bus.malformed() == []
+    # the words sigrok read, as phase-1 currents (cathodic-first: phase 1 = DAC B), in write order
+    b_codes = [w & 0xFFF for _, _, w in theirs if w & 0x8000 and w & 0x1000]
+    assert [c * 2.5 for c in b_codes[:6]] == report["amplitude_ua"][:6]
+    assert report["amplitude_ua"][0] < report["amplitude_ua"][5] == report["amplitude_ua"][-1] == 2000.0
+    assert report["dac"]["changes_in_pulse"] == 0 and report["ok"]
 
 PINS = {board.DAC_SCK_PIN: "SCK", board.DAC_MOSI_PIN: "MOSI", board.DAC_LDAC_PIN: "LDAC",
         board.CH_POS[0]: "POS", board.CH_NEG[0]: "NEG", board.CH_POS[1]: "POS_1", board.CH_NEG[1]: "NEG_1"}
