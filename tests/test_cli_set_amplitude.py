@@ -153,3 +153,22 @@ def test_help_lists_set_amplitude(capsys):
 
 def test_amplitude_event_name_is_the_protocols():
     assert M.EVENT_NAMES[M.EV_AMPLITUDE] == "amplitude"
+
+
+def test_amplitude_event_survives_a_reconnect_through_the_event_log(vp, capsys, client, tmp_path):
+    """The amplitude EVENT is longer than the others (from_pulse): a host that missed it gets it back,
+    decoded with its fields, from the device's event log."""
+    running(vp, capsys, tmp_path)
+    assert run(vp, capsys, "set-amplitude", "3mA")[0] == 0
+    vp.advance(0.005)
+    live = client.wait_event("amplitude", channel=0, timeout=1)
+    late = Client(transport.open_port(vp.path, exclusive=False), timeout=1.0, retries=2)
+    try:
+        late.hello()
+        assert late.recover_events(after=0) >= 2  # boot, amplitude (and whatever else was logged)
+        got = [e for e in late.events() if e["kind"] == "amplitude"]
+    finally:
+        late.close()
+    assert live is not None and len(got) == 1
+    assert {k: got[0][k] for k in ("channel", "from_pulse", "amplitude_ua", "seq")} == {
+        k: live[k] for k in ("channel", "from_pulse", "amplitude_ua", "seq")}
