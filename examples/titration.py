@@ -54,8 +54,9 @@ def titrate(stim: picostim.Stimulator, channel: int = 0, start_ma: float = 0.5, 
             if amplitude > ceiling_ma + 1e-9:
                 return None
             step = stim.set_amplitude(channel, amplitude)   # live: the train keeps running
-            ev = stim.wait_event("amplitude", channel=channel, timeout=2.0)
-            where = "from pulse %d" % ev.from_pulse if isinstance(ev, picostim.AmplitudeChanged) else "pending"
+            changed = stim.wait_event("amplitude", channel=channel, timeout=2.0)
+            where = "from pulse %d" % changed.from_pulse if isinstance(changed, picostim.AmplitudeChanged) \
+                else "pending"
             print("%.2f mA requested, %.3f mA realised (phase 2 %.3f mA), %s"
                   % (amplitude, step.amplitude_ma, step.phase2_amplitude_ua / 1000, where))
     finally:

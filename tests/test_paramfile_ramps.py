@@ -107,7 +107,8 @@ def test_ramp_time_bounded_by_the_pulse_count_says_so():
     with pytest.raises(pf.ParamLimitError) as ei:
         pf.check(ps, LIMITS)
     assert str(ei.value) == ("ramp_up_s = %s s: exceeds the firmware limit %s s (%d pulses, the firmware's "
-                             "max_ramp_pulses, at this pulse rate)" % (pf._fmt_num(limit_s + 1), pf._fmt_num(limit_s), n))
+                             "max_ramp_pulses, at this pulse rate)"
+                             % (pf._fmt_num(limit_s + 1), pf._fmt_num(limit_s), n))
     pf.check(load("ramp_up_s = %s\n" % pf._fmt_num(limit_s)), LIMITS)
 
 
@@ -116,7 +117,8 @@ def test_absurd_ramp_time_reports_the_firmware_limit_not_the_wire_ceiling():
     with pytest.raises(pf.ParamLimitError) as ei:
         pf.check(ps, LIMITS)
     msg = str(ei.value)
-    assert msg.startswith("ramp_down_s = 1e+30 s: exceeds the firmware limit %s s" % pf._fmt_num(_limit_s("max_ramp_ns")))
+    limit = pf._fmt_num(_limit_s("max_ramp_ns"))
+    assert msg.startswith("ramp_down_s = 1e+30 s: exceeds the firmware limit %s s" % limit)
     assert "18446744073709551615" not in msg and len(msg) < 120
 
 
