@@ -463,7 +463,8 @@ class Controller:
             return None
         if self._dac_busy is None:  # no DAC bus on this HAL: a ramp would be played at full amplitude
             ch = [c for c in channels if self.trains[c].ramp_up_k > 1][0]
-            _refuse(M.E_OUT_OF_RANGE, "ramp_up_pulses", self.trains[ch].ramp_up_k, 0)
+            field = "ramp_up_ns" if self.trains[ch].ramp_ticks else "ramp_up_pulses"
+            _refuse(M.E_OUT_OF_RANGE, field, self.params[ch][field], 0)
         if self._bus_busy():
             _refuse(M.E_DAC_BUSY, "channel", channels[0], 0)
         try:

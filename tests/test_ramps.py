@@ -373,3 +373,22 @@ def test_the_fast_dac_write_gives_exactly_the_write_op_words():
         for b in (False, True):
             for code in range(4096):
                 assert dac_bus.code_write_op(ch, b, code) == dac_bus.write_op(ch, dac_bus.command(b, code))
+
+
+class NoBusHal(FakeHal):
+    """A HAL from before the DAC bus (getattr(hal, "dac_busy", None) is None)."""
+
+    dac_play = dac_busy = dac_mark_pulses = None
+
+
+def test_a_hal_without_a_dac_bus_refuses_ramps_and_never_ramps_down():
+    out = []
+    hal = NoBusHal()
+    ctl = Controller(hal, out.append)
+    ctl.receive(frame(M.SET_PARAMS, 1, M.encode_params(0, params(ramp_up_ns=100 * MS)))
+                + frame(M.SET_PARAMS, 2, M.encode_params(1, params(ramp_down_pulses=3)))
+                + frame(M.START, 3, b"\x01"))
+    nack = M.decode_nack(replies(out)[-1].body)
+    assert (nack["code"], nack["field"], nack["value"], nack["limit"]) == (M.E_OUT_OF_RANGE, "ramp_up_ns", 100 * MS, 0)
+    ctl.receive(frame(M.START, 4, b"\x02") + frame(M.STOP, 5, b"\x02"))
+    assert hal.calls[-2:] == [["start", 2, [0, 0, 0, 0]], ["stop", 2]]

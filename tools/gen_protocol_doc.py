@@ -77,8 +77,14 @@ def render() -> str:
         M.HELLO: ("empty", "hello (below)"),
         M.GET_PARAMS: ("channel u8", "params response (below)"),
         M.SET_PARAMS: ("channel u8, params (below)", "params response (below)"),
-        M.START: ("channel mask u8", "empty"),
-        M.STOP: ("channel mask u8", "empty"),
+        M.START: ("channel mask u8", "empty. Channels with a soft start (`ramp_up_*`) ramp together only with "
+                  "identical pulse timing: else NACK `E_RAMP_TIMING` (field = the ramp field of the channel that "
+                  "differs, value = that channel, limit = the first ramping channel); `E_DAC_BUSY` while a ramp or "
+                  "amplitude change still plays; `E_OUT_OF_RANGE` naming `period_ns` when k channels ramping "
+                  "together leave too little idle for their writes, or naming the ramp field beyond the op-list bound"),
+        M.STOP: ("channel mask u8", "empty. A running channel with a soft stop (`ramp_down_*`) ramps down over its "
+                 "next pulses, its DAC outputs are shut down, then its stream stops (event `train_done`); a second "
+                 "STOP, or one while a ramp or change still plays, stops at once"),
         M.TRIGGER: ("channel mask u8", "empty"),
         M.STATUS: ("empty", "status (below)"),
         M.IMPEDANCE: ("channel mask u8", "count u8, then per channel: channel u8, ohms u32, class u8"),
