@@ -138,6 +138,7 @@ class Controller:
         self._down_mask = 0  # channels ramping down after a STOP: stopped when the ramp's mark is seen
         self._dac_mask = 0  # channels whose DAC ops (ramp, change, ramp-down) are queued, until the mark
         self._plan = None  # (channels, software, ops) of the start the last _check_startable passed
+        self._replaced: list = [None] * n  # the shortest-idle train replace()d away since the start
         self.nacks = 0
         self.duplicates = 0
         self.events_sent = 0
@@ -442,9 +443,16 @@ class Controller:
                 _refuse(M.E_DAC_BUSY, "channel", ch, 0)
             old = self.trains[ch]
             if (train.dac_a, train.dac_b) != (old.dac_a, old.dac_b):
-                # the DAC is not latched at a pulse boundary while running: stop first
+                # a running channel's amplitude changes through SET_AMPLITUDE (at a known pulse)
                 _refuse(M.E_BAD_STATE, "amplitude_ua", params["amplitude_ua"], self.state[ch])
+            if train.first != old.first:
+                # the DAC bus waits on the phase-2 pin: until the switch, the new train's phase-2
+                # pin would be the playing train's phase-1 pin (a later change could land mid-pulse)
+                _refuse(M.E_BAD_STATE, "polarity", params["polarity"], self.state[ch])
             self.hal.replace(ch, train)  # timing changes take effect at the next pulse boundary
+            older = self._replaced[ch]
+            if older is None or older.period_ticks - older.realised["pulse"] > old.period_ticks - old.realised["pulse"]:
+                self._replaced[ch] = old  # may still play: DAC updates must also fit its idle
         self.params[ch] = params
         self.trains[ch] = train
         return self._params_response(ch)
@@ -515,6 +523,7 @@ class Controller:
         for ch in channels:
             mask |= 1 << ch
             self._cancel_dac(ch)
+            self._replaced[ch] = None
             self._software_start[ch] = software
             self._stopping[ch] = False
             self._gate_closed[ch] = False
@@ -575,6 +584,10 @@ class Controller:
             if not self._bus_busy():
                 try:
                     ops = pulse_engine.ramp_down_ops(self.trains, down)
+                    for ch in down:  # a train replace()d away may still play: its idle counts too
+                        if self._replaced[ch] is not None and pulse_engine.update_idle_violation(
+                                self._replaced[ch], len(down)) is not None:
+                            ops = None
                 except pulse_engine.Unrealisable:  # timing differs, too little idle, too many ops
                     ops = None
             if ops:
@@ -619,6 +632,8 @@ class Controller:
         train, violation = pulse_engine.build_checked(params, self.limits)
         if violation is None:
             violation = pulse_engine.update_idle_violation(train, 1)
+        if violation is None and self._replaced[ch] is not None:  # the train before a replace may still play
+            violation = pulse_engine.update_idle_violation(self._replaced[ch], 1)
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
         if self._dac_busy is None or self._bus_busy() or self._down_mask:

@@ -232,3 +232,33 @@ def test_the_monitoring_current_follows_the_change():
     hal.busy = False
     ctl.poll()
     assert ctl._monitor_na[0] == pe.code_to_na(pe.dac_code(2000))
+
+
+def test_a_polarity_change_while_running_is_refused():
+    """The DAC bus waits on the phase-2 pin: a polarity switch pending in the HAL would make a later
+    change wait on the playing train's phase-1 pin (a write inside the pulse)."""
+    sym, hal2, out2 = running(params(phase2_ns=200_000))  # equal phases: A == B, only the pin differs
+    sym.receive(encode_frame(M.SET_PARAMS, 30, M.encode_params(0, params(phase2_ns=200_000, polarity=1))))
+    assert nack(replies(out2)[-1])[:2] == (M.E_BAD_STATE, "polarity")
+    assert hal2.calls == []
+
+
+def test_after_a_replace_the_old_trains_idle_still_bounds_live_changes():
+    from firmware.limits import LIMITS
+
+    out = []
+    hal = FakeHal()
+    ctl = Controller(hal, out.append, limits=dict(LIMITS, max_duty_permille=1000, min_period_ns=0))
+    short = params(phase1_ns=100_000, phase2_ns=100_000, period_ns=201_000 + 5000)  # 5 µs idle
+    ctl.receive(encode_frame(M.SET_PARAMS, 1, M.encode_params(0, short)) + encode_frame(M.START, 2, b"\x01"))
+    ctl.receive(encode_frame(M.SET_PARAMS, 3, M.encode_params(0, dict(short, period_ns=10 * MS))))
+    assert hal.calls[-1] == ["replace", 0]
+    out.clear()
+    # the new train has room, but the short one may still be playing until the switch
+    assert nack(ask(ctl, out, 0, 500))[:2] == (M.E_OUT_OF_RANGE, "period_ns")
+    ctl.receive(encode_frame(M.STOP, 4, b"\x01"))
+    hal._running[0] = False
+    ctl.poll()
+    ctl.receive(encode_frame(M.START, 5, b"\x01"))  # a fresh start forgets the old train
+    out.clear()
+    assert ask(ctl, out, 0, 500, seq=12).type == M.SET_AMPLITUDE | M.RESPONSE
