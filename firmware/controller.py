@@ -286,9 +286,7 @@ class Controller:
             self._dac_mask = 0
             return
         for ch in range(self.hal.channels):  # a stream that ended never reaches its queued ops
-            if self._dac_mask >> ch & 1 and self.state[ch] not in (M.ST_ARMED, M.ST_RUNNING):
-                self._cancel_dac(ch)
-            elif self._dac_mask >> ch & 1 and self.state[ch] == M.ST_RUNNING and not self.hal.running(ch):
+            if self._dac_mask >> ch & 1 and not self.hal.running(ch):
                 self._cancel_dac(ch)
 
     def _bus_busy(self):
@@ -297,7 +295,8 @@ class Controller:
         return busy is not None and busy()
 
     def _cancel_dac(self, ch):
-        """Forget a channel's pending amplitude change and ramp-down (it stopped some other way)."""
+        """Forget a channel's pending amplitude change and ramp-down: its stream ended before their
+        mark (the ops wait for a pulse that never comes) or it starts afresh."""
         self._amp_pending[ch] = None
         self._down_mask &= ~(1 << ch)
         self._dac_mask &= ~(1 << ch)
@@ -319,7 +318,8 @@ class Controller:
                 self.emit(M.EV_IMPEDANCE_HIGH, ch, ohm, t_us)
             if cls == M.Z_OPEN or cls == M.Z_SHORT:
                 self.hal.stop(1 << ch)  # first: the pulse in progress completes, nothing more is queued
-                self._cancel_dac(ch)  # a fault never ramps down
+                self._down_mask &= ~(1 << ch)  # a fault never ramps down (a pending change may
+                # still reach the last pulse: _follow_dac reports it if its mark comes)
                 self.state[ch] = M.ST_FAULT
                 self.fault[ch] = _FAULT_EVENT[cls]
                 self._monitor_na[ch] = 0
@@ -383,7 +383,7 @@ class Controller:
         if live:
             self.hal.stop(self._bits(live))  # at the next pulse boundary; poll() reports train_done
             for ch in live:
-                self._cancel_dac(ch)  # the deadman never ramps down
+                self._down_mask &= ~(1 << ch)  # the deadman never ramps down
                 self._stopping[ch] = True
                 self._gate_closed[ch] = False
             self.deadman_trips += 1
@@ -598,8 +598,8 @@ class Controller:
                 now += down
         if now:
             self.hal.stop(self._bits(now))
-            for ch in now:
-                self._cancel_dac(ch)
+            for ch in now:  # no ramp-down; a change already queued is reported if it reaches a pulse
+                self._down_mask &= ~(1 << ch)
         for ch in channels:
             self._stopping[ch] = True
             self._gate_closed[ch] = False

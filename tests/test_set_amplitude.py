@@ -262,3 +262,18 @@ def test_after_a_replace_the_old_trains_idle_still_bounds_live_changes():
     ctl.receive(encode_frame(M.START, 5, b"\x01"))  # a fresh start forgets the old train
     out.clear()
     assert ask(ctl, out, 0, 500, seq=12).type == M.SET_AMPLITUDE | M.RESPONSE
+
+
+def test_a_change_that_reaches_the_last_pulse_after_a_stop_is_still_reported():
+    ctl, hal, out = running()
+    ask(ctl, out, 0, 2000)
+    ctl.receive(encode_frame(M.STOP, 40, b"\x01"))  # no ramp-down: stops at the next boundary
+    assert hal.calls[-1] == ["stop", 1]
+    hal.busy = False  # the change's writes went out after the pulse in progress (before the last one)
+    hal.mark_pulses[0] = 4
+    ctl.poll()
+    hal._running[0] = False
+    ctl.poll()
+    evs = [M.decode_event(f.body) for f in replies(out) if f.type == M.EVENT]
+    assert [(e["kind"], e.get("from_pulse")) for e in evs] == [("amplitude", 4), ("train_done", None)]
+    assert ctl.params[0]["amplitude_ua"] == 2000
