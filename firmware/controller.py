@@ -273,7 +273,10 @@ class Controller:
             if not busy:
                 self._amp_pending[ch] = None
                 params, train = pending
-                from_pulse = self._pulses_before[ch] + self.hal.dac_mark_pulses(ch)
+                mark = self.hal.dac_mark_pulses(ch)
+                if not self.hal.running(ch) and mark >= self.hal.pulses(ch):
+                    continue  # played after the stream's last pulse (a HAL dropping a dead wait): never applied
+                from_pulse = self._pulses_before[ch] + mark
                 self.params[ch] = params
                 self.trains[ch] = train
                 if self._monitor_na[ch]:

@@ -277,3 +277,39 @@ def test_a_change_that_reaches_the_last_pulse_after_a_stop_is_still_reported():
     evs = [M.decode_event(f.body) for f in replies(out) if f.type == M.EVENT]
     assert [(e["kind"], e.get("from_pulse")) for e in evs] == [("amplitude", 4), ("train_done", None)]
     assert ctl.params[0]["amplitude_ua"] == 2000
+
+
+class CountingHal(FakeHal):
+    def __init__(self):
+        super().__init__()
+        self.count = [0] * self.channels
+
+    def pulses(self, ch):
+        return self.count[ch]
+
+
+def test_a_change_whose_writes_come_after_the_last_pulse_is_not_reported():
+    """A HAL may drop the wait of a change whose stream has ended and play its writes at once (the
+    virtual Pico does): the mark then comes with every pulse already played, so no pulse has the new
+    amplitude: no EVENT, parameters unchanged."""
+    out = []
+    hal = CountingHal()
+    ctl = Controller(hal, out.append)
+    ctl.receive(encode_frame(M.SET_PARAMS, 1, M.encode_params(0, params())) + encode_frame(M.START, 2, b"\x01"))
+    out.clear()
+    ask(ctl, out, 0, 2000)
+    hal.count[0] = hal.mark_pulses[0] = 9
+    hal._running[0] = False
+    hal.busy = False
+    ctl.poll()
+    kinds = [M.decode_event(f.body)["kind"] for f in replies(out) if f.type == M.EVENT]
+    assert kinds == ["train_done"] and ctl.params[0]["amplitude_ua"] == 1000
+    # while the stream runs the same mark is a real change from pulse 9
+    ctl.receive(encode_frame(M.START, 3, b"\x01"))
+    hal.count[0] = 0
+    ask(ctl, out, 0, 2000, seq=13)
+    hal.count[0] = hal.mark_pulses[0] = 9
+    hal.busy = False
+    ctl.poll()
+    ev = [M.decode_event(f.body) for f in replies(out) if f.type == M.EVENT][-1]
+    assert (ev["kind"], ev["from_pulse"]) == ("amplitude", 9)
