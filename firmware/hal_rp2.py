@@ -492,9 +492,17 @@ class Rp2Hal:
 
     # ---- contract: DAC bus -----------------------------------------------------------------------
     def dac_play(self, ops):
-        """Queue op words (dac_bus: wait ops, then writes) after anything still queued; a mark follows."""
+        """Queue op words (dac_bus: wait ops, then writes) after anything still queued; a mark follows.
+        Groups that wait on a channel that is not running are dropped (its pins never move: they
+        would hold the bus for good)."""
         if not self._dac_on_pio:
             self._dac_attach()
+        idle = []
+        for st in self._ch:
+            if not st.active:
+                idle.extend(self._channel_pins(st.ch))
+        if idle:
+            ops = dma_chain.dac_drop_channels(ops, idle)
         self._dac_queue(ops)
 
     def dac_busy(self):

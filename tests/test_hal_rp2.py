@@ -545,3 +545,15 @@ def test_dac_drop_channels_removes_whole_groups_only():
     ops = first + [m] + g0 + g1 + [m] + g1 + [m] + g0 + [m]
     assert dc.dac_drop_channels(ops, (board.CH_POS[1], board.CH_NEG[1])) == first + [m] + g0 + [m, m] + g0 + [m]
     assert dc.dac_drop_channels(ops, ()) == ops
+
+
+def test_dac_play_queues_behind_and_drops_groups_of_channels_that_do_not_run(hal):
+    h, hw = hal
+    tr = pe.build_train(params())
+    h.start([tr, None, None, None], 0b0001, [0] * 4)
+    p2 = board.CH_POS[0] if tr.first == pe.NEG else board.CH_NEG[0]
+    g0 = [dac_bus.wait_op(p2)] + dac_bus.update_ops(0, 11, 12)
+    g1 = [dac_bus.wait_op(board.CH_NEG[1])] + dac_bus.update_ops(1, 13, 14)  # channel 1 is not running
+    hw.log.clear()
+    h.dac_play(g1 + g0)
+    assert _batches(hw.log) == [g0 + [dac_bus.MARK_OP]]

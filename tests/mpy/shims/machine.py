@@ -192,8 +192,14 @@ class WDT:
             raise SystemExit(99)
 
 
+_DAC_SM_INSTR = 0x503000D8  # PIO1 SM0 (the DAC bus state machine): an exec'd JMP sets its PC register
+_DAC_SM_ADDR = 0x503000D4
+
+
 class _Mem:
-    """mem32/mem16/mem8: a sparse register file; reads of unwritten addresses return 0."""
+    """mem32/mem16/mem8: a sparse register file; reads of unwritten addresses return 0. One register
+    model: a JMP written to PIO1 SM0's SMx_INSTR sets its SMx_ADDR (the HAL's DAC bus reads it back);
+    the stimulation SMs' PCs stay 0 as before."""
 
     def __init__(self, width):
         self.mask = (1 << width) - 1
@@ -207,6 +213,8 @@ class _Mem:
         LOG.append(("mem", addr, value & self.mask))
         if addr == WATCHDOG_CTRL_CLR and value & WATCHDOG_ENABLE:
             _wdt_on[0] = False
+        if addr == _DAC_SM_INSTR and not value >> 13:
+            self.regs[_DAC_SM_ADDR] = value & 0x1F
 
 
 mem32 = _Mem(32)

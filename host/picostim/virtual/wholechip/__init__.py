@@ -180,7 +180,8 @@ def board_json() -> str:
     from firmware import board
 
     return json.dumps({"pos": list(board.CH_POS), "neg": list(board.CH_NEG), "dacCs": list(board.CH_DAC_CS),
-                       "ldac": board.DAC_LDAC_PIN, "muxSel": list(board.ADC_MUX_SEL_PINS),
+                       "ldac": board.DAC_LDAC_PIN, "dacSck": board.DAC_SCK_PIN, "dacMosi": board.DAC_MOSI_PIN,
+                       "muxSel": list(board.ADC_MUX_SEL_PINS),
                        "adcInput": board.ADC_INPUT, "dacFullScaleUa": board.DAC_FULL_SCALE_UA,
                        "electrodeUvPerAdcUv": board.ELECTRODE_UV_PER_ADC_UV, "adcVrefUv": board.ADC_VREF_UV,
                        "adcBits": board.ADC_BITS})

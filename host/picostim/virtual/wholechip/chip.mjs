@@ -19,16 +19,20 @@
 //     96 cycles of the 48 MHz ADC clock = 2 us]: stock rp2040js returns channelValues[] read at the end
 //     of the conversion. ADC0 (GP26) shows what picostim's analog front end would: the 4:1 mux
 //     (GP16/GP17) selects a channel, whose electrode voltage comes from the current its MCP4822
-//     (decoded from the SPI0 bytes, CS per channel, LDAC latch) drives in the direction of its POS/NEG
-//     pins, through the Randles model of host/picostim/virtual/electrode.py (ported below).
-import { GPIOPinState, RP2040 } from 'rp2040js';
-import { ALL_PATCHES, applyPioPatches } from './pio_patches.mjs';
+//     drives in the direction of its POS/NEG pins, through the Randles model of
+//     host/picostim/virtual/electrode.py (ported below). The MCP4822s read what the board's DACs
+//     would [MCP4822 datasheet: SDI sampled on SCK rising edges while CS is low, the 16-bit command
+//     taken at the CS rising edge; with LDAC low the output follows at once, else at LDAC's falling
+//     edge]: from the pads (SCK GP18, MOSI GP19: the DAC bus state machine on PIO1) and from the
+//     SPI0 bytes (the CPU's boot / crash-path writes; rp2040js has no SPI pads).
+import { RP2040 } from 'rp2040js';
+import { ALL_PATCHES, applyPioPatches, padLevel } from './pio_patches.mjs';
 
 export const CYCLE_NS = 8; // 125 MHz: rp2040js's SimulationClock and the firmware's machine.freq()
 
 // ---- board wiring (firmware/board.py; passed in by the launcher, these are its defaults) ----------
 export const DEFAULT_BOARD = {
-  pos: [0, 4, 7, 10], neg: [1, 5, 8, 11], dacCs: [20, 21, 22, 27], ldac: 13, muxSel: [16, 17],
+  pos: [0, 4, 7, 10], neg: [1, 5, 8, 11], dacCs: [20, 21, 22, 27], ldac: 13, dacSck: 18, dacMosi: 19, muxSel: [16, 17],
   adcInput: 0, dacFullScaleUa: 10240, electrodeUvPerAdcUv: 5, adcVrefUv: 3300000, adcBits: 12,
 };
 
@@ -229,7 +233,17 @@ export class Chip {
     const chip = this;
     const b = this.board;
     const n = b.pos.length;
-    this.dac = Array.from({ length: n }, () => ({ input: [0, 0], inputOn: [false, false], out: [0, 0], on: [false, false], bytes: [] }));
+    this.dac = Array.from({ length: n }, () => ({ input: [0, 0], inputOn: [false, false], out: [0, 0], on: [false, false], bytes: [],
+      bits: [] }));
+    this.dacWrites = []; // [cycle, channel, command] of every command a DAC took (pin or SPI0 path)
+    const take = (ch, w) => {
+      const d = chip.dac[ch];
+      const which = w >> 15 & 1;
+      d.input[which] = w & 0xfff;
+      d.inputOn[which] = !!(w >> 12 & 1);
+      if (!padLevel(chip.mcu.gpio[b.ldac])) { d.out = [...d.input]; d.on = [...d.inputOn]; }
+      chip.dacWrites.push([chip.cycle, ch, w]);
+    };
     this.phase = Array.from({ length: n }, () => ({ dir: 0, since: 0 })); // dir +1 POS, -1 NEG
     const spi = this.mcu.spi[0];
     spi.onTransmit = (value) => {
@@ -240,24 +254,44 @@ export class Chip {
           if (d.bytes.length === 2) {
             const w = d.bytes[0] << 8 | d.bytes[1];
             d.bytes = [];
-            const which = w >> 15 & 1;
-            d.input[which] = w & 0xfff;
-            d.inputOn[which] = !!(w >> 12 & 1);
+            take(ch, w);
           }
         }
       }
       spi.completeTransmit(0);
     };
+    const sck = chip.mcu.gpio[b.dacSck];
+    let sckLevel = padLevel(sck);
+    sck.addListener(() => {
+      const lv = padLevel(sck);
+      if (lv && !sckLevel) { // rising edge: every selected DAC samples MOSI
+        const bit = padLevel(chip.mcu.gpio[b.dacMosi]) ? 1 : 0;
+        for (let ch = 0; ch < n; ch++) {
+          if (!padLevel(chip.mcu.gpio[b.dacCs[ch]])) chip.dac[ch].bits.push(bit);
+        }
+      }
+      sckLevel = lv;
+    });
     for (let ch = 0; ch < n; ch++) {
-      chip.mcu.gpio[b.dacCs[ch]].addListener((state) => {
-        if (state === GPIOPinState.High) chip.dac[ch].bytes = []; // CS high ends a frame
+      const cs = chip.mcu.gpio[b.dacCs[ch]];
+      let csLevel = padLevel(cs);
+      cs.addListener(() => {
+        const lv = padLevel(cs);
+        if (lv === csLevel) return;
+        csLevel = lv;
+        const d = chip.dac[ch];
+        if (lv) { // CS high ends a frame: 16 bits from the pads are a command
+          if (d.bits.length === 16) take(ch, d.bits.reduce((w, x) => w << 1 | x, 0));
+          d.bytes = [];
+        }
+        d.bits = [];
       });
       for (const p of [b.pos[ch], b.neg[ch]]) {
         chip.mcu.gpio[p].addListener(() => chip.updatePhase(ch));
       }
     }
-    chip.mcu.gpio[b.ldac].addListener((state) => {
-      if (state === GPIOPinState.Low) {
+    chip.mcu.gpio[b.ldac].addListener(() => {
+      if (!padLevel(chip.mcu.gpio[b.ldac])) {
         for (const d of chip.dac) { d.out = [...d.input]; d.on = [...d.inputOn]; }
       }
     });
