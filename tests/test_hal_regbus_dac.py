@@ -169,6 +169,11 @@ def test_a_wait_op_holds_the_writes_until_the_phase_2_pin_falls(bus, ch):
         nxt = min(s for s in starts if s > f)
         assert nxt - f >= dac_bus.UPDATE_TICKS and wb[0] < nxt
     assert len(set(lat_a)) == 1 and len(set(lat_b)) == 1, (lat_a, lat_b)  # fixed by the PIO, not the CPU
+    # from the program: the fall reaches the PIO through the pad and the 2-flop synchroniser (the
+    # wait completes 3 cycles after the pad edge), then jmp next, pull, out pc, `out pindirs` selects
+    # (+4 with its delay), 16 bits x 10 cycles, mov osr, `out pindirs` releases: CS rises 172 cycles
+    # after the fall
+    assert lat_a[0] == 3 + 4 + 4 + 16 * 10 + 1
     assert lat_b[0] - lat_a[0] == dac_bus.WRITE_TICKS
     assert lat_b[0] <= 2 + 4 + 2 * dac_bus.WRITE_TICKS  # dac_bus's timing model of the two writes
     for rise, fall, c, _cmd, _sck in d:
