@@ -108,3 +108,13 @@ def code_write_op(ch, channel_b, code):
     """write_op(ch, command(channel_b, code)) from tables: the same word without the bit loop."""
     code &= _CODE_MASK
     return _CODE_BASE[ch][1 if channel_b else 0] | ((_REV8[code & 0xFF] << 8 | _REV8[code >> 8]) << _CMD_SHIFT)
+
+
+REV8 = _REV8  # bit-reversed bytes (code_write_op, inlined by pulse_engine's ramp loops)
+CODE_SHIFT = _CMD_SHIFT
+
+
+def code_bases(ch):
+    """(write_op of DAC A with code 0, of DAC B with code 0) for channel ``ch``: OR in
+    (REV8[code & 0xFF] << 8 | REV8[code >> 8]) << CODE_SHIFT for a code (code_write_op)."""
+    return _CODE_BASE[ch]

@@ -562,6 +562,8 @@ def ramp_up_ops(trains, channels, waits=None):
     size = (n - 1) * per if n > 1 else 0
     ops = [0] * (size if size < MAX_RAMP_OPS else MAX_RAMP_OPS)
     wait = dac_bus.wait_op(phase2_pin(lead, ramping[0]))
+    if len(ramping) == 1:  # the common case, inlined (a 1000-pulse ramp is built inside START)
+        return _one_channel_up(trains[ramping[0]], ramping[0], n, wait, ops)
     prev = [pulse_codes(trains[ch], 0) for ch in ramping]
     at = 0
     last_change = 0
@@ -579,6 +581,102 @@ def ramp_up_ops(trains, channels, waits=None):
                 at += 2
                 last_change = at
     del ops[last_change:]  # bare waits after the last change would only delay the mark
+    return ops
+
+
+def _gcd(a, b):
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def _one_channel_up(t, ch, n, wait, ops):
+    """ramp_up_ops for one channel: pulse_codes / balance_code / code_write_op inlined (the same
+    integers: c1 = round(code1 * (j + 1) / K), c2 = round(c1 * phase1 / phase2) with the tick ratio
+    reduced, both at least 1). ``ops`` is preallocated: (n - 1) * 3 <= MAX_RAMP_OPS words."""
+    k = t.ramp_up_k
+    k2 = 2 * k
+    code1 = t.code1
+    g = _gcd(t.phase1_ticks, t.phase2_ticks)
+    r1 = 2 * (t.phase1_ticks // g)  # c2 = (c1 * r1 + r2h) // r2
+    r2 = 2 * (t.phase2_ticks // g)
+    r2h = r2 // 2
+    neg_first = t.first == NEG
+    base_a, base_b = dac_bus.code_bases(ch)
+    rev = dac_bus.REV8
+    shift = dac_bus.CODE_SHIFT
+    num = 2 * code1 + k  # 2 * code1 * (j + 1) + k for j = 0
+    prev = num // k2
+    if prev < 1:
+        prev = 1
+    at = 0
+    last_change = 0
+    for j in range(1, n):
+        num += 2 * code1
+        if j < k:
+            c1 = num // k2
+            if c1 < 1:
+                c1 = 1
+        else:
+            c1 = code1
+        ops[at] = wait
+        at += 1
+        if c1 != prev:
+            prev = c1
+            c2 = (c1 * r1 + r2h) // r2
+            if c2 < 1:
+                c2 = 1
+            if neg_first:
+                a, b = c2, c1
+            else:
+                a, b = c1, c2
+            ops[at] = base_a | (rev[a & 0xFF] << 8 | rev[a >> 8]) << shift
+            ops[at + 1] = base_b | (rev[b & 0xFF] << 8 | rev[b >> 8]) << shift
+            at += 2
+            last_change = at
+    del ops[last_change:]
+    return ops
+
+
+def _one_channel_down(t, ch, wait, ops):
+    """ramp_down_ops for one channel, inlined like _one_channel_up: c1 = round(code1 * (K - j) /
+    (K + 1)) for j < K (at least 1), then the shutdown at boundary K."""
+    k = t.ramp_down_k
+    d2 = 2 * (k + 1)
+    code1 = t.code1
+    g = _gcd(t.phase1_ticks, t.phase2_ticks)
+    r1 = 2 * (t.phase1_ticks // g)
+    r2 = 2 * (t.phase2_ticks // g)
+    r2h = r2 // 2
+    neg_first = t.first == NEG
+    base_a, base_b = dac_bus.code_bases(ch)
+    rev = dac_bus.REV8
+    shift = dac_bus.CODE_SHIFT
+    prev = code1
+    num = 2 * code1 * k + k + 1  # 2 * code1 * (K - j) + (K + 1) for j = 0
+    at = 0
+    for _ in range(k):
+        ops[at] = wait
+        at += 1
+        c1 = num // d2
+        num -= 2 * code1
+        if c1 < 1:
+            c1 = 1
+        if c1 != prev:
+            prev = c1
+            c2 = (c1 * r1 + r2h) // r2
+            if c2 < 1:
+                c2 = 1
+            if neg_first:
+                a, b = c2, c1
+            else:
+                a, b = c1, c2
+            ops[at] = base_a | (rev[a & 0xFF] << 8 | rev[a >> 8]) << shift
+            ops[at + 1] = base_b | (rev[b & 0xFF] << 8 | rev[b >> 8]) << shift
+            at += 2
+    ops[at] = wait
+    ops[at + 1:at + 3] = dac_bus.shutdown_ops(ch)
+    del ops[at + 3:]
     return ops
 
 
@@ -614,6 +712,8 @@ def ramp_down_ops(trains, channels):
         raise _too_many_ops(trains, channels, _down_field, _down_k, per)
     ops = [0] * ((n + 1) * per)
     wait = dac_bus.wait_op(phase2_pin(lead, channels[0]))
+    if len(channels) == 1:
+        return _one_channel_down(trains[channels[0]], channels[0], wait, ops)
     prev = [(trains[ch].dac_a, trains[ch].dac_b) for ch in channels]
     at = 0
     for j in range(n + 1):
