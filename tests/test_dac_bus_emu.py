@@ -403,3 +403,27 @@ def test_waits_on_a_channel_whose_stream_ended_are_skipped_and_block_nobody():
     n = len(cmds)
     hal.start([short, other], 0b01, [0, 0])  # a new start is not held up either
     assert len(commands(hal.system)) == n + 2
+
+
+@pytest.mark.parametrize("phase", range(0, 1_000, 37))
+def test_replace_at_any_point_of_the_period_switches_timing_and_amplitude_together(phase):
+    """The DMA may be inside a group or exactly at a group boundary (FIFO full) when replace() comes:
+    either way the new codes apply from the first pulse of the new program, never inside a pulse."""
+    hal = SimHal(channels=1)
+    old, new = _train(1000, 1_000_000, recovery_ns=100_000), _train(2500, 600_000, recovery_ns=100_000)
+    hal.start([old], 1, [0])
+    hal.advance_cycles(3_000 * US + phase * US)
+    hal.replace(0, new)
+    hal.advance_cycles(4_000 * US)
+    assert not hal.dac_busy()
+    pulses = _pulses(hal, 0, old)
+    starts = [s for s, _e in pulses]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    k_timing = next(i for i, g in enumerate(gaps) if g != 1_000 * US)
+    hal.dac.update()
+    amps = [hal.dac.current_na(0, True, s) for s in starts]
+    assert amps == [pulse_engine.code_to_na(old.dac_b)] * k_timing + \
+        [pulse_engine.code_to_na(new.dac_b)] * (len(starts) - k_timing)
+    assert hal.dac_mark_pulses(0) == k_timing
+    for r, _d, _c in commands(hal.system):
+        assert not any(s <= r <= e for s, e in pulses)

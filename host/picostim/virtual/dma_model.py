@@ -38,12 +38,13 @@ class DmaChannel:
 
     Counters (read-only for the HAL): ``words_sent`` (words written into the FIFO), ``blocks_sent``
     (blocks whose last word has been written), ``cycles_done`` (completed passes over the cycle
-    blocks). ``done`` is True when nothing more will be transferred.
+    blocks), ``last_block`` (the words of the block written completely last, None before any).
+    ``done`` is True when nothing more will be transferred.
     """
 
     __slots__ = (
         "_once", "_cycle", "_repeats_left", "_cur", "_pos", "_cycle_idx", "_in_cycle",
-        "_pending", "words_sent", "blocks_sent", "cycles_done", "_system", "_sm",
+        "_pending", "words_sent", "blocks_sent", "cycles_done", "_system", "_sm", "last_block",
     )
 
     def __init__(self) -> None:
@@ -58,6 +59,7 @@ class DmaChannel:
         self.words_sent = 0
         self.blocks_sent = 0
         self.cycles_done = 0
+        self.last_block: Optional[list[int]] = None
         self._system = None  # set by PioSystem
         self._sm = None
 
@@ -188,6 +190,7 @@ class DmaChannel:
         self.words_sent += 1
         last = self._pos >= len(cur)
         if last:
+            self.last_block = cur
             self._cur = None
             self.blocks_sent += 1
             if self._in_cycle and self._cycle_idx >= len(self._cycle):

@@ -509,7 +509,9 @@ class SimHal:
         return code
 
     def measure_impedance(self, ch: int) -> int:
-        """Sub-threshold test pulse through the electrode model, read by the 12-bit ADC."""
+        """Sub-threshold test pulse through the electrode model, read by the 12-bit ADC. Its current
+        is modelled (impedance.TEST_CURRENT_UA) and not written over the emulated DAC bus, so it
+        never puts a DAC write into any running channel's pulse."""
         t_s = self.system.now / self.clock_hz
         volts = self.electrodes[ch].voltage(impedance.TEST_CURRENT_UA * 1e-6,
                                             impedance.TEST_SAMPLE_NS * 1e-9, t_s)
