@@ -126,6 +126,7 @@ class SimHal:
         self._codes = [None] * channels  # (dac_a, dac_b) last queued for each channel
         self._replace_token = [0] * channels  # invalidates a replace()'s pending DAC update
         self._replace_pending = [False] * channels
+        self._wait_pins: set = set()  # GPIOs of the wait ops queued since the bus was last idle
         self.train_start = [0] * channels  # cycle at which each channel's SM was last enabled
         self.start_called = [0] * channels  # cycle of that start() call: its DAC writes begin here
         self.dac_on = [False] * channels  # DAC outputs driving (start() on, safe_state() off)
@@ -240,8 +241,10 @@ class SimHal:
         """Queue op words after anything still queued, with a mark after them; returns the mark's
         number (marks are counted from 1)."""
         self._dac_release_dead_waits()
+        ops = list(ops)
+        self._wait_pins.update(_DAC_WAIT_PIN[w] for w in ops if w in _DAC_WAIT_PIN)
         self._marks_queued += 1
-        self.system.dma(self.dac_sm).queue(list(ops) + [dac_bus.MARK_OP])
+        self.system.dma(self.dac_sm).queue(ops + [dac_bus.MARK_OP])
         return self._marks_queued
 
     def dac_busy(self) -> bool:
@@ -257,14 +260,17 @@ class SimHal:
         the waits go; the writes and marks stay in order (a ramp-down's shutdown still happens).
         The program stuck in such a wait leaves it through SMx_INSTR (`jmp next`)."""
         if self._marks_pushed >= self._marks_queued:
+            self._wait_pins.clear()
             return
         dead = set()
         for ch in range(board.CHANNELS):
             if ch >= self.channels or not self.running(ch):
                 dead.add(board.CH_POS[ch])
                 dead.add(board.CH_NEG[ch])
+        dead &= self._wait_pins  # (a superset of the pins queued waits are on: cheap when none)
         if not dead:
             return
+        self._wait_pins -= dead
         sm = self.dac_sm
         if sm.pc in _DAC_WAIT_PCS:
             entry = sm.pc if sm.pc in _DAC_WAIT_PIN else sm.pc - 1
