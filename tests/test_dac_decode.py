@@ -421,3 +421,10 @@ def test_check_maps_foreign_dac_lines_and_reports_amplitudes(tmp_path):
     rc, j, err = run("--map", "POS=D0,NEG=D1,SCK=D2,MOSI=D3,CS0=D4")
     assert rc == 3 and j["dac"]["malformed"] == 1
     assert "DAC SPI: 1 malformed frames" in err
+
+
+def test_channel_without_a_dac_line_name_is_skipped_not_crashed():
+    # channel 4 (no CS4 on the board): the capture cannot hold its DAC: a note, no IndexError
+    tr = _train([(40, 20)], sfx="_4")
+    r = analyze(tr, channel=4)
+    assert r.ok and r.amplitude_ua is None and "CS4" in r.dac["note"]
