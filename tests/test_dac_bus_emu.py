@@ -427,3 +427,29 @@ def test_replace_at_any_point_of_the_period_switches_timing_and_amplitude_togeth
     assert hal.dac_mark_pulses(0) == k_timing
     for r, _d, _c in commands(hal.system):
         assert not any(s <= r <= e for s, e in pulses)
+
+
+@pytest.mark.parametrize("ext", ["vcd", "sr"])
+def test_the_dac_lines_survive_vcd_and_sr_and_decode_to_the_emulated_commands(tmp_path, ext):
+    """The virtual Pico's capture file (VCD and sigrok .sr alike) holds SCK/MOSI/CS0-3/LDAC beside the
+    stimulation lines; read back, the analyzer's bus decoder finds the commands the pins carried."""
+    from picostim.capture import read_capture, write_capture
+    from picostim.capture import dac as capdac
+
+    hal = SimHal(channels=2)
+    ramp = [dac_bus.wait_op(board.CH_POS[0])] + dac_bus.update_ops(0, 300, 300)
+    hal.start([_train(1000, 500_000), _train(700, 700_000)], 0b11, [0, 0], ramp_ops=ramp)
+    hal.advance_cycles(2_000 * US)
+    t0 = min(hal.start_called)
+    tr = hal.trace(start=t0)
+    path = tmp_path / ("cap." + ext)
+    write_capture(tr, path)
+    back = read_capture(path)
+    for name in ("SCK", "MOSI", "CS0", "CS1", "CS2", "CS3", "LDAC", "POS", "NEG", "POS_1", "NEG_1"):
+        assert back.channels[name].initial == tr.channels[name].initial, name
+        assert list(back.channels[name].toggles) == list(tr.channels[name].toggles), name
+    bus = capdac.decode_bus(back)
+    assert not bus.missing and bus.ldac
+    want = commands(hal.system)
+    got = sorted((t + t0, ch, w) for ch in range(4) for t, w in bus.commands(ch))
+    assert got == want and len(want) == 6
