@@ -126,3 +126,20 @@ def test_ramp_up_amplitudes_follow_pulse_codes(virtual_bench):
     assert rep.amplitude_ua == want
     assert rep.amplitude_ua[0] < rep.amplitude_ua[k - 1] == rep.amplitude_ua[k]
     assert rep.dac["changes_in_pulse"] == 0 and rep.dac["unbalanced"] == 0
+
+
+def test_writes_at_the_wrong_boundary_are_caught(virtual_bench, monkeypatch):
+    """The analyzer's DAC check is not vacuous on a real run: a firmware whose ramp writes wait for the
+    end of phase 1 instead of phase 2 (patched here) updates the DAC inside phase 2, and the run fails
+    with DAC CHANGE IN PULSE (exit 3 in the CLI)."""
+    if not hasattr(pulse_engine, "pulse_codes"):
+        pytest.skip("pulse_engine.pulse_codes (ramps, issue 13 item 2) not in this build yet")
+    params = _ramp_params(ramp_up_pulses=5, train_duration_us=20_000)
+    first_pin = {pulse_engine.NEG: board.CH_NEG, pulse_engine.POS: board.CH_POS}
+    monkeypatch.setattr(pulse_engine, "phase2_pin", lambda train, ch: first_pin[train.first][ch])
+    result = virtual_bench.run(params, duration_s=0.03)
+    _needs_bus(result)
+    rep = result.report
+    assert not rep.ok
+    assert rep.dac["changes_in_pulse"] == 8  # 4 ramp steps after the first pulse's codes, A and B each
+    assert any(f.startswith("DAC CHANGE IN PULSE: 8 ") and "while POS was high" in f for f in rep.failures)
