@@ -428,3 +428,16 @@ def test_channel_without_a_dac_line_name_is_skipped_not_crashed():
     tr = _train([(40, 20)], sfx="_4")
     r = analyze(tr, channel=4)
     assert r.ok and r.amplitude_ua is None and "CS4" in r.dac["note"]
+
+
+def test_settling_before_the_phase_that_uses_an_output_is_reported_not_failed():
+    # pulse 1's writes start 400 samples before it: B (phase 1, NEG; a frame is 164 samples from CS fall
+    # to rise) changes 236 samples = 1.888 µs before phase 1, less than the MCP4822's 4.5 µs; A changes
+    # 62 samples before phase 1 but is only used by phase 2, 200 µs later
+    r = analyze(_train([(40, 20), (80, 40), (80, 40)], write_at={1: -400}))
+    assert r.ok, r.failures
+    st = r.dac["settle"]
+    assert st["short"] == 1 and st["required_us"] == 4.5
+    assert st["min_us"] == pytest.approx(236 / 125)
+    assert "settling" in r.summary()
+    assert analyze(_train([(40, 20), (80, 40)])).dac["settle"]["short"] == 0  # 60 µs ahead

@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from firmware.board import DEAD_TIME_NS
+from firmware.board import DAC_SETTLE_NS, DEAD_TIME_NS
 
 from . import dac as dacbus
 from .trace import Channel, Trace
@@ -346,6 +346,10 @@ class Report:
             lines.append(f"  DAC         {d['commands']} commands, phase-1 amplitude {rng}, "
                          f"{d['changes_in_pulse']} changes inside a pulse, {d['unbalanced']} unbalanced pulses, "
                          f"{d['malformed']} malformed frames")
+        if d.get("settle", {}).get("short"):
+            st = d["settle"]
+            lines.append(f"  DAC         note: {st['short']} changes less than {st['required_us']:g} µs (settling) "
+                         f"before the phase that uses them, shortest {st['min_us']:.3f} µs")
         if d.get("note"):
             lines.append(f"  DAC         {d['note']}")
         lines += [f"  - {f}" for f in self.failures]
@@ -757,6 +761,25 @@ def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel,
         failures.append(f"DAC CHANGE IN PULSE: {int(inside.sum())} DAC output changes while POS or NEG is on, first "
                         f"output {'AB'[int(which[i])]} of {dacbus.cs_name(channel)} at "
                         f"{t_ch[i] * us_per_sample:.3f} µs while {'POS' if on_pos[i] else 'NEG'} was high")
+
+    # settling (reported, not a failure): from each change to the next rise of the drive pin that draws
+    # on that output (A: POS, B: NEG); the MCP4822 needs board.DAC_SETTLE_NS to reach the new current
+    settle = np.full(len(t_ch), np.iinfo(np.int64).max, np.int64)
+    for k, line in ((0, pos), (1, neg)):
+        rises = line.rising()
+        sel = which == k
+        j = np.searchsorted(rises, t_ch[sel], side="left")
+        ok = j < len(rises)
+        vals = np.full(int(sel.sum()), np.iinfo(np.int64).max, np.int64)
+        vals[ok] = rises[j[ok]] - t_ch[sel][ok]
+        settle[sel] = vals
+    used = settle != np.iinfo(np.int64).max
+    need = DAC_SETTLE_NS / 1000 / us_per_sample  # samples
+    short = used & (settle < need - slack)
+    info["settle"] = {"required_us": DAC_SETTLE_NS / 1000,
+                      "min_us": float(settle[used].min()) * us_per_sample if used.any() else None,
+                      "short": int(short.sum()),
+                      "short_times_us": [float(x) * us_per_sample for x in t_ch[short][:_MAX_LISTED]]}
 
     # per pulse: phase 1 from the output of its direction, phase 2 from the other
     out1, out2 = (out_b, out_a) if pol == "cathodic-first" else (out_a, out_b)
