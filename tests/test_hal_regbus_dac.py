@@ -282,3 +282,58 @@ def test_patch_pulls_an_undriven_pad_reads_its_pull():
             b.run_us(1)
             v = b.read32(rb.SIO_GPIO_IN)
             assert (v >> 20 & 1, v >> 21 & 1, v >> 22 & 1) == want
+
+
+def test_a_start_with_a_ramp_updates_after_exactly_the_pulse_each_step_belongs_to(bus):
+    """start(first_ops, ramp_ops): the first pulse's codes before the enable, then one update per pulse
+    queued before the stream starts, so update k follows the phase-2 end of pulse k exactly (the wait
+    ops count the pulses; no CPU timing involved), each pair (A, B) before pulse k + 1 begins."""
+    hal = bus.load_hal()
+    tr = train(**T[0], amplitude_ua=2000)
+    p2 = phase2_pin(tr, 0)
+    steps = [(100, 100), (250, 250), (400, 400), (tr.dac_a, tr.dac_b)]
+    first = dac_bus.update_ops(0, *steps[0])
+    ramp = []
+    for a, b in steps[1:]:
+        ramp += [dac_bus.wait_op(p2)] + dac_bus.update_ops(0, a, b)
+    hal.start([tr, None, None, None], 0b1, [0] * 4, first_ops=first, ramp_ops=ramp)
+    bus.run_us(1200)  # 6 pulses at 5 kHz; the CPU does nothing meanwhile
+    assert not hal.dac_busy()
+    edges = bus.edges()
+    d = decode(edges)
+    t_en = start_cycle(bus)
+    before = [x for x in d if x[0] < t_en]
+    after = [x for x in d if x[0] > t_en]
+    assert cmds(before)[-2:] == [(0, dac_bus.command(False, 100)), (0, dac_bus.command(True, 100))]
+    want = []
+    for a, b in steps[1:]:
+        want += [(0, dac_bus.command(False, a)), (0, dac_bus.command(True, b))]
+    assert cmds(after) == want
+    p2_falls = [c for c in falls(edges, p2) if c > t_en]
+    starts = [r for r, _f in pulses_of(edges, 0, first_pin(tr, 0))]
+    for k in range(len(steps) - 1):
+        wa, wb = after[2 * k], after[2 * k + 1]
+        assert wa[0] - p2_falls[k] == 172  # after pulse k's phase 2 (pulse 0 had the first codes)
+        assert wb[0] < starts[k + 1]
+
+
+def test_replace_with_a_new_amplitude_writes_it_between_two_pulses(bus):
+    hal = bus.load_hal()
+    tr = train(**T[0])
+    hal.start([tr, None, None, None], 0b1, [0] * 4)
+    bus.run_us(300)
+    new = train(**T[0], amplitude_ua=2000)
+    hal.replace(0, new)
+    for _ in range(30):  # the main loop's polls
+        bus.run_us(50)
+        hal.pulses(0)
+    wait_idle(bus, hal)
+    edges = bus.edges()
+    d = [x for x in decode(edges) if x[0] > start_cycle(bus)]
+    assert cmds(d) == [(0, dac_bus.command(False, new.dac_a)), (0, dac_bus.command(True, new.dac_b))]
+    p2 = phase2_pin(new, 0)
+    f = max(c for c in falls(edges, p2) if c < d[0][1])
+    assert d[0][0] - f == 172
+    for rise, fall, c, _cmd, _sck in d:
+        for hi, lo in drive_high_intervals(edges, c):
+            assert lo <= fall or hi >= rise
