@@ -557,3 +557,22 @@ def test_dac_play_queues_behind_and_drops_groups_of_channels_that_do_not_run(hal
     hw.log.clear()
     h.dac_play(g1 + g0)
     assert _batches(hw.log) == [g0 + [dac_bus.MARK_OP]]
+
+
+@pytest.mark.parametrize("fault", ["no_mark", "stuck_in_a_write"])
+def test_start_enables_nothing_when_the_dac_bus_does_not_confirm_the_codes(hal, fault):
+    """The first pulse must never run with unknown DAC codes: when the bus's mark does not come (or the
+    DAC SM never reaches a point where the start's writes may go ahead), start() raises before any
+    stimulation SM is enabled and leaves the channel inactive (the crash path then takes over)."""
+    h, hw = hal
+    if fault == "no_mark":
+        hw.regs[dc.pio_base(1) + dc.PIO_FSTAT] = 0xF << dc.FSTAT_RXEMPTY_SHIFT  # RX FIFO stays empty
+    else:
+        hw.regs[("pc", "dac")] = pp.DAC_WRITE_ENTRY + 2  # inside a write, for good
+    tr = pe.build_train(params())
+    hw.log.clear()
+    with pytest.raises(RuntimeError, match="DAC bus"):
+        h.start([tr, tr, None, None], 0b0011, [0] * 4)
+    assert not [e for e in hw.log if e[0] == "mem" and e[1] == dc.pio_ctrl_set(0)]
+    assert not [e for e in hw.log if e[0] == "mem" and e[1] == dc.DMA_MULTI_CHAN_TRIGGER]
+    assert not h.running(0) and not h.running(1)
