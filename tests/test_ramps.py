@@ -245,7 +245,20 @@ def test_op_list_is_bounded_and_the_refusal_names_the_ramp_field():
     assert len(pe.ramp_up_ops(trains, [0])) <= 3 * 999
     with pytest.raises(pe.Unrealisable) as e:
         pe.ramp_up_ops(trains, [0, 1, 2, 3])  # 9 words per boundary
-    assert (e.value.field, e.value.value, e.value.limit) == ("ramp_up_pulses", 1000, pe.MAX_RAMP_OPS // 9)
+    k_max = pe.MAX_RAMP_OPS // 9 + 1  # K pulses need K - 1 boundaries of 9 words
+    assert (e.value.field, e.value.value, e.value.limit) == ("ramp_up_pulses", 1000, k_max)
+    fits = [pe.build_train(params(ramp_up_pulses=k_max, amplitude_ua=10000)) for _ in range(4)]
+    assert len(pe.ramp_up_ops(fits, [0, 1, 2, 3])) <= pe.MAX_RAMP_OPS
+    over = [pe.build_train(params(ramp_up_pulses=k_max + 1, amplitude_ua=10000)) for _ in range(4)]
+    with pytest.raises(pe.Unrealisable):
+        pe.ramp_up_ops(over, [0, 1, 2, 3])
+    # the soft stop likewise: K pulses + the shutdown = K + 1 boundaries
+    downs = [pe.build_train(params(ramp_down_pulses=1000, amplitude_ua=10000)) for _ in range(4)]
+    with pytest.raises(pe.Unrealisable) as e:
+        pe.ramp_down_ops(downs, [0, 1, 2, 3])
+    assert (e.value.field, e.value.limit) == ("ramp_down_pulses", pe.MAX_RAMP_OPS // 9 - 1)
+    fits = [pe.build_train(params(ramp_down_pulses=pe.MAX_RAMP_OPS // 9 - 1)) for _ in range(4)]
+    assert len(pe.ramp_down_ops(fits, [0, 1, 2, 3])) <= pe.MAX_RAMP_OPS
     assert not isinstance(e.value, pe.RampMismatch)
 
 
@@ -392,3 +405,31 @@ def test_a_hal_without_a_dac_bus_refuses_ramps_and_never_ramps_down():
     assert (nack["code"], nack["field"], nack["value"], nack["limit"]) == (M.E_OUT_OF_RANGE, "ramp_up_ns", 100 * MS, 0)
     ctl.receive(frame(M.START, 4, b"\x02") + frame(M.STOP, 5, b"\x02"))
     assert hal.calls[-2:] == [["start", 2, [0, 0, 0, 0]], ["stop", 2]]
+
+
+@SETTINGS
+@given(ramped(), st.integers(0, 3))
+def test_op_lists_equal_the_reference_built_from_the_per_pulse_codes(case, ch):
+    """The inlined builder gives word for word what pulse_codes / ramp_down_codes and dac_bus's
+    update_ops / shutdown_ops say (the slow, obvious construction)."""
+    _, t = case
+    trains = [None] * 4
+    trains[ch] = t
+    wait = dac_bus.wait_op(pe.phase2_pin(t, ch))
+    total = pe.total_pulses(t)
+    k = t.ramp_up_k if total is None else min(t.ramp_up_k, total)
+    ref, prev, last = [], pe.pulse_codes(t, 0), 0
+    for j in range(1, k):
+        ref.append(wait)
+        if pe.pulse_codes(t, j) != prev:
+            prev = pe.pulse_codes(t, j)
+            ref += dac_bus.update_ops(ch, *prev)
+            last = len(ref)
+    assert pe.ramp_up_ops(trains, [ch]) == (ref[:last] if t.ramp_up_k > 1 else [])
+    ref, prev = [], (t.dac_a, t.dac_b)
+    for j in range(t.ramp_down_k):
+        ref.append(wait)
+        if pe.ramp_down_codes(t, j) != prev:
+            prev = pe.ramp_down_codes(t, j)
+            ref += dac_bus.update_ops(ch, *prev)
+    assert pe.ramp_down_ops(trains, [ch]) == ref + [wait] + dac_bus.shutdown_ops(ch)
