@@ -137,6 +137,10 @@ class Controller:
         self._amp_pending: list = [None] * n  # (params, train) of a SET_AMPLITUDE until its mark is seen
         self._down_mask = 0  # channels ramping down after a STOP: stopped when the ramp's mark is seen
         self._dac_mask = 0  # channels whose DAC ops (ramp, change, ramp-down) are queued, until the mark
+        # channels of a ramp whose ops wait on one channel's pin and write several: if one of them
+        # stops early, all stop (a HAL may skip a wait on a stream that ended and play the writes
+        # behind it at once: they must not reach a channel that still runs)
+        self._group_mask = 0
         self._plan = None  # (channels, software, ops) of the start the last _check_startable passed
         self._replaced: list = [None] * n  # the shortest-idle train replace()d away since the start
         self.nacks = 0
@@ -287,6 +291,7 @@ class Controller:
                 self.hal.stop(self._down_mask)  # after the DAC shutdown: the remaining pulses carry no current
             self._down_mask = 0
             self._dac_mask = 0
+            self._group_mask = 0
             return
         for ch in range(self.hal.channels):  # a stream that ended never reaches its queued ops
             if self._dac_mask >> ch & 1 and not self.hal.running(ch):
@@ -297,12 +302,18 @@ class Controller:
         busy = self._dac_busy
         return busy is not None and busy()
 
+    def _group_of(self, ch):
+        """The other channels of the group ramp ``ch`` is in (0 when none): they stop with it."""
+        return self._group_mask & ~(1 << ch) if self._group_mask >> ch & 1 else 0
+
     def _cancel_dac(self, ch):
         """Forget a channel's pending amplitude change and ramp-down: its stream ended before their
         mark (the ops wait for a pulse that never comes) or it starts afresh."""
         self._amp_pending[ch] = None
         self._down_mask &= ~(1 << ch)
         self._dac_mask &= ~(1 << ch)
+        if self._group_mask >> ch & 1:
+            self._group_mask = 0
 
     def _monitor(self, ch):
         """Classify the channel's new phase-1 readings; on OPEN/SHORT stop and latch the fault.
@@ -320,7 +331,7 @@ class Controller:
             if cls == M.Z_HIGH and before != M.Z_HIGH:  # a warning once per entry; stimulation goes on
                 self.emit(M.EV_IMPEDANCE_HIGH, ch, ohm, t_us)
             if cls == M.Z_OPEN or cls == M.Z_SHORT:
-                self.hal.stop(1 << ch)  # first: the pulse in progress completes, nothing more is queued
+                self.hal.stop(1 << ch | self._group_of(ch))  # first: the pulse in progress completes
                 self._down_mask &= ~(1 << ch)  # a fault never ramps down (a pending change may
                 # still reach the last pulse: _follow_dac reports it if its mark comes)
                 self.state[ch] = M.ST_FAULT
@@ -536,9 +547,13 @@ class Controller:
         else:
             self.hal.start(self.trains, mask, wait, ops[0], ops[1])
             if ops[1]:
+                group = 0
                 for ch in channels:
                     if self.trains[ch].ramp_up_k > 1:
-                        self._dac_mask |= 1 << ch
+                        group |= 1 << ch
+                self._dac_mask |= group
+                if group & (group - 1):  # more than one channel
+                    self._group_mask = group
         for ch in channels:
             self.state[ch] = M.ST_ARMED if wait[ch] else M.ST_RUNNING
         return b""
@@ -575,6 +590,9 @@ class Controller:
         reports train_done). A running channel with a soft stop ramps down first (its stream is
         stopped when the ramp's mark is seen); a second STOP stops it at once."""
         channels = self._mask(body)
+        for ch in range(self.hal.channels):  # a group ramp stops whole (see _group_mask)
+            if self._group_of(ch) and (self._group_of(ch) | 1 << ch) & self._bits(channels) and ch not in channels:
+                channels.append(ch)
         now = []
         down = []
         for ch in channels:
@@ -597,6 +615,8 @@ class Controller:
                 self.hal.dac_play(ops)
                 self._down_mask |= self._bits(down)
                 self._dac_mask |= self._bits(down)
+                if len(down) > 1:
+                    self._group_mask = self._bits(down)
             else:
                 now += down
         if now:

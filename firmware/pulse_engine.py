@@ -529,11 +529,20 @@ def _ramp_ops(trains, channels, waits, down):
     for ch in channels:
         t = trains[ch]
         k = t.ramp_down_k + 1 if down else t.ramp_up_k - 1
-        total = None if down else total_pulses(t)
-        if total is not None and total - 1 < k:
-            k = total - 1  # never more waits than the pulses of a finite train
         if k > n:
             n = k
+    if not down:  # never a wait (nor a write) after the last pulse of any of them
+        short = None
+        for ch in channels:
+            total = total_pulses(trains[ch])
+            if total is not None and total - 1 < n and (short is None or total < total_pulses(trains[short])):
+                short = ch
+        if short is not None:
+            for ch in channels:
+                if total_pulses(trains[ch]) != total_pulses(trains[short]):  # the others would stay mid-ramp
+                    raise RampMismatch("train_duration_ns", short, "channel %d's train ends before the ramp of "
+                                       "channel %d" % (short, ch), ch, "<=")
+            n = total_pulses(trains[short]) - 1
     per = 1 + 2 * len(channels)
     if n * per > MAX_RAMP_OPS:
         t = lead

@@ -433,3 +433,44 @@ def test_op_lists_equal_the_reference_built_from_the_per_pulse_codes(case, ch):
             prev = pe.ramp_down_codes(t, j)
             ref += dac_bus.update_ops(ch, *prev)
     assert pe.ramp_down_ops(trains, [ch]) == ref + [wait] + dac_bus.shutdown_ops(ch)
+
+
+def test_a_group_ramp_never_outlives_a_train_of_the_group():
+    """Ramp ops wait on the first channel's pin and write every channel: no wait may follow the end
+    of any of the trains (a HAL may then skip the wait and play the writes at once), and a longer
+    train must not stay mid-ramp: refused. Equal finite trains shorter than the ramp: cut to them."""
+    short = pe.build_train(params(ramp_up_pulses=10, train_duration_ns=3 * 20 * MS))  # 3 pulses
+    long = pe.build_train(params(ramp_up_pulses=10))
+    for order in ([short, long], [long, short]):
+        with pytest.raises(pe.RampMismatch) as e:
+            pe.ramp_up_ops(order + [None, None], [0, 1])
+        assert e.value.field == "train_duration_ns" and e.value.value == order.index(short)
+    ops = pe.ramp_up_ops([short, short, None, None], [0, 1])
+    assert [d[0] for d in map(decode, ops)].count("wait") == 2  # after pulses 0 and 1: pulse 2 is the last
+
+
+def test_stopping_one_channel_of_a_group_ramp_stops_the_group():
+    """The group's ops wait on channel 0's pin: if channel 0 stopped alone, a HAL that skips a wait
+    on an ended stream would play channel 1's writes at once, possibly inside its pulse."""
+    ctl, hal, out = setup(params(ramp_up_pulses=6), params(ramp_up_pulses=6, amplitude_ua=700))
+    ctl.receive(frame(M.START, 1, b"\x03"))
+    assert hal.calls[-1][:2] == ["start", 3]
+    ctl.receive(frame(M.STOP, 2, b"\x01"))  # only the lead
+    assert hal.calls[-1] == ["stop", 3] and ctl._stopping[:2] == [True, True]
+    # once the ramp is over, the channels are independent again
+    ctl2, hal2, out2 = setup(params(ramp_up_pulses=6), params(ramp_up_pulses=6, amplitude_ua=700))
+    ctl2.receive(frame(M.START, 1, b"\x03"))
+    hal2.busy = False
+    ctl2.poll()
+    ctl2.receive(frame(M.STOP, 2, b"\x02"))
+    assert hal2.calls[-1] == ["stop", 2]
+
+
+def test_a_fault_on_a_group_ramp_channel_stops_the_group():
+    ctl, hal, out = setup(params(ramp_up_pulses=6), params(ramp_up_pulses=6, amplitude_ua=700))
+    ctl.receive(frame(M.START, 1, b"\x03"))
+    ctl._monitor_na[1] = 1000
+    ctl._sampler = lambda ch, interval: [(1234, 0)] if ch == 1 else []  # 0 V at 1 mA: a short
+    for _ in range(5):
+        ctl.poll()
+    assert ctl.state[1] == M.ST_FAULT and ["stop", 3] in hal.calls
