@@ -66,7 +66,7 @@ ERROR_NAMES = {
     E_EMPTY_SLOT: "nothing saved in that slot",
     E_STORAGE: "flash slot unreadable or corrupt (CRC)",
     E_DAC_BUSY: "a ramp or amplitude change is still playing; retry when it has taken effect",
-    E_RAMP_TIMING: "channels ramping together need identical pulse timing (or too many ramp steps)",
+    E_RAMP_TIMING: "channels ramping together need identical pulse timing, and trains that outlast the ramp or end together",
 }
 
 # Channel states

@@ -79,7 +79,9 @@ def render() -> str:
         M.SET_PARAMS: ("channel u8, params (below)", "params response (below)"),
         M.START: ("channel mask u8", "empty. Channels with a soft start (`ramp_up_*`) ramp together only with "
                   "identical pulse timing: else NACK `E_RAMP_TIMING` (field = the ramp field of the channel that "
-                  "differs, value = that channel, limit = the first ramping channel); `E_DAC_BUSY` while a ramp or "
+                  "differs, value = that channel, limit = the first ramping channel; or field `train_duration_ns`, "
+                  "value = a channel whose train ends before the ramp while another's does not); a STOP or fault of "
+                  "one of them while the ramp plays stops them all; `E_DAC_BUSY` while a ramp or "
                   "amplitude change still plays; `E_OUT_OF_RANGE` naming `period_ns` when k channels ramping "
                   "together leave too little idle for their writes, or naming the ramp field beyond the op-list bound"),
         M.STOP: ("channel mask u8", "empty. A running channel with a soft stop (`ramp_down_*`) ramps down over its "
