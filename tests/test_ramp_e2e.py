@@ -1,0 +1,97 @@
+"""Ramps and a live amplitude change end to end on the virtual Pico: the real controller on SimHal (the
+PIO programs, the DAC bus program included, executed cycle by cycle). Every amplitude is read back
+from the MCP4822 commands the emulated DAC bus put on the pins (SCK/MOSI/CS), at each pulse's phase-1
+start; the expected codes are computed here from the contract's ramp model (not by pulse_engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from firmware import board
+from firmware.controller import Controller
+from protocol import messages as M
+from protocol import params as P
+from protocol.framing import FrameDecoder, encode_frame
+
+pytest.importorskip("picostim.virtual.sim_hal")
+from picostim.virtual.sim_hal import SimHal  # noqa: E402
+
+MS = 1_000_000
+
+
+def _round(num, den):
+    return (2 * num + den) // (2 * den)
+
+
+class Bench:
+    def __init__(self):
+        self.hal = SimHal(channels=2)
+        if not hasattr(self.hal, "dac_play"):
+            pytest.skip("this SimHal has no DAC bus")
+        self.out = []
+        self.ctl = Controller(self.hal, self.out.append)
+        self.seq = 0
+
+    def request(self, msg_type, body=b""):
+        self.seq += 1
+        n = len(self.out)
+        self.ctl.receive(encode_frame(msg_type, self.seq, body))
+        frames = [f for chunk in self.out[n:] for f in FrameDecoder().feed(chunk)]
+        reply = [f for f in frames if f.type != M.EVENT]
+        assert reply and reply[-1].type == msg_type | M.RESPONSE, M.decode_nack(reply[-1].body)
+        return reply[-1]
+
+    def run(self, seconds):
+        end = self.hal.system.now + round(seconds * self.hal.clock_hz)
+        while self.hal.system.now < end:
+            nxt = self.hal.next_poll_cycle()
+            self.hal.system.run_until(end if nxt is None else min(end, nxt))
+            self.ctl.poll()
+
+    def events(self):
+        return [M.decode_event(f.body) for chunk in self.out for f in FrameDecoder().feed(chunk) if f.type == M.EVENT]
+
+
+def test_soft_start_live_change_and_soft_stop_in_the_dac_commands():
+    b = Bench()
+    code1 = 800  # 2 mA = 800 x 2.5 µA
+    p = P.complete(dict(phase1_ns=200_000, phase2_ns=200_000, period_ns=5 * MS, amplitude_ua=2000,
+                        ramp_up_pulses=4, ramp_down_pulses=3))
+    b.request(M.SET_PARAMS, M.encode_params(0, p))
+    b.request(M.START, b"\x01")
+    b.run(0.032)
+    t_req = b.hal.system.now
+    r = M.decode_amplitude_response(b.request(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1000)).body)
+    assert (r["amplitude_ua"], r["dac_a"], r["dac_b"]) == (1000, 400, 400)
+    b.run(0.021)
+    (ev,) = [e for e in b.events() if e["kind"] == "amplitude"]
+    assert ev["amplitude_ua"] == 1000
+    t_stop = b.hal.system.now
+    b.request(M.STOP, b"\x01")
+    b.run(0.05)
+    assert [e["kind"] for e in b.events()][-1] == "train_done" and b.ctl.state[0] == M.ST_IDLE
+
+    hal = b.hal
+    hal.dac.update()
+    neg, pos = hal.system.edges(board.CH_NEG[0]), hal.system.edges(board.CH_POS[0])
+    assert len(neg) % 2 == 0 and len(pos) % 2 == 0
+    starts = neg[0::2]  # cathodic first: phase 1 on NEG, its current from DAC B
+    ends = pos[1::2]
+    codes = [_round(hal.dac.current_na(0, True, s) * 4096, board.DAC_FULL_SCALE_UA * 1000) for s in starts]
+    # soft start: pulse j at round(code1 * (j + 1) / 4)
+    assert codes[:4] == [_round(code1 * (j + 1), 4) for j in range(4)] == [200, 400, 600, 800]
+    f = ev["from_pulse"]
+    assert 4 < f < len(codes) and codes[4:f] == [800] * (f - 4) and codes[f] == 400
+    # applied from the pulse after the first pulse end that followed the request: no pulse later
+    first_end = min(e for e in ends if e >= t_req)
+    assert f == min(i for i, s in enumerate(starts) if s > first_end)
+    # soft stop: after the STOP's next boundary, round(400 * (3 - j) / 4) for j = 0..2, then DAC off
+    after = [c for s, c in zip(starts, codes) if s > t_stop]
+    assert after[:1] == [400] or after[:3] == [300, 200, 100]
+    tail = after[1:] if after[0] == 400 else after
+    assert tail[:3] == [_round(400 * (3 - j), 4) for j in range(3)] == [300, 200, 100]
+    assert all(c == 0 for c in tail[3:]) and len(tail[3:]) <= 2
+    # no DAC command lands inside a pulse of channel 0 (phase-1 start to phase-2 end)
+    for rise, dac, _ in hal.dac.commands:
+        if dac == 0:
+            assert not any(s <= rise <= e for s, e in zip(starts, ends)), rise
