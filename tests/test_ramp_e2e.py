@@ -52,23 +52,25 @@ class Bench:
         return [M.decode_event(f.body) for chunk in self.out for f in FrameDecoder().feed(chunk) if f.type == M.EVENT]
 
 
-def test_soft_start_live_change_and_soft_stop_in_the_dac_commands():
+@pytest.mark.parametrize("period_ns,phase_ns", [(5 * MS, 200_000), (100_000, 20_000)])  # 200 Hz, 10 kHz
+def test_soft_start_live_change_and_soft_stop_in_the_dac_commands(period_ns, phase_ns):
     b = Bench()
     code1 = 800  # 2 mA = 800 x 2.5 µA
-    p = P.complete(dict(phase1_ns=200_000, phase2_ns=200_000, period_ns=5 * MS, amplitude_ua=2000,
+    p = P.complete(dict(phase1_ns=phase_ns, phase2_ns=phase_ns, period_ns=period_ns, amplitude_ua=2000,
                         ramp_up_pulses=4, ramp_down_pulses=3))
     b.request(M.SET_PARAMS, M.encode_params(0, p))
     b.request(M.START, b"\x01")
-    b.run(0.032)
+    T = period_ns / 1e9
+    b.run(6.4 * T)
     t_req = b.hal.system.now
     r = M.decode_amplitude_response(b.request(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1000)).body)
     assert (r["amplitude_ua"], r["dac_a"], r["dac_b"]) == (1000, 400, 400)
-    b.run(0.021)
+    b.run(4.2 * T)
     (ev,) = [e for e in b.events() if e["kind"] == "amplitude"]
     assert ev["amplitude_ua"] == 1000
     t_stop = b.hal.system.now
     b.request(M.STOP, b"\x01")
-    b.run(0.05)
+    b.run(10 * T)
     assert [e["kind"] for e in b.events()][-1] == "train_done" and b.ctl.state[0] == M.ST_IDLE
 
     hal = b.hal
@@ -95,3 +97,20 @@ def test_soft_start_live_change_and_soft_stop_in_the_dac_commands():
     for rise, dac, _ in hal.dac.commands:
         if dac == 0:
             assert not any(s <= rise <= e for s, e in zip(starts, ends)), rise
+
+
+def test_two_channels_ramp_together_each_pulse_at_its_own_codes():
+    b = Bench()
+    p0 = P.complete(dict(phase1_ns=100_000, phase2_ns=100_000, period_ns=2 * MS, amplitude_ua=2000, ramp_up_pulses=5))
+    p1 = dict(p0, amplitude_ua=1000, polarity=1, ramp_up_pulses=3)  # anodic first: phase 1 on POS (DAC A)
+    b.request(M.SET_PARAMS, M.encode_params(0, p0))
+    b.request(M.SET_PARAMS, M.encode_params(1, p1))
+    b.request(M.START, b"\x03")
+    b.run(0.0165)
+    hal = b.hal
+    hal.dac.update()
+    for ch, pin, out_b, code1, k in ((0, board.CH_NEG[0], True, 800, 5), (1, board.CH_POS[1], False, 400, 3)):
+        starts = hal.system.edges(pin)[0::2]
+        codes = [_round(hal.dac.current_na(ch, out_b, s) * 4096, board.DAC_FULL_SCALE_UA * 1000) for s in starts]
+        want = [_round(code1 * min(j + 1, k), k) for j in range(len(codes))]
+        assert len(codes) >= 8 and codes == want, (ch, codes, want)
