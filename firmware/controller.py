@@ -128,6 +128,9 @@ class Controller:
         self.classifier = [impedance.Classifier() for _ in range(n)]
         self.monitor_max_hz = monitor_max_hz
         self._monitor_na = [0] * n  # realised phase-1 current of the running train (0 = not monitored)
+        # while the current changes from pulse to pulse (ramp, live change): (kind, first pulse, train
+        # or the old current); monitoring then uses the current of each reading's own pulse
+        self._mon_ramp: list = [None] * n
         self._gate_closed = [False] * n  # a gated channel stopping because its gate went low
         self._software_start = [False] * n  # started by TRIGGER: runs ungated
         self._stopping = [False] * n  # stopped by the host or the deadman: no re-arm on the gate
@@ -141,6 +144,9 @@ class Controller:
         # stops early, all stop (a HAL may skip a wait on a stream that ended and play the writes
         # behind it at once: they must not reach a channel that still runs)
         self._group_mask = 0
+        # [RampWriter, lead channel, its pulse count when the ramp began]: a ramp still being queued
+        # chunk by chunk (poll() tops it up RAMP_LOOKAHEAD_TICKS ahead of the pulses)
+        self._writer: list | None = None
         self._plan = None  # (channels, software, ops) of the start the last _check_startable passed
         self._replaced: list = [None] * n  # the shortest-idle train replace()d away since the start
         self.nacks = 0
@@ -239,6 +245,8 @@ class Controller:
         loop."""
         self.where = M.CRASH_POLL
         self._uptime.update()  # at least once per 2**30 µs: counts the tick wraps
+        if self._writer is not None:
+            self._feed_ramp()
         if self._dac_mask:
             self._follow_dac()
         for ch in range(self.hal.channels):
@@ -250,6 +258,8 @@ class Controller:
                 self.emit(M.EV_TRIGGER_SEEN, ch)
             if st == M.ST_RUNNING and self._monitor_na[ch] and self._monitor(ch):
                 continue  # fault latched: the channel is stopping
+            if self._mon_ramp[ch] is not None:
+                self._mon_settled(ch)
             gate = self._gate_input(ch)
             if st == M.ST_RUNNING and gate and not self._gate_closed[ch] and not self.hal.input_level(gate):
                 self.hal.stop(1 << ch)  # gate low: end at the next pulse boundary, then re-arm
@@ -284,9 +294,10 @@ class Controller:
                 self.params[ch] = params
                 self.trains[ch] = train
                 if self._monitor_na[ch]:
+                    self._mon_ramp[ch] = (2, mark, self._monitor_na[ch])  # readings of earlier pulses
                     self._monitor_na[ch] = train.realised["amplitude_na"]
                 self.emit(M.EV_AMPLITUDE, ch, train.realised["amplitude_ua"], extra=from_pulse)
-        if not busy:
+        if not busy and self._writer is None:
             if self._down_mask:
                 self.hal.stop(self._down_mask)  # after the DAC shutdown: the remaining pulses carry no current
             self._down_mask = 0
@@ -302,6 +313,29 @@ class Controller:
         busy = self._dac_busy
         return busy is not None and busy()
 
+    def _feed_ramp(self):
+        """Queue the next chunk of the ramp being written once no more than half a lookahead of its
+        boundaries is still ahead of the pulses; forget it when its lead stream has ended."""
+        w = self._writer
+        if w is None:
+            return
+        writer, lead, base = w
+        if not self.hal.running(lead):
+            self._writer = None
+            return
+        ahead = writer.lookahead()
+        if writer.emitted - (self.hal.pulses(lead) - base) <= ahead // 2:
+            ops = writer.chunk(ahead)
+            if ops:
+                self.hal.dac_play(ops)
+            if writer.done:
+                self._writer = None
+
+    def _drop_writer(self, ch):
+        """No more chunks for a ramp of ``ch`` (it stops some other way)."""
+        if self._writer is not None and ch in self._writer[0].channels:
+            self._writer = None
+
     def _group_of(self, ch):
         """The other channels of the group ramp ``ch`` is in (0 when none): they stop with it."""
         return self._group_mask & ~(1 << ch) if self._group_mask >> ch & 1 else 0
@@ -312,6 +346,7 @@ class Controller:
         self._amp_pending[ch] = None
         self._down_mask &= ~(1 << ch)
         self._dac_mask &= ~(1 << ch)
+        self._drop_writer(ch)
         if self._group_mask >> ch & 1:
             self._group_mask = 0
 
@@ -323,8 +358,17 @@ class Controller:
             return False
         samples = sampler(ch, impedance.monitor_interval_us(self.monitor_max_hz))
         debounce = self.classifier[ch]
+        ramp = self._mon_ramp[ch]
+        if ramp is not None:
+            p_now = self.hal.pulses(ch)
+            t_now = self.hal.time_us()
         for t_us, code in samples:
-            ohm = impedance.phase1_ohms(code, self._monitor_na[ch])
+            na = self._monitor_na[ch]
+            if ramp is not None:
+                na = self._reading_na(ch, ramp, self._reading_pulse(ch, t_us, p_now, t_now))
+                if not na:
+                    continue  # a pulse after the soft stop's DAC shutdown: no current to measure with
+            ohm = impedance.phase1_ohms(code, na)
             self.impedance_ohm[ch] = ohm
             before = debounce.state
             cls = debounce.update(ohm)
@@ -332,6 +376,7 @@ class Controller:
                 self.emit(M.EV_IMPEDANCE_HIGH, ch, ohm, t_us)
             if cls == M.Z_OPEN or cls == M.Z_SHORT:
                 self.hal.stop(1 << ch | self._group_of(ch))  # first: the pulse in progress completes
+                self._drop_writer(ch)
                 self._down_mask &= ~(1 << ch)  # a fault never ramps down (a pending change may
                 # still reach the last pulse: _follow_dac reports it if its mark comes)
                 self.state[ch] = M.ST_FAULT
@@ -340,6 +385,41 @@ class Controller:
                 self.emit(self.fault[ch], ch, ohm if ohm < _I32_MAX else _I32_MAX, t_us)
                 return True
         return False
+
+    def _reading_pulse(self, ch, t_us, p_now, t_now):
+        """Index (since the start) of the pulse a phase-1 reading taken at ``t_us`` belongs to, from the
+        pulses completed by ``t_now`` (hal.pulses) and the train's timing (within a pulse)."""
+        train = self.trains[ch]
+        tpu = board.SYS_CLK_HZ // 1000000
+        d = ticks_diff(t_now, t_us)
+        rest = (train.realised["pulse"] - pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)) // tpu
+        if d < rest:
+            return p_now  # still in progress: its index is the number completed
+        j = p_now - 1 - (d - rest) * tpu // train.period_ticks
+        return j if j > 0 else 0
+
+    def _reading_na(self, ch, ramp, j):
+        """Phase-1 current (nA) of pulse ``j`` while the amplitude changes pulse by pulse."""
+        kind, first, what = ramp
+        if kind == 2:  # a live change: the old current before its first pulse
+            return what if j < first else self._monitor_na[ch]
+        if kind == 0:
+            a, b = pulse_engine.pulse_codes(what, j - first)
+        elif j < first:
+            a, b = what.dac_a, what.dac_b
+        elif j - first < what.ramp_down_k:
+            a, b = pulse_engine.ramp_down_codes(what, j - first)
+        else:
+            return 0  # the DAC is shut down
+        return pulse_engine.code_to_na(b if what.first == pulse_engine.NEG else a)
+
+    def _mon_settled(self, ch):
+        """Forget the per-pulse current once every pulse it covers has passed."""
+        ramp = self._mon_ramp[ch]
+        if ramp is not None and ramp[0] != 1:
+            last = ramp[1] if ramp[0] == 2 else ramp[1] + ramp[2].ramp_up_k
+            if self.hal.pulses(ch) > last + 2:
+                self._mon_ramp[ch] = None
 
     def _gate_input(self, ch):
         """Trigger input (1 or 2) gating this channel's running train, or 0 when it is not gated
@@ -355,15 +435,19 @@ class Controller:
         self._pulses_before[ch] += self.hal.pulses(ch)
         wait = [0] * self.hal.channels
         wait[ch] = gate
-        ramp = None
-        if self._dac_busy is not None and self.trains[ch].ramp_up_k > 1:
+        writer = None
+        if self._dac_busy is not None and self._writer is None and self.trains[ch].ramp_up_k > 1:
             try:  # the soft start again at every opening (validated when the train was set)
-                ramp = pulse_engine.ramp_up_ops(self.trains, [ch], wait)
+                writer = pulse_engine.ramp_up_writer(self.trains, [ch], wait)
             except pulse_engine.Unrealisable:
-                ramp = None
-        if ramp:
-            self.hal.start(self.trains, 1 << ch, wait, pulse_engine.start_ops(self.trains, [ch]), ramp)
+                writer = None
+        if writer is not None:
+            self.hal.start(self.trains, 1 << ch, wait, pulse_engine.start_ops(self.trains, [ch]),
+                           writer.chunk(writer.lookahead()))
             self._dac_mask |= 1 << ch
+            self._mon_ramp[ch] = (0, 0, self.trains[ch])  # pulses count from this opening
+            if not writer.done:
+                self._writer = [writer, ch, 0]
         else:
             self.hal.start(self.trains, 1 << ch, wait)  # the PIO waits for the gate to open again
         self.state[ch] = M.ST_ARMED
@@ -398,6 +482,7 @@ class Controller:
             self.hal.stop(self._bits(live))  # at the next pulse boundary; poll() reports train_done
             for ch in live:
                 self._down_mask &= ~(1 << ch)  # the deadman never ramps down
+                self._drop_writer(ch)
                 self._stopping[ch] = True
                 self._gate_closed[ch] = False
             self.deadman_trips += 1
@@ -452,7 +537,7 @@ class Controller:
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
         if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING):
-            if self._dac_mask >> ch & 1 and self._bus_busy():
+            if self._dac_mask >> ch & 1 and (self._writer is not None or self._bus_busy()):
                 # DAC ops in flight were built for the current train (its phase-2 pin, its codes)
                 _refuse(M.E_DAC_BUSY, "channel", ch, 0)
             old = self.trains[ch]
@@ -479,23 +564,23 @@ class Controller:
         return wait
 
     def _ramp_ops(self, channels, wait):
-        """(first_ops, ramp_ops) for a start of ``channels``, or None when none of them ramps.
-        Refuses (before anything moves) ramps the DAC bus cannot play."""
+        """(first_ops, the ramp's first chunk, its RampWriter) for a start of ``channels``, or None
+        when none of them ramps. Refuses (before anything moves) ramps the DAC bus cannot play."""
         if not [ch for ch in channels if self.trains[ch].ramp_up_k > 1]:
             return None
         if self._dac_busy is None:  # no DAC bus on this HAL: a ramp would be played at full amplitude
             ch = [c for c in channels if self.trains[c].ramp_up_k > 1][0]
             field = "ramp_up_ns" if self.trains[ch].ramp_ticks else "ramp_up_pulses"
             _refuse(M.E_OUT_OF_RANGE, field, self.params[ch][field], 0)
-        if self._bus_busy():
+        if self._writer is not None or self._bus_busy():
             _refuse(M.E_DAC_BUSY, "channel", channels[0], 0)
         try:
-            ramp = pulse_engine.ramp_up_ops(self.trains, channels, wait)
+            writer = pulse_engine.ramp_up_writer(self.trains, channels, wait)
         except pulse_engine.RampMismatch as exc:
             raise Refused(M.encode_nack(M.E_RAMP_TIMING, P.field_id(exc.field), exc.value, exc.limit, exc.relation))
         except pulse_engine.Unrealisable as exc:
             raise Refused(M.encode_violation_nack(P.Violation(exc.field, exc.value, exc.limit, exc.relation)))
-        return pulse_engine.start_ops(self.trains, channels), ramp
+        return pulse_engine.start_ops(self.trains, channels), writer.chunk(writer.lookahead()), writer
 
     def _check_startable(self, channels, armed_ok=False, software=False):
         for ch in channels:
@@ -538,6 +623,7 @@ class Controller:
             mask |= 1 << ch
             self._cancel_dac(ch)
             self._replaced[ch] = None
+            self._mon_ramp[ch] = (0, 0, self.trains[ch]) if ops is not None and self.trains[ch].ramp_up_k > 1 else None
             self._software_start[ch] = software
             self._stopping[ch] = False
             self._gate_closed[ch] = False
@@ -546,6 +632,9 @@ class Controller:
             self.hal.start(self.trains, mask, wait)
         else:
             self.hal.start(self.trains, mask, wait, ops[0], ops[1])
+            writer = ops[2]
+            if not writer.done:
+                self._writer = [writer, writer.channels[0], 0]
             if ops[1]:
                 group = 0
                 for ch in channels:
@@ -602,17 +691,24 @@ class Controller:
                 now.append(ch)
         if down:
             ops = None
-            if not self._bus_busy():
+            if self._writer is None and not self._bus_busy():
+                fits = True
+                for ch in down:  # a train replace()d away may still play: its idle counts too
+                    if self._replaced[ch] is not None and pulse_engine.update_idle_violation(
+                            self._replaced[ch], len(down)) is not None:
+                        fits = False
                 try:
-                    ops = pulse_engine.ramp_down_ops(self.trains, down)
-                    for ch in down:  # a train replace()d away may still play: its idle counts too
-                        if self._replaced[ch] is not None and pulse_engine.update_idle_violation(
-                                self._replaced[ch], len(down)) is not None:
-                            ops = None
-                except pulse_engine.Unrealisable:  # timing differs, too little idle, too many ops
+                    if fits:
+                        writer = pulse_engine.RampWriter(self.trains, down, None, True)
+                        ops = writer.chunk(writer.lookahead())
+                        if not writer.done:
+                            self._writer = [writer, down[0], self.hal.pulses(down[0])]
+                except pulse_engine.Unrealisable:  # timing differs, too little idle
                     ops = None
             if ops:
                 self.hal.dac_play(ops)
+                for ch in down:  # the soft stop's pulses follow the next pulse end
+                    self._mon_ramp[ch] = (1, self.hal.pulses(ch) + 1, self.trains[ch])
                 self._down_mask |= self._bits(down)
                 self._dac_mask |= self._bits(down)
                 if len(down) > 1:
@@ -623,6 +719,7 @@ class Controller:
             self.hal.stop(self._bits(now))
             for ch in now:  # no ramp-down; a change already queued is reported if it reaches a pulse
                 self._down_mask &= ~(1 << ch)
+                self._drop_writer(ch)
         for ch in channels:
             self._stopping[ch] = True
             self._gate_closed[ch] = False
@@ -631,7 +728,8 @@ class Controller:
     def _may_ramp_down(self, ch):
         """A STOP of ``ch`` plays its soft stop: running (not waiting, not stopping already) with
         ramp_down_* on a HAL with a DAC bus."""
-        return (self._dac_busy is not None and self.state[ch] == M.ST_RUNNING and not self._stopping[ch]
+        return (self._dac_busy is not None and self._writer is None and self.state[ch] == M.ST_RUNNING
+                and not self._stopping[ch]
                 and not self._gate_closed[ch] and self.trains[ch].ramp_down_k > 0 and self.hal.running(ch)
                 and not self.hal.waiting(ch))
 
@@ -659,7 +757,7 @@ class Controller:
             violation = pulse_engine.update_idle_violation(self._replaced[ch], 1)
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
-        if self._dac_busy is None or self._bus_busy() or self._down_mask:
+        if self._dac_busy is None or self._writer is not None or self._bus_busy() or self._down_mask:
             _refuse(M.E_DAC_BUSY, "channel", ch, 0)
         self.hal.dac_play(pulse_engine.amplitude_ops(train, ch))
         self._amp_pending[ch] = (params, train)

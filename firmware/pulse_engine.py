@@ -462,6 +462,11 @@ def ramp_down_codes(train, j):
 # Longest op list a ramp may queue (one u32 per word; 16 KB): a one-channel ramp of max_ramp_pulses
 # (1000) needs at most 3 words per pulse, several channels ramping together 1 + 2 per channel.
 MAX_RAMP_OPS = 4096
+# A ramp is queued this far ahead of the pulses (the controller tops it up from poll(); the virtual
+# Pico polls at least every 0.25 s, the board's main loop every few ms): at most 1 s of pulses, at
+# least RAMP_CHUNK_MIN boundaries, per chunk.
+RAMP_LOOKAHEAD_TICKS = board.SYS_CLK_HZ
+RAMP_CHUNK_MIN = 16
 
 
 class RampMismatch(Unrealisable):
@@ -510,184 +515,223 @@ def _gcd(a, b):
     return a
 
 
-def _ramp_ops(trains, channels, waits, down):
-    """ramp_up_ops / ramp_down_ops. Per boundary (the end of a pulse of the first channel): a wait
-    op, then for each channel whose phase-1 code c1 changes the writes of (c1, c2). The arithmetic is
-    pulse_codes / ramp_down_codes / dac_bus.code_write_op inlined (the same integers, the tick ratio
-    reduced by its gcd): a 1000-pulse ramp is built inside one request on the board."""
-    lead = trains[channels[0]]
-    key = timing_key(lead, waits[channels[0]] if waits else 0)
-    for ch in channels[1:]:
-        if timing_key(trains[ch], waits[ch] if waits else 0) != key:
-            raise RampMismatch(_ramp_field(trains[ch], down), ch, "channel %d cannot ramp with channel %d: their "
-                               "pulse timing differs" % (ch, channels[0]), channels[0], "<=")
-    v = update_idle_violation(lead, len(channels))
-    if v is not None:
-        raise Unrealisable(v.field, v.value, "%d channels updating at one boundary need more idle"
-                           % len(channels), v.limit, v.relation)
-    n = 0  # boundaries
-    for ch in channels:
-        t = trains[ch]
-        k = t.ramp_down_k + 1 if down else t.ramp_up_k - 1
-        if k > n:
-            n = k
-    if not down:  # never a wait (nor a write) after the last pulse of any of them
-        short = None
+class RampWriter:
+    """The DAC ops of a soft start (``down`` False) or soft stop of ``channels``, produced in chunks
+    of boundaries (:meth:`chunk`), so a long slow ramp is queued a little ahead of the pulses instead
+    of all at once (the controller tops it up from poll(): RAMP_LOOKAHEAD_TICKS).
+
+    Per boundary (the end of a pulse of the first channel): a wait op on that channel's phase-2 pin,
+    then for each channel whose phase-1 code c1 changes the writes of its (A, B) codes; a bare wait
+    when none changes; the last chunk ends at the last change (soft start) or with the DAC shutdown
+    (soft stop: at boundary K of each channel). The arithmetic is pulse_codes / ramp_down_codes /
+    dac_bus.code_write_op inlined (the same integers, the tick ratio reduced by its gcd).
+
+    Several channels only with identical pulse timing (timing_key, same trigger: ``waits``), with
+    dac_bus.min_idle_ticks(k) idle, and (soft start) trains that outlast the ramp or end on the same
+    pulse: else RampMismatch / Unrealisable. No wait follows the last pulse of a finite train.
+    """
+
+    def __init__(self, trains, channels, waits, down):
+        lead = trains[channels[0]]
+        key = timing_key(lead, waits[channels[0]] if waits else 0)
+        for ch in channels[1:]:
+            if timing_key(trains[ch], waits[ch] if waits else 0) != key:
+                raise RampMismatch(_ramp_field(trains[ch], down), ch, "channel %d cannot ramp with channel %d: "
+                                   "their pulse timing differs" % (ch, channels[0]), channels[0], "<=")
+        v = update_idle_violation(lead, len(channels))
+        if v is not None:
+            raise Unrealisable(v.field, v.value, "%d channels updating at one boundary need more idle"
+                               % len(channels), v.limit, v.relation)
+        n = 0  # boundaries
         for ch in channels:
-            total = total_pulses(trains[ch])
-            if total is not None and total - 1 < n and (short is None or total < total_pulses(trains[short])):
-                short = ch
-        if short is not None:
+            t = trains[ch]
+            k = t.ramp_down_k + 1 if down else t.ramp_up_k - 1
+            if k > n:
+                n = k
+        if not down:  # never a wait (nor a write) after the last pulse of any of them
+            short = None
             for ch in channels:
-                if total_pulses(trains[ch]) != total_pulses(trains[short]):  # the others would stay mid-ramp
-                    raise RampMismatch("train_duration_ns", short, "channel %d's train ends before the ramp of "
-                                       "channel %d" % (short, ch), ch, "<=")
-            n = total_pulses(trains[short]) - 1
-    per = 1 + 2 * len(channels)
-    if n * per > MAX_RAMP_OPS:
-        t = lead
+                total = total_pulses(trains[ch])
+                if total is not None and total - 1 < n and (short is None or total < total_pulses(trains[short])):
+                    short = ch
+            if short is not None:
+                for ch in channels:
+                    if total_pulses(trains[ch]) != total_pulses(trains[short]):  # the others would stay mid-ramp
+                        raise RampMismatch("train_duration_ns", short, "channel %d's train ends before the ramp "
+                                           "of channel %d" % (short, ch), ch, "<=")
+                n = total_pulses(trains[short]) - 1
+        self.trains = trains
+        self.channels = channels
+        self.down = down
+        self.n = n
+        self.emitted = 0  # boundaries already in chunks
+        self.per = 1 + 2 * len(channels)
+        self.wait = dac_bus.wait_op(phase2_pin(lead, channels[0]))
+        self.state = []  # per channel: [k, code1, step, num, den, r1, r2, neg_first, base_a, base_b, prev c1, ch]
         for ch in channels:
-            if (trains[ch].ramp_down_k if down else trains[ch].ramp_up_k) > (t.ramp_down_k if down else t.ramp_up_k):
-                t = trains[ch]
-        k_max = MAX_RAMP_OPS // per - (1 if down else -1)  # the longest ramp that fits
+            t = trains[ch]
+            g = _gcd(t.phase1_ticks, t.phase2_ticks)
+            if down:  # c1_j = round(code1 * (K - j) / (K + 1)), j = 0..K-1; the shutdown at boundary K
+                k = t.ramp_down_k
+                num, step, den, prev = 2 * t.code1 * k + k + 1, -2 * t.code1, 2 * (k + 1), t.code1
+            else:  # boundary b sets pulse b: c1 = round(code1 * (b + 1) / K), clamped at code1
+                k = t.ramp_up_k
+                num, step, den = 2 * t.code1 + k, 2 * t.code1, 2 * k
+                prev = num // den if num >= den else 1
+                num += step
+            base = dac_bus.code_bases(ch)
+            self.state.append([k if down else -1, t.code1, step, num, den, 2 * (t.phase1_ticks // g),
+                               2 * (t.phase2_ticks // g), t.first == NEG, base[0], base[1], prev, ch])
+
+    @property
+    def done(self):
+        return self.emitted >= self.n
+
+    def lookahead(self):
+        """Boundaries to queue ahead of the pulses: RAMP_LOOKAHEAD_TICKS of the fastest pulses (at
+        least RAMP_CHUNK_MIN), within MAX_RAMP_OPS words."""
+        period = self.trains[self.channels[0]].period_ticks
+        b = (RAMP_LOOKAHEAD_TICKS + period - 1) // period
+        if b < RAMP_CHUNK_MIN:
+            b = RAMP_CHUNK_MIN
+        top = MAX_RAMP_OPS // self.per
+        return b if b < top else top
+
+    def chunk(self, boundaries):
+        """The ops of the next ``boundaries`` boundaries (fewer at the end; [] when done or when the
+        rest changes nothing)."""
+        m = self.n - self.emitted
+        if boundaries < m:
+            m = boundaries
+        if m * self.per > MAX_RAMP_OPS:
+            m = MAX_RAMP_OPS // self.per
+        if m <= 0:
+            return []
+        ops = [0] * (m * self.per)
+        if len(self.state) == 1:
+            at, last_change = self._one(ops, m)
+        else:
+            at, last_change = self._many(ops, m)
+        self.emitted += m
+        # bare waits at the very end would only delay the mark; inside the ramp they count pulses
+        del ops[last_change if self.done else at:]
+        return ops
+
+    def _many(self, ops, m):
+        wait = self.wait
+        rev = dac_bus.REV8
+        shift = dac_bus.CODE_SHIFT
+        at = 0
+        last_change = 0
+        for j in range(self.emitted, self.emitted + m):
+            ops[at] = wait
+            at += 1
+            for st in self.state:
+                if j == st[0]:  # soft stop: this channel's last ramp pulse has ended
+                    ops[at:at + 2] = dac_bus.shutdown_ops(st[11])
+                    at += 2
+                    last_change = at
+                    continue
+                if 0 <= st[0] < j:
+                    continue  # shut down already
+                c1 = st[3] // st[4]
+                st[3] += st[2]
+                if c1 < 1:
+                    c1 = 1
+                elif c1 > st[1]:
+                    c1 = st[1]
+                if c1 != st[10]:
+                    st[10] = c1
+                    c2 = (c1 * st[5] + st[6] // 2) // st[6]
+                    if c2 < 1:
+                        c2 = 1
+                    if st[7]:
+                        c1, c2 = c2, c1  # (A, B): A drives POS; cathodic-first has phase 1 on NEG (B)
+                    ops[at] = st[8] | (rev[c1 & 0xFF] << 8 | rev[c1 >> 8]) << shift
+                    ops[at + 1] = st[9] | (rev[c2 & 0xFF] << 8 | rev[c2 >> 8]) << shift
+                    at += 2
+                    last_change = at
+        return at, last_change
+
+    def _one(self, ops, m):
+        """_many for one channel with every value in a local (~30 % faster on the board)."""
+        st = self.state[0]
+        end, code1, step, num, den, r1, r2, neg_first, base_a, base_b, prev, ch = st
+        r2h = r2 // 2
+        wait = self.wait
+        rev = dac_bus.REV8
+        shift = dac_bus.CODE_SHIFT
+        at = 0
+        last_change = 0
+        for j in range(self.emitted, self.emitted + m):
+            ops[at] = wait
+            at += 1
+            if j == end:
+                ops[at:at + 2] = dac_bus.shutdown_ops(ch)
+                at += 2
+                last_change = at
+                break
+            c1 = num // den
+            num += step
+            if c1 < 1:
+                c1 = 1
+            elif c1 > code1:
+                c1 = code1
+            if c1 != prev:
+                prev = c1
+                c2 = (c1 * r1 + r2h) // r2
+                if c2 < 1:
+                    c2 = 1
+                if neg_first:
+                    c1, c2 = c2, c1
+                ops[at] = base_a | (rev[c1 & 0xFF] << 8 | rev[c1 >> 8]) << shift
+                ops[at + 1] = base_b | (rev[c2 & 0xFF] << 8 | rev[c2 >> 8]) << shift
+                at += 2
+                last_change = at
+        st[3] = num
+        st[10] = prev
+        return at, last_change
+
+
+def _all_ops(writer):
+    """Every op of ``writer`` in one list (bounded by MAX_RAMP_OPS: else Unrealisable naming the ramp)."""
+    if writer.n * writer.per > MAX_RAMP_OPS:
+        down = writer.down
+        t = writer.trains[writer.channels[0]]
+        for ch in writer.channels:
+            if (writer.trains[ch].ramp_down_k if down else writer.trains[ch].ramp_up_k) > \
+                    (t.ramp_down_k if down else t.ramp_up_k):
+                t = writer.trains[ch]
+        k_max = MAX_RAMP_OPS // writer.per - (1 if down else -1)  # the longest ramp that fits
         field = _ramp_field(t, down)
         if field.endswith("_pulses"):
             raise Unrealisable(field, t.ramp_down_k if down else t.ramp_up_k, "more than %d DAC op words"
                                % MAX_RAMP_OPS, k_max, "<=")
         raise Unrealisable(field, ticks_to_ns(t.ramp_down_ticks if down else t.ramp_ticks), "more than %d DAC op "
                            "words" % MAX_RAMP_OPS, ticks_to_ns(pulse_start_ticks(t, k_max)), "<=")
-    ops = [0] * (n * per)
-    wait = dac_bus.wait_op(phase2_pin(lead, channels[0]))
-    if len(channels) == 1:
-        return _one_channel(lead, channels[0], n, wait, ops, down)
-    rev = dac_bus.REV8
-    shift = dac_bus.CODE_SHIFT
-    state = []  # per channel: [k, code1, step, num, den, r1, r2, neg_first, base_a, base_b, prev c1]
-    for ch in channels:
-        t = trains[ch]
-        g = _gcd(t.phase1_ticks, t.phase2_ticks)
-        k = t.ramp_down_k if down else t.ramp_up_k
-        if down:  # c1_j = round(code1 * (K - j) / (K + 1)), j = 0..K-1
-            num, step, den, prev = 2 * t.code1 * k + k + 1, -2 * t.code1, 2 * (k + 1), t.code1
-        else:  # c1_j = round(code1 * (j + 1) / K): the writes of pulse j follow boundary j (after pulse j-1)
-            num, step, den = 2 * t.code1 + k, 2 * t.code1, 2 * k
-            prev = num // den if num >= den else 1
-            num += step
-        base = dac_bus.code_bases(ch)
-        state.append([k, t.code1, step, num, den, 2 * (t.phase1_ticks // g), 2 * (t.phase2_ticks // g),
-                      t.first == NEG, base[0], base[1], prev, ch])
-    at = 0
-    last_change = 0
-    for j in range(n):
-        ops[at] = wait
-        at += 1
-        for st in state:
-            k = st[0]
-            if down and j == k:
-                ops[at:at + 2] = dac_bus.shutdown_ops(st[11])
-                at += 2
-                last_change = at
-                continue
-            if j < k if down else j + 1 < k:
-                c1 = st[3] // st[4]
-                st[3] += st[2]
-                if c1 < 1:
-                    c1 = 1
-            elif down:
-                continue  # shut down already
-            else:
-                c1 = st[1]
-            if c1 != st[10]:
-                st[10] = c1
-                c2 = (c1 * st[5] + st[6] // 2) // st[6]
-                if c2 < 1:
-                    c2 = 1
-                if st[7]:
-                    c1, c2 = c2, c1  # (A, B): A drives POS; cathodic-first has phase 1 on NEG (B)
-                ops[at] = st[8] | (rev[c1 & 0xFF] << 8 | rev[c1 >> 8]) << shift
-                ops[at + 1] = st[9] | (rev[c2 & 0xFF] << 8 | rev[c2 >> 8]) << shift
-                at += 2
-                last_change = at
-    del ops[last_change:]  # bare waits after the last change would only delay the mark
-    return ops
+    return writer.chunk(writer.n)
 
 
-def _one_channel(t, ch, n, wait, ops, down):
-    """_ramp_ops for one channel with every per-channel value in a local (the common case: ~30 %
-    faster than the list-based loop on the board). Ramp-up: c1 grows by code1 / K per boundary and
-    is clamped at code1 from pulse K - 1 on; ramp-down: c1 falls, and the shutdown follows at
-    boundary K (the last one)."""
-    g = _gcd(t.phase1_ticks, t.phase2_ticks)
-    r1 = 2 * (t.phase1_ticks // g)
-    r2 = 2 * (t.phase2_ticks // g)
-    r2h = r2 // 2
-    code1 = t.code1
-    if down:
-        k = t.ramp_down_k
-        num, step, den, prev, end = 2 * code1 * k + k + 1, -2 * code1, 2 * (k + 1), code1, k
-    else:
-        k = t.ramp_up_k
-        num, step, den, end = 2 * code1 + k, 2 * code1, 2 * k, -1
-        prev = num // den if num >= den else 1
-        num += step
-    neg_first = t.first == NEG
-    base_a, base_b = dac_bus.code_bases(ch)
-    rev = dac_bus.REV8
-    shift = dac_bus.CODE_SHIFT
-    at = 0
-    last_change = 0
-    for j in range(n):
-        ops[at] = wait
-        at += 1
-        if j == end:
-            ops[at:at + 2] = dac_bus.shutdown_ops(ch)
-            at += 2
-            last_change = at
-            break
-        c1 = num // den
-        num += step
-        if c1 < 1:
-            c1 = 1
-        elif c1 > code1:
-            c1 = code1
-        if c1 != prev:
-            prev = c1
-            c2 = (c1 * r1 + r2h) // r2
-            if c2 < 1:
-                c2 = 1
-            if neg_first:
-                c1, c2 = c2, c1
-            ops[at] = base_a | (rev[c1 & 0xFF] << 8 | rev[c1 >> 8]) << shift
-            ops[at + 1] = base_b | (rev[c2 & 0xFF] << 8 | rev[c2 >> 8]) << shift
-            at += 2
-            last_change = at
-    del ops[last_change:]
-    return ops
+def ramp_up_writer(trains, channels, waits=None):
+    """RampWriter of the soft start of the channels in ``channels`` that have one (ramp_up_k > 1),
+    or None when none has."""
+    ramping = [ch for ch in channels if trains[ch].ramp_up_k > 1]
+    return RampWriter(trains, ramping, waits, False) if ramping else None
 
 
 def ramp_up_ops(trains, channels, waits=None):
-    """The ops that follow a START's pulses through the soft start of every channel in ``channels``
-    whose train has one (ramp_up_k > 1): per boundary a wait op on the first ramping channel's
-    phase-2 pin, then the writes of every ramping channel whose codes change (a bare wait when none
-    does); nothing after the last change. [] when no channel ramps.
-
-    Several channels ramp together only with identical pulse timing (timing_key, same trigger:
-    ``waits``), and then need dac_bus.min_idle_ticks(k) idle: else RampMismatch / Unrealisable,
-    and likewise beyond MAX_RAMP_OPS words. The waits never outnumber the pulses of a finite train.
-    The list is allocated once (no growth: one block of at most MAX_RAMP_OPS words).
-    """
-    ramping = [ch for ch in channels if trains[ch].ramp_up_k > 1]
-    if not ramping:
-        return []
-    return _ramp_ops(trains, ramping, waits, False)
+    """Every op of the soft start (ramp_up_writer) in one list; [] when no channel ramps. Refused
+    (Unrealisable naming the ramp) beyond MAX_RAMP_OPS words: the controller streams long ramps in
+    chunks instead."""
+    w = ramp_up_writer(trains, channels, waits)
+    return [] if w is None else _all_ops(w)
 
 
 def ramp_down_ops(trains, channels):
-    """The soft stop of ``channels`` (each with ramp_down_k > 0, running with identical timing): at
-    each of the next K boundaries the writes of ramp_down_codes, at the boundary after a channel's
-    last ramp pulse its DAC shutdown; the caller stops the streams when the mark after these ops is
-    seen. RampMismatch / Unrealisable like ramp_up_ops (the caller then stops at once)."""
-    return _ramp_ops(trains, channels, None, True)
+    """Every op of the soft stop of ``channels`` (each with ramp_down_k > 0, running with identical
+    timing) in one list, like ramp_up_ops; the caller stops the streams when the mark after them is
+    seen."""
+    return _all_ops(RampWriter(trains, channels, None, True))
 
 
 def iter_groups(train):

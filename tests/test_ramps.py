@@ -474,3 +474,90 @@ def test_a_fault_on_a_group_ramp_channel_stops_the_group():
     for _ in range(5):
         ctl.poll()
     assert ctl.state[1] == M.ST_FAULT and ["stop", 3] in hal.calls
+
+
+class CountingHal(FakeHal):
+    """FakeHal whose pulse counter the test advances."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = [0] * self.channels
+
+    def pulses(self, ch):
+        return self.count[ch]
+
+
+def _stream(ctl, hal, ch, until, step=1):
+    """Advance channel ``ch``'s pulses to ``until``, polling after each step (the DAC bus is never
+    'done' meanwhile: hal.busy stays as the test sets it)."""
+    while hal.count[ch] < until:
+        hal.count[ch] = min(until, hal.count[ch] + step)
+        ctl.poll()
+
+
+def test_a_long_slow_ramp_is_queued_in_chunks_ahead_of_the_pulses():
+    out = []
+    hal = CountingHal()
+    ctl = Controller(hal, out.append)
+    p = params(period_ns=50 * MS, ramp_up_pulses=1000, amplitude_ua=10000)  # 20 Hz: 50 s of ramp
+    ctl.receive(frame(M.SET_PARAMS, 1, M.encode_params(0, p)) + frame(M.START, 2, b"\x01"))
+    start = [c for c in hal.calls if c[0] == "start"][0]
+    look = pe.RAMP_LOOKAHEAD_TICKS // pe.ns_to_ticks(50 * MS)  # 20 boundaries = 1 s at 20 Hz
+    assert start[4] == 3 * look  # the first chunk only, not 2997 words
+    hal.busy = False  # the first chunk's mark came (the SM waits for no more): the ramp is not over
+    ctl.receive(frame(M.SET_AMPLITUDE, 3, M.encode_set_amplitude(0, 500)))
+    assert M.decode_nack(replies(out)[-1].body)["code"] == M.E_DAC_BUSY
+    plays = []
+    for until in range(1, 1001):
+        n = len(hal.calls)
+        _stream(ctl, hal, 0, until)
+        plays += [c for c in hal.calls[n:] if c[0] == "dac_play"]
+        # never fewer than half a lookahead queued ahead of the pulses (or the whole ramp)
+        queued = (len(hal.ops) - 2) // 3  # after the 2 first writes; every boundary writes (4000 > K)
+        assert queued - hal.count[0] > look // 2 - 1 or queued == 999, (until, queued)
+    assert all(c[1] <= 3 * look for c in plays) and len(plays) >= 999 // look - 1
+    first = pe.start_ops(ctl.trains, [0])
+    assert hal.ops == first + pe.ramp_up_ops(ctl.trains, [0])  # the chunks add up to the whole ramp
+    hal.busy = False
+    ctl.poll()
+    ctl.receive(frame(M.SET_AMPLITUDE, 4, M.encode_set_amplitude(0, 500)))
+    assert replies(out)[-1].type == M.SET_AMPLITUDE | M.RESPONSE
+
+
+def test_four_channels_ramp_1000_pulses_together_in_chunks():
+    """Beyond MAX_RAMP_OPS as one list (9 words a boundary): streamed, it is accepted."""
+    out = []
+    hal = CountingHal()
+    ctl = Controller(hal, out.append)
+    for ch in range(4):
+        p = params(period_ns=50 * MS, ramp_up_pulses=1000, amplitude_ua=2000 + 1000 * ch, polarity=ch % 2)
+        ctl.receive(frame(M.SET_PARAMS, 1 + ch, M.encode_params(ch, p)))
+    ctl.receive(frame(M.START, 9, b"\x0f"))
+    assert replies(out)[-1].type == M.START | M.RESPONSE
+    _stream(ctl, hal, 0, 1000, step=7)
+    dacs, bounds = play(hal.ops)
+    assert len(bounds) == 999
+    for ch in range(4):
+        state = pe.pulse_codes(ctl.trains[ch], 0)
+        for j, (_, written) in enumerate(bounds, start=1):
+            state = written.get(ch, state)
+            assert state == pe.pulse_codes(ctl.trains[ch], j)
+
+
+def test_a_long_soft_stop_is_queued_in_chunks_then_the_stream_stops():
+    out = []
+    hal = CountingHal()
+    ctl = Controller(hal, out.append)
+    ctl.receive(frame(M.SET_PARAMS, 1, M.encode_params(0, params(period_ns=50 * MS, ramp_down_pulses=300,
+                                                                    amplitude_ua=10000))))
+    ctl.receive(frame(M.START, 2, b"\x01"))
+    hal.count[0] = 17
+    n = len(hal.ops)
+    ctl.receive(frame(M.STOP, 3, b"\x01"))
+    assert hal.calls[-1] == ["dac_play", 3 * 20]
+    _stream(ctl, hal, 0, 17 + 301, step=3)
+    assert ["stop", 1] not in hal.calls
+    hal.busy = False
+    ctl.poll()
+    assert hal.calls[-1] == ["stop", 1]
+    assert hal.ops[n:] == pe.ramp_down_ops(ctl.trains, [0])
