@@ -147,6 +147,7 @@ def test_a_ramp_longer_than_the_lookahead_arrives_in_chunks_and_stays_exact():
     for _ in range(25):
         b.run(0.1)
     assert b.ctl.state[0] == M.ST_IDLE and [e["kind"] for e in b.events()][-1] == "train_done"
+    assert not [e for e in b.events() if e["kind"] in ("short", "open", "impedance_high")]
     hal.dac.update()
     starts = hal.system.edges(board.CH_NEG[0])[0::2]
     codes = [_round(hal.dac.current_na(0, True, s) * 4096, board.DAC_FULL_SCALE_UA * 1000) for s in starts]
