@@ -58,8 +58,11 @@ test pulse is the fresh check (E_IMPEDANCE while the electrode is still open or 
 
 DAC bus (docs/ARCHITECTURE.md "DAC bus"): the amplitude changes only after a pulse's end, through op
 lists of firmware/dac_bus.py built by pulse_engine. START with a soft start (ramp_up_*) passes the first
-pulse's codes and the ramp's ops to hal.start; several channels ramp in one START only with identical
-pulse timing (E_RAMP_TIMING otherwise). SET_AMPLITUDE (a running channel, the DAC bus idle, every limit
+pulse's codes and the first chunk of the ramp's ops (pulse_engine.RampWriter: 1 s of pulses ahead) to
+hal.start, and poll() queues the next chunks (hal.dac_play) as the pulses go; several channels ramp in
+one START only with identical pulse timing (E_RAMP_TIMING otherwise), and a STOP or fault of one of them
+while the ramp plays stops them all. While the current changes pulse by pulse (ramps, just after a live
+change) electrode monitoring maps each phase-1 reading to its pulse and uses that pulse's current. SET_AMPLITUDE (a running channel, the DAC bus idle, every limit
 checked on the new parameter set) plays [wait for the channel's phase-2 pin, write A, write B]; when
 poll() sees its mark (hal.dac_busy() false) the parameters, realised values and monitoring current
 become the new ones and an `amplitude` EVENT gives the first pulse with them (hal.dac_mark_pulses).

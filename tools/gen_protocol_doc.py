@@ -83,7 +83,7 @@ def render() -> str:
                   "value = a channel whose train ends before the ramp while another's does not); a STOP or fault of "
                   "one of them while the ramp plays stops them all; `E_DAC_BUSY` while a ramp or "
                   "amplitude change still plays; `E_OUT_OF_RANGE` naming `period_ns` when k channels ramping "
-                  "together leave too little idle for their writes, or naming the ramp field beyond the op-list bound"),
+                  "together leave too little idle for their writes"),
         M.STOP: ("channel mask u8", "empty. A running channel with a soft stop (`ramp_down_*`) ramps down over its "
                  "next pulses, its DAC outputs are shut down, then its stream stops (event `train_done`); a second "
                  "STOP, or one while a ramp or change still plays, stops at once"),
