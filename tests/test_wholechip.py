@@ -272,3 +272,41 @@ def test_a_ctrl_c_byte_during_boot_does_not_stop_the_firmware():
         client.close()
     finally:
         wc.close()
+
+
+# ---- issue 13: the DAC bus state machine on the official image ------------------------------------
+def test_the_dac_bus_state_machine_writes_the_codes_on_the_pins_before_the_first_pulse(chip):
+    """The official image runs dac.pio on PIO1 SM0: the pads SCK/MOSI/CS1, decoded as an MCP4822 reads
+    them, carry the channel's codes before its first pulse and the shutdown after its last one (the
+    emulated MCP4822s of chip.mjs take them from the pads, so the impedance check reads the electrode)."""
+    from test_hal_regbus_dac import decode
+
+    from firmware import dac_bus
+
+    wc, client = chip
+    ch = 1
+    pins = [board.DAC_SCK_PIN, board.DAC_MOSI_PIN] + list(board.CH_DAC_CS) + [board.CH_POS[ch], board.CH_NEG[ch]]
+    rec0 = wc.record(pins)
+    client.set_params(ch, params(amplitude_ua=1500, period_ns=2 * MS))
+    client.start(1 << ch)
+    wc.wait_cycles(6 * HZ // 1000)
+    client.stop(1 << ch)
+    assert wait_idle(wc, client, [ch], HZ // 5)
+    rec = wc.recorded()
+    edges = [(rec0["cycle"], p, lv) for p, lv in rec0["levels"]] + [tuple(e) for e in rec["edges"]]
+    got = decode(edges)
+    cmds = [(c, cmd) for _r, _f, c, cmd, _s in got]
+    code = pe.dac_code(1500)
+    assert [c for c, _ in cmds] == [ch] * len(cmds)
+    assert cmds[-4:] == [(ch, dac_bus.command(False, code)), (ch, dac_bus.command(True, code)),
+                         (ch, dac_bus.shutdown_command(False)), (ch, dac_bus.shutdown_command(True))]
+    drive = [c for c, p, lv in rec["edges"] if p in (board.CH_POS[ch], board.CH_NEG[ch])]
+    # START's electrode check first: its test current (code 40) is on the DAC before its test pulse
+    test = pe.dac_code(impedance.TEST_CURRENT_UA)
+    i_test = cmds.index((ch, dac_bus.command(True, test)))
+    assert got[i_test][0] < min(drive)
+    # the train: every pulse after the start's codes and before the shutdown, none after it
+    train_edges = [c for c in drive if got[-3][0] < c < got[-2][1]]
+    assert len(train_edges) >= 8 and not [c for c in drive if c > got[-2][1]]
+    for rise, fall, _c, _cmd, _s in got:  # no DAC write while a drive pin moves
+        assert not [c for c in drive if fall <= c <= rise]
