@@ -390,19 +390,38 @@ class Rp2Hal:
             mem32[self._r_dac_rxf]
             k += 1
         if k:
-            self._dac_seen += k
-            self._dac_pending = self._dac_pending - k if self._dac_pending > k else 0
-            # dac_mark_pulses: the board reads the pulse counts when it sees the mark (docs/HARDWARE.md)
-            for st in self._ch:
-                if st.active:  # (not through pulses(): that may queue DAC ops, see _service)
-                    alive = self._busy_reg(st.r_d_ctrl) or self._busy_reg(st.r_c_ctrl)
-                    self._mark_pulses[st.ch] = st.feeder.pulses_after(self._played(st, self._consumed(st), alive))
+            self._dac_marks_seen(k)
         return k
+
+    def _dac_marks_seen(self, k):
+        self._dac_seen += k
+        self._dac_pending = self._dac_pending - k if self._dac_pending > k else 0
+        # dac_mark_pulses: the board reads the pulse counts when it sees the mark (docs/HARDWARE.md)
+        for st in self._ch:
+            if st.active:  # (not through pulses(): that may queue DAC ops, see _service)
+                alive = self._busy_reg(st.r_d_ctrl) or self._busy_reg(st.r_c_ctrl)
+                self._mark_pulses[st.ch] = st.feeder.pulses_after(self._played(st, self._consumed(st), alive))
 
     def _dac_service(self):
         if self._dac_pending:
             self._dac_marks()
             self._dac_kick()
+            if self._dac_pending and self._dac_idle():
+                # Everything has played, yet marks are missing: more were pushed than the 4-deep RX
+                # FIFO holds between two looks (`push noblock` drops them). They were all pushed.
+                self._dac_pending = 1
+                self._dac_marks_seen(1)
+
+    def _dac_idle(self):
+        """The DAC SM has played every op handed to it: nothing queued, its DMA channel idle, its TX
+        FIFO empty and the SM at `pull block` (PC read twice around the FIFO level: not in between)."""
+        if self._dqi < len(self._dq) or not self._dac_on_pio:
+            return False
+        if mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY:
+            return False
+        pc = mem32[self._r_dac_pc] & 0x1F
+        return (pc == pio.DAC_NEXT_ENTRY and not mem32[self._r_dac_flevel] & 0xF
+                and mem32[self._r_dac_pc] & 0x1F == pio.DAC_NEXT_ENTRY)
 
     def _dac_halt(self):
         """Stop the DAC SM at a safe point and return the op words it has not played (None if it did
@@ -839,6 +858,8 @@ class Rp2Hal:
         empty, the SM is inside its last word, which is at most ``feeder.max_tail_ticks`` long;
         running() stays True for that long after it first sees the drained state, then stops the SM
         (forced stop: pins driven low, they already are) and shuts the DAC outputs down."""
+        if self._dac_pending:
+            self._dac_service()  # the DAC bus: marks, next batch (every poll of the main loop)
         st = self._ch[ch]
         if not st.active:
             return False

@@ -337,3 +337,23 @@ def test_replace_with_a_new_amplitude_writes_it_between_two_pulses(bus):
     for rise, fall, c, _cmd, _sck in d:
         for hi, lo in drive_high_intervals(edges, c):
             assert lo <= fall or hi >= rise
+
+
+def test_more_marks_than_the_rx_fifo_holds_do_not_leave_the_bus_busy(bus):
+    """Seven op lists queued, the last five handed to the DMA in one batch by a single poll and played
+    while the CPU does not look: the 4-deep RX FIFO drops the fifth mark (`push noblock`), yet once
+    everything has played dac_busy() is False (the HAL sees the SM idle with nothing queued) and every
+    update was written, in order."""
+    hal = bus.load_hal()
+    tr = train(**T[0])
+    hal.start([tr, None, None, None], 0b1, [0] * 4)
+    p2 = phase2_pin(tr, 0)
+    for k in range(7):
+        hal.dac_play([dac_bus.wait_op(p2)] + dac_bus.update_ops(0, 300 + k, 300 + k))
+    bus.run_us(500)  # lists 0 and 1 (the first two batches) play
+    hal.running(0)  # one main-loop poll: reads their marks, hands lists 2..6 to the DMA
+    bus.run_us(2500)  # 12 pulses, no HAL call: five marks pushed into a 4-deep RX FIFO
+    assert bus.read32(rb.PIO_BASE[1] + 0x008) & 1  # FDEBUG.RXSTALL of SM0: a push found the FIFO full
+    assert not hal.dac_busy()
+    got = cmds([x for x in decode(bus.edges()) if x[0] > start_cycle(bus)])
+    assert got == [(0, dac_bus.command(b, 300 + k)) for k in range(7) for b in (False, True)]
