@@ -33,6 +33,10 @@ WRITE_TICKS = 4 + 16 * 10 + 3 + 2
 _TICKS_PER_US = board.SYS_CLK_HZ // 1_000_000
 _UPDATE_RAW = 2 + 4 + 2 * WRITE_TICKS + board.DAC_SETTLE_NS * _TICKS_PER_US // 1000
 UPDATE_TICKS = -(-_UPDATE_RAW // _TICKS_PER_US) * _TICKS_PER_US
+# Before a start the HALs wait this long after the first codes' mark, so the first pulse already
+# gets the settled current (the MCP4822's output needs board.DAC_SETTLE_NS after its CS rise).
+SETTLE_US = -(-board.DAC_SETTLE_NS // 1000)
+SETTLE_TICKS = SETTLE_US * _TICKS_PER_US
 
 def command(channel_b, code):
     """MCP4822 command: DAC A (POS direction) or B (NEG direction) at ``code``, gain 1x, output on."""

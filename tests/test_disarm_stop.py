@@ -108,8 +108,9 @@ def test_trigger_before_the_edge_disarms_and_starts_now():
     b.hal.drive_trigger(1, 1)  # too late: the channel no longer waits on it
     b.run(0.1)
     got = pulses(b.hal)
-    # now = after the DAC bus has shut the disarmed DAC down and written the start's codes (issue 13)
-    assert len(got) == 2 and got[0][0] - t < 10 + 4 * dac_bus.WRITE_TICKS
+    # now = after the DAC bus has shut the disarmed DAC down, written the start's codes and let
+    # them settle (issue 13)
+    assert len(got) == 2 and got[0][0] - t < 10 + 4 * dac_bus.WRITE_TICKS + dac_bus.SETTLE_TICKS
     assert all(w1 == w2 == 200 * US for _, w1, _, w2 in got)
 
 

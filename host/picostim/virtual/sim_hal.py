@@ -182,8 +182,8 @@ class SimHal:
         DAC (dac_contract.md): before the SMs are enabled the DAC program writes the first codes:
         ``first_ops`` (op words, writes only) or, when None, each started channel's full codes
         (``dac_bus.update_ops(ch, train.dac_a, train.dac_b)``); a mark follows and the emulation
-        runs (the board busy-waits) until the DAC program has pushed it, so the enable comes the
-        cycle after that push. Then ``ramp_ops`` (they begin with wait ops: they follow the
+        runs (the board busy-waits) until the DAC program has pushed it, then for
+        ``dac_bus.SETTLE_TICKS`` (the MCP4822 output settles), and the enable comes then. Then ``ramp_ops`` (they begin with wait ops: they follow the
         pulses) are queued with a mark after them."""
         for ch in range(self.channels):
             if mask >> ch & 1 and self.running(ch) and (not self._waits[ch] or self.disarm(1 << ch)):
@@ -227,6 +227,7 @@ class SimHal:
                 self._codes[ch] = (trains[ch].dac_a, trains[ch].dac_b)
         if chosen:
             self._dac_run_to_mark(self.dac_play(first_ops))
+            self.system.run_until(self.system.now + dac_bus.SETTLE_TICKS)  # the outputs settle
         for ch in range(self.channels):  # the SMs start now (after the DAC writes)
             if mask >> ch & 1:
                 self.train_start[ch] = self.system.now
