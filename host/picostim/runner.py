@@ -62,6 +62,18 @@ def default_duration_s(params: dict[str, int]) -> float:
     return (params["train_delay_ns"] + -(-dur // cycle) * cycle + cycle) / 1e9
 
 
+def stop_cycles(params: dict[str, int]) -> int:
+    """Upper bound, in cycles (:func:`cycle_ns`), on how long a running channel takes to end after a
+    STOP: the pulse in progress and one queued pulse (2), a soft stop's K pulses (``ramp_down_pulses``:
+    at most one cycle each; ``ramp_down_ns``: that time, rounded up to whole cycles) and the pulses
+    still queued behind its DAC shutdown (2)."""
+    k = params.get("ramp_down_pulses", 0)
+    if params.get("ramp_down_ns", 0):
+        # a time ramp spans ramp_down_ns from the stop's boundary: that many cycles, rounded up
+        k = -(-params["ramp_down_ns"] // cycle_ns(params))
+    return k + 4
+
+
 def expected_from_params(params: dict[str, int], run_s: float | None = None) -> dict[str, Any]:
     """What the capture must show, in µs, from the canonical *requested* parameters."""
     us = 1e-3
@@ -192,9 +204,12 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
     vp.advance(duration_s)
     if vp.hal.running(channel):
         client.stop(mask)
-        # the pulse in progress and at most one queued pulse still play: within two cycles
-        for _ in range(2):
-            vp.advance(cycle_ns(params) * 1e-9 + 1e-3)
+        # let the channel really end, so the capture holds the whole stop: the pulse in progress, at
+        # most one queued pulse and, with a soft stop (ramp_down_*), its K pulses after the stop's next
+        # boundary plus the pulses the DAC shutdown leaves at 0 current
+        step = cycle_ns(params) * 1e-9 + 1e-3
+        for _ in range(stop_cycles(params)):
+            vp.advance(step)
             if not vp.hal.running(channel):
                 break
     events = client.events(timeout=0.05)
