@@ -551,6 +551,9 @@ class Controller:
                 # the DAC bus waits on the phase-2 pin: until the switch, the new train's phase-2
                 # pin would be the playing train's phase-1 pin (a later change could land mid-pulse)
                 _refuse(M.E_BAD_STATE, "polarity", params["polarity"], self.state[ch])
+            if train.shape != old.shape:
+                # likewise the DAC bus's waits per boundary (pulse_engine.boundary_wait_ops) follow the shape
+                _refuse(M.E_BAD_STATE, "shape", params["shape"], self.state[ch])
             self.hal.replace(ch, train)  # timing changes take effect at the next pulse boundary
             older = self._replaced[ch]
             if older is None or older.period_ticks - older.realised["pulse"] > old.period_ticks - old.realised["pulse"]:

@@ -33,6 +33,9 @@ IDLE = 0
 CATHODIC_FIRST = 0
 ANODIC_FIRST = 1
 
+BIPHASIC = P.SHAPE_BIPHASIC
+TRIPHASIC = P.SHAPE_TRIPHASIC
+
 _NS_PER_S = 1_000_000_000
 _HALF_NS_PER_S = 500_000_000
 
@@ -185,7 +188,8 @@ class Train:
         self.ramp_down_ticks = 0  # ramp_down_ns in ticks (0 when given in pulses)
         self.entry = pio.SEGMENT_ENTRY  # initial PC for the state machine
         self.trigger_pin: int | None = None  # GPIO the PIO waits on (in_base), None for a software start
-        self.first = NEG  # pin of phase 1 (NEG = cathodic-first)
+        self.first = NEG  # pin of phase 1 (NEG = cathodic-first); triphasic: of the main phase
+        self.shape = BIPHASIC  # TRIPHASIC: flank, main phase (phase 1), flank; phase2_ticks = both flanks
         self.dac_a = 0  # DAC codes at full amplitude: A = POS direction, B = NEG direction
         self.dac_b = 0
 
@@ -232,6 +236,11 @@ def build_train(params):
     Dead time (docs/SAFETY.md): an interphase below DEAD_TICKS is realised as DEAD_TICKS (reported in
     realised["interphase"], next to the request), phase 2 and RECOVERY are DEAD_TICKS apart, and the
     period must leave at least DEAD_TICKS (and a segment) of idle after the pulse.
+
+    Triphasic (shape 1): flank, interphase, main phase (phase1_ns, the polarity's direction),
+    interphase, flank; the flanks have phase 2's direction and DAC output, each is phase2_ns / 2
+    rounded to the nearest tick (halves up), so both are equal and phase 2 realised = 2 x flank
+    (realised["phase2"], realised["flank"]); the flank code balances phase 1 over that total.
     """
     if DEAD_TICKS < OVERHEAD:
         raise Unrealisable("interphase_ns", params["interphase_ns"], "board dead time below one segment")
@@ -240,13 +249,24 @@ def build_train(params):
     if ip < DEAD_TICKS:
         ip = DEAD_TICKS
     ph2 = _field_ticks(params, "phase2_ns", False)
+    shape = params["shape"]
+    flank = 0
+    if shape == TRIPHASIC:
+        flank = (params["phase2_ns"] * board.SYS_CLK_HZ + _NS_PER_S) // (2 * _NS_PER_S)  # nearest, halves up
+        if flank < OVERHEAD:
+            raise Unrealisable("phase2_ns", params["phase2_ns"], "a triphasic flank of %d ns is below the minimum"
+                               " segment of %d ns" % (ticks_to_ns(flank), min_segment_ns()),
+                               2 * min_segment_ns(), ">=")
+        ph2 = 2 * flank
+    elif shape != BIPHASIC:
+        raise Unrealisable("shape", shape, "not 0 or 1", 1)
     rec = _field_ticks(params, "recovery_ns", True)
     rec_gap = DEAD_TICKS if rec else 0
     period = ns_to_ticks(params["period_ns"])
     delay = _field_ticks(params, "train_delay_ns", True)
     n_burst = params["burst_pulses"]
     interburst = ns_to_ticks(params["interburst_ns"]) if n_burst > 0 else 0
-    pulse_ticks = ph1 + ip + ph2 + rec_gap + rec
+    pulse_ticks = ph1 + ip + ph2 + rec_gap + rec + (ip if flank else 0)
     min_idle = DEAD_TICKS if DEAD_TICKS > OVERHEAD else OVERHEAD
     if period < pulse_ticks + min_idle:
         raise Unrealisable("period_ns", params["period_ns"], "%d ns leaves less than %d ns idle"
@@ -261,9 +281,16 @@ def build_train(params):
         raise Unrealisable("polarity", polarity, "not 0 or 1", 1)
 
     pulse: list = []
-    append_segment(pulse, ph1, first | SYNC)
-    append_segment(pulse, ip, SYNC)
-    append_segment(pulse, ph2, second | SYNC)
+    if flank:
+        append_segment(pulse, flank, second | SYNC)
+        append_segment(pulse, ip, SYNC)
+        append_segment(pulse, ph1, first | SYNC)
+        append_segment(pulse, ip, SYNC)
+        append_segment(pulse, flank, second | SYNC)
+    else:
+        append_segment(pulse, ph1, first | SYNC)
+        append_segment(pulse, ip, SYNC)
+        append_segment(pulse, ph2, second | SYNC)
     append_segment(pulse, rec_gap, IDLE)
     append_segment(pulse, rec, RECOVERY)
 
@@ -314,6 +341,7 @@ def build_train(params):
     t.ramp_down_ticks = ns_to_ticks(params["ramp_down_ns"])
     t.ramp_down_k = params["ramp_down_pulses"] or pulses_starting_before(t, t.ramp_down_ticks)
     t.first = first
+    t.shape = shape
     t.dac_a, t.dac_b = _dac_pair(first, code1, code2)
 
     res = residual_fc(code1, ph1, code2, ph2)
@@ -323,6 +351,8 @@ def build_train(params):
         "phase2": ph2,
         "recovery": rec,
         "recovery_gap": rec_gap,
+        "shape": shape,
+        "flank": flank,  # each flank of a triphasic pulse (phase2 = 2 x flank); 0 when biphasic
         "dead_time": DEAD_TICKS,
         "period": period,
         "interburst": interburst,
@@ -475,22 +505,44 @@ class RampMismatch(Unrealisable):
 
 def phase2_pin(train, ch):
     """GPIO of channel ``ch``'s phase-2 drive pin: its fall is the end of the pulse's active part,
-    where a DAC update may start (POS when cathodic-first, NEG when anodic-first)."""
+    where a DAC update may start (POS when cathodic-first, NEG when anodic-first). Triphasic: the
+    flank pin, high twice per pulse: wait with boundary_wait_ops, never with this pin alone."""
     return board.CH_POS[ch] if train.first == NEG else board.CH_NEG[ch]
+
+
+def main_pin(train, ch):
+    """GPIO of channel ``ch``'s phase-1 (triphasic: main-phase) drive pin."""
+    return board.CH_NEG[ch] if train.first == NEG else board.CH_POS[ch]
+
+
+def boundary_wait_ops(train, ch):
+    """The DAC wait ops that end at the end of channel ``ch``'s next pulse (its last drive phase),
+    wherever in the period the DAC state machine starts them.
+
+    Biphasic: one wait on the phase-2 pin (high once per pulse). Triphasic: the flank pin is high
+    twice per pulse, so a lone wait on it ends after the FIRST flank, inside the pulse, when it starts
+    before that flank, or after the next pulse's first flank when it starts between the flanks. The
+    main-phase pin is high once per pulse and the next fall of the flank pin after the main phase's
+    fall is the second flank of the same pulse: [wait main pin, wait flank pin] ends at that pulse's
+    end whenever it starts (the second wait is pulled in the interphase, >= the dead time, before the
+    second flank rises)."""
+    if train.shape == TRIPHASIC:
+        return [dac_bus.wait_op(main_pin(train, ch)), dac_bus.wait_op(phase2_pin(train, ch))]
+    return [dac_bus.wait_op(phase2_pin(train, ch))]
 
 
 def timing_key(train, wait=0):
     """Everything that places a train's pulse boundaries in time: equal keys (and the same start)
     mean every pulse of both ends on the same tick. ``wait``: the start's trigger input (0 = now)."""
     r = train.realised
-    return (r["phase1"], r["interphase"], r["phase2"], r["recovery_gap"], r["recovery"], train.period_ticks,
+    return (train.shape, r["phase1"], r["interphase"], r["phase2"], r["recovery_gap"], r["recovery"], train.period_ticks,
             tuple(train.idle_runs), train.delay_ticks, wait, train.entry if wait else 0)
 
 
 def amplitude_ops(train, ch):
     """A live amplitude change of channel ``ch`` to ``train``'s codes: wait for the end of the
     channel's next pulse, then write both DAC outputs."""
-    return [dac_bus.wait_op(phase2_pin(train, ch))] + dac_bus.update_ops(ch, train.dac_a, train.dac_b)
+    return boundary_wait_ops(train, ch) + dac_bus.update_ops(ch, train.dac_a, train.dac_b)
 
 
 def start_ops(trains, channels):
@@ -565,8 +617,10 @@ class RampWriter:
         self.down = down
         self.n = n
         self.emitted = 0  # boundaries already in chunks
-        self.per = 1 + 2 * len(channels)
-        self.wait = dac_bus.wait_op(phase2_pin(lead, channels[0]))
+        waits = boundary_wait_ops(lead, channels[0])
+        self.per = len(waits) + 2 * len(channels)
+        self.wait = waits[-1] if len(waits) == 1 else waits[0]
+        self.wait2 = waits[1] if len(waits) == 2 else 0  # triphasic: the flank pin after the main pin
         self.state = []  # per channel: [k, code1, step, num, den, r1, r2, neg_first, base_a, base_b, prev c1, ch]
         for ch in channels:
             t = trains[ch]
@@ -619,6 +673,7 @@ class RampWriter:
 
     def _many(self, ops, m):
         wait = self.wait
+        wait2 = self.wait2
         rev = dac_bus.REV8
         shift = dac_bus.CODE_SHIFT
         at = 0
@@ -626,6 +681,9 @@ class RampWriter:
         for j in range(self.emitted, self.emitted + m):
             ops[at] = wait
             at += 1
+            if wait2:
+                ops[at] = wait2
+                at += 1
             for st in self.state:
                 if j == st[0]:  # soft stop: this channel's last ramp pulse has ended
                     ops[at:at + 2] = dac_bus.shutdown_ops(st[11])
@@ -659,6 +717,7 @@ class RampWriter:
         end, code1, step, num, den, r1, r2, neg_first, base_a, base_b, prev, ch = st
         r2h = r2 // 2
         wait = self.wait
+        wait2 = self.wait2
         rev = dac_bus.REV8
         shift = dac_bus.CODE_SHIFT
         at = 0
@@ -666,6 +725,9 @@ class RampWriter:
         for j in range(self.emitted, self.emitted + m):
             ops[at] = wait
             at += 1
+            if wait2:
+                ops[at] = wait2
+                at += 1
             if j == end:
                 ops[at:at + 2] = dac_bus.shutdown_ops(ch)
                 at += 2

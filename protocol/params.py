@@ -30,6 +30,10 @@ FIELDS = (
     ("ramp_down_ns", "Q", 0),
     ("ramp_up_pulses", "I", 0),
     ("ramp_down_pulses", "I", 0),
+    # Pulse shape: 0 = biphasic (phase 1, interphase, phase 2), 1 = triphasic (flank, interphase, main
+    # phase, interphase, flank; the flanks in phase 2's direction, each phase2_ns / 2, sharing one DAC
+    # output; docs/ARCHITECTURE.md "Engine output").
+    ("shape", "B", 0),
 )
 RAMP_FIELDS = ("ramp_up_ns", "ramp_down_ns", "ramp_up_pulses", "ramp_down_pulses")
 FIELD_NAMES = tuple(f[0] for f in FIELDS)
@@ -40,6 +44,10 @@ DEFAULTS = dict((f[0], f[2]) for f in FIELDS)
 POLARITY_CATHODIC_FIRST = 0
 POLARITY_ANODIC_FIRST = 1
 POLARITY_NAMES = ("cathodic-first", "anodic-first")
+
+SHAPE_BIPHASIC = 0
+SHAPE_TRIPHASIC = 1
+SHAPE_NAMES = ("biphasic", "triphasic")
 
 TRIGGER_SOFTWARE = 0
 TRIGGER_EXT1 = 1
@@ -137,10 +145,13 @@ def recovery_gap_ns(p, dead_ns):
 
 
 def pulse_length_ns(p, dead_ns):
-    """Phase-1 start to pulse end as the pulse engine builds it (``dead_ns``: the board dead time,
-    limit ``min_dead_time_ns``): phase 1, realised interphase, phase 2, dead time + recovery."""
-    return (p["phase1_ns"] + interphase_realised_ns(p, dead_ns) + p["phase2_ns"] + recovery_gap_ns(p, dead_ns)
-            + p["recovery_ns"])
+    """Pulse start to pulse end as the pulse engine builds it (``dead_ns``: the board dead time,
+    limit ``min_dead_time_ns``): phase 1, realised interphase, phase 2, dead time + recovery; a
+    triphasic pulse has a second interphase (flank, gap, main phase, gap, flank) and its two flanks
+    together are phase2_ns (the engine rounds each to the tick: up to half a tick more each)."""
+    gaps = 2 if p.get("shape") == SHAPE_TRIPHASIC else 1
+    return (p["phase1_ns"] + gaps * interphase_realised_ns(p, dead_ns) + p["phase2_ns"]
+            + recovery_gap_ns(p, dead_ns) + p["recovery_ns"])
 
 
 def shannon_k(charge_pc_value, area_um2):
@@ -210,12 +221,15 @@ def validate(params, limits):
     checks = (
         _check_max("polarity", p["polarity"], len(POLARITY_NAMES) - 1),
         _check_max("trigger", p["trigger"], len(TRIGGER_NAMES) - 1),
+        _check_max("shape", p["shape"], len(SHAPE_NAMES) - 1),
         _check_min("amplitude_ua", p["amplitude_ua"], 1),
         _check_max("amplitude_ua", p["amplitude_ua"], limits["max_amplitude_ua"]),
         _check_min("phase1_ns", p["phase1_ns"], min_phase),
         _check_max("phase1_ns", p["phase1_ns"], limits["max_phase_ns"]),
         _check_min("phase2_ns", p["phase2_ns"], min_phase),
         _check_max("phase2_ns", p["phase2_ns"], limits["max_phase_ns"]),
+        # triphasic: phase 2 is split into two equal flanks, each at least the shortest phase
+        _check_min("phase2_ns", p["phase2_ns"], 2 * min_phase) if p["shape"] == SHAPE_TRIPHASIC else None,
         _check_max("interphase_ns", p["interphase_ns"], limits["max_interphase_ns"]),
         _check_max("recovery_ns", p["recovery_ns"], limits["max_recovery_ns"]),
         _check_min("electrode_area_um2", p["electrode_area_um2"], limits["min_electrode_area_um2"]),

@@ -36,6 +36,7 @@ def field_strategy(name, limits):
         "amplitude_ua": [1, L["max_amplitude_ua"]],
         "polarity": [1],
         "trigger": [4],
+        "shape": [1],
         "burst_pulses": [0, L["max_burst_pulses"]],
         "train_duration_ns": [0, L["max_duration_ns"]],
         "train_delay_ns": [0, L["max_duration_ns"]],
@@ -55,6 +56,7 @@ def field_strategy(name, limits):
         "amplitude_ua": st.integers(1, L["max_amplitude_ua"]),
         "polarity": st.integers(0, 1),
         "trigger": st.integers(0, 4),
+        "shape": st.integers(0, 1),
         "burst_pulses": st.integers(0, 100),
         "train_duration_ns": st.integers(0, 10**11),
         "train_delay_ns": st.integers(0, 10**10),
@@ -105,6 +107,7 @@ def plausible_sets(draw, limits=LIMITS):
         "ramp_up_pulses": 0 if up_ns and draw(st.integers(0, 3)) else draw(st.one_of(st.just(0), st.integers(0, 1000))),
         "ramp_down_pulses": 0 if down_ns and draw(st.integers(0, 3)) else draw(st.one_of(st.just(0), st.integers(0, 1000))),
         "trigger": draw(st.integers(0, 4)),
+        "shape": 0 if p2 < 2 * mp or ip < dead or draw(st.integers(0, 3)) else 1,
         "electrode_area_um2": draw(st.one_of(st.integers(L["min_electrode_area_um2"], 10**6),
                                              st.integers(10**6, 10**8), st.just(L["min_electrode_area_um2"]))),
     }
@@ -131,6 +134,8 @@ def check_all_limits(p, L):
         return bad
     rule(p["polarity"] in (0, 1), "polarity")
     rule(p["trigger"] in range(5), "trigger")
+    rule(p["shape"] in (0, 1), "shape")
+    rule(p["shape"] == 0 or p["phase2_ns"] >= 2 * L["min_phase_ns"], "triphasic flanks >= min phase")
     rule(1 <= p["amplitude_ua"] <= L["max_amplitude_ua"], "amplitude")
     for ph in ("phase1_ns", "phase2_ns"):
         rule(L["min_phase_ns"] <= p[ph] <= L["max_phase_ns"], ph)
@@ -155,7 +160,9 @@ def check_all_limits(p, L):
     rule(p["period_ns"] >= L["min_period_ns"], "min period")
     # the pulse as built: phase 1, interphase (>= dead time), phase 2, dead time + recovery; then at
     # least one segment and the dead time of idle before the next pulse
-    length = p["phase1_ns"] + ip + p["phase2_ns"] + (dead + p["recovery_ns"] if p["recovery_ns"] else 0)
+    # triphasic: flank, interphase, phase 1, interphase, flank (the flanks together phase2_ns)
+    length = (p["phase1_ns"] + ip * (2 if p["shape"] == 1 else 1) + p["phase2_ns"]
+              + (dead + p["recovery_ns"] if p["recovery_ns"] else 0))
     rule(p["period_ns"] >= length + max(L["min_phase_ns"], dead), "period >= pulse + idle")
     ramps = p["ramp_up_ns"] or p["ramp_down_ns"] or p["ramp_up_pulses"] or p["ramp_down_pulses"]
     rule(not ramps or p["period_ns"] - length >= L["min_update_idle_ns"], "ramp: DAC update idle")

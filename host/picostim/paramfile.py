@@ -58,7 +58,7 @@ ALLOWED_KEYS = tuple(
      for u in TIME_UNITS]
     + ["frequency_hz", "burst_frequency_hz", "burst_pulses", "ramp_up_pulses", "ramp_down_pulses",
        "amplitude_ua", "amplitude_ma",
-       "electrode_area_um2", "electrode_area_mm2", "electrode_area_cm2", "polarity", "trigger"]
+       "electrode_area_um2", "electrode_area_mm2", "electrode_area_cm2", "polarity", "trigger", "shape"]
 )
 
 
@@ -290,8 +290,8 @@ def from_dict(data):
                 raise ParamFileError("%s = %s: must not be negative (0 = no ramp)" % (key, _short(value)), key, value)
             put(key, value, key)
             continue
-        if key in ("polarity", "trigger"):
-            names = P.POLARITY_NAMES if key == "polarity" else P.TRIGGER_NAMES
+        if key in ("polarity", "trigger", "shape"):
+            names = {"polarity": P.POLARITY_NAMES, "trigger": P.TRIGGER_NAMES, "shape": P.SHAPE_NAMES}[key]
             if not isinstance(value, str) or value.lower() not in names:
                 raise ParamFileError("%s = %s: allowed values are %s" % (key, _short(value), ", ".join('"%s"' % n for n in names)),
                                      key, value)
@@ -445,6 +445,7 @@ USER_FIELDS = {
     "burst_pulses": ("burst_pulses", lambda v: _fmt_num(v)),
     "polarity": ("polarity", lambda v: '"%s"' % P.POLARITY_NAMES[v] if 0 <= v < len(P.POLARITY_NAMES) else str(v)),
     "trigger": ("trigger", lambda v: '"%s"' % P.TRIGGER_NAMES[v] if 0 <= v < len(P.TRIGGER_NAMES) else str(v)),
+    "shape": ("shape", lambda v: '"%s"' % P.SHAPE_NAMES[v] if 0 <= v < len(P.SHAPE_NAMES) else str(v)),
 }
 
 
@@ -470,8 +471,8 @@ def describe_violation(field, value, limit, relation, user_key=None):
         return "%s is not a known parameter" % name
     if relation == "integer":
         return "%s = %r is not a non-negative integer" % (name, value)
-    if field == "polarity" or field == "trigger":
-        names = P.POLARITY_NAMES if field == "polarity" else P.TRIGGER_NAMES
+    if field in ("polarity", "trigger", "shape"):
+        names = {"polarity": P.POLARITY_NAMES, "trigger": P.TRIGGER_NAMES, "shape": P.SHAPE_NAMES}[field]
         return "%s = %s is not one of %s" % (name, value, ", ".join(names))
     if field in ("channel", "mask"):
         return "%s = %s: exceeds the firmware limit %s" % (name, value, limit)
@@ -629,6 +630,8 @@ def requested_us(params):
             out[field] = P.POLARITY_NAMES[value] if value < len(P.POLARITY_NAMES) else value
         elif field == "trigger":
             out[field] = P.TRIGGER_NAMES[value] if value < len(P.TRIGGER_NAMES) else value
+        elif field == "shape":
+            out[field] = P.SHAPE_NAMES[value] if value < len(P.SHAPE_NAMES) else value
         elif field == "electrode_area_um2":
             out["electrode_area_mm2"] = value / 1e6
         else:

@@ -152,6 +152,7 @@ def random_param_set(rng, L=LIMITS):
             "ramp_down_pulses": rng.choice((0, 0, rng.randint(0, 1000))),
             "electrode_area_um2": rng.choice((L["min_electrode_area_um2"], rng.randint(100, 10**6),
                                               rng.randint(10**6, 10**8))),
+            "shape": rng.choice((0, 0, 1)),
         }
     edges = {"phase1_ns": (mp, L["max_phase_ns"]), "phase2_ns": (mp, L["max_phase_ns"]),
              "interphase_ns": (0, mp, L["max_interphase_ns"]), "recovery_ns": (0, mp, L["max_recovery_ns"]),
@@ -161,7 +162,7 @@ def random_param_set(rng, L=LIMITS):
              "train_delay_ns": (0, L["max_duration_ns"]), "ramp_up_ns": (0, L["max_ramp_ns"]),
              "ramp_down_ns": (0, L["max_ramp_ns"]), "ramp_up_pulses": (0, L["max_ramp_pulses"]),
              "ramp_down_pulses": (0, L["max_ramp_pulses"]),
-             "electrode_area_um2": (L["min_electrode_area_um2"], 10**6)}
+             "electrode_area_um2": (L["min_electrode_area_um2"], 10**6), "shape": (0, 1)}
     base = P.complete({})
     out = {}
     for name in P.FIELD_NAMES:

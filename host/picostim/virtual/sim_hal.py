@@ -308,7 +308,9 @@ class SimHal:
         for pin, e0 in self._drive_edge0[ch]:
             edges = self.system._edges[pin]
             falls += (bisect.bisect_right(edges, cycle, e0) - e0) // 2  # each pin starts low
-        return falls // 2
+        tr = self._trains[ch]  # a triphasic pulse has three drive intervals (the controller refuses a
+        # shape change while the channel runs)
+        return falls // (3 if tr is not None and tr.shape == pulse_engine.TRIPHASIC else 2)
 
     def _dac_pushed(self, t: int, word: int) -> None:
         """Push hook of the DAC SM: the HAL reads the RX FIFO at once (so it never fills)."""
