@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark table side by side in one process and write BENCHMARKS.md.
 
     .venv/bin/python bench/run_all.py                 # all tables, full size -> BENCHMARKS.md
-    .venv/bin/python bench/run_all.py --only analyzer # one table (keys: fidelity trigger analyzer emulation protocol fuzz)
+    .venv/bin/python bench/run_all.py --only analyzer # one table (keys: fidelity trigger analyzer
+                                                      # emulation protocol fuzz ramps)
     .venv/bin/python bench/run_all.py --tiny --out /tmp/b.md   # seconds; what tests/test_bench_smoke.py runs
 
 Budget: < 10 min on 2 cores (typically ~1 min). Numbers are medians with spread over interleaved
@@ -19,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import (analyzer_throughput, emulation_speed, link_fuzz, protocol_bench, timing_fidelity,  # noqa: E402
-                   trigger_latency)
+from bench import (analyzer_throughput, emulation_speed, link_fuzz, protocol_bench, ramp_fidelity,  # noqa: E402
+                   timing_fidelity, trigger_latency)
 from bench.common import Section, machine_facts, table  # noqa: E402
 
 MODULES = {
@@ -30,6 +31,7 @@ MODULES = {
     "emulation": emulation_speed,
     "protocol": protocol_bench,
     "fuzz": link_fuzz,
+    "ramps": ramp_fidelity,
 }
 BUDGET_S = 600
 
@@ -87,6 +89,15 @@ def headline_lines(sections: dict[str, Section]) -> list[str]:
         h = s.headline
         out.append("- **Fuzzing the link**: " + ", ".join(
             f"{side} side {v['frames']:,} frames, {v['crashes']} crashes" for side, v in h.items()) + ".")
+    s = sections.get("ramps")
+    if s:
+        h = s.headline
+        out.append("- **Ramps, soft stop, live amplitude changes** (emulated capture with the DAC bus, "
+                   f"20 Hz–10 kHz): "
+                   f"{h['pulses']:,} pulses in {h['cases']} runs, worst timing error {h['worst_timing_error_ticks']:g} "
+                   f"ticks, every pulse's amplitude from the bus "
+                   f"{'= the contract model' if h['amplitudes_ok'] else '**differs from the model**'}, "
+                   f"{h['changes_in_pulse']} DAC changes inside a pulse.")
     return out
 
 

@@ -428,3 +428,52 @@ def test_live_change_through_the_api():
     assert ev is not None and ev.from_pulse == boundary_pulse(rep, t_req) == 7  # 5.6 ms: pulse 6 still old
     f = ev.from_pulse
     assert rep.amplitude_ua == [1000.0] * f + [2000.0] * (rep.n_pulses - f)
+
+
+
+def _stop_while_change_plays(vb):
+    file = dict(frequency_hz=20, phase1_us=200, amplitude_ua=1000, ramp_down_pulses=4)
+    params = make_params(**file)
+    armed = start(vb, params)
+    t = advance_to(vb, armed, 3.6 * 50_000)  # the idle after pulse 3: pulse 4 is queued
+    vb.client.set_amplitude(0, 2000)
+    assert vb.vp.hal.dac_busy()
+    vb.client.stop(1)
+    settle(vb, params, max_cycles=6)
+    events = vb.client.events(timeout=0.2)
+    rep = capture(vb, params, armed)
+    return file, armed, t, events, rep
+
+
+def test_stop_while_a_live_change_plays_stops_at_once(virtual_bench):
+    """Documented (README ramp section, SAFETY.md, PROTOCOL.md): a STOP while a live change is still queued
+    does not ramp down: the stream ends at its next pulse boundary. The change waits for the end of the
+    queued pulse 4, after which no pulse plays: every pulse keeps the old amplitude."""
+    vb = virtual_bench
+    file, armed, t, events, rep = _stop_while_change_plays(vb)
+    assert_invariants(rep)
+    assert_timing(rep, file, first_onset(vb.vp.hal, armed))
+    n = rep.n_pulses
+    after = int((rep.pulses.start[rep.pulses.complete] > t).sum())
+    assert n == 4 + after and after <= 1  # no soft stop: at most the queued pulse
+    assert rep.amplitude_ua == [ua(code_of(1000))] * n
+    done = [e for e in events if e["kind"] == "train_done"]
+    assert len(done) == 1 and done[0]["value"] == n
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "controller bug: a change whose DAC mark comes after the stream's last pulse but while that pulse's "
+    "idle still plays (hal.running() True) is reported (EVENT amplitude from_pulse = 5 of a 5-pulse train) "
+    "and the channel's parameters take the new amplitude; _follow_dac only drops it when the stream has "
+    "already ended (b43bbef)"))
+def test_a_change_that_never_reaches_a_pulse_is_not_reported(virtual_bench):
+    """The amplitude EVENT's from_pulse names a pulse that has the new amplitude (PROTOCOL.md); a change
+    that no pulse played is not reported and leaves the parameters (controller._stop: 'a change already
+    queued is reported if it reaches a pulse')."""
+    vb = virtual_bench
+    _file, _armed, _t, events, rep = _stop_while_change_plays(vb)
+    for ev in (e for e in events if e["kind"] == "amplitude"):
+        assert ev["from_pulse"] < rep.n_pulses, ev
+        assert rep.amplitude_ua[ev["from_pulse"]] == ua(code_of(ev["amplitude_ua"]))
+    if not [e for e in events if e["kind"] == "amplitude"]:
+        assert vb.client.get_params(0)["params"]["amplitude_ua"] == 1000
