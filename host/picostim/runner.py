@@ -86,6 +86,8 @@ def expected_from_params(params: dict[str, int], run_s: float | None = None) -> 
         "period_us": params["period_ns"] * us,
         "polarity": P.POLARITY_NAMES[params["polarity"]],
     }
+    if params.get("shape"):  # triphasic: flank, main, flank (analyzer: each flank phase2_us / 2)
+        exp["shape"] = P.SHAPE_NAMES[params["shape"]]
     if params["recovery_ns"]:
         exp["recovery_gap_us"] = P.recovery_gap_ns(params, DEAD_TIME_NS) * us
     n_burst = params["burst_pulses"]

@@ -32,6 +32,18 @@ complete pulse's phase-1 amplitude is reported (``amplitude_ua``), and a malform
 output changing while POS or NEG is high, or a pulse whose charge (current x measured width of each
 phase) is not balanced to the firmware's DAC rounding (half an LSB over phase 2, one LSB at the 1-LSB
 floor, plus the width tolerance above) is a failure.
+
+Triphasic pulses (``expected["shape"] == "triphasic"``, parameter ``shape = 1``; otherwise everything
+above is unchanged): flank, interphase, main phase, interphase, flank. The flanks are on the "phase 2"
+line and the main phase on the "phase 1" line (the polarity names the main phase's direction; when not
+given it is the line with one interval per pulse). A pulse starts at its first flank and ends at its
+second (or its recovery); ``phase1`` is the main phase, ``interphase1``/``interphase`` the gaps before /
+after it, ``flank1``/``flank2`` each flank and ``phase2`` their sum. Expected flank width: ``flank_us``
+(default ``phase2_us / 2``), each flank within the width tolerance; the sum is not compared with
+``phase2_us`` (the firmware rounds each flank to the tick). SYNC must be high from the first flank's
+start to the second flank's end. DAC: both flanks must draw on one unchanged output (no output change
+from the first flank's start to the second flank's end, gaps included), the amplitude is the main
+phase's, and the balance check compares main current x main width with flank current x both widths.
 """
 
 from __future__ import annotations
@@ -53,8 +65,9 @@ WIDTH_KEYS = ("phase1", "interphase", "phase2", "recovery", "recovery_gap", "per
 EXPECTED_KEYS = {
     "phase1_us", "interphase_us", "phase2_us", "recovery_us", "recovery_gap_us", "period_us", "frequency_hz",
     "burst_pulses", "burst_gap_us", "burst_period_us", "bursts", "pulses", "polarity",
-    "trigger_latency_us", "trigger_latency_max_cycles", "train_delay_us",
+    "trigger_latency_us", "trigger_latency_max_cycles", "train_delay_us", "shape", "flank_us",
 }
+TRIPHASIC_KEYS = ("flank1", "flank2", "interphase1")  # extra widths of a triphasic analysis
 _MAX_LISTED = 100  # times listed in the JSON per kind
 
 
@@ -189,6 +202,18 @@ def _detect_polarity(neg: _Intervals, pos: _Intervals) -> str | None:
     return "cathodic-first" if neg.starts[0] <= pos.starts[0] else "anodic-first"
 
 
+def _shape_name(shape: Any) -> str:
+    """``"triphasic"`` for 1 / "triphasic", else ``"biphasic"`` (None, 0, "biphasic"); ValueError otherwise."""
+    if shape is None:
+        return "biphasic"
+    s = str(shape).strip().lower()
+    if s in ("0", "biphasic"):
+        return "biphasic"
+    if s in ("1", "triphasic"):
+        return "triphasic"
+    raise ValueError(f"unknown shape {shape!r} (biphasic or triphasic)")
+
+
 def _polarity_name(p: Any) -> str | None:
     if p is None:
         return None
@@ -236,6 +261,13 @@ class Pulses:
     truncated: np.ndarray  # bool: phase 1 without phase 2 before the next phase 1 / capture end
     cut_end: np.ndarray  # bool: cut by the capture end
     cut_start: np.ndarray  # bool: began before the capture
+    # triphasic only (else None): the first flank [start, end); phase 2 above is the second flank
+    flank1_start: np.ndarray | None = None
+    flank1_end: np.ndarray | None = None
+
+    def pulse_start(self) -> np.ndarray:
+        """Pulse start: the first flank's start (triphasic), else the phase-1 start."""
+        return self.start if self.flank1_start is None else self.flank1_start
 
     def end(self) -> np.ndarray:
         """Pulse end (recovery end if there is a recovery, else phase-2 end)."""
@@ -268,6 +300,7 @@ class Report:
     # decoder's findings (see :func:`_check_dac`)
     amplitude_ua: list[float | None] | None = None
     dac: dict[str, Any] = field(default_factory=dict)
+    shape: str = "biphasic"  # "triphasic" when the expected parameters said so (TRIPHASIC_KEYS measured)
 
     @property
     def ok(self) -> bool:
@@ -299,7 +332,9 @@ class Report:
             "clock_ppm": self.clock_ppm,
             "pulses": self.n_pulses,
         }
-        for name in WIDTH_KEYS:
+        if self.shape != "biphasic":
+            out["shape"] = self.shape
+        for name in WIDTH_KEYS + tuple(x for x in TRIPHASIC_KEYS if x in self.stats):
             out[f"{name}_us"] = self.stats[name].scaled(k)
             out[f"{name}_samples"] = self.stats[name].scaled(1.0)
         out["overlaps"] = {
@@ -329,7 +364,8 @@ class Report:
         lines = [f"{'OK' if self.ok else 'FAIL'}: {self.n_pulses} pulses at {self.samplerate_hz / 1e6:g} MS/s"
                  f" ({self.polarity or '?'}), overlaps {len(self.overlaps[0])},"
                  f" incomplete {self.incomplete['truncated']} truncated / {self.incomplete['cut_by_capture_end']} cut"]
-        for name in ("phase1", "interphase", "phase2", "recovery", "period", "burst_gap"):
+        for name in ("phase1", "interphase", "phase2", "recovery", "period", "burst_gap") + \
+                tuple(x for x in TRIPHASIC_KEYS if x in self.stats):
             st = self.stats[name]
             if st.n:
                 s = self.stat_us(name)
@@ -402,10 +438,15 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
 
     failures: list[str] = []
 
+    triphasic = _shape_name(expected.get("shape")) == "triphasic"
+
     # --- polarity: which line carries phase 1
     want_pol = _polarity_name(polarity if polarity is not None else expected.get("polarity"))
     ip, iN = _intervals(pos, n), _intervals(neg, n)
-    seen_pol = _detect_polarity(iN, ip)
+    if triphasic:  # the main phase's line: one interval per pulse, the flanks' line two
+        seen_pol = (None if len(iN) == len(ip) else "cathodic-first" if len(iN) < len(ip) else "anodic-first")
+    else:
+        seen_pol = _detect_polarity(iN, ip)
     pol = want_pol or seen_pol or "cathodic-first"
     if want_pol and seen_pol and want_pol != seen_pol:
         failures.append(f"polarity: expected {want_pol}, first pulse is {seen_pol}")
@@ -439,6 +480,24 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     r_cut = has_r & (R.cut_end[kk] if nR else False)
 
     cut_start = A.cut_start.copy()
+    f1s = f1e = None
+    if triphasic:
+        # the first flank: the last phase-2-line interval that ends at or before the main phase's start,
+        # after the previous main phase's end
+        prev = np.concatenate(([-1], e[:-1])) if len(s) else s
+        jf = np.searchsorted(B.ends, s, side="right") - 1
+        jfc = np.maximum(jf, 0)
+        has_f1 = (jf >= 0) & (B.starts[jfc] >= prev) if nB else np.zeros(len(s), bool)
+        f1s = np.where(has_f1, B.starts[jfc] if nB else -1, -1)
+        f1e = np.where(has_f1, B.ends[jfc] if nB else -1, -1)
+        f1_cut = has_f1 & (B.cut_start[jfc] if nB else False)
+        # a main phase without a first flank: the capture began inside the pulse (first one) or a
+        # malformed pulse (counted as truncated below)
+        first = np.zeros(len(s), bool)
+        if len(s):
+            first[0] = True
+        cut_start |= f1_cut | (~has_f1 & first)
+        has_b = has_b & (has_f1 | first)
     complete = has_b & ~b_cut & ~r_cut & ~cut_start
     # a phase 1 without phase 2: cut by the capture end if the capture ended before phase 2 could start
     no_b = ~has_b & ~cut_start & ~A.cut_end
@@ -453,12 +512,17 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     ran_out = no_b & is_last & ((n - e) <= max_gap)
     cut_end = (A.cut_end | b_cut | r_cut | ran_out) & ~cut_start
     truncated = no_b & ~ran_out
-    pulses = Pulses(s, e, p2s, p2e, rs, re_, complete, truncated, cut_end, cut_start)
+    if triphasic:
+        truncated |= ~has_f1 & ~cut_start
+        complete &= ~truncated
+    pulses = Pulses(s, e, p2s, p2e, rs, re_, complete, truncated, cut_end, cut_start, f1s, f1e)
 
     # orphans: phase-2 (or recovery) intervals that belong to no pulse
     matched_b = np.zeros(nB, bool)
     if nB:
         matched_b[jj[has_b]] = True
+        if triphasic:
+            matched_b[jfc[has_f1]] = True
     orphan_b = ~matched_b & ~B.cut_start
     matched_r = np.zeros(nR, bool)
     if nR:
@@ -474,7 +538,14 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
         "recovery": (re_ - rs)[c & has_r],
         "recovery_gap": (rs - p2e)[c & has_r],
     }
-    starts_c = s[c]
+    ps = pulses.pulse_start()
+    if triphasic:
+        assert f1s is not None and f1e is not None
+        values["flank1"] = (f1e - f1s)[c]
+        values["flank2"] = (p2e - p2s)[c]
+        values["interphase1"] = (s - f1e)[c]
+        values["phase2"] = values["flank1"] + values["flank2"]
+    starts_c = ps[c]
     ends_c = pulses.end()[c]
     d = np.diff(starts_c)
     exp_period = expected.get("period_us")
@@ -528,11 +599,13 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
         else:
             sync_errors = int(c.sum())
         if sync_errors:
-            failures.append(f"SYNC: {sync_errors} pulses without SYNC high exactly from phase-1 start to "
-                            f"phase-2 end")
-    for key in WIDTH_KEYS:
+            failures.append(f"SYNC: {sync_errors} pulses without SYNC high exactly from "
+                            f"{'the first flank' if triphasic else 'phase-1'} start to "
+                            f"{'the second flank' if triphasic else 'phase-2'} end")
+    width_keys = WIDTH_KEYS + (TRIPHASIC_KEYS if triphasic else ())
+    for key in width_keys:
         values.setdefault(key, np.zeros(0, np.int64))
-    stats = {key: Stat.of(values[key]) for key in WIDTH_KEYS}
+    stats = {key: Stat.of(values[key]) for key in width_keys}
 
     # --- overlaps (safety)
     ov = both_high(pos, neg, n)
@@ -612,7 +685,7 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     if tname is not None:
         ti = _intervals(ch[tname], n)
         rises = ti.starts[~ti.cut_start]
-        all_starts = s[~cut_start]
+        all_starts = ps[~cut_start]
         if len(rises):
             q = np.searchsorted(all_starts, rises[0], side="left")
             trig["channel"] = tname
@@ -649,8 +722,15 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     n_complete = int(c.sum())
     if n_complete == 0 and expected.get("pulses", None) != 0:
         failures.append("no complete pulse found")
+    if triphasic:
+        if expected.get("flank_us") is None and expected.get("phase2_us") is not None:
+            expected["flank_us"] = float(expected["phase2_us"]) / 2
+        for name in ("flank1", "flank2"):
+            check("flank_us", name)
+        check("interphase_us", "interphase1")
     for name in ("phase1", "interphase", "phase2", "recovery_gap", "period", "burst_gap", "burst_period"):
-        check(f"{name}_us", name)
+        if not (triphasic and name == "phase2"):  # the flanks are checked one by one above
+            check(f"{name}_us", name)
     if "recovery_us" in expected and expected["recovery_us"] is not None:
         if float(expected["recovery_us"]) == 0:
             if len(values["recovery"]):
@@ -695,19 +775,22 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
                                     f"{expected['trigger_latency_max_cycles']}")
 
     # --- DAC bus (issue 13): amplitude per pulse, no change inside a pulse, balance after DAC rounding
+    flanks1 = None if f1s is None or f1e is None else (f1s[c], f1e[c])
     amplitude_ua, dac = _check_dac(trace, channel, pol, pos, neg, s[c], e[c], p2s[c], p2e[c], us_per_sample,
-                                   0.0 if exact else tol0, clock_ppm, failures)
+                                   0.0 if exact else tol0, clock_ppm, failures, flanks1)
 
     return Report(samplerate_hz=sr, n_samples=n, channel=channel, polarity=pol if (seen_pol or want_pol) else None,
                   exact=bool(exact), tolerance_samples=tol0, clock_ppm=float(clock_ppm), pulses=pulses,
                   stats=stats, values=values, overlaps=ov, incomplete=incomplete, bursts=bursts, train=train,
                   trigger=trig, sync_errors=sync_errors, dead_time=dead_time, failures=failures,
-                  expected=dict(expected), amplitude_ua=amplitude_ua, dac=dac)
+                  expected=dict(expected), amplitude_ua=amplitude_ua, dac=dac,
+                  shape="triphasic" if triphasic else "biphasic")
 
 
 def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel, s: np.ndarray, e: np.ndarray,
                p2s: np.ndarray, p2e: np.ndarray, us_per_sample: float, slack: float, clock_ppm: float,
-               failures: list[str]) -> tuple[list[float | None] | None, dict[str, Any]]:
+               failures: list[str], flanks1: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[list[float | None] | None, dict[str, Any]]:
     """The DAC checks of one channel, from the decoded bus (:mod:`.dac`); appends to ``failures``.
 
     ``s, e, p2s, p2e``: phase-1 and phase-2 [start, end) of the complete pulses. ``slack``: how far a
@@ -721,6 +804,11 @@ def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel,
       integer, so they differ by at most half an LSB over phase 2 (one LSB when phase 2 is clamped to
       the 1-LSB floor, ``pulse_engine.balance_code``/``residual_fc``), plus the measurement slack of
       both widths times their codes.
+
+    Triphasic (``flanks1`` = the first flanks' [start, end); ``s, e`` the main phases, ``p2s, p2e`` the
+    second flanks): no output change from a pulse's first-flank start to its second-flank end (the gaps
+    too), the flank current read at both flanks must be the same code (one output), and the balance
+    is main current x main width against flank current x (flank 1 + flank 2) widths.
 
     Without SCK, MOSI and the channel's CS the checks are skipped with a note (not failed)."""
     need = (dacbus.SCK, dacbus.MOSI, dacbus.cs_name(channel))
@@ -753,6 +841,10 @@ def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel,
     on_pos = dacbus.levels_at(pos, t_ch) == 1
     on_neg = dacbus.levels_at(neg, t_ch) == 1
     inside = on_pos | on_neg
+    in_gap = np.zeros(len(t_ch), bool)
+    if flanks1 is not None:  # triphasic: the interphase gaps are inside the pulse as well
+        in_gap = dacbus.within(t_ch, flanks1[0], p2e) & ~inside
+        inside = inside | in_gap
     info["changes"] = int(len(t_ch))
     info["changes_in_pulse"] = int(inside.sum())
     info["changes_in_pulse_us"] = [float(x) * us_per_sample for x in t_ch[inside][:_MAX_LISTED]]
@@ -760,7 +852,8 @@ def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel,
         i = int(np.flatnonzero(inside)[0])
         failures.append(f"DAC CHANGE IN PULSE: {int(inside.sum())} DAC output changes while POS or NEG is on, first "
                         f"output {'AB'[int(which[i])]} of {dacbus.cs_name(channel)} at "
-                        f"{t_ch[i] * us_per_sample:.3f} µs while {'POS' if on_pos[i] else 'NEG'} was high")
+                        f"{t_ch[i] * us_per_sample:.3f} µs while "
+                        f"{'POS was high' if on_pos[i] else 'NEG was high' if on_neg[i] else 'in an interphase gap'}")
 
     # settling (reported, not a failure): from each change to the next rise of the drive pin that draws
     # on that output (A: POS, B: NEG); the MCP4822 needs board.DAC_SETTLE_NS to reach the new current
@@ -793,8 +886,19 @@ def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel,
         info["note"] = "; ".join(x for x in (info["note"], f"{int((~known).sum())} pulses before the capture's "
                                              f"first command of each output: amplitude unknown") if x)
     t1, t2 = (e - s).astype(np.float64), (p2e - p2s).astype(np.float64)
+    if flanks1 is not None:
+        c2b = out2.code_at(flanks1[0])  # the first flank's code: both flanks share one output
+        split = known & (c2b != c2)
+        info["flank_codes_differ"] = int(split.sum())
+        if split.any():
+            i = int(np.flatnonzero(split)[0])
+            failures.append(f"DAC FLANKS: {int(split.sum())} triphasic pulses whose two flanks have different "
+                            f"currents, first #{i} at {flanks1[0][i] * us_per_sample:.3f} µs (codes "
+                            f"{int(c2b[i])}/{int(c2[i])})")
+        known = known & (c2b != dacbus.UNKNOWN)
+        t2 = t2 + (flanks1[1] - flanks1[0]).astype(np.float64)
     sl1 = slack + clock_ppm * 1e-6 * t1
-    sl2 = slack + clock_ppm * 1e-6 * t2
+    sl2 = slack * (2 if flanks1 is not None else 1) + clock_ppm * 1e-6 * t2  # triphasic: two measured flanks
     err = np.abs(c1 * t1 - c2 * t2)
     lsb = np.where(c2 == 1, 1.0, 0.5)
     allow = lsb * (t2 + sl2) + np.abs(c1) * sl1 + np.abs(c2) * sl2 + 1e-9

@@ -73,6 +73,17 @@ def levels_at(ch: Channel, samples: np.ndarray) -> np.ndarray:
     return (ch.initial ^ (np.searchsorted(ch.toggles, samples, side="right") & 1)).astype(np.int64)
 
 
+def within(samples: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """For each sample: inside one of the sorted, disjoint spans [start, end] (a triphasic pulse from its
+    first flank's start to its second flank's end: the interphase gaps belong to the pulse)."""
+    if len(starts) == 0:
+        return np.zeros(len(samples), bool)
+    i = np.searchsorted(starts, samples, side="right") - 1
+    ok = i >= 0
+    ic = np.maximum(i, 0)
+    return ok & (samples <= ends[ic])
+
+
 def _low_intervals(ch: Channel, n_samples: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Complete low intervals [fall, rise) of an active-low line; the count of intervals cut by the
     capture start (low at sample 0) or end (still low at the last sample)."""
