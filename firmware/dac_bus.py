@@ -25,8 +25,8 @@ _CMD_SHIFT = _OP_BITS + _PATTERN_BITS
 _MOSI_DIR = 1  # bit 0 of the pindirs pattern: MOSI driven while a DAC is selected
 
 # Cycles the program spends per write (from the instruction delays of dac.pio): out pindirs [3] = 4,
-# 16 bits x (out [4] + jmp [4]) = 160, mov osr + out pindirs + jmp next = 3, then pull + out pc = 2.
-WRITE_TICKS = 4 + 16 * 10 + 3 + 2
+# 16 bits x (out [4] + jmp [4]) = 160, mov pins + jmp next = 2, then pull + out pc = 2.
+WRITE_TICKS = 4 + 16 * 10 + 2 + 2
 # From the phase-2 pin's fall to the second CS rise: 2 cycles input synchroniser, the wait, the jmp
 # back to `next` and its pull + out pc (4), then two writes; then the MCP4822's output settling
 # (board.DAC_SETTLE_NS) before the next pulse may use the new current. Rounded up to whole µs.

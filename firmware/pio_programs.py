@@ -37,8 +37,7 @@ DAC_OPCODES = (
     0x6389,
     0x6401,
     0x14E4,
-    0xA0E3,
-    0x6089,
+    0xA00B,
     0x0001,
     0x2080,
     0x2000,
@@ -63,21 +62,22 @@ DAC_OPCODES = (
     0x0001,
     0x208B,
     0x200B,
+    0x0001,
 )
 DAC_WRAP_TARGET = 1
 DAC_WRAP = 31
-DAC_ENTRIES = {'mark': 0, 'next': 1, 'write': 3, 'gp0': 9, 'gp1': 12, 'gp4': 15, 'gp5': 18, 'gp7': 21, 'gp8': 24, 'gp10': 27, 'gp11': 30}
+DAC_ENTRIES = {'mark': 0, 'next': 1, 'write': 3, 'gp0': 8, 'gp1': 11, 'gp4': 14, 'gp5': 17, 'gp7': 20, 'gp8': 23, 'gp10': 26, 'gp11': 29}
 DAC_MARK_ENTRY = 0
 DAC_NEXT_ENTRY = 1
 DAC_WRITE_ENTRY = 3
-DAC_GP0_ENTRY = 9
-DAC_GP1_ENTRY = 12
-DAC_GP4_ENTRY = 15
-DAC_GP5_ENTRY = 18
-DAC_GP7_ENTRY = 21
-DAC_GP8_ENTRY = 24
-DAC_GP10_ENTRY = 27
-DAC_GP11_ENTRY = 30
+DAC_GP0_ENTRY = 8
+DAC_GP1_ENTRY = 11
+DAC_GP4_ENTRY = 14
+DAC_GP5_ENTRY = 17
+DAC_GP7_ENTRY = 20
+DAC_GP8_ENTRY = 23
+DAC_GP10_ENTRY = 26
+DAC_GP11_ENTRY = 29
 DAC_OUT_SHIFT_RIGHT = True
 DAC_AUTO_PULL = False
 DAC_PULL_THRESHOLD = 30

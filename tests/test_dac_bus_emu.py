@@ -93,9 +93,13 @@ def test_writes_decode_to_exactly_the_mcp4822_commands_with_the_documented_timin
     s.run_until(20_000)
     got = commands(s)
     assert [(d, c) for _r, d, c in got] == want
-    # timing: pull at 0, out pc 1, CS low at 2; one write every WRITE_TICKS; SCK 10 cycles a bit
+    # timing: pull at 0, out pc 1, the select at 2; CS falls with the first data bit at 6 (the first
+    # write: already at 2, the latches still 0 from the reset); one write every WRITE_TICKS, CS driven
+    # high at its end (8 cycles before the next frame's fall); SCK 10 cycles a bit
     falls = sorted(f for d in range(4) for f, _r in low_intervals(s, d))
-    assert falls == [2 + k * dac_bus.WRITE_TICKS for k in range(12)]
+    assert falls == [2] + [2 + 4 + k * dac_bus.WRITE_TICKS for k in range(1, 12)]
+    ends = sorted(r for d in range(4) for _f, r in low_intervals(s, d))
+    assert [f - r for r, f in zip(ends, falls[1:])] == [8] * 11
     rises = s.edges(SCK)[0::2]
     assert rises[:16] == [2 + 4 + 5 + 10 * k for k in range(16)]  # CS setup 4 cycles, MOSI 5 before SCK
     # a write: out pindirs [3], 16 x 10, mov osr, out pindirs (CS rise at +165), jmp next, pull, out pc

@@ -477,7 +477,7 @@ def test_dma_chain_and_hal_import_under_micropython():
         "p = {'phase1_ns':200000,'interphase_ns':0,'phase2_ns':200000,'recovery_ns':0,'period_ns':50000000,"
         "'amplitude_ua':1000,'polarity':0,'burst_pulses':3,'interburst_ns':10000000,'train_duration_ns':1000000000,"
         "'train_delay_ns':3000000,'ramp_up_ns':0,'ramp_down_ns':0,'ramp_up_pulses':0,'ramp_down_pulses':0,"
-        "'trigger':0,'electrode_area_um2':6000000}\n"
+        "'trigger':0,'electrode_area_um2':6000000,'shape':0}\n"
         "t = pe.build_train(p)\n"
         "h.start([t] * 4, 3, [0] * 4)\n"
         "h.stop(3)\n"
