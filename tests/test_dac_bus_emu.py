@@ -102,11 +102,12 @@ def test_writes_decode_to_exactly_the_mcp4822_commands_with_the_documented_timin
     assert [f - r for r, f in zip(ends, falls[1:])] == [8] * 11
     rises = s.edges(SCK)[0::2]
     assert rises[:16] == [2 + 4 + 5 + 10 * k for k in range(16)]  # CS setup 4 cycles, MOSI 5 before SCK
-    # a write: out pindirs [3], 16 x 10, mov osr, out pindirs (CS rise at +165), jmp next, pull, out pc
-    assert [r - f for d in range(4) for f, r in low_intervals(s, d)] == [165] * 12
+    # a write: out pindirs [3], 16 x 10, mov pins !null (CS rise at +164), jmp next, pull, out pc: CS
+    # low for 160 cycles (164 for the first frame, whose CS fell at its select)
+    assert sorted(r - f for d in range(4) for f, r in low_intervals(s, d)) == [160] * 11 + [164]
     assert pushed == [2 + 12 * dac_bus.WRITE_TICKS]  # the mark: where a 13th write would select
-    # the MOSI pin is released with the CS; SCK idles low; GP23-26 (not PIO1's) untouched: the LED
-    assert s.pin_level(MOSI) == 0 and s.pin_level(SCK) == 0
+    # MOSI and the last CS stay driven high; SCK idles low; GP23-26 (not PIO1's) untouched: the LED
+    assert s.pin_level(MOSI) == 1 and s.pin_level(SCK) == 0
     assert s.edges(board.LED_PIN) == [] and s.pin_level(board.LED_PIN) == 1
     assert all(s.pin_level(p) == 1 for p in CS)
 
@@ -154,7 +155,7 @@ def test_a_wait_op_holds_the_writes_until_the_pin_has_been_high_and_then_low():
     assert [c for *_x, c in f] == [dac_bus.command(False, 1234), dac_bus.command(True, 567)]
     # fall at 1034, seen by `wait 0` at 1035, jmp next 1036, pull 1037, out pc 1038, CS low 1039
     assert f[0][0] == 1_034 + 5
-    assert f[1][1] == 1_034 + 5 + dac_bus.WRITE_TICKS + 165  # second CS rise
+    assert f[1][1] == 1_034 + 5 + dac_bus.WRITE_TICKS + 164  # second CS rise (mov pins, !null)
     # the update rule's budget covers it: the writes end within UPDATE_TICKS minus the settling
     assert f[1][1] - 1_034 <= dac_bus.UPDATE_TICKS - board.DAC_SETTLE_NS * US // 1000
 
