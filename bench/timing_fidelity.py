@@ -51,6 +51,10 @@ EDGE_CASES: dict[str, tuple[str, dict, float]] = {
                     dict(phase1_us=200, phase2_us=200, frequency_hz=50, amplitude_ua=1000, train_delay_us=30_000,
                          train_duration_us=100_000), 0.2),
 }
+# the same exactness while the amplitude changes pulse by pulse: bench/ramp_fidelity.py's table
+RAMPS_POINTER = ("Soft start, soft stop and live amplitude changes at 20 Hz, 1 kHz and 10 kHz (every edge and every "
+                 "pulse's amplitude from captures that also hold the DAC bus): "
+                 "[§10](#10-timing-and-amplitude-with-ramps-soft-stop-and-live-changes).")
 TINY_CASES = ("shortest_phases", "off_tick", "long_interval_5s")
 
 # measured value name -> (requested ns from canonical params, realised ticks from the response)
@@ -189,6 +193,8 @@ def run(scale: str = "full") -> Section:
         "Pulse Pal on any timing row; Pulse Pal's advantages are elsewhere (±10 V outputs, custom pulse "
         "lists, 3600 s maximum per parameter where picostim allows 24 h for periods and trains but 10 ms "
         "per phase).",
+        "",
+        RAMPS_POINTER,
     ]
     return Section("fidelity", "1. Timing fidelity (requested → realised → measured)", "\n".join(body),
                    headline={"all_ok": all_ok, "worst_request_error_ticks": float(worst_req),

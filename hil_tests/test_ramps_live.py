@@ -74,6 +74,13 @@ def phase2_code(c1: int, phase1_us, phase2_us) -> int:
     return max(1, rnd(Fraction(c1) * Fraction(str(phase1_us)) / Fraction(str(phase2_us))))
 
 
+def needs_bus(bench, rep) -> None:
+    """A board capture checks amplitudes only with the DAC bus wired to the analyzer (SCK, MOSI, CS0;
+    docs/HARDWARE.md); the virtual Pico's capture always has it."""
+    if not bench.virtual and not rep.dac.get("checked"):
+        pytest.skip("the analyzer capture has no DAC bus lines (SCK/MOSI/CS0): amplitudes not measurable")
+
+
 def assert_invariants(rep) -> None:
     """(e) the analyzer's safety and DAC checks on this capture: no POS/NEG overlap, the dead time
     between drive states, no pulse cut short, every pulse charge-balanced after DAC rounding, no DAC
@@ -182,6 +189,7 @@ def test_soft_start_amplitudes_and_timing(bench, case):
     params = make_params(**file)
     result = bench.run(params, duration_s=file["train_duration_ms"] / 1000 + 0.6 / file["frequency_hz"] + 0.002)
     rep = result.report
+    needs_bus(bench, rep)
     assert_invariants(rep)
     assert not result.faults
     n = rep.n_pulses
@@ -193,8 +201,9 @@ def test_soft_start_amplitudes_and_timing(bench, case):
     assert rep.dac["amplitude2_ua"] == [ua(phase2_code(c, file["phase1_us"], p2)) for c in c1]
     assert rep.amplitude_ua[0] < rep.amplitude_ua[k - 1] == ua(code1)  # a real ramp, full at pulse K-1
     assert result.to_json()["amplitude_ua"] == rep.amplitude_ua
-    hal = getattr(bench, "vp", None) and bench.vp.hal
-    assert_timing(rep, file, first_onset(hal, hal.start_called[0]) if hal else None)
+    if bench.virtual:  # one sample per tick: widths and onsets exact (a board: the analyzer's tolerance)
+        hal = bench.vp.hal
+        assert_timing(rep, file, first_onset(hal, hal.start_called[0]))
 
 
 def test_ramped_preset(bench):
@@ -208,6 +217,7 @@ def test_ramped_preset(bench):
     k = p["ramp_up_pulses"] or -(-p["ramp_up_ns"] // p["period_ns"])
     result = bench.run(p, duration_s=(k + 3) * p["period_ns"] / 1e9)
     rep = result.report
+    needs_bus(bench, rep)
     assert_invariants(rep)
     code1 = code_of(p["amplitude_ua"])
     assert rep.n_pulses >= k + 2
