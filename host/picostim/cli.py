@@ -307,6 +307,10 @@ def format_comparison(channel, ps, result, dead_ns=None):
     lines.append("%-22s %14s" % ("frequency [Hz]", paramfile._fmt_num(rq.get("frequency_hz", 0), 4)))
     extras = ["polarity %s" % rq["polarity"], "trigger %s" % rq["trigger"],
               "electrode %s mm²" % paramfile._fmt_num(rq["electrode_area_mm2"], 6)]
+    if params.get("shape"):  # triphasic: flank, main phase (phase 1), flank; the flanks share phase 2
+        extras.insert(1, "shape %s (two flanks of %s µs around phase 1)" % (
+            rq["shape"], paramfile._fmt_num(float(paramfile.ticks_to_ns(realised["phase2"], realised["tick_hz"]))
+                                            / 2000, 3)))
     if params["burst_pulses"]:
         extras.append("%d pulses per burst" % params["burst_pulses"])
     extras.append("tick %s ns" % paramfile._fmt_num(1e9 / realised["tick_hz"], 3))
