@@ -280,19 +280,23 @@ class Controller:
         self.where = M.CRASH_LOOP
 
     def _follow_dac(self):
-        """The DAC bus's mark: a SET_AMPLITUDE took effect (EVENT amplitude), a ramp-down is over
-        (stop its streams). A change whose stream ended first never applied: it is dropped."""
+        """The DAC bus's mark: a SET_AMPLITUDE took effect (EVENT amplitude) once a pulse has played
+        with it, a ramp-down is over (stop its streams). A change that no pulse played (the stream
+        ended first, e.g. a STOP right after it, or its writes followed the last pulse) is dropped: not
+        reported, the parameters keep the old amplitude."""
         busy = self._bus_busy()
         for ch in range(self.hal.channels):
             pending = self._amp_pending[ch]
             if pending is None:
                 continue
             if not busy:
-                self._amp_pending[ch] = None
                 params, train = pending
                 mark = self.hal.dac_mark_pulses(ch)
-                if not self.hal.running(ch) and mark >= self.hal.pulses(ch):
-                    continue  # played after the stream's last pulse (a HAL dropping a dead wait): never applied
+                if self.hal.pulses(ch) <= mark:  # no pulse with the new codes yet
+                    if not self.hal.running(ch):
+                        self._amp_pending[ch] = None  # and none will come
+                    continue
+                self._amp_pending[ch] = None
                 from_pulse = self._pulses_before[ch] + mark
                 self.params[ch] = params
                 self.trains[ch] = train
@@ -305,6 +309,9 @@ class Controller:
                 self.hal.stop(self._down_mask)  # after the DAC shutdown: the remaining pulses carry no current
             self._down_mask = 0
             self._dac_mask = 0
+            for ch in range(self.hal.channels):  # changes still waiting for their first pulse
+                if self._amp_pending[ch] is not None:
+                    self._dac_mask |= 1 << ch
             self._group_mask = 0
             return
         for ch in range(self.hal.channels):  # a stream that ended never reaches its queued ops
@@ -763,7 +770,8 @@ class Controller:
             violation = pulse_engine.update_idle_violation(self._replaced[ch], 1)
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
-        if self._dac_busy is None or self._writer is not None or self._bus_busy() or self._down_mask:
+        if (self._dac_busy is None or self._writer is not None or self._bus_busy() or self._down_mask
+                or self._amp_pending[ch] is not None):  # the last change not yet seen on a pulse
             _refuse(M.E_DAC_BUSY, "channel", ch, 0)
         self.hal.dac_play(pulse_engine.amplitude_ops(train, ch))
         self._amp_pending[ch] = (params, train)

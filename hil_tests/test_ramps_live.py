@@ -471,11 +471,6 @@ def test_stop_while_a_live_change_plays_stops_at_once(virtual_bench):
     assert len(done) == 1 and done[0]["value"] == n
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "controller bug: a change whose DAC mark comes after the stream's last pulse but while that pulse's "
-    "idle still plays (hal.running() True) is reported (EVENT amplitude from_pulse = 5 of a 5-pulse train) "
-    "and the channel's parameters take the new amplitude; _follow_dac only drops it when the stream has "
-    "already ended (b43bbef)"))
 def test_a_change_that_never_reaches_a_pulse_is_not_reported(virtual_bench):
     """The amplitude EVENT's from_pulse names a pulse that has the new amplitude (PROTOCOL.md); a change
     that no pulse played is not reported and leaves the parameters (controller._stop: 'a change already

@@ -133,6 +133,10 @@ def test_set_amplitude_plays_wait_then_writes_and_reports_the_realised_values():
     assert ctl.params[2]["amplitude_ua"] == 1000 and not [r for r in replies(out) if r.type == M.EVENT]
     hal.busy = False
     hal.mark_pulses[2] = 17
+    hal.played[2] = 17
+    ctl.poll()  # the writes are done, but no pulse has played them yet: not reported
+    assert not [r for r in replies(out) if r.type == M.EVENT] and ctl.params[2]["amplitude_ua"] == 1000
+    hal.played[2] = 18
     ctl.poll()
     (ev,) = [M.decode_event(f.body) for f in replies(out) if f.type == M.EVENT]
     assert ev == dict(ev, kind="amplitude", channel=2, from_pulse=17, amplitude_ua=2500, value=2500)
@@ -219,6 +223,7 @@ def test_set_params_while_a_change_plays_is_refused():
     ctl.receive(encode_frame(M.SET_PARAMS, 20, M.encode_params(0, params(period_ns=30 * MS))))
     assert nack(replies(out)[-1])[0] == M.E_DAC_BUSY
     hal.busy = False
+    hal.played[0] = 1  # a pulse with the new amplitude
     ctl.poll()
     ctl.receive(encode_frame(M.SET_PARAMS, 21, M.encode_params(0, params(period_ns=30 * MS, amplitude_ua=2000))))
     assert replies(out)[-1].type == M.SET_PARAMS | M.RESPONSE  # same codes as now: a timing change
@@ -230,6 +235,7 @@ def test_the_monitoring_current_follows_the_change():
     ctl._monitor_na[0] = pe.build_train(params()).realised["amplitude_na"]  # as if monitored
     ask(ctl, out, 0, 2000)
     hal.busy = False
+    hal.played[0] = 1
     ctl.poll()
     assert ctl._monitor_na[0] == pe.code_to_na(pe.dac_code(2000))
 
@@ -270,8 +276,9 @@ def test_a_change_that_reaches_the_last_pulse_after_a_stop_is_still_reported():
     ctl.receive(encode_frame(M.STOP, 40, b"\x01"))  # no ramp-down: stops at the next boundary
     assert hal.calls[-1] == ["stop", 1]
     hal.busy = False  # the change's writes went out after the pulse in progress (before the last one)
-    hal.mark_pulses[0] = 4
+    hal.mark_pulses[0] = hal.played[0] = 4
     ctl.poll()
+    hal.played[0] = 5  # the last pulse played them
     hal._running[0] = False
     ctl.poll()
     evs = [M.decode_event(f.body) for f in replies(out) if f.type == M.EVENT]
@@ -279,37 +286,47 @@ def test_a_change_that_reaches_the_last_pulse_after_a_stop_is_still_reported():
     assert ctl.params[0]["amplitude_ua"] == 2000
 
 
-class CountingHal(FakeHal):
-    def __init__(self):
-        super().__init__()
-        self.count = [0] * self.channels
-
-    def pulses(self, ch):
-        return self.count[ch]
-
-
 def test_a_change_whose_writes_come_after_the_last_pulse_is_not_reported():
     """A HAL may drop the wait of a change whose stream has ended and play its writes at once (the
     virtual Pico does): the mark then comes with every pulse already played, so no pulse has the new
     amplitude: no EVENT, parameters unchanged."""
     out = []
-    hal = CountingHal()
+    hal = FakeHal()
     ctl = Controller(hal, out.append)
     ctl.receive(encode_frame(M.SET_PARAMS, 1, M.encode_params(0, params())) + encode_frame(M.START, 2, b"\x01"))
     out.clear()
     ask(ctl, out, 0, 2000)
-    hal.count[0] = hal.mark_pulses[0] = 9
+    hal.played[0] = hal.mark_pulses[0] = 9
     hal._running[0] = False
     hal.busy = False
     ctl.poll()
     kinds = [M.decode_event(f.body)["kind"] for f in replies(out) if f.type == M.EVENT]
     assert kinds == ["train_done"] and ctl.params[0]["amplitude_ua"] == 1000
-    # while the stream runs the same mark is a real change from pulse 9
+    # while the stream runs the same mark is a real change from pulse 9, reported once pulse 9 played
     ctl.receive(encode_frame(M.START, 3, b"\x01"))
-    hal.count[0] = 0
+    hal.played[0] = 0
     ask(ctl, out, 0, 2000, seq=13)
-    hal.count[0] = hal.mark_pulses[0] = 9
+    hal.played[0] = hal.mark_pulses[0] = 9
     hal.busy = False
+    ctl.poll()
+    assert [M.decode_event(f.body)["kind"] for f in replies(out) if f.type == M.EVENT][-1] == "train_done"
+    hal.played[0] = 10
     ctl.poll()
     ev = [M.decode_event(f.body) for f in replies(out) if f.type == M.EVENT][-1]
     assert (ev["kind"], ev["from_pulse"]) == ("amplitude", 9)
+
+
+def test_a_change_written_in_the_last_pulses_idle_while_the_stream_still_runs_is_not_reported():
+    """The mark comes while the idle after the stream's last pulse still plays (running() True, the
+    case the virtual Pico showed after a STOP): nothing is reported until a pulse has the new codes,
+    and when the stream then ends without one the change is dropped."""
+    ctl, hal, out = running()
+    ask(ctl, out, 0, 2000)
+    hal.mark_pulses[0] = hal.played[0] = 5
+    hal.busy = False
+    ctl.poll()
+    assert not [f for f in replies(out) if f.type == M.EVENT]
+    hal._running[0] = False
+    ctl.poll()
+    assert [M.decode_event(f.body)["kind"] for f in replies(out) if f.type == M.EVENT] == ["train_done"]
+    assert ctl.params[0]["amplitude_ua"] == 1000 and ctl._amp_pending[0] is None

@@ -31,6 +31,7 @@ class FakeHal:
         self._running = [False] * self.channels
         self.busy = False  # DAC bus: ops queued and their mark not yet pushed (tests flip it)
         self.mark_pulses = [0] * self.channels
+        self.played = [0] * self.channels  # pulses(ch): pulses delivered (tests advance it)
         self.ops = []  # every op word queued on the DAC bus (first_ops, ramp_ops, dac_play), in order
 
     def board_id(self):
@@ -85,7 +86,7 @@ class FakeHal:
         return False
 
     def pulses(self, ch):
-        return 0
+        return self.played[ch]
 
     def measure_impedance(self, ch):
         return 1000
