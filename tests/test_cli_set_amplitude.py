@@ -103,6 +103,9 @@ def test_refusals_are_one_line_exit_2(vp, capsys, client, tmp_path):
     rc, out, err = run(vp, capsys, "set-amplitude", "2mA")
     assert rc == 2 and out == ""
     assert one_error(err) == "picostim: error: set_amplitude refused: channel 0: channel has no parameters"
+    # beyond the limit even with no parameters (the wire field is 32 bits: it was an internal error)
+    rc, out, err = run(vp, capsys, "set-amplitude", "1e400")
+    assert rc == 2 and one_error(err).startswith("picostim: error: amplitude_ua = 1e+403 µA: exceeds the firmware")
     assert run(vp, capsys, "upload", PTNS)[0] == 0
     rc, out, err = run(vp, capsys, "set-amplitude", "2mA")
     assert rc == 2 and "channel 0 is idle: a live amplitude change needs a running train" in one_error(err)

@@ -38,6 +38,7 @@ from picostim import client as _client_module
 from picostim import paramfile as _paramfile_module
 from picostim import transport as _transport_module
 from protocol import messages as _messages_module
+from protocol import params as _params_module
 
 # The modules below are untyped; they are used through these Any-typed names, so this module's own
 # signatures are what mypy --strict checks (tests/test_api.py).
@@ -45,6 +46,7 @@ _client: Any = _client_module
 _pf: Any = _paramfile_module
 _transport: Any = _transport_module
 _M: Any = _messages_module
+_P: Any = _params_module
 
 ParamFileError = _paramfile_module.ParamFileError  # a malformed parameter file or dict (a ValueError)
 
@@ -666,6 +668,10 @@ class Stimulator:
                 if e.code != _M.E_NOT_CONFIGURED:
                     raise
                 params = None  # nothing to check against: the device's own refusal names the channel
+            limit = self.client.limits["max_amplitude_ua"]
+            if ua > limit:  # also when the channel has no parameters: the wire field is 32 bits
+                v = _P.Violation("amplitude_ua", ua, limit, "<=")
+                raise _pf.ParamLimitError(_pf.describe_violation(v.field, v.value, v.limit, v.relation), v)
             if params is not None:
                 _pf.check_amplitude(params, ua, self.client.limits)
             r = self.client.set_amplitude(channel, ua)
