@@ -202,6 +202,36 @@ def _check_min(field, value, limit):
     return None if value >= limit else Violation(field, value, limit, ">=")
 
 
+def _bound_violations(p, limits, min_phase):
+    """Each single-field bound in order (a generator: no tuple of results is built, and
+    validate stops at the first violation)."""
+    yield _check_max("polarity", p["polarity"], len(POLARITY_NAMES) - 1)
+    yield _check_max("trigger", p["trigger"], len(TRIGGER_NAMES) - 1)
+    yield _check_max("shape", p["shape"], len(SHAPE_NAMES) - 1)
+    yield _check_min("amplitude_ua", p["amplitude_ua"], 1)
+    yield _check_max("amplitude_ua", p["amplitude_ua"], limits["max_amplitude_ua"])
+    yield _check_min("phase1_ns", p["phase1_ns"], min_phase)
+    yield _check_max("phase1_ns", p["phase1_ns"], limits["max_phase_ns"])
+    yield _check_min("phase2_ns", p["phase2_ns"], min_phase)
+    yield _check_max("phase2_ns", p["phase2_ns"], limits["max_phase_ns"])
+    # triphasic: phase 2 is split into two equal flanks, each at least the shortest phase
+    if p["shape"] == SHAPE_TRIPHASIC:
+        yield _check_min("phase2_ns", p["phase2_ns"], 2 * min_phase)
+    yield _check_max("interphase_ns", p["interphase_ns"], limits["max_interphase_ns"])
+    yield _check_max("recovery_ns", p["recovery_ns"], limits["max_recovery_ns"])
+    yield _check_min("electrode_area_um2", p["electrode_area_um2"], limits["min_electrode_area_um2"])
+    yield _check_max("burst_pulses", p["burst_pulses"], limits["max_burst_pulses"])
+    yield _check_max("ramp_up_ns", p["ramp_up_ns"], limits["max_ramp_ns"])
+    yield _check_max("ramp_down_ns", p["ramp_down_ns"], limits["max_ramp_ns"])
+    yield _check_max("ramp_up_pulses", p["ramp_up_pulses"], limits["max_ramp_pulses"])
+    yield _check_max("ramp_down_pulses", p["ramp_down_pulses"], limits["max_ramp_pulses"])
+    # a ramp is given as a time or as a number of pulses, never both
+    if p["ramp_up_ns"]:
+        yield _check_max("ramp_up_pulses", p["ramp_up_pulses"], 0)
+    if p["ramp_down_ns"]:
+        yield _check_max("ramp_down_pulses", p["ramp_down_pulses"], 0)
+
+
 def validate(params, limits):
     """First violated rule of a canonical parameter dict against ``limits``, or None if it is safe."""
     for name in params:
@@ -218,31 +248,7 @@ def validate(params, limits):
             return Violation(name, value, top, "<=")
     p = params
     min_phase = limits["min_phase_ns"]
-    checks = (
-        _check_max("polarity", p["polarity"], len(POLARITY_NAMES) - 1),
-        _check_max("trigger", p["trigger"], len(TRIGGER_NAMES) - 1),
-        _check_max("shape", p["shape"], len(SHAPE_NAMES) - 1),
-        _check_min("amplitude_ua", p["amplitude_ua"], 1),
-        _check_max("amplitude_ua", p["amplitude_ua"], limits["max_amplitude_ua"]),
-        _check_min("phase1_ns", p["phase1_ns"], min_phase),
-        _check_max("phase1_ns", p["phase1_ns"], limits["max_phase_ns"]),
-        _check_min("phase2_ns", p["phase2_ns"], min_phase),
-        _check_max("phase2_ns", p["phase2_ns"], limits["max_phase_ns"]),
-        # triphasic: phase 2 is split into two equal flanks, each at least the shortest phase
-        _check_min("phase2_ns", p["phase2_ns"], 2 * min_phase) if p["shape"] == SHAPE_TRIPHASIC else None,
-        _check_max("interphase_ns", p["interphase_ns"], limits["max_interphase_ns"]),
-        _check_max("recovery_ns", p["recovery_ns"], limits["max_recovery_ns"]),
-        _check_min("electrode_area_um2", p["electrode_area_um2"], limits["min_electrode_area_um2"]),
-        _check_max("burst_pulses", p["burst_pulses"], limits["max_burst_pulses"]),
-        _check_max("ramp_up_ns", p["ramp_up_ns"], limits["max_ramp_ns"]),
-        _check_max("ramp_down_ns", p["ramp_down_ns"], limits["max_ramp_ns"]),
-        _check_max("ramp_up_pulses", p["ramp_up_pulses"], limits["max_ramp_pulses"]),
-        _check_max("ramp_down_pulses", p["ramp_down_pulses"], limits["max_ramp_pulses"]),
-        # a ramp is given as a time or as a number of pulses, never both
-        _check_max("ramp_up_pulses", p["ramp_up_pulses"], 0) if p["ramp_up_ns"] else None,
-        _check_max("ramp_down_pulses", p["ramp_down_pulses"], 0) if p["ramp_down_ns"] else None,
-    )
-    for v in checks:
+    for v in _bound_violations(p, limits, min_phase):
         if v is not None:
             return v
     # A non-zero gap shorter than one PIO segment cannot be produced exactly. The interphase is
