@@ -10,7 +10,10 @@ Numbers are ``gc.mem_alloc()`` after ``gc.collect()`` on the x86-64 unix port, w
 same objects, except that integers above 2**30 (ns durations, register addresses) become heap
 objects there; the board's own numbers are board-only. Budget: the firmware's objects and buffers
 (everything after the imports) <= 64 KB; the whole scenario, interpreter and imports included, must
-run in a heap of <= 256 KB on this 64-bit port (the board has ~190 KB of heap at 32 bits).
+run in a heap of <= 320 KB on this 64-bit port. The board has ~190 KB of heap at 32 bits; measured
+there (official v1.22 image in rp2040js, BENCHMARKS.md section 8) ~100 KB stay free with the same
+four trains running. The budget was 256 KB until issue 13 added the DAC bus, ramps, live amplitude and
+the triphasic shape (+17 KB of .mpy, 300 KB here, 24 KB less free on the emulated board).
 """
 
 import json
@@ -32,7 +35,7 @@ pytestmark = [pytest.mark.mpy,
               pytest.mark.skipif(micropython_binary() is None, reason="micropython unix port not installed")]
 PROBE = ROOT / "tests" / "mpy" / "memory_probe.py"
 OBJECTS_BUDGET = 64 * 1024
-HEAP_BUDGET = 256 * 1024
+HEAP_BUDGET = 320 * 1024
 PRESETS = ("scs_burst", "ptns", "transcranial_high", "pudendal_high")
 
 
