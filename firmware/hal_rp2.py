@@ -793,8 +793,8 @@ class Rp2Hal:
         st.dac_codes = (train.dac_a, train.dac_b)
         ops = []
         if old != st.dac_codes:
-            p2 = board.CH_POS[ch] if train.first == pulse_engine.NEG else board.CH_NEG[ch]
-            ops = [dac_bus.wait_op(p2)] + dac_bus.update_ops(ch, train.dac_a, train.dac_b)
+            # (a running channel keeps its polarity and shape: the controller refuses changing them)
+            ops = pulse_engine.boundary_wait_ops(train, ch) + dac_bus.update_ops(ch, train.dac_a, train.dac_b)
         st.pending_dac = (switch, ops)  # the switch point the hardware reported (ops may be empty)
 
     def stop(self, mask):

@@ -458,3 +458,25 @@ def test_the_dac_lines_survive_vcd_and_sr_and_decode_to_the_emulated_commands(tm
     want = commands(hal.system)
     got = sorted((t + t0, ch, w) for ch in range(4) for t, w in bus.commands(ch))
     assert got == want and len(want) == 6
+
+
+@pytest.mark.parametrize("phase", range(0, 1_000, 131))
+def test_replace_of_a_triphasic_train_never_writes_between_its_flanks(phase):
+    """A triphasic pulse's flank pin is high twice: a replace() with new codes must not land between
+    the two flanks wherever in the period it comes (both HALs now queue boundary_wait_ops)."""
+    hal = SimHal(channels=1)
+    old = _train(1000, 1_000_000, phase1_ns=200_000, phase2_ns=200_000, interphase_ns=50_000, shape=1)
+    new = _train(2500, 1_000_000, phase1_ns=200_000, phase2_ns=200_000, interphase_ns=50_000, shape=1)
+    hal.start([old], 1, [0])
+    hal.advance_cycles(3_000 * US + phase * US)
+    hal.replace(0, new)
+    hal.advance_cycles(4_000 * US)
+    assert not hal.dac_busy()
+    flank = board.CH_POS[0]  # cathodic main phase on NEG, flanks on POS
+    e = hal.system.edges(flank)
+    pulses = list(zip(e[0::4], e[3::4]))  # first flank's rise .. second flank's fall
+    assert len(pulses) >= 6
+    cmds = commands(hal.system)
+    assert [c & 0xFFF for _r, _d, c in cmds[-2:]] == [new.dac_a, new.dac_b]
+    for r, _d, _c in cmds:
+        assert not any(s <= r <= f for s, f in pulses)

@@ -392,9 +392,9 @@ class SimHal:
                 return  # restarted, halted or replaced again meanwhile
             self._replace_pending[ch] = False
             self._codes[ch] = codes
-            if wait_pin_high_or_coming[0]:
-                self.dac_play([dac_bus.wait_op(wait_pin)] + ops)
-            else:
+            if wait_pin_high_or_coming[0] or old.shape == pulse_engine.TRIPHASIC:
+                self.dac_play(pulse_engine.boundary_wait_ops(old, ch) + ops)  # a triphasic flank pin
+            else:  # is high twice per pulse: wait on the main phase first
                 self.dac_play(ops)
 
         wait_pin_high_or_coming = [True]
