@@ -430,12 +430,13 @@ def test_channel_without_a_dac_line_name_is_skipped_not_crashed():
     assert r.ok and r.amplitude_ua is None and "CS4" in r.dac["note"]
 
 
-def test_settling_before_the_phase_that_uses_an_output_is_reported_not_failed():
+def test_a_change_too_close_before_the_phase_that_uses_it_fails_as_not_settled():
     # pulse 1's writes start 400 samples before it: B (phase 1, NEG; a frame is 164 samples from CS fall
     # to rise) changes 236 samples = 1.888 µs before phase 1, less than the MCP4822's 4.5 µs; A changes
-    # 62 samples before phase 1 but is only used by phase 2, 200 µs later
+    # 62 samples before phase 1 but is only used by phase 2, 200 µs later (settled by then)
     r = analyze(_train([(40, 20), (80, 40), (80, 40)], write_at={1: -400}))
-    assert r.ok, r.failures
+    assert not r.ok and [f for f in r.failures if f.startswith("DAC NOT SETTLED: 1 DAC output change")]
+    assert len(r.failures) == 1, r.failures
     st = r.dac["settle"]
     assert st["short"] == 1 and st["required_us"] == 4.5
     assert st["min_us"] == pytest.approx(236 / 125)

@@ -855,8 +855,10 @@ def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel,
                         f"{t_ch[i] * us_per_sample:.3f} µs while "
                         f"{'POS was high' if on_pos[i] else 'NEG was high' if on_neg[i] else 'in an interphase gap'}")
 
-    # settling (reported, not a failure): from each change to the next rise of the drive pin that draws
-    # on that output (A: POS, B: NEG); the MCP4822 needs board.DAC_SETTLE_NS to reach the new current
+    # settling: from each change to the next rise of the drive pin that draws on that output (A: POS,
+    # B: NEG); the MCP4822 needs board.DAC_SETTLE_NS to reach the new current. A failure: the firmware
+    # leaves that time (the start waits for it, updates follow the UPDATE_TICKS idle rule), so a
+    # shorter one means a pulse ran at a current that had not settled
     settle = np.full(len(t_ch), np.iinfo(np.int64).max, np.int64)
     for k, line in ((0, pos), (1, neg)):
         rises = line.rising()
@@ -873,6 +875,10 @@ def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel,
                       "min_us": float(settle[used].min()) * us_per_sample if used.any() else None,
                       "short": int(short.sum()),
                       "short_times_us": [float(x) * us_per_sample for x in t_ch[short][:_MAX_LISTED]]}
+    if short.any():
+        failures.append(f"DAC NOT SETTLED: {int(short.sum())} DAC output changes less than "
+                        f"{DAC_SETTLE_NS / 1000:g} µs before the phase that uses them, shortest "
+                        f"{info['settle']['min_us']:.3f} µs, first at {info['settle']['short_times_us'][0]:.3f} µs")
 
     # per pulse: phase 1 from the output of its direction, phase 2 from the other
     out1, out2 = (out_b, out_a) if pol == "cathodic-first" else (out_a, out_b)
