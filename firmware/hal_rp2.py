@@ -646,7 +646,8 @@ class Rp2Hal:
         each started channel's full codes (dac_bus.update_ops), played ahead of anything queued
         (groups still queued for the started channels are dropped) and confirmed by their mark
         before the SMs are enabled (RuntimeError, nothing started, if the bus does not confirm them
-        within _DAC_MARK_TIMEOUT_US). Then ``ramp_ops`` (they begin with wait ops, so they follow the
+        within _DAC_MARK_TIMEOUT_US), and at least dac_bus.SETTLE_US earlier (the MCP4822 output
+        settles). Then ``ramp_ops`` (they begin with wait ops, so they follow the
         pulses) are queued with a mark after them."""
         chosen = [st for st in self._ch if mask >> st.ch & 1]
         for st in chosen:
@@ -694,6 +695,7 @@ class Rp2Hal:
                     st.active = False
                     st.waits = False
                 raise RuntimeError("DAC bus: the start's DAC writes were not confirmed")
+            t_dac = ticks_us()  # the first codes' CS edges: the outputs settle from here
             for st in chosen:
                 st.dac_codes = (trains[st.ch].dac_a, trains[st.ch].dac_b)
             if ramp_ops:
@@ -707,6 +709,8 @@ class Rp2Hal:
         for st in chosen:
             sm_mask |= st.sm_bit
         if chosen:
+            while ticks_diff(ticks_us(), t_dac) < dac_bus.SETTLE_US:  # the first pulse gets a settled
+                pass  # current (usually over already: priming the FIFOs takes longer)
             mem32[chosen[0].r_ctrl_set] = dma_chain.ctrl_start_value(sm_mask)
         t_start = ticks_us()  # the CTRL write above: the software start's pulse-schedule origin
         for st in chosen:

@@ -124,6 +124,7 @@ def test_start_writes_every_started_dac_before_the_state_machines_run(bus):
     assert max(x[0] for x in d) < t_en  # every CS rising edge (the outputs change) before the enable
     first_drive = min(c for c, p, lv in edges if lv and p in (board.CH_POS + board.CH_NEG))
     assert first_drive > t_en
+    assert t_en - max(x[0] for x in d) >= dac_bus.SETTLE_TICKS  # the outputs settled before the enable
     # the wire format: SCK 12.5 MHz (10 cycles per bit); CS falls with the first data bit, 5 cycles
     # before the first rise (9 for a frame whose CS latch was still 0 from the reset)
     for rise, fall, _ch, _cmd, sck in d:
