@@ -48,12 +48,19 @@ def shutdown_command(channel_b):
     return (_CMD_B if channel_b else 0) | _CMD_GAIN_1X
 
 
-def _reverse16(v):
+def _reverse8(v):
     r = 0
-    for _ in range(16):
+    for _ in range(8):
         r = (r << 1) | (v & 1)
         v >>= 1
     return r
+
+
+REV8 = bytes([_reverse8(i) for i in range(256)])  # bit-reversed bytes (also inlined by pulse_engine's ramp loops)
+
+
+def _reverse16(v):
+    return REV8[v & 0xFF] << 8 | REV8[v >> 8]
 
 
 def cs_bit(ch):
@@ -62,7 +69,7 @@ def cs_bit(ch):
 
 
 def write_op(ch, cmd):
-    """One op word: select channel ``ch``'s DAC, shift ``cmd`` out MSB first, release CS."""
+    """One op word: select channel ``ch``'s DAC, shift ``cmd`` out MSB first, drive CS high."""
     return pio.DAC_WRITE_ENTRY | ((_MOSI_DIR | cs_bit(ch)) << _OP_BITS) | (_reverse16(cmd) << _CMD_SHIFT)
 
 
@@ -94,15 +101,6 @@ def min_idle_ticks(channels_sharing_a_boundary=1):
 
 
 # ---- fast path for long op lists (ramps: up to thousands of writes built in one request) ---------
-def _reverse8(v):
-    r = 0
-    for _ in range(8):
-        r = (r << 1) | (v & 1)
-        v >>= 1
-    return r
-
-
-_REV8 = bytes([_reverse8(i) for i in range(256)])
 # write_op of each channel's DAC A / DAC B with code 0: a code's bits are disjoint from the command's,
 # so the bit-reversed command is the OR of the two reversals (code_write_op).
 _CODE_BASE = [(write_op(ch, command(False, 0)), write_op(ch, command(True, 0))) for ch in range(board.CHANNELS)]
@@ -111,10 +109,9 @@ _CODE_BASE = [(write_op(ch, command(False, 0)), write_op(ch, command(True, 0))) 
 def code_write_op(ch, channel_b, code):
     """write_op(ch, command(channel_b, code)) from tables: the same word without the bit loop."""
     code &= _CODE_MASK
-    return _CODE_BASE[ch][1 if channel_b else 0] | ((_REV8[code & 0xFF] << 8 | _REV8[code >> 8]) << _CMD_SHIFT)
+    return _CODE_BASE[ch][1 if channel_b else 0] | (_reverse16(code) << _CMD_SHIFT)
 
 
-REV8 = _REV8  # bit-reversed bytes (code_write_op, inlined by pulse_engine's ramp loops)
 CODE_SHIFT = _CMD_SHIFT
 
 

@@ -13,49 +13,15 @@ import pytest
 
 from firmware import board, dac_bus, dma_chain, pulse_engine
 from firmware import pio_programs as pio
-from firmware.controller import Controller
 from picostim.virtual.pio_emu import PioSystem
 from picostim.virtual.sim_hal import SimHal
 from protocol import messages as M
 from protocol import params as P
-from protocol.framing import FrameDecoder, encode_frame
+from sim_bench import Bench
 
 US = 125  # PIO cycles per µs
 MS = 1_000_000  # ns
 
-
-class Bench:
-    """Controller + SimHal, polled where the virtual Pico's main loop would poll."""
-
-    def __init__(self):
-        self.hal = SimHal(channels=2)
-        self.out = []
-        self.ctl = Controller(self.hal, self.out.append)
-        self.seq = 0
-
-    def request(self, msg_type, body=b""):
-        self.seq += 1
-        n = len(self.out)
-        self.ctl.receive(encode_frame(msg_type, self.seq, body))
-        frames = [f for chunk in self.out[n:] for f in FrameDecoder().feed(chunk)]
-        reply = [f for f in frames if f.type != M.EVENT]
-        assert reply and reply[-1].type == msg_type | M.RESPONSE, reply
-        return reply[-1]
-
-    def configure(self, ch=0, **kw):
-        self.request(M.SET_PARAMS, bytes([ch]) + P.pack(P.complete(kw)))
-
-    def run(self, seconds):
-        end = self.hal.system.now + round(seconds * self.hal.clock_hz)
-        while self.hal.system.now < end:
-            nxt = self.hal.next_poll_cycle()
-            self.hal.system.run_until(end if nxt is None else min(end, nxt))
-            self.ctl.poll()
-
-    def events(self, kind):
-        frames = [f for chunk in self.out for f in FrameDecoder().feed(chunk)]
-        name = M.EVENT_NAMES[kind]
-        return [M.decode_event(f.body) for f in frames if f.type == M.EVENT and M.decode_event(f.body)["kind"] == name]
 
 
 def pulses(hal, ch=0, first=None):

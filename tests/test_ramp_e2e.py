@@ -8,13 +8,10 @@ from __future__ import annotations
 import pytest
 
 from firmware import board
-from firmware.controller import Controller
 from protocol import messages as M
 from protocol import params as P
-from protocol.framing import FrameDecoder, encode_frame
+from sim_bench import Bench
 
-pytest.importorskip("picostim.virtual.sim_hal")
-from picostim.virtual.sim_hal import SimHal  # noqa: E402
 
 MS = 1_000_000
 
@@ -22,34 +19,6 @@ MS = 1_000_000
 def _round(num, den):
     return (2 * num + den) // (2 * den)
 
-
-class Bench:
-    def __init__(self):
-        self.hal = SimHal(channels=2)
-        if not hasattr(self.hal, "dac_play"):
-            pytest.skip("this SimHal has no DAC bus")
-        self.out = []
-        self.ctl = Controller(self.hal, self.out.append)
-        self.seq = 0
-
-    def request(self, msg_type, body=b""):
-        self.seq += 1
-        n = len(self.out)
-        self.ctl.receive(encode_frame(msg_type, self.seq, body))
-        frames = [f for chunk in self.out[n:] for f in FrameDecoder().feed(chunk)]
-        reply = [f for f in frames if f.type != M.EVENT]
-        assert reply and reply[-1].type == msg_type | M.RESPONSE, M.decode_nack(reply[-1].body)
-        return reply[-1]
-
-    def run(self, seconds):
-        end = self.hal.system.now + round(seconds * self.hal.clock_hz)
-        while self.hal.system.now < end:
-            nxt = self.hal.next_poll_cycle()
-            self.hal.system.run_until(end if nxt is None else min(end, nxt))
-            self.ctl.poll()
-
-    def events(self):
-        return [M.decode_event(f.body) for chunk in self.out for f in FrameDecoder().feed(chunk) if f.type == M.EVENT]
 
 
 @pytest.mark.parametrize("period_ns,phase_ns", [(5 * MS, 200_000), (100_000, 20_000)])  # 200 Hz, 10 kHz
