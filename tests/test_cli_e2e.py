@@ -16,7 +16,7 @@ from picostim.client import Client, DeviceError
 from protocol import messages as M
 from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
 
-device = pytest.importorskip("picostim.virtual.device")
+pytest.importorskip("picostim.virtual.device")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PTNS = str(ROOT / "presets" / "ptns.toml")
@@ -29,19 +29,7 @@ def explicit(body):
     return body + "".join(line + "\n" for stem, line in REQUIRED.items() if stem not in body)
 
 
-@pytest.fixture
-def vp():
-    with device.VirtualPico(channels=4) as board:  # virtual time moves only with board.advance()
-        yield board
-
-
-@pytest.fixture
-def client(vp):
-    # not exclusive: the CLI opens the same pty while this connection stays open
-    c = Client(transport.open_port(vp.path, exclusive=False), timeout=1.0, retries=2)
-    c.hello()
-    yield c
-    c.close()
+# fixtures vp, client: tests/conftest.py
 
 
 def run(vp, *argv):

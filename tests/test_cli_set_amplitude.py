@@ -11,25 +11,14 @@ from picostim import cli, transport
 from picostim.client import Client
 from protocol import messages as M
 
-device = pytest.importorskip("picostim.virtual.device")
+pytest.importorskip("picostim.virtual.device")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PTNS = str(ROOT / "presets" / "ptns.toml")
 FAST = "frequency_hz = 1000\nphase1_us = 100\namplitude_ma = 1\nelectrode_area_mm2 = 5\n"
 
 
-@pytest.fixture
-def vp():
-    with device.VirtualPico(channels=4) as board:  # stepped time: it moves only with board.advance()
-        yield board
-
-
-@pytest.fixture
-def client(vp):
-    c = Client(transport.open_port(vp.path, exclusive=False), timeout=1.0, retries=2)
-    c.hello()
-    yield c
-    c.close()
+# fixtures vp, client: tests/conftest.py
 
 
 def run(vp, capsys, *argv):
