@@ -194,3 +194,31 @@ def test_sr_100M_samples_bounded_memory(tmp_path):
     assert_same(t, back)
     assert analyze(back, expected=dict(phase1_us=200, interphase_us=8, phase2_us=200, period_us=1000,
                                        pulses=799)).ok
+
+
+def test_plot_current_in_microamps_from_the_captures_dac_bus(tmp_path):
+    """With the DAC bus in the capture the plot's current is what the decoded MCP4822 outputs carried
+    (a soft start: each pulse its own amplitude), not a unit level; without it, the unit view."""
+    from picostim import paramfile
+    import importlib
+
+    from picostim.client import Client
+    from picostim.runner import run_virtual
+    from picostim.transport import open_port
+    from picostim.virtual.device import VirtualPico
+    from protocol import params as P
+
+    plot_mod = importlib.import_module("picostim.capture.plot")  # the module (the package exports plot())
+    params = P.complete(paramfile.load("presets/sacral_pudendal_low.toml").params)
+    with VirtualPico(channels=1) as vp, Client(open_port(vp.path), timeout=2.0) as c:
+        res = run_virtual(vp, c, params, 0.35)
+    outs = plot_mod._dac_outputs(res.trace, 0)
+    assert outs is not None
+    p = res.report.pulses
+    got = [int(x) / 1000 for x in outs[1].at(p.start[p.complete])]  # cathodic-first: phase 1 on B
+    assert got == res.report.amplitude_ua[:len(got)] and got[0] < got[-1]  # the ramp, in µA
+    out = plot(res.trace, res.report, tmp_path / "r.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    names = [n for n in res.trace.channels if n not in ("SCK", "MOSI", "CS0", "CS1", "CS2", "CS3", "LDAC")]
+    bare = Trace(res.trace.samplerate_hz, res.trace.n_samples, {n: res.trace.channels[n] for n in names})
+    assert plot_mod._dac_outputs(bare, 0) is None

@@ -1,5 +1,7 @@
 """PNG of the first pulses of a capture: stacked digital lines plus the biphasic current they command,
-annotated with the measured widths (µs). Matplotlib with the Agg backend (no display needed)."""
+annotated with the measured widths (µs). The current is in µA from the capture's own DAC bus (the
+MCP4822 outputs decoded by capture/dac.py) when the capture has it, else in units of the amplitude.
+Matplotlib with the Agg backend (no display needed)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from . import dac as dacbus  # noqa: E402
 from .analyzer import Report, channel_names  # noqa: E402
 from .trace import Channel, Trace  # noqa: E402
 
@@ -86,12 +89,20 @@ def plot(trace: Trace, report: Report, out_png: str | Path, window: tuple[float,
     lp = pos.initial ^ (np.searchsorted(pos.toggles, edges, side="right") & 1)
     ln = neg.initial ^ (np.searchsorted(neg.toggles, edges, side="right") & 1)
     cur = lp.astype(float) - ln.astype(float)
-    ax_i.step(edges * k * scale, cur, where="post", color="black", lw=1.4)
-    ax_i.fill_between(edges * k * scale, cur, step="post", alpha=0.2, color="tab:orange")
+    outputs = _dac_outputs(trace, report.channel)
+    if outputs is not None:  # µA the DAC outputs carried at each step (A: POS direction, B: NEG)
+        cur = (lp * outputs[0].at(edges) - ln * outputs[1].at(edges)) / 1000.0
+    top = max(float(np.abs(cur).max()), 1e-9)
+    y = 1.0 / top  # the annotations below are placed in units of the largest current
+    ax_i.step(edges * k * scale, cur * y, where="post", color="black", lw=1.4)
+    ax_i.fill_between(edges * k * scale, cur * y, step="post", alpha=0.2, color="tab:orange")
     ax_i.axhline(0, color="gray", lw=0.6)
     ax_i.set_ylim(-1.6, 1.6)
     ax_i.set_yticks([-1, 0, 1])
-    ax_i.set_yticklabels(["−I (NEG)", "0", "+I (POS)"])
+    if outputs is None:
+        ax_i.set_yticklabels(["−I (NEG)", "0", "+I (POS)"])
+    else:
+        ax_i.set_yticklabels([f"−{top:g} µA (NEG)", "0", f"+{top:g} µA (POS)"])
     ax_i.set_xlabel(f"time ({unit}) from capture start")
     ax_i.grid(axis="x", alpha=0.3)
 
@@ -125,3 +136,13 @@ def plot(trace: Trace, report: Report, out_png: str | Path, window: tuple[float,
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+def _dac_outputs(trace: Trace, channel: int) -> tuple[dacbus.Output, dacbus.Output] | None:
+    """The channel's DAC outputs (A, B) decoded from the capture, None when it has no DAC bus for the
+    channel or an output is still unknown (no command seen) somewhere."""
+    bus = dacbus.decode_bus(trace)
+    outs = bus.outputs.get(channel)
+    if outs is None or any(len(o.times) == 0 for o in outs):
+        return None
+    return outs
