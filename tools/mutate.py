@@ -46,8 +46,11 @@ MODULES: dict[str, list[str]] = {
                                "tests/test_crash_path.py", "tests/test_mutation_kills_controller.py"],
     "firmware/dma_chain.py": ["tests/test_long_trains.py", "tests/test_pulse_engine.py"],
     "firmware/storage.py": ["tests/test_storage.py", "tests/test_mutation_kills_storage.py"],
-    "picostim/capture/analyzer.py": ["tests/test_analyzer.py", "tests/test_mutation_kills_analyzer.py"],
-    "picostim/paramfile.py": ["tests/test_paramfile.py"],
+    "picostim/capture/analyzer.py": ["tests/test_analyzer.py", "tests/test_dac_decode.py",
+                                     "tests/test_sigrok_spi_agrees.py", "hil_tests/test_triphasic.py",
+                                     "tests/test_mutation_kills_analyzer.py"],
+    "picostim/paramfile.py": ["tests/test_paramfile.py", "tests/test_paramfile_ramps.py",
+                              "tests/test_mutation_kills_paramfile.py"],
 }
 
 MARK_START = "<!-- mutate:start (tools/mutate.py rewrites this block) -->"
