@@ -486,3 +486,250 @@ def test_triphasic_balance_uses_both_flanks():
     r = analyze(tri_train(codes=[(400, 400), (400, 402)]), expected=TRI_EXP)
     assert r.dac["unbalanced_pulses"] == [1] and fails(r, "DAC BALANCE")
     # half an LSB over both flanks is the rounding: 401 x 10_000 vs 200.5 x 2 x 10_000 (flanks 10_000 each)
+
+
+# ---- safety checks at their edges (second triage batch)
+def test_dead_time_from_a_line_high_at_the_capture_start():
+    # POS high at sample 0 until 100, NEG rises 10 samples later: the first drive state counts too
+    t = Trace(SR, 50_000, {"POS": Channel(1, np.array([100], np.int64)),
+                           "NEG": Channel(0, np.array([110, 30_000], np.int64))})
+    r = analyze(t)
+    assert r.dead_time["transitions"] == 1 and r.dead_time["violations"] == 1
+    assert fails(r, "DEAD TIME: 1 transitions") and "first POS -> NEG" in fails(r, "DEAD TIME")[0]
+
+
+def test_an_edge_at_the_capture_end_is_outside_the_capture():
+    # NEG high up to the end; POS rises exactly at n_samples (not captured): no overlap, no transition
+    n = 10_000
+    t = Trace(SR, n, {"NEG": Channel(0, np.array([1_000], np.int64)), "POS": Channel(0, np.array([n], np.int64))})
+    r = analyze(t)
+    assert r.dead_time["transitions"] == 0 and len(r.overlaps[0]) == 0 and not fails(r, "OVERLAP")
+    assert r.incomplete["orphan_phase2"] == 0 and r.incomplete["cut_by_capture_end"] == 1
+    # POS falls 5 samples before the end, NEG rises at the end: no dead-time violation inside the capture
+    t2 = Trace(SR, n, {"POS": Channel(0, np.array([1_000, n - 5], np.int64)), "NEG": Channel(0, np.array([n], np.int64))})
+    assert analyze(t2).dead_time["violations"] == 0
+
+
+@pytest.mark.parametrize("spelling", ["0", 0, "cathodic", "Cathodic-First", "cathodic_first", "neg", "NEGATIVE"])
+def test_cathodic_polarity_spellings(spelling):
+    t = make_train(n_pulses=3)
+    assert analyze(t, polarity=spelling).ok
+    assert fails(analyze(make_train(n_pulses=3, polarity="anodic-first"), polarity=spelling),
+                 "polarity: expected cathodic-first")
+
+
+@pytest.mark.parametrize("spelling", ["1", 1, "anodic", "ANODIC-first", "anodic_first", "pos", "Positive"])
+def test_anodic_polarity_spellings(spelling):
+    assert analyze(make_train(n_pulses=3, polarity="anodic-first"), polarity=spelling).ok
+    assert fails(analyze(make_train(n_pulses=3), polarity=spelling), "polarity: expected anodic-first")
+
+
+def test_unknown_polarity_is_an_error():
+    with pytest.raises(ValueError, match="unknown polarity 'up'"):
+        analyze(make_train(n_pulses=1), polarity="up")
+
+
+def test_dac_change_while_pos_is_high_fails_with_the_first_change_located():
+    from test_dac_decode import P1, GAP, PERIOD, _train
+    # pulse 1's writes land inside its phase 2 (POS high; cathodic-first)
+    off = P1 + GAP + 1_000
+    r = analyze(_train([(40, 20), (80, 40), (80, 40)], write_at={1: off}))
+    assert r.dac["changes_in_pulse"] == 2
+    msg = fails(r, "DAC CHANGE IN PULSE: 2 ")
+    assert msg and msg[0].endswith("while POS was high"), r.failures
+    first = 10_000 + PERIOD + off + 2 + 16 * 10 + 2  # the B frame's CS rise (test_dac_decode.Lines.frame)
+    assert r.dac["changes_in_pulse_us"][0] == pytest.approx(first / 125)
+    assert "output B of CS0 at %.3f µs" % (first / 125) in msg[0]
+
+
+def _settle_capture(sr, lead, out="B"):
+    """One cathodic pulse: phase 1 (NEG, DAC B) at sample 2_000 for 400 samples, gap 20, phase 2 (POS,
+    DAC A) 400. Codes 41 / 21 written at the start, the other output's new code long before, and one
+    write of ``out``'s new code whose CS rises ``lead`` samples before the rise of the line that draws
+    on that output (B: NEG, A: POS)."""
+    ln = Lines(("SCK", "MOSI", "CS0", "POS", "NEG"))
+    u = ln.frame("CS0", 100, B_ON | 41, half=2)
+    ln.frame("CS0", u + 4, A_ON | 21, half=2)
+    s1, s2 = 2_000, 2_000 + 400 + 20
+    ln.pulse("NEG", s1, 400, 20, 400)
+    use, word, other = (s1, B_ON | 40, A_ON | 20) if out == "B" else (s2, A_ON | 20, B_ON | 40)
+    ln.frame("CS0", 600, other, half=2)
+    # a frame with half = 2: CS falls at t0 and rises at t0 + 2 + 16 * 4 + 2
+    assert ln.frame("CS0", use - lead - (2 + 16 * 4 + 2), word, half=2) == use - lead
+    tr = ln.trace(4_000)
+    return Trace(sr, tr.n_samples, tr.channels)
+
+
+@pytest.mark.parametrize("out", ["B", "A"])
+def test_dac_settling_threshold_in_samples(out):
+    # 10 MS/s: 4.5 µs = 45 samples, minus one sample of slack: 44 samples ahead passes, 43 fails; both
+    # outputs are checked against the rise of the line that draws on them (A: POS, B: NEG)
+    sr = 10_000_000
+    ok = analyze(_settle_capture(sr, 44, out))
+    assert ok.dac["settle"]["short"] == 0 and not fails(ok, "DAC NOT SETTLED"), ok.failures
+    bad = analyze(_settle_capture(sr, 43, out))
+    assert bad.dac["settle"]["short"] == 1 and fails(bad, "DAC NOT SETTLED: 1 DAC output changes")
+    assert bad.dac["settle"]["min_us"] == pytest.approx(4.3)
+
+
+def test_dac_settling_threshold_exact_mode():
+    # 125 MS/s, one sample per tick: 4.5 µs = 562.5 samples: 563 ahead passes, 562 fails
+    assert analyze(_settle_capture(SR, 563)).dac["settle"]["short"] == 0
+    assert analyze(_settle_capture(SR, 562)).dac["settle"]["short"] == 1
+
+
+def test_balance_at_the_one_lsb_floor_and_half_an_lsb_above_it():
+    from test_dac_decode import _train
+    # phase 2 = 2 x phase 1. Code 1 over phase 2 (the floor) may be off by one LSB: 4 x P1 vs 1 x 2 P1 is
+    # exactly one LSB over phase 2 (balanced), 5 is 1.5 LSB (unbalanced)
+    assert analyze(_train([(4, 1)])).dac["unbalanced"] == 0
+    assert analyze(_train([(5, 1)])).dac["unbalanced"] == 1
+    # above the floor half an LSB: 402 vs 200 (one LSB over phase 2) is unbalanced
+    assert analyze(_train([(402, 200)])).dac["unbalanced"] == 1
+    assert analyze(_train([(401, 200)])).dac["unbalanced"] == 0
+
+
+def test_balance_margin_is_not_a_whole_sample_code():
+    # exact mode, no slack: phase 1 2001 samples at code 1, phase 2 1000 at code 1 (the floor): the error
+    # 1001 code-samples is one code-sample more than one LSB over phase 2 (1000): unbalanced
+    ln = Lines(("SCK", "MOSI", "CS0", "POS", "NEG"))
+    u = ln.frame("CS0", 100, B_ON | 1)
+    ln.frame("CS0", u + 10, A_ON | 1)
+    ln.pulse("NEG", 5_000, 2_001, 200, 1_000)
+    r = analyze(ln.trace(20_000))
+    assert r.dac["unbalanced"] == 1
+    ln2 = Lines(("SCK", "MOSI", "CS0", "POS", "NEG"))
+    u = ln2.frame("CS0", 100, B_ON | 1)
+    ln2.frame("CS0", u + 10, A_ON | 1)
+    ln2.pulse("NEG", 5_000, 2_000, 200, 1_000)
+    assert analyze(ln2.trace(20_000)).dac["unbalanced"] == 0
+
+
+def _last_phase2_lost(t, n):
+    """make_train trace whose last pulse has no phase 2 (nor SYNC fall), ``n`` samples long."""
+    ch = dict(t.channels)
+    ch["POS"] = Channel(0, ch["POS"].toggles[:-2])
+    ch["SYNC"] = Channel(0, ch["SYNC"].toggles[:-1])
+    return Trace(t.samplerate_hz, n, ch)
+
+
+def _drop_pulse(t, k):
+    """Copy of a make_train trace without pulse k (its phase 1, phase 2 and SYNC edges)."""
+    chans = {}
+    for name, c in t.channels.items():
+        tg = c.toggles
+        if name in ("NEG", "POS", "SYNC"):
+            tg = np.delete(tg, [2 * k, 2 * k + 1])
+        chans[name] = Channel(c.initial, tg)
+    return Trace(t.samplerate_hz, t.n_samples, chans)
+
+
+@pytest.mark.parametrize("missing", [9, 14])
+def test_a_short_burst_before_the_last_fails_even_when_partial_bursts_are_allowed(missing):
+    t = _drop_pulse(make_train(n_pulses=20, period=250_000, burst=5, interburst=1_250_000), missing)
+    exp = dict(burst_pulses=5, period_us=2000)
+    r = analyze(t, expected=exp, allow_partial_last_burst=True)
+    assert len(r.bursts["sizes"]) == 4 and sorted(r.bursts["sizes"]) == [4, 5, 5, 5]
+    assert fails(r, "bursts: expected 5 pulses per burst") and "(1 bursts wrong)" in fails(r, "bursts:")[0]
+
+
+def test_partial_last_burst_rules_with_three_bursts():
+    exp = dict(burst_pulses=5, period_us=2000)
+    full = make_train(n_pulses=15, period=250_000, burst=5, interburst=1_250_000)
+    assert analyze(full, expected=exp, allow_partial_last_burst=True).ok  # a full last burst is fine
+    # the last burst longer than 5 (bursts 5, 5, 10): wrong even with partial bursts allowed
+    t = make_train(n_pulses=20, period=250_000, burst=5, interburst=1_250_000)
+    chans = {k: Channel(c.initial, c.toggles.copy()) for k, c in t.channels.items()}
+    shift = int(chans["NEG"].toggles[2 * 15] - (chans["NEG"].toggles[2 * 14] + 250_000))
+    for name in ("NEG", "POS", "SYNC"):
+        chans[name].toggles[2 * 15:] -= shift
+    r = analyze(Trace(t.samplerate_hz, t.n_samples, chans), expected=exp, allow_partial_last_burst=True)
+    assert r.bursts["sizes"] == [5, 5, 10] and fails(r, "bursts:"), r.failures
+
+
+def test_train_delay_is_subtracted_from_the_cycle_latency():
+    t = make_train(first=10_000, trig_at=9_500)  # 500 cycles from TRIG1 to the first pulse
+    assert analyze(t, expected=dict(trigger_latency_max_cycles=125, train_delay_us=3)).ok  # 500 - 375
+    assert fails(analyze(t, expected=dict(trigger_latency_max_cycles=124, train_delay_us=3)),
+                 "trigger latency: 125.0 PIO cycles beyond the train delay, max 124")
+
+
+def test_no_pulse_after_the_trigger_with_both_latency_expectations():
+    t = make_train(first=10_000, trig_at=10_000 + 9 * 125_000 + 100)  # after the last pulse start
+    r = analyze(t, expected=dict(trigger_latency_us=4, trigger_latency_max_cycles=500))
+    assert fails(r, "trigger: no pulse after the trigger edge")
+    assert not fails(analyze(t), "trigger")
+
+
+def test_trigger_channel_named_or_auto_trig2():
+    t = make_train(first=10_000, trig_at=9_500)
+    ch = dict(t.channels)
+    ch["TRIG2"] = ch.pop("TRIG1")
+    t2 = Trace(t.samplerate_hz, t.n_samples, ch)
+    assert analyze(t2).trigger["channel"] == "TRIG2" and analyze(t2).trigger["latency_samples"] == 500
+    r = analyze(t2, trigger="TRIG2", expected=dict(trigger_latency_us=4))
+    assert r.ok and r.trigger["latency_samples"] == 500, r.failures
+    assert fails(analyze(t2, trigger="TRIGX"), "trigger channel 'TRIGX' not in trace")
+    assert analyze(t2, trigger=None).trigger["channel"] is None
+
+
+def test_forced_exact_mode_counts_one_cycle_per_sample():
+    sr = 25_000_000
+    t = make_train(first=2_000, trig_at=1_990, sr=sr, p1=5000, gap=200, p2=5000, period=25_000)
+    r = analyze(t, exact=True)
+    assert r.exact and r.trigger["latency_cycles"] == 10 and r.clock_ppm == 0.0
+
+
+def test_nothing_measured_fails_except_intervals_of_a_single_pulse():
+    one = make_train(n_pulses=1)
+    assert analyze(one, expected=dict(EXP, pulses=1, burst_gap_us=5, burst_period_us=7)).ok
+    # no complete pulse: a width expectation is a failure with its own message
+    cut = Trace(SR, 1_000 + 10_000, dict(one.channels))  # ends inside the only phase 1
+    r = analyze(cut, expected=dict(phase1_us=200))
+    assert "phase1: expected 200 µs but nothing measured" in r.failures
+    # two pulses in one burst: no burst gap to measure is a failure
+    two = make_train(n_pulses=2)
+    assert fails(analyze(two, expected=dict(period_us=1000, burst_pulses=2, burst_gap_us=5000)),
+                 "burst_gap: expected 5000 µs but nothing measured")
+
+
+def test_width_failure_message_in_microseconds():
+    t = make_train(n_pulses=3, sr=SR25, p1=5000, gap=200, p2=5000, period=25_000)
+    r = analyze(t, expected=dict(phase1_us=201))
+    assert fails(r, "phase1:") == ["phase1: 3/3 outside 201 µs ± 0.0601 µs (measured 200.0000..200.0000 µs; "
+                                   "first bad #0: 200.0000 µs = 5000 samples vs 5025.00)"]
+
+
+@pytest.mark.parametrize("tail,cut", [(1_001, True), (1_002, False)])
+def test_last_phase_1_without_phase_2_cut_or_truncated_at_the_interphase(tail, cut):
+    # the capture ends `tail` samples after the last phase 1 (interphase 1_000 samples): within
+    # interphase + 1.5 samples it is cut by the capture end, later it is a truncated pulse
+    t = make_train(n_pulses=3)
+    end = int(t.channels["NEG"].toggles[-1])
+    tt = _last_phase2_lost(t, end + tail)
+    for exp in (dict(interphase_us=8), {}):
+        r = analyze(tt, expected=exp)
+        assert (r.incomplete["cut_by_capture_end"], r.incomplete["truncated"]) == ((1, 0) if cut else (0, 1)), exp
+
+
+def test_last_phase_1_cut_threshold_at_an_asynchronous_rate():
+    # 25 MS/s: interphase 200 samples, + 1 sample tolerance + 1: 202 samples after phase 1 is cut, 203 not
+    t = make_train(n_pulses=3, sr=SR25, p1=5000, gap=200, p2=5000, period=25_000)
+    end = int(t.channels["NEG"].toggles[-1])
+    for tail, cut in ((202, 1), (203, 0)):
+        r = analyze(_last_phase2_lost(t, end + tail))
+        assert r.incomplete["cut_by_capture_end"] == cut and r.incomplete["truncated"] == 1 - cut
+
+
+def test_pulse_table_fields():
+    t = make_train(n_pulses=2, rec=500, rec_gap=100)
+    tt = _last_phase2_lost(t, int(t.channels["NEG"].toggles[-1]) + 10_000)  # pulse 1 loses its phase 2
+    p = analyze(tt).pulses
+    assert p.start.tolist() == [1_000, 126_000] and p.phase1_end.tolist() == [26_000, 151_000]
+    assert p.phase2_start.tolist() == [27_000, -1] and p.phase2_end.tolist() == [52_000, -1]
+    assert p.recovery_start.tolist() == [52_100, -1] and p.recovery_end.tolist() == [52_600, -1]
+    assert p.complete.tolist() == [True, False] and p.truncated.tolist() == [False, True]
+    assert p.cut_end.tolist() == [False, False] and p.cut_start.tolist() == [False, False]
+    assert p.end().tolist() == [52_600, -1] and p.flank1_start is None and p.flank1_end is None
+    tri = analyze(tri_train(codes=[(400, 400)] * 2), expected=TRI_EXP).pulses
+    assert tri.flank1_start.tolist() == [10_000, 60_000] and tri.flank1_end.tolist() == [15_000, 65_000]
