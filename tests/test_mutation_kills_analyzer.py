@@ -733,3 +733,117 @@ def test_pulse_table_fields():
     assert p.end().tolist() == [52_600, -1] and p.flank1_start is None and p.flank1_end is None
     tri = analyze(tri_train(codes=[(400, 400)] * 2), expected=TRI_EXP).pulses
     assert tri.flank1_start.tolist() == [10_000, 60_000] and tri.flank1_end.tolist() == [15_000, 65_000]
+
+
+# ---- third batch: expected-value plumbing, sentinels, recovery matching, burst split threshold
+def test_unknown_expected_key_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"unknown expected keys: \['phase_1_us'\]"):
+        analyze(make_train(n_pulses=1), expected=dict(phase_1_us=200))
+
+
+def test_period_wins_over_frequency_and_frequency_is_exact():
+    t = make_train(n_pulses=3)
+    assert analyze(t, expected=dict(period_us=1000, frequency_hz=500)).ok
+    slow = make_train(n_pulses=2, period=125_000_000, tail=1_000)  # 1 Hz: 1 s = 125e6 samples, exact
+    assert analyze(slow, expected=dict(frequency_hz=1)).ok
+    assert fails(analyze(slow, expected=dict(frequency_hz=1.000001)), "period")
+
+
+@pytest.mark.parametrize("sr,exact", [(125_000_125, False), (125_000_124, True), (124_999_875, False),
+                                      (125_000_001, True)])
+def test_exact_mode_within_one_ppm_of_the_pio_clock(sr, exact):
+    r = analyze(make_train(n_pulses=2, sr=sr))
+    assert r.exact is exact and r.clock_ppm == (0.0 if exact else 100.0)
+
+
+def test_triphasic_analysis_of_equal_line_counts_defaults_to_neg_as_main():
+    # a biphasic capture read as triphasic: as many NEG as POS intervals, no polarity: NEG is the main line
+    r = analyze(make_train(n_pulses=3), expected=dict(shape="triphasic"))
+    assert r.polarity is None and r.pulses.start.tolist() == [1_000, 126_000, 251_000]
+    assert r.pulses.flank1_start.tolist()[1:] == [27_000, 152_000]
+
+
+def test_triphasic_without_any_flank_is_all_truncated():
+    t = make_train(n_pulses=3)
+    ch = {"NEG": t.channels["NEG"], "POS": Channel(0, np.zeros(0, np.int64))}
+    r = analyze(Trace(SR, t.n_samples, ch), expected=dict(shape="triphasic", polarity="cathodic-first"))
+    assert r.n_pulses == 0 and r.incomplete["truncated"] == 2 and r.incomplete["cut_by_capture_start"] == 1
+    assert r.pulses.flank1_start.tolist() == [-1, -1, -1] and r.pulses.phase2_start.tolist() == [-1, -1, -1]
+
+
+def test_triphasic_flank_ending_where_the_main_phase_starts_is_its_first_flank():
+    r = analyze(tri_train(codes=[(400, 400)] * 3, gaps={1: (0, G)}), expected=TRI_EXP)
+    assert r.values["interphase1"].tolist() == [G, 0, G] and fails(r, "DEAD TIME")
+
+
+def test_triphasic_truncated_pulse_has_no_flank_times():
+    r = analyze(tri_train(codes=[(400, 400)] * 4, drop_first_flank=(2,), drop_second_flank=(1,)),
+                expected=dict(shape="triphasic"))
+    p = r.pulses
+    assert p.flank1_start.tolist()[2] == -1 and p.flank1_end.tolist()[2] == -1
+    assert p.phase2_start.tolist()[1] == -1 and p.phase2_end.tolist()[1] == -1
+
+
+def _recovery_on_first_only():
+    t = make_train(n_pulses=2, rec=500, rec_gap=100)
+    ch = dict(t.channels)
+    ch["RECOVERY"] = Channel(0, ch["RECOVERY"].toggles[:2])
+    return Trace(SR, t.n_samples, ch)
+
+
+def test_recovery_is_matched_to_its_own_pulse_only():
+    r = analyze(_recovery_on_first_only(), expected=dict(recovery_us=4, recovery_gap_us=0.8))
+    assert r.pulses.recovery_start.tolist() == [52_100, -1] and r.pulses.recovery_end.tolist() == [52_600, -1]
+    assert fails(r, "recovery: 1/2 pulses without RECOVERY") and not fails(r, "recovery_gap")
+    assert r.values["recovery_gap"].tolist() == [100] and r.values["recovery"].tolist() == [500]
+
+
+def test_recovery_without_a_phase_2_is_an_orphan():
+    t = make_train(n_pulses=2, rec=500, rec_gap=100)
+    ch = dict(t.channels)
+    ch["POS"] = Channel(0, ch["POS"].toggles[2:])  # pulse 0 loses its phase 2, keeps its RECOVERY
+    r = analyze(Trace(SR, t.n_samples, ch))
+    assert r.incomplete["orphan_recovery"] == 1 and r.incomplete["truncated"] == 1
+    assert r.pulses.recovery_start.tolist() == [-1, 177_100]
+
+
+def test_cut_threshold_follows_the_expected_interphase():
+    # complete pulses' interphase 1_000 samples; the file says 20 µs (2_500): 1_500 samples after the last
+    # phase 1 the capture end cuts it (it could still be in its interphase), measured alone it would not
+    t = make_train(n_pulses=3)
+    tt = _last_phase2_lost(t, int(t.channels["NEG"].toggles[-1]) + 1_500)
+    assert analyze(tt, expected=dict(interphase_us=20)).incomplete["cut_by_capture_end"] == 1
+    assert analyze(tt).incomplete["truncated"] == 1
+
+
+def test_a_missing_pulse_splits_the_train_at_one_and_a_half_periods():
+    t = _drop_pulse(make_train(n_pulses=6), 3)  # a two-period gap
+    r = analyze(t, expected=dict(period_us=1000))
+    assert r.bursts["count"] == 2 and r.bursts["sizes"] == [3, 2] and fails(r, "period")
+    assert r.bursts["split_threshold_us"] == pytest.approx(1500)
+
+
+@pytest.mark.parametrize("spacing,split", [(125_005, True), (125_004.25, True), (125_003, False),
+                                           (125_004, False)])
+def test_burst_split_from_the_expected_burst_gap(spacing, split):
+    # bursts of 3 pulses, 1 ms period; the next burst starts `spacing` samples after the last pulse of the
+    # previous one (phase 1 + interphase + phase 2 = 51_000 samples = 408 µs). The split threshold is
+    # midway between the period and that spacing when the spacing exceeds the period by more than
+    # 4 x 0.5 + 2 samples, else 1.5 periods
+    pulse = 51_000
+    t = make_train(n_pulses=6, burst=3, interburst=int(np.ceil(spacing)) - pulse, period=125_000)
+    exp = dict(phase1_us=200, interphase_us=8, phase2_us=200, period_us=1000, burst_pulses=3,
+               burst_gap_us=(spacing - pulse) / 125)
+    r = analyze(t, expected=exp)
+    assert r.bursts["count"] == (2 if split else 1), r.bursts
+
+
+def test_burst_split_counts_the_recovery_in_the_spacing():
+    # with a recovery (500 samples after a 100-sample gap) the pulse is 51_600 samples long; the expected
+    # spacing is burst_gap + phase 1 + interphase + phase 2 + recovery (the analyzer leaves the recovery
+    # gap out of it: 100 samples short, reported), here 125_005 samples: just enough to split
+    pulse = 51_000 + 600
+    t = make_train(n_pulses=6, burst=3, interburst=125_105 - pulse, period=125_000, rec=500, rec_gap=100)
+    exp = dict(phase1_us=200, interphase_us=8, phase2_us=200, recovery_us=4, period_us=1000, burst_pulses=3,
+               burst_gap_us=(125_105 - pulse) / 125)
+    assert analyze(t, expected=exp).bursts["count"] == 2
