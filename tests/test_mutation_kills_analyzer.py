@@ -847,3 +847,99 @@ def test_burst_split_counts_the_recovery_in_the_spacing():
     exp = dict(phase1_us=200, interphase_us=8, phase2_us=200, recovery_us=4, period_us=1000, burst_pulses=3,
                burst_gap_us=(125_105 - pulse) / 125)
     assert analyze(t, expected=exp).bursts["count"] == 2
+
+
+# ---- fourth batch: the report a user reads, and the DAC balance allowance at an asynchronous rate
+def test_summary_text_of_a_dac_capture():
+    from test_dac_decode import _train
+    # phase 1 25_000 samples = 200 µs, gap 1_250 = 10 µs, phase 2 50_000 = 400 µs, 250_000 = 2 ms apart;
+    # codes 40 / 80 x 2.5 µA
+    head = ("2 pulses at 125 MS/s (cathodic-first), overlaps 0, incomplete 0 truncated / 0 cut\n"
+            "  phase1      min 200.000  mean 200.000  max 200.000  std 0.0000 µs  (n=2)\n"
+            "  interphase  min 10.000  mean 10.000  max 10.000  std 0.0000 µs  (n=2)\n"
+            "  phase2      min 400.000  mean 400.000  max 400.000  std 0.0000 µs  (n=2)\n"
+            "  period      min 2000.000  mean 2000.000  max 2000.000  std 0.0000 µs  (n=1)\n"
+            "  dead time   min idle 10.000 µs between drive states (required 1 µs, 3 transitions)\n"
+            "  DAC         4 commands, phase-1 amplitude 100..200 µA, 0 changes inside a pulse, 0 unbalanced "
+            "pulses, 0 malformed frames\n")
+    r = analyze(_train([(40, 20), (80, 40)]))
+    assert r.summary() == "OK: " + head + "  DAC         no LDAC line: taken as held low"
+    bad = analyze(_train([(40, 20), (80, 40)], write_at={1: -400}))  # B changes 236 samples before phase 1
+    assert bad.summary() == (
+        "FAIL: " + head + "  DAC         note: 1 changes less than 4.5 µs (settling) before the phase that uses "
+        "them, shortest 1.888 µs\n  DAC         no LDAC line: taken as held low\n  - DAC NOT SETTLED: 1 DAC "
+        "output changes less than 4.5 µs before the phase that uses them, shortest 1.888 µs, first at "
+        "2078.112 µs")
+    j = r.to_json()
+    assert (j["failures"], j["samplerate_hz"], j["tolerance_samples"], j["clock_ppm"]) == ([], SR, 0.5, 0.0)
+    assert bad.to_json()["failures"] == bad.failures and len(bad.failures) == 1
+    assert r.stat_us("phase2") == {"min": 400.0, "mean": 400.0, "max": 400.0, "std": 0.0}
+    assert r.stats["recovery"].n == 0 and r.stats["recovery"].min is None
+
+
+def test_summary_of_unknown_amplitudes_and_no_polarity():
+    from test_dac_decode import _train
+    tr = _train([(40, 20), (80, 40)])
+    ch = dict(tr.channels)
+    for name in ("SCK", "MOSI"):  # the bus idle: no command in the capture
+        ch[name] = Channel(0, np.zeros(0, np.int64))
+    ch["CS0"] = Channel(1, np.zeros(0, np.int64))
+    r = analyze(Trace(SR, tr.n_samples, ch))
+    assert "phase-1 amplitude unknown" in r.summary() and r.amplitude_ua == [None, None]
+    assert r.dac["unknown_pulses"] == 2 and "2 pulses before the capture's first command" in r.dac["note"]
+    empty = analyze(Trace(SR, 1_000, {"POS": Channel(0), "NEG": Channel(0)}))
+    assert empty.summary().startswith("FAIL: 0 pulses at 125 MS/s (?), overlaps 0")
+    assert "dead time" not in empty.summary()
+
+
+SR25_ = 25_000_000
+
+
+def _async_pulse(t1, t2, c1, c2, flanks=None):
+    """One cathodic pulse at 25 MS/s drawn edge by edge with its DAC writes (bus at 25 MS/s too):
+    biphasic (phase 1 t1 samples, phase 2 t2) or triphasic (``flanks`` = (f1, f2), main phase t1)."""
+    ln = Lines(("SCK", "MOSI", "CS0", "POS", "NEG"))
+    u = ln.frame("CS0", 100, B_ON | c1, half=2)
+    ln.frame("CS0", u + 4, A_ON | c2, half=2)
+    s = 1_000
+    if flanks is None:
+        ln.pulse("NEG", s, t1, 50, t2)
+    else:
+        f1, f2 = flanks
+        ln.set("POS", s, 1)
+        ln.set("POS", s + f1, 0)
+        ln.set("NEG", s + f1 + 50, 1)
+        ln.set("NEG", s + f1 + 50 + t1, 0)
+        ln.set("POS", s + f1 + 100 + t1, 1)
+        ln.set("POS", s + f1 + 100 + t1 + f2, 0)
+    tr = ln.trace(s + 3 * (t1 + t2) + 1_000)
+    return Trace(SR25_, tr.n_samples, tr.channels)
+
+
+def _allowance(t1, t2, c1, c2, n_widths2=1):
+    """The documented balance allowance (analyzer._check_dac) at an asynchronous rate: half an LSB over
+    phase 2 (one at code 1) plus each width's measurement slack, 1 sample per measured width and 100 ppm
+    of it, times its code."""
+    s1 = 1 + 100e-6 * t1
+    s2 = n_widths2 + 100e-6 * t2
+    lsb = 1.0 if c2 == 1 else 0.5
+    return lsb * (t2 + s2) + c1 * s1 + c2 * s2
+
+
+@pytest.mark.parametrize("tri", [False, True])
+def test_balance_allowance_at_an_asynchronous_rate_to_the_code_sample(tri):
+    c1, c2 = 401, 201
+    near = {}
+    for t1 in range(4_950, 5_050):
+        for t2 in range(9_900, 10_100):
+            margin = abs(c1 * t1 - c2 * t2) - _allowance(t1, t2, c1, c2, 2 if tri else 1)
+            if -2 < margin <= 0 and "in" not in near:
+                near["in"] = (t1, t2)
+            if 0 < margin < 150 and "out" not in near:
+                near["out"] = (t1, t2)
+    assert set(near) == {"in", "out"}
+    for key, (t1, t2) in near.items():
+        fl = (t2 // 2, t2 - t2 // 2) if tri else None
+        r = analyze(_async_pulse(t1, t2, c1, c2, fl), expected=dict(shape="triphasic") if tri else None)
+        assert r.n_pulses == 1 and not r.exact
+        assert r.dac["unbalanced"] == (1 if key == "out" else 0), (key, t1, t2, r.failures)
