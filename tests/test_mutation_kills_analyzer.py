@@ -943,3 +943,44 @@ def test_balance_allowance_at_an_asynchronous_rate_to_the_code_sample(tri):
         r = analyze(_async_pulse(t1, t2, c1, c2, fl), expected=dict(shape="triphasic") if tri else None)
         assert r.n_pulses == 1 and not r.exact
         assert r.dac["unbalanced"] == (1 if key == "out" else 0), (key, t1, t2, r.failures)
+
+
+# ---- polarity detection corners (safety: which line is phase 1 decides every check after it)
+def _window(t, a, b):
+    """The capture of ``t`` from sample a to b (levels at a become initial levels)."""
+    ch = {}
+    for name, c in t.channels.items():
+        lv = int(c.initial ^ (np.searchsorted(c.toggles, a, side="right") & 1))
+        tg = c.toggles[(c.toggles > a) & (c.toggles < b)] - a
+        ch[name] = Channel(lv, tg)
+    return Trace(t.samplerate_hz, b - a, ch)
+
+
+@pytest.mark.parametrize("pol", ["cathodic-first", "anodic-first"])
+def test_polarity_when_the_interphase_is_longer_than_the_idle(pol):
+    # phase 1 2_000, interphase 5_000, phase 2 2_000, period 10_000: the gap after phase 2 (1_000) is the
+    # shorter one, so only the first edge tells the order
+    t = make_train(n_pulses=5, p1=2_000, gap=5_000, p2=2_000, period=10_000, polarity=pol)
+    assert analyze(t).polarity == pol
+
+
+@pytest.mark.parametrize("pol", ["cathodic-first", "anodic-first"])
+def test_polarity_of_a_capture_from_inside_phase_2_to_inside_phase_1(pol):
+    t = make_train(n_pulses=5, polarity=pol)  # phase 1 25_000 from 1_000 + k 125_000, gap 1_000, phase 2
+    r = analyze(_window(t, 1_000 + 27_000 + 100, 1_000 + 4 * 125_000 + 100))
+    assert r.polarity == pol and r.n_pulses == 3
+
+
+@pytest.mark.parametrize("pol", ["cathodic-first", "anodic-first"])
+def test_polarity_of_a_single_pulse_seen_from_inside_its_phase_1(pol):
+    t = make_train(n_pulses=1, polarity=pol)
+    r = analyze(_window(t, 1_100, t.n_samples))
+    assert r.polarity == pol and r.incomplete["cut_by_capture_start"] == 1
+
+
+@pytest.mark.parametrize("pol", ["cathodic-first", "anodic-first"])
+def test_polarity_of_a_symmetric_train_cut_inside_phase_1_at_both_ends(pol):
+    # interphase = idle after phase 2 (both 25_000): the follow gaps tie, the first line decides
+    t = make_train(n_pulses=5, p1=25_000, gap=25_000, p2=25_000, period=100_000, polarity=pol)
+    r = analyze(_window(t, 1_000 + 100, 1_000 + 4 * 100_000 + 100))
+    assert r.polarity == pol and r.n_pulses == 3
