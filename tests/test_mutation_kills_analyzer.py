@@ -984,3 +984,97 @@ def test_polarity_of_a_symmetric_train_cut_inside_phase_1_at_both_ends(pol):
     t = make_train(n_pulses=5, p1=25_000, gap=25_000, p2=25_000, period=100_000, polarity=pol)
     r = analyze(_window(t, 1_000 + 100, 1_000 + 4 * 100_000 + 100))
     assert r.polarity == pol and r.n_pulses == 3
+
+
+# ---- sixth batch: the DAC report fields and messages, unknown outputs, changes after the last pulse
+def test_dac_report_fields_and_messages():
+    from test_dac_decode import P1, PERIOD, _train
+
+    def extra(ln):  # a 15-bit frame after the pulses, and a frame still selected at the capture end
+        ln.frame("CS0", 10_000 + 3 * PERIOD - 20_000, A_ON | 5, nbits=15)
+        ln.set("CS0", 10_000 + 3 * PERIOD - 1_000, 0)
+    r = analyze(_train([(40, 20), (80, 40), (401, 199)], extra=extra))
+    d = r.dac
+    assert d["note"] == "no LDAC line: taken as held low" and d["cs"] == "CS0"
+    assert d["commands"] == 6 and d["frames_cut"] == 1 and d["changes"] == 6 and d["malformed"] == 1
+    end = 10_000 + 3 * PERIOD - 20_000 + 2 + 15 * 10 + 2
+    assert d["malformed_frames"] == [{"channel": 0, "cs": "CS0", "start": end - 154, "end": end, "bits": 15,
+                                      "time_us": pytest.approx(end / 125)}]
+    assert fails(r, "DAC SPI") == [f"DAC SPI: 1 malformed frames (not 16 bits), first on CS0 with 15 bits, CS rising "
+                                   f"at {end / 125:.3f} µs"]
+    s = 10_000 + 2 * PERIOD
+    assert fails(r, "DAC BALANCE") == [f"DAC BALANCE: 1 pulses not charge-balanced after DAC rounding, first #2 at "
+                                       f"{s / 125:.3f} µs: 1002.5 µA x 200 µs vs 497.5 µA x 400 µs (codes 401/199)"]
+    assert d["unbalanced_pulses"] == [2] and P1 == 25_000
+    with_ldac = analyze(_train([(40, 20)], ldac=True))
+    assert with_ldac.dac["note"] is None and with_ldac.ok
+    tr = _train([(40, 20)])
+    nodac = analyze(Trace(SR, tr.n_samples, {k: tr.channels[k] for k in ("POS", "NEG")}))
+    assert nodac.dac == {"checked": False, "note": "the capture has no DAC lines (SCK, MOSI, CS0): DAC checks skipped"}
+
+
+def test_unknown_outputs_note_and_second_amplitudes():
+    from test_dac_decode import _train
+    tr = _train([(40, 20), (80, 40)])
+    ch = dict(tr.channels)
+    for name in ("SCK", "MOSI"):
+        ch[name] = Channel(0, np.zeros(0, np.int64))
+    ch["CS0"] = Channel(1, np.zeros(0, np.int64))
+    r = analyze(Trace(SR, tr.n_samples, ch))
+    assert r.dac["amplitude2_ua"] == [None, None]
+    assert r.dac["note"] == ("no LDAC line: taken as held low; 2 pulses before the capture's first command of "
+                             "each output: amplitude unknown")
+
+
+def test_a_pulse_with_one_output_unknown_is_not_balance_checked():
+    from test_dac_decode import PERIOD, _train
+
+    ln = Lines(("SCK", "MOSI", "CS0", "POS", "NEG"))
+    ln.frame("CS0", 2_000, B_ON | 40)  # B only
+    ln.pulse("NEG", 10_000, 25_000, 1_250, 50_000)
+    ln.frame("CS0", 10_000 + PERIOD - 7_500, A_ON | 20)
+    ln.pulse("NEG", 10_000 + PERIOD, 25_000, 1_250, 50_000)
+    r = analyze(ln.trace(10_000 + 2 * PERIOD))
+    assert r.dac["unknown_pulses"] == 1 and r.dac["unbalanced"] == 0 and r.ok, r.failures
+    assert r.amplitude_ua == [100.0, 100.0] and r.dac["amplitude2_ua"] == [None, 50.0]
+
+
+def test_triphasic_pulse_with_the_main_output_unknown_is_not_balance_checked():
+    ln = Lines(("SCK", "MOSI", "CS0", "POS", "NEG"))
+    ln.frame("CS0", 2_000, A_ON | 400)  # the flank output only; B first written after pulse 0
+    tr0 = tri_train(n=2, codes=None)
+    for name in ("POS", "NEG"):
+        ln.changes[name] = [(int(t), lv) for t, lv in zip(tr0.channels[name].toggles, [1, 0] * 99)]
+    ln.frame("CS0", 10_000 + TP - 7_500, B_ON | 400)
+    r = analyze(ln.trace(tr0.n_samples), expected=dict(shape="triphasic"))
+    assert r.n_pulses == 2 and r.dac["unknown_pulses"] == 1 and r.dac["unbalanced"] == 0, r.failures
+
+
+def test_triphasic_flank_output_changed_during_the_first_flank():
+    def during(ln):  # pulse 1: A changes inside its first flank (POS high)
+        ln.frame("CS0", 10_000 + TP + 1_000, A_ON | 300)
+    r = analyze(tri_train(codes=[(400, 400)] * 3, extra=during), expected=TRI_EXP)
+    assert r.dac["flank_codes_differ"] == 1 and fails(r, "DAC CHANGE IN PULSE: 1 ")
+    assert fails(r, "DAC FLANKS") == [f"DAC FLANKS: 1 triphasic pulses whose two flanks have different currents, "
+                                      f"first #1 at {(10_000 + TP) / 125:.3f} µs (codes 400/300)"]
+
+
+def test_triphasic_flank_message_names_the_first_of_two():
+    def between(ln):  # flank output A changes between the flanks of pulses 1 and 2
+        for k in (1, 2):
+            ln.frame("CS0", 10_000 + k * TP + F + G + M + 2, A_ON | (300 + k))
+    r = analyze(tri_train(codes=[(400, 400), (400, 400), (400, 400), (400, 400)], extra=between), expected=TRI_EXP)
+    assert r.dac["flank_codes_differ"] == 2
+    assert fails(r, "DAC FLANKS")[0].startswith(f"DAC FLANKS: 2 triphasic pulses whose two flanks have different "
+                                                f"currents, first #1 at {(10_000 + TP) / 125:.3f} µs (codes 400/301)")
+
+
+def test_a_dac_change_after_the_last_pulse_is_not_a_settling_failure():
+    from test_dac_decode import A_OFF, B_OFF, PERIOD, _train
+
+    def shutdown(ln):  # the soft stop's shutdown after the last pulse: no later phase uses it
+        t = ln.frame("CS0", 10_000 + 2 * PERIOD - 100_000, A_OFF)
+        ln.frame("CS0", t + 10, B_OFF)
+    r = analyze(_train([(40, 20), (40, 20)], extra=shutdown))
+    assert r.ok, r.failures
+    assert r.dac["settle"]["short"] == 0 and r.dac["settle"]["min_us"] == pytest.approx(7_336 / 125)  # B: 7_500 - 164 samples ahead
