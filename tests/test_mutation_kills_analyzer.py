@@ -1078,3 +1078,141 @@ def test_a_dac_change_after_the_last_pulse_is_not_a_settling_failure():
     r = analyze(_train([(40, 20), (40, 20)], extra=shutdown))
     assert r.ok, r.failures
     assert r.dac["settle"]["short"] == 0 and r.dac["settle"]["min_us"] == pytest.approx(7_336 / 125)  # B: 7_500 - 164 samples ahead
+
+
+# ---- seventh batch: SYNC, split threshold without expectations, trigger messages, state names
+def _sync_moved(t, index, delta):
+    sy = t.channels["SYNC"].toggles.copy()
+    sy[index] += delta
+    return with_toggles(t, "SYNC", sy)
+
+
+def test_sync_one_sample_early_fails_and_the_message_names_the_phases():
+    r = analyze(_sync_moved(make_train(n_pulses=3), 2, -1))  # pulse 1's SYNC rises a sample early
+    assert r.sync_errors == 1
+    assert fails(r, "SYNC") == ["SYNC: 1 pulses without SYNC high exactly from phase-1 start to phase-2 end"]
+
+
+def test_sync_end_one_sample_late_is_within_the_asynchronous_tolerance():
+    t = make_train(n_pulses=3, sr=SR25, p1=5000, gap=200, p2=5000, period=25_000)
+    assert analyze(_sync_moved(t, 3, 1)).sync_errors == 0
+    assert analyze(_sync_moved(t, 3, 2)).sync_errors == 1
+
+
+def test_sync_missing_for_a_pulse_or_never_high():
+    t = make_train(n_pulses=3)
+    sy = t.channels["SYNC"].toggles[2:]  # pulse 0 without SYNC
+    r = analyze(with_toggles(t, "SYNC", sy))
+    assert r.sync_errors == 1 and r.stats["sync_start"].n == 2 and r.values["sync_end"].tolist() == [0, 0]
+    never = analyze(with_toggles(t, "SYNC", np.zeros(0, np.int64)))
+    assert never.sync_errors == 3 and fails(never, "SYNC: 3 pulses")
+    nosync = analyze(make_train(n_pulses=3, sync=False))
+    assert nosync.sync_errors == 0 and nosync.to_json()["sync_errors"] == 0 and nosync.ok
+
+
+def test_biphasic_report_has_no_flank_keys():
+    j = analyze(make_train(n_pulses=2)).to_json()
+    assert not [k for k in j if k.startswith(("flank", "interphase1"))]
+
+
+def test_dead_time_threshold_without_clock_error_is_inclusive():
+    # 100 MS/s, clock_ppm 0: 1 µs = 100 samples minus one sample of quantisation: 99 samples of idle pass,
+    # 98 fail
+    for gap, bad in ((99, 0), (98, 3)):
+        t = make_train(n_pulses=3, sr=100_000_000, p1=20_000, gap=gap, p2=20_000, period=100_000)
+        assert analyze(t, clock_ppm=0).dead_time["violations"] == bad, gap
+
+
+def test_dead_time_names_overlap_and_recovery_states():
+    t = make_train(n_pulses=2, rec=500, rec_gap=10)  # RECOVERY 10 samples after phase 2
+    assert fails(analyze(t), "DEAD TIME")[0].startswith(
+        "DEAD TIME: 2 transitions between different drive states with less than 1 µs idle, first POS -> RECOVERY")
+    pos = t.channels["POS"].toggles.copy()
+    pos[0] -= 2_000  # phase 2 of pulse 0 rises inside phase 1
+    assert "first NEG -> POS+NEG" in fails(analyze(with_toggles(t, "POS", pos)), "DEAD TIME")[0]
+
+
+def test_a_capture_starting_inside_phase_2_counts_one_cut_pulse():
+    t = make_train(n_pulses=4)
+    r = analyze(_window(t, 1_000 + 27_000 + 100, t.n_samples))
+    assert r.incomplete["cut_by_capture_start"] == 1 and r.n_pulses == 3
+
+
+def test_trigger_report_without_a_trigger_line():
+    r = analyze(make_train(n_pulses=2))
+    assert r.to_json()["trigger"] == {"channel": None, "latency_samples": None, "latency_cycles": None,
+                                      "latency_us": None}
+
+
+@pytest.mark.parametrize("key", ["trigger_latency_max_cycles", "train_delay_us", "trigger_latency_us"])
+def test_any_latency_expectation_needs_a_trigger_edge(key):
+    r = analyze(make_train(n_pulses=2), expected={key: 5})
+    assert "trigger: expected a trigger latency but the trace has no trigger edge" in r.failures
+
+
+def test_no_pulse_after_the_trigger_with_only_the_cycle_limit():
+    late = make_train(first=1_000, trig_at=400_000, n_pulses=3)
+    assert "trigger: no pulse after the trigger edge" in analyze(
+        late, expected=dict(trigger_latency_max_cycles=500)).failures
+
+
+def test_trigger_latency_message_in_microseconds():
+    t = make_train(first=10_000, trig_at=9_500)
+    assert fails(analyze(t, expected=dict(trigger_latency_us=6)), "trigger latency") == [
+        "trigger latency: 4.0000 µs, expected 6 µs"]
+
+
+def test_recovery_expected_none_and_no_pulse_messages():
+    t = make_train(n_pulses=2, rec=500, rec_gap=200)
+    assert "recovery: expected none, found 2" in analyze(t, expected=dict(recovery_us=0)).failures
+    empty = analyze(Trace(SR, 1_000, {"POS": Channel(0), "NEG": Channel(0)}))
+    assert empty.failures == ["no complete pulse found"]
+    assert empty.bursts["count"] == 0 and empty.bursts["sizes"] == [] and empty.bursts["split_threshold_us"] is None
+
+
+def _with_gap(n_pulses, period, gap_at, spacing, sr=SR, **kw):
+    """A make_train trace whose pulse ``gap_at`` starts ``spacing`` samples after the one before it."""
+    t = make_train(n_pulses=n_pulses, period=period, sr=sr, **kw)
+    chans = {k: Channel(c.initial, c.toggles.copy()) for k, c in t.channels.items()}
+    for name in ("NEG", "POS", "SYNC"):
+        chans[name].toggles[2 * gap_at:] += spacing - period
+    return Trace(sr, t.n_samples + spacing - period, chans)
+
+
+def test_split_without_expectations_at_one_and_a_half_shortest_spacings():
+    # exact mode: threshold 1.5 x 125_000 + 0.5 samples
+    assert analyze(_with_gap(5, 125_000, 3, 187_500)).bursts["count"] == 1
+    assert analyze(_with_gap(5, 125_000, 3, 187_501)).bursts["count"] == 2
+    assert analyze(_with_gap(5, 125_000, 3, 250_000)).bursts["count"] == 2
+    # 25 MS/s: 1.5 x 25_000 + 1 = 37_501 samples: a gap of exactly that is not a split
+    kw = dict(p1=5000, gap=200, p2=5000)
+    assert analyze(_with_gap(5, 25_000, 3, 37_501, sr=SR25, **kw)).bursts["count"] == 1
+    assert analyze(_with_gap(5, 25_000, 3, 37_502, sr=SR25, **kw)).bursts["count"] == 2
+
+
+def test_stray_phase_2_starting_with_the_next_phase_1_is_not_this_pulses_phase_2():
+    t = make_train(n_pulses=3)
+    pos = t.channels["POS"].toggles.copy()
+    nxt = int(t.channels["NEG"].toggles[2])  # pulse 1's phase 1 start
+    pos[0], pos[1] = nxt, nxt + 100  # pulse 0's phase 2 replaced by a POS interval starting with pulse 1
+    r = analyze(with_toggles(t, "POS", np.sort(pos)))
+    assert r.incomplete["truncated"] == 1 and r.pulses.truncated.tolist() == [True, False, False]
+    assert fails(r, "OVERLAP")
+
+
+def test_recovery_starting_with_the_next_phase_1_is_an_orphan():
+    t = make_train(n_pulses=2, rec=500, rec_gap=100)
+    rec = t.channels["RECOVERY"].toggles.copy()
+    nxt = int(t.channels["NEG"].toggles[2])
+    rec[0], rec[1] = nxt, nxt + 100  # pulse 0's recovery moved to the start of pulse 1's phase 1
+    r = analyze(with_toggles(t, "RECOVERY", rec))
+    assert r.pulses.recovery_start.tolist()[0] == -1 and r.incomplete["orphan_recovery"] == 1
+
+
+def test_a_line_rising_at_sample_0_is_high_from_the_capture_start():
+    t = make_train(n_pulses=3)
+    neg = t.channels["NEG"].toggles.copy() - 1_000  # the first phase 1 rises at sample 0
+    ch = {k: Channel(c.initial, c.toggles - 1_000) for k, c in t.channels.items()}
+    ch["NEG"] = Channel(0, neg)
+    r = analyze(Trace(SR, t.n_samples - 1_000, ch))
+    assert r.incomplete["cut_by_capture_start"] == 1 and r.n_pulses == 2
