@@ -1216,3 +1216,9 @@ def test_a_line_rising_at_sample_0_is_high_from_the_capture_start():
     ch["NEG"] = Channel(0, neg)
     r = analyze(Trace(SR, t.n_samples - 1_000, ch))
     assert r.incomplete["cut_by_capture_start"] == 1 and r.n_pulses == 2
+
+
+def test_channel_names_default_to_channel_0():
+    from picostim.capture.analyzer import channel_names
+    assert channel_names() == {"POS": "POS", "NEG": "NEG", "RECOVERY": "RECOVERY", "SYNC": "SYNC"}
+    assert channel_names(2)["SYNC"] == "SYNC_2"
