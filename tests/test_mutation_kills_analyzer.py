@@ -1222,3 +1222,9 @@ def test_channel_names_default_to_channel_0():
     from picostim.capture.analyzer import channel_names
     assert channel_names() == {"POS": "POS", "NEG": "NEG", "RECOVERY": "RECOVERY", "SYNC": "SYNC"}
     assert channel_names(2)["SYNC"] == "SYNC_2"
+
+
+def test_an_empty_capture_is_analysed_without_error():
+    r = analyze(Trace(SR, 0, {"POS": Channel(0), "NEG": Channel(0), "RECOVERY": Channel(0)}))
+    assert r.failures == ["no complete pulse found"] and r.dead_time["transitions"] == 0
+    assert r.dead_time["min_idle_us"] is None and r.n_pulses == 0
