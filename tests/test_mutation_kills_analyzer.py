@@ -1228,3 +1228,8 @@ def test_an_empty_capture_is_analysed_without_error():
     r = analyze(Trace(SR, 0, {"POS": Channel(0), "NEG": Channel(0), "RECOVERY": Channel(0)}))
     assert r.failures == ["no complete pulse found"] and r.dead_time["transitions"] == 0
     assert r.dead_time["min_idle_us"] is None and r.n_pulses == 0
+
+
+def test_no_sync_line_no_sync_measures():
+    r = analyze(make_train(n_pulses=3, sync=False))
+    assert r.stats["sync_start"].n == 0 and r.stats["sync_end"].n == 0 and len(r.values["sync_start"]) == 0
