@@ -1233,3 +1233,9 @@ def test_an_empty_capture_is_analysed_without_error():
 def test_no_sync_line_no_sync_measures():
     r = analyze(make_train(n_pulses=3, sync=False))
     assert r.stats["sync_start"].n == 0 and r.stats["sync_end"].n == 0 and len(r.values["sync_start"]) == 0
+
+
+def test_a_pulse_cut_by_the_capture_start_starts_at_sample_0():
+    t = make_train(n_pulses=3)
+    r = analyze(_window(t, 1_100, t.n_samples))
+    assert r.pulses.start.tolist()[0] == 0 and r.pulses.cut_start.tolist() == [True, False, False]
