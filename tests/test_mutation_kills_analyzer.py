@@ -1239,3 +1239,12 @@ def test_a_pulse_cut_by_the_capture_start_starts_at_sample_0():
     t = make_train(n_pulses=3)
     r = analyze(_window(t, 1_100, t.n_samples))
     assert r.pulses.start.tolist()[0] == 0 and r.pulses.cut_start.tolist() == [True, False, False]
+
+
+def test_report_us_and_json_text():
+    import json
+    r = analyze(make_train(n_pulses=2, sr=SR25, p1=5000, gap=200, p2=5000, period=25_000))
+    assert r.us(25) == 1.0 and r.us(5000) == 200.0
+    text = r.to_json_text()
+    assert json.loads(text) == json.loads(json.dumps(r.to_json())) and text.startswith('{\n  "ok": true,\n  "failures"')
+    assert r.to_json_text(indent=0).startswith('{\n"ok": true')
