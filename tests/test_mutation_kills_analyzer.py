@@ -420,16 +420,15 @@ def test_triphasic_main_phases_without_their_flanks_are_incomplete():
     assert r.incomplete["cut_by_capture_start"] == 0 and r.incomplete["cut_by_capture_end"] == 0
 
 
-def test_triphasic_missing_first_flank_fails_the_width_checks():
-    # (the analyzer takes the previous pulse's second flank as this pulse's first: not reported as
-    # incomplete, see the xfail below; the widths and SYNC still fail it)
+def test_triphasic_missing_first_flank_is_incomplete_with_expected_widths():
+    # (the analyzer used to take the previous pulse's second flank as its first; only the widths and
+    # SYNC caught it)
     r = analyze(tri_train(codes=[(400, 400)] * 4, drop_first_flank=(2,)), expected=TRI_EXP)
-    assert fails(r, "interphase1: 1/4") and fails(r, "SYNC: 1 pulses")
+    assert r.incomplete["truncated"] == 1 and fails(r, "INCOMPLETE: 1 pulses with phase 1 but no phase 2")
 
 
-@pytest.mark.xfail(strict=True, reason="analyzer bug (reported): a main phase whose first flank is missing "
-                   "borrows the previous pulse's second flank, so the pulse counts as complete")
 def test_triphasic_missing_first_flank_is_incomplete_without_expected_widths():
+    """A main phase whose first flank is missing must not borrow the previous pulse's second flank."""
     r = analyze(tri_train(codes=[(400, 400)] * 4, drop_first_flank=(2,)), expected=dict(shape="triphasic"))
     assert not r.ok and r.incomplete["truncated"] == 1
 
@@ -760,7 +759,10 @@ def test_triphasic_analysis_of_equal_line_counts_defaults_to_neg_as_main():
     # a biphasic capture read as triphasic: as many NEG as POS intervals, no polarity: NEG is the main line
     r = analyze(make_train(n_pulses=3), expected=dict(shape="triphasic"))
     assert r.polarity is None and r.pulses.start.tolist() == [1_000, 126_000, 251_000]
-    assert r.pulses.flank1_start.tolist()[1:] == [27_000, 152_000]
+    # no POS interval before a NEG one belongs to that pulse (each follows the previous NEG): no first
+    # flanks, so no complete triphasic pulse
+    assert r.pulses.flank1_start.tolist() == [-1, -1, -1] and r.n_pulses == 0
+    assert fails(r, "no complete pulse found")
 
 
 def test_triphasic_without_any_flank_is_all_truncated():

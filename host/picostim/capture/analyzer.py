@@ -483,8 +483,10 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     f1s = f1e = None
     if triphasic:
         # the first flank: the last phase-2-line interval that ends at or before the main phase's start,
-        # after the previous main phase's end
-        prev = np.concatenate(([-1], e[:-1])) if len(s) else s
+        # after the previous pulse's end (its second flank; its main phase when it has none): else a
+        # main phase without its first flank would take the previous pulse's second flank as its own
+        prev_end = np.where(has_b, p2e, e)
+        prev = np.concatenate(([-1], prev_end[:-1])) if len(s) else s
         jf = np.searchsorted(B.ends, s, side="right") - 1
         jfc = np.maximum(jf, 0)
         has_f1 = (jf >= 0) & (B.starts[jfc] >= prev) if nB else np.zeros(len(s), bool)
