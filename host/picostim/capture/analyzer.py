@@ -562,7 +562,8 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
         elif bp and expected.get("burst_gap_us") is not None and all(
                 expected.get(key) is not None for key in ("phase1_us", "interphase_us", "phase2_us")):
             gap_exp = float(expected["burst_gap_us"]) + sum(
-                float(expected.get(key) or 0) for key in ("phase1_us", "interphase_us", "phase2_us", "recovery_us"))
+                float(expected.get(key) or 0)
+                for key in ("phase1_us", "interphase_us", "phase2_us", "recovery_gap_us", "recovery_us"))
         if gap_exp is not None and gap_exp / us_per_sample > exp_period / us_per_sample + 4 * tol0 + 2:
             thr = (gap_exp + exp_period) / 2 / us_per_sample
     elif len(d):
