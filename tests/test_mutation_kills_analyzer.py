@@ -1250,3 +1250,16 @@ def test_report_us_and_json_text():
     text = r.to_json_text()
     assert json.loads(text) == json.loads(json.dumps(r.to_json())) and text.startswith('{\n  "ok": true,\n  "failures"')
     assert r.to_json_text(indent=0).startswith('{\n"ok": true')
+
+
+def test_burst_split_threshold_counts_the_recovery_gap_in_the_pulse():
+    # burst_gap_us runs from a pulse's END (after RECOVERY), so the expected spacing from a burst's last
+    # pulse start to the next burst's first is burst_gap + phase 1 + interphase + phase 2 + recovery gap
+    # + recovery; the split threshold sits midway between it and the period (it left the recovery gap out)
+    pulse = 51_000 + 125 + 500
+    t = make_train(n_pulses=6, burst=3, interburst=200_000, period=125_000, rec=500, rec_gap=125)
+    exp = dict(phase1_us=200, interphase_us=8, phase2_us=200, recovery_gap_us=1, recovery_us=4, period_us=1000,
+               burst_pulses=3, burst_gap_us=200_000 / 125)
+    r = analyze(t, expected=exp)
+    assert r.bursts["count"] == 2 and r.ok, r.failures
+    assert r.bursts["split_threshold_us"] == pytest.approx(((200_000 + pulse) / 125 + 1000) / 2)
