@@ -79,13 +79,8 @@ DAC_MAX_CODE = 4095
 # Current = code * DAC_FULL_SCALE_UA / 4096 (MCP4822: Vout = 2.048 V * code / 4096 at gain 1x, into a
 # 204.8 ohm sense resistor of the V-to-I stage). LSB = 2.5 uA; code 4000 = 10 mA (limits.py maximum).
 DAC_FULL_SCALE_UA = 10_240
-DAC_POS = 0  # DAC channel A
-DAC_NEG = 1  # DAC channel B
-# MCP4822 command word: bit15 A/B, bit13 /GA (1 = gain 1x), bit12 /SHDN (1 = output on), 11..0 code
-DAC_CMD_A = 0x3000
-DAC_CMD_B = 0xB000
-DAC_CMD_SHUTDOWN_A = 0x2000  # output off (high impedance) for the safe state
-DAC_CMD_SHUTDOWN_B = 0xA000
+# (DAC A drives the POS-direction current, DAC B the NEG direction; the MCP4822 command words are
+# built in firmware/dac_bus.py)
 DAC_SETTLE_NS = 4_500  # MCP4822 output settling (datasheet, typical): a new code is usable after it
 # DAC bus state machine (firmware/pio/dac.pio, docs/ARCHITECTURE.md "DAC bus"): PIO1 SM0 writes the
 # DACs at pulse boundaries. SCK is its side-set pin; its OUT pins run from MOSI over the chip selects

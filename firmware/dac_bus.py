@@ -14,10 +14,11 @@ from firmware import board
 from firmware import pio_programs as pio
 
 # MCP4822 command word: bit 15 A/B, bit 13 /GA (1 = gain 1x), bit 12 /SHDN (1 = output on), 11..0 code.
-_CMD_B = 0x8000
-_CMD_GAIN_1X = 0x2000
-_CMD_ACTIVE = 0x1000
-_CODE_MASK = 0x0FFF
+# (The host's decoders, capture/dac.py and the virtual Pico's electrode model, read it with these.)
+CMD_B = 0x8000
+CMD_GAIN_1X = 0x2000
+CMD_ACTIVE = 0x1000
+CODE_MASK = 0x0FFF
 
 _OP_BITS = 5  # OUT PC, 5
 _PATTERN_BITS = pio.DAC_OUT_COUNT  # OUT PINDIRS, 9: MOSI + the chip selects, from GP19
@@ -40,12 +41,12 @@ SETTLE_TICKS = SETTLE_US * _TICKS_PER_US
 
 def command(channel_b, code):
     """MCP4822 command: DAC A (POS direction) or B (NEG direction) at ``code``, gain 1x, output on."""
-    return (_CMD_B if channel_b else 0) | _CMD_GAIN_1X | _CMD_ACTIVE | (code & _CODE_MASK)
+    return (CMD_B if channel_b else 0) | CMD_GAIN_1X | CMD_ACTIVE | (code & CODE_MASK)
 
 
 def shutdown_command(channel_b):
     """MCP4822 command that turns one output off (high impedance): the safe state."""
-    return (_CMD_B if channel_b else 0) | _CMD_GAIN_1X
+    return (CMD_B if channel_b else 0) | CMD_GAIN_1X
 
 
 def _reverse8(v):
@@ -108,7 +109,7 @@ _CODE_BASE = [(write_op(ch, command(False, 0)), write_op(ch, command(True, 0))) 
 
 def code_write_op(ch, channel_b, code):
     """write_op(ch, command(channel_b, code)) from tables: the same word without the bit loop."""
-    code &= _CODE_MASK
+    code &= CODE_MASK
     return _CODE_BASE[ch][1 if channel_b else 0] | (_reverse16(code) << _CMD_SHIFT)
 
 

@@ -183,9 +183,7 @@ class Rp2Hal:
                                 firstbit=machine.SPI.MSB, sck=Pin(board.DAC_SCK_PIN),
                                 mosi=Pin(board.DAC_MOSI_PIN), miso=None)
         self._dacbuf = bytearray(2)
-        for ch in range(board.CHANNELS):
-            self._dac_write(ch, board.DAC_CMD_SHUTDOWN_A)
-            self._dac_write(ch, board.DAC_CMD_SHUTDOWN_B)
+        self._dac_cpu_shutdown_writes()
         self._ldac.value(0)
         # 3. Watchdog (WDT_TIMEOUT_MS, docs/HARDWARE.md), then the reset reason.
         self._wdt = machine.WDT(timeout=dma_chain.WDT_TIMEOUT_MS)
@@ -224,6 +222,12 @@ class Rp2Hal:
         self._wdt.feed()
 
     # ---- DAC: the CPU path (boot, crash path) ---------------------------------------------------
+    def _dac_cpu_shutdown_writes(self):
+        """Both outputs of every DAC off, by the CPU over SPI0 (boot and the crash path)."""
+        for ch in range(board.CHANNELS):
+            self._dac_write(ch, dac_bus.shutdown_command(False))
+            self._dac_write(ch, dac_bus.shutdown_command(True))
+
     def _dac_write(self, ch, cmd):
         """One MCP4822 command over SPI0 by the CPU (pins on SPI0/SIO: boot and _dac_cpu_shutdown)."""
         b = self._dacbuf
@@ -252,9 +256,7 @@ class Rp2Hal:
         self._ldac.value(0)  # (held low since boot; asserted again: the commands act at CS rise)
         Pin(board.DAC_SCK_PIN, Pin.ALT, alt=Pin.ALT_SPI)
         Pin(board.DAC_MOSI_PIN, Pin.ALT, alt=Pin.ALT_SPI)
-        for ch in range(board.CHANNELS):
-            self._dac_write(ch, board.DAC_CMD_SHUTDOWN_A)
-            self._dac_write(ch, board.DAC_CMD_SHUTDOWN_B)
+        self._dac_cpu_shutdown_writes()
         self._dac_on_pio = False
 
     # ---- DAC bus state machine (PIO1 SM0, docs/ARCHITECTURE.md "DAC bus") ----------------------

@@ -236,7 +236,7 @@ def test_safe_state_shuts_every_dac_down_by_the_cpu(bus):
     hal.dac_play([dac_bus.wait_op(phase2_pin(tr[0], 0))] + dac_bus.update_ops(0, 321, 321))
     n_spi = len(bus.spi_log)
     assert hal.safe_state() is True
-    shut = [bytes([c >> 8, c & 0xFF]) for c in (board.DAC_CMD_SHUTDOWN_A, board.DAC_CMD_SHUTDOWN_B)]
+    shut = [bytes([c >> 8, c & 0xFF]) for c in (dac_bus.shutdown_command(False), dac_bus.shutdown_command(True))]
     assert bus.spi_log[n_spi:] == shut * board.CHANNELS
     assert bus.read32(PIO1 + rb.PIO_CTRL) & 1 == 0
     assert bus.read32(dc.dma_reg(hal._dac_dma.channel, dc.DMA_AL1_CTRL)) & (dc.CTRL_EN | dc.CTRL_BUSY) == 0

@@ -84,8 +84,7 @@ def test_jmp_and_alignment():
 def test_dac_command_and_reset_reason():
     assert dac_bus.command(False, 400) == 0x3000 | 400
     assert dac_bus.command(True, 4095) == 0xBFFF
-    assert (dac_bus.shutdown_command(False), dac_bus.shutdown_command(True)) == (board.DAC_CMD_SHUTDOWN_A,
-                                                                                  board.DAC_CMD_SHUTDOWN_B)
+    assert (dac_bus.shutdown_command(False), dac_bus.shutdown_command(True)) == (0x2000, 0xA000)
     assert [dc.reset_reason_code(c, 1, 3, 4) for c in (1, 2, 3, 4)] == [0, 0, 1, 2]
 
 

@@ -19,7 +19,7 @@ import json
 
 import pytest
 
-from firmware import board, dma_chain, ticks
+from firmware import board, dac_bus, dma_chain, ticks
 from mpyrun import run_micropython
 from protocol import framing
 from protocol import messages as M
@@ -283,7 +283,7 @@ def test_crash_path_on_the_board_hal_under_micropython(micropython, monkeypatch,
         assert ("mem", dma_chain.pio_sm_instr_reg(board.CH_PIO[ch], board.CH_SM[ch]), 0xA003) in log
     assert any(e[0] == "mem" and e[1] == dma_chain.DMA_CHAN_ABORT for e in log)
     spi = [e[2] for e in log if e[0] == "spi_write"]
-    for cmd in (board.DAC_CMD_SHUTDOWN_A, board.DAC_CMD_SHUTDOWN_B):
+    for cmd in (dac_bus.shutdown_command(False), dac_bus.shutdown_command(True)):
         assert spi.count(bytes([cmd >> 8, cmd & 0xFF])) >= board.CHANNELS
     assert ("pin_value", board.DAC_LDAC_PIN, 0) in log
     for ch in range(board.CHANNELS):

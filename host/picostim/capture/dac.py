@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from firmware import pulse_engine
+from firmware.dac_bus import CMD_ACTIVE, CMD_B, CMD_GAIN_1X, CODE_MASK
 
 from .trace import Channel, Trace
 
@@ -37,11 +38,6 @@ CS_NAMES = ("CS0", "CS1", "CS2", "CS3")
 DAC_LINES = (SCK, MOSI) + CS_NAMES + (LDAC,)
 FRAME_BITS = 16
 UNKNOWN = -1  # an output's value before the first command of the capture (nA arrays)
-
-_CMD_B = 0x8000
-_CMD_GAIN_1X = 0x2000
-_CMD_ACTIVE = 0x1000
-_CODE_MASK = 0x0FFF
 
 
 def cs_name(channel: int) -> str:
@@ -160,10 +156,10 @@ class Output:
 def command_fields(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(output B?, effective code = code x gain (1x or 2x), active) of MCP4822 command words."""
     words = np.asarray(words, np.int64)
-    is_b = (words & _CMD_B) != 0
-    gain = np.where(words & _CMD_GAIN_1X, 1, 2)
-    active = (words & _CMD_ACTIVE) != 0
-    return is_b, (words & _CODE_MASK) * gain, active
+    is_b = (words & CMD_B) != 0
+    gain = np.where(words & CMD_GAIN_1X, 1, 2)
+    active = (words & CMD_ACTIVE) != 0
+    return is_b, (words & CODE_MASK) * gain, active
 
 
 def dac_outputs(frames: Frames, ldac: Channel | None) -> tuple[Output, Output]:

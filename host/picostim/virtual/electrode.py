@@ -250,6 +250,7 @@ class Mcp4822Bus:
     def update(self) -> None:
         """Decode every frame whose chip select has risen since the last call."""
         from firmware import pulse_engine  # the board's code -> nA rule
+        from firmware.dac_bus import CMD_ACTIVE, CMD_B, CMD_GAIN_1X, CODE_MASK
 
         sys_edges = self.system._edges
         sck = sys_edges[self.sck_pin]
@@ -280,9 +281,9 @@ class Mcp4822Bus:
                     for b in bits:
                         cmd = (cmd << 1) | b
                     self.commands.append((rise, dac, cmd))
-                    out = cmd >> 15 & 1
-                    if cmd & 0x1000:
-                        na = pulse_engine.code_to_na(cmd & 0x0FFF) * (1 if cmd & 0x2000 else 2)
+                    out = 1 if cmd & CMD_B else 0
+                    if cmd & CMD_ACTIVE:
+                        na = pulse_engine.code_to_na(cmd & CODE_MASK) * (1 if cmd & CMD_GAIN_1X else 2)
                     else:
                         na = 0
                     self._at[dac][out].append(rise)
