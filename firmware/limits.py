@@ -32,4 +32,14 @@ LIMITS = {
     # Idle after a pulse when the amplitude changes at its end (ramps, SET_AMPLITUDE): the DAC bus
     # writes plus the MCP4822's settling, dac_bus.UPDATE_TICKS (8 µs at 125 MHz), in ns.
     "min_update_idle_ns": -(-dac_bus.UPDATE_TICKS * 1000000000 // board.SYS_CLK_HZ),
+    # Custom sequences (firmware/sequence.py): records live in flash (10 bytes a pulse: 100 KB a
+    # channel at the limit, 400 KB for four: never in the ~190 KB heap). Pulse Pal 2 plays ~5,000.
+    "max_sequence_pulses": 10000,
+    # Shortest interval between two onsets of a sequence (period_ns in sequence mode). A regular train
+    # repeats one ring entry; a sequence's entries are rewritten pulse by pulse by the main loop (one
+    # ring entry and up to 3 DAC op words per pulse, read from flash 32 records at a time) with a
+    # bounded lookahead, so the CPU must keep up with the pulse rate whatever else the loop does (a
+    # host frame, monitoring). 1 ms (1 kHz) leaves that loop a full millisecond per pulse; change it
+    # only with the per-pulse feed cost measured on the board (BENCHMARKS.md).
+    "min_sequence_interval_ns": 1000000,
 }

@@ -19,13 +19,18 @@ try:  # host: crcmod's C extension (same polynomial/init as protocol.crc16, prov
 except ImportError:  # board / MicroPython: the table-driven implementation
     from protocol.crc16 import crc16
 
+# 8: custom sequences: fields sequence_pulses and sequence_cycle_ns, HELLO limits max_sequence_pulses
+# and min_sequence_interval_ns, SET_SEQUENCE (0x10), E_SEQUENCE_INCOMPLETE, NACK names onset_ns and
+# sequence_amplitude_ua (appended after the fields, so the ids of the derived and other names moved).
+# 0x08 (Ctrl-H) is backspace in MicroPython's readline: it edits the line being typed (no mode
+# switch, interrupt or reset), like the 0x07 of version 7 that it ignores.
 # 7: ramp fields (ramp_down_ns, ramp_up_pulses, ramp_down_pulses), HELLO limits max_ramp_pulses and
 # min_update_idle_ns, SET_AMPLITUDE and the amplitude EVENT (with from_pulse), EVENT_LOG_MAX 12.
 # 6: HELLO limits gained min_dead_time_ns, EVENT times count from boot, REPL request, crash event.
 # Versions 2-5 are never used: the version byte is in every frame, and 0x02-0x05 are the REPL's
 # control keys (Ctrl-B..Ctrl-E; a 0x03 is Ctrl-C), which a frame reaching a board at its REPL must not carry.
 # 0x07 (Ctrl-G) has no meaning in MicroPython's readline (it is neither a REPL key nor printable: ignored).
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 HEADER_LEN = 4
 CRC_LEN = 2
 MAX_BODY = 250

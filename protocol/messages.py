@@ -27,12 +27,15 @@ LINK = 0x0C  # deadman_ms u32: per-connection host-link deadman (0 = off; HELLO 
 EVENT_LOG = 0x0D  # after u16: replay the logged EVENTs with a seq after ``after`` (lost on a bad link)
 REPL = 0x0E  # empty: hand the USB port back to the MicroPython REPL (picostim flash); NACK while any channel runs
 SET_AMPLITUDE = 0x0F  # channel u8, amplitude_ua u32: a running channel's amplitude from its next pulse boundary
+# channel u8, first u16, k x (onset_ns u64, amplitude_ua u32), 1 <= k <= SEQUENCE_CHUNK: pulses first..first+k-1
+# of the channel's custom sequence (in order: ``first`` = pulses already received; 0 restarts the upload)
+SET_SEQUENCE = 0x10
 
 REQUEST_NAMES = {
     HELLO: "hello", GET_PARAMS: "get_params", SET_PARAMS: "set_params", START: "start", STOP: "stop",
     TRIGGER: "trigger", STATUS: "status", IMPEDANCE: "impedance", CLEAR_FAULT: "clear_fault",
     SAVE: "save", LOAD: "load", LINK: "link", EVENT_LOG: "event_log", REPL: "repl",
-    SET_AMPLITUDE: "set_amplitude",
+    SET_AMPLITUDE: "set_amplitude", SET_SEQUENCE: "set_sequence",
 }
 
 RESPONSE = 0x80
@@ -53,6 +56,7 @@ E_EMPTY_SLOT = 10
 E_STORAGE = 11
 E_DAC_BUSY = 12  # a ramp or an amplitude change is still playing on the DAC bus
 E_RAMP_TIMING = 13  # channels ramping together in one START need identical pulse timing
+E_SEQUENCE_INCOMPLETE = 14  # START/TRIGGER of a sequence channel before all its pulses arrived (SET_SEQUENCE)
 ERROR_NAMES = {
     E_BAD_VERSION: "unsupported protocol version",
     E_UNKNOWN_TYPE: "unknown message type",
@@ -67,6 +71,7 @@ ERROR_NAMES = {
     E_STORAGE: "flash slot unreadable or corrupt (CRC)",
     E_DAC_BUSY: "a ramp or amplitude change is still playing; retry when it has taken effect",
     E_RAMP_TIMING: "channels ramping together need identical pulse timing, and trains that outlast the ramp or end together",
+    E_SEQUENCE_INCOMPLETE: "the channel's sequence is incomplete; upload all its pulses (SET_SEQUENCE) first",
 }
 
 # Channel states
@@ -133,6 +138,13 @@ EVENT_MAX_SIZE = EVENT_SIZE + struct.calcsize(_EVENT_EXTRA)
 _AMPLITUDE_REQUEST = "<BI"  # channel, amplitude_ua
 _AMPLITUDE_RESPONSE = "<BIIHH"  # channel, amplitude_ua (realised phase 1), amplitude2_ua, dac_a, dac_b
 AMPLITUDE_RESPONSE_NAMES = ("channel", "amplitude_ua", "amplitude2_ua", "dac_a", "dac_b")
+_SEQUENCE_HEAD = "<BH"  # channel, first
+_SEQUENCE_PULSE = "<QI"  # onset_ns, amplitude_ua
+SEQUENCE_PULSE_SIZE = struct.calcsize(_SEQUENCE_PULSE)
+SEQUENCE_HEAD_SIZE = struct.calcsize(_SEQUENCE_HEAD)
+SEQUENCE_CHUNK = 20  # pulses per SET_SEQUENCE: 3 + 20 x 12 = 243 bytes <= framing.MAX_BODY
+_SEQUENCE_RESPONSE = "<BHB"  # channel, received, complete (0/1)
+SEQUENCE_RESPONSE_NAMES = ("channel", "received", "complete")
 _HELLO_HEAD = "<BBBBB8s"
 _CHAN_STATUS = "<BBBII"  # state, fault (event kind), configured (0/1), pulses, impedance ohm
 # Realised values returned with the parameters: times in PIO ticks (see tick_hz), amplitudes as
@@ -222,6 +234,44 @@ def encode_amplitude_response(channel, amplitude_ua, amplitude2_ua, dac_a, dac_b
 
 def decode_amplitude_response(body):
     return dict(zip(AMPLITUDE_RESPONSE_NAMES, struct.unpack(_AMPLITUDE_RESPONSE, body)))
+
+
+def encode_set_sequence(channel, first, onsets_ns, amplitudes_ua):
+    """SET_SEQUENCE body: pulses ``first`` .. ``first + k - 1`` of the channel's sequence."""
+    if len(onsets_ns) != len(amplitudes_ua) or not 1 <= len(onsets_ns) <= SEQUENCE_CHUNK:
+        raise ValueError("1..%d pulses, as many onsets as amplitudes" % SEQUENCE_CHUNK)
+    out = bytearray(struct.pack(_SEQUENCE_HEAD, channel, first))
+    for onset, amp in zip(onsets_ns, amplitudes_ua):
+        out += struct.pack(_SEQUENCE_PULSE, onset, amp)
+    return bytes(out)
+
+
+def sequence_body_ok(n):
+    """True when ``n`` is the length of a SET_SEQUENCE body (1..SEQUENCE_CHUNK pulses)."""
+    k, rest = divmod(n - SEQUENCE_HEAD_SIZE, SEQUENCE_PULSE_SIZE)
+    return rest == 0 and 1 <= k <= SEQUENCE_CHUNK
+
+
+def decode_set_sequence(body):
+    """(channel, first, onsets_ns, amplitudes_ua) of a SET_SEQUENCE body, or None if its length is wrong."""
+    if not sequence_body_ok(len(body)):
+        return None
+    channel, first = struct.unpack(_SEQUENCE_HEAD, body[:SEQUENCE_HEAD_SIZE])
+    onsets = []
+    amps = []
+    for at in range(SEQUENCE_HEAD_SIZE, len(body), SEQUENCE_PULSE_SIZE):
+        onset, amp = struct.unpack_from(_SEQUENCE_PULSE, body, at)
+        onsets.append(onset)
+        amps.append(amp)
+    return channel, first, onsets, amps
+
+
+def encode_sequence_response(channel, received, complete):
+    return struct.pack(_SEQUENCE_RESPONSE, channel, received, 1 if complete else 0)
+
+
+def decode_sequence_response(body):
+    return dict(zip(SEQUENCE_RESPONSE_NAMES, struct.unpack(_SEQUENCE_RESPONSE, body)))
 
 
 def encode_hello(fw_version, channels, board_id, reset_reason, limits):

@@ -34,7 +34,17 @@ FIELDS = (
     # phase, interphase, flank; the flanks in phase 2's direction, each phase2_ns / 2, sharing one DAC
     # output; docs/ARCHITECTURE.md "Engine output").
     ("shape", "B", 0),
+    # Custom sequences (protocol 8; docs/ARCHITECTURE.md "Custom sequences"): 0 = a regular train;
+    # N >= 1 = N pulses with their own onsets and amplitudes, uploaded with SET_SEQUENCE after
+    # SET_PARAMS (firmware/sequence.py). In sequence mode period_ns is the smallest interval between
+    # two onsets and amplitude_ua the largest amplitude, so every rule below holds for every pulse.
+    ("sequence_pulses", "I", 0),
+    # 0 = the sequence plays once; > 0 = it loops with this cycle (onsets relative to each cycle's start)
+    ("sequence_cycle_ns", "Q", 0),
 )
+# Fields a sequence replaces: they must be 0 in sequence mode (the onsets say when pulses come).
+SEQUENCE_ZERO_FIELDS = ("train_delay_ns", "burst_pulses", "interburst_ns", "ramp_up_ns", "ramp_down_ns",
+                        "ramp_up_pulses", "ramp_down_pulses")
 RAMP_FIELDS = ("ramp_up_ns", "ramp_down_ns", "ramp_up_pulses", "ramp_down_pulses")
 FIELD_NAMES = tuple(f[0] for f in FIELDS)
 FORMAT = "<" + "".join(f[1] for f in FIELDS)
@@ -59,7 +69,8 @@ TRIGGER_NAMES = ("software", "ext1", "ext2", "gated1", "gated2")
 # Quantities a limit can apply to that are not a single field; NACKs name them by these ids.
 DERIVED_NAMES = ("charge_per_phase_nc", "shannon_k_centi", "duty_permille", "phase2_amplitude_ua", "pulse_length_ns")
 # Names of the other request fields a NACK can point at.
-OTHER_NAMES = ("channel", "mask", "body", "slot", "deadman_ms")
+# "onset_ns" / "sequence_amplitude_ua": a SET_SEQUENCE pulse's onset or amplitude (firmware/sequence.py).
+OTHER_NAMES = ("channel", "mask", "body", "slot", "deadman_ms", "onset_ns", "sequence_amplitude_ua")
 NAMES = FIELD_NAMES + DERIVED_NAMES + OTHER_NAMES
 NO_FIELD = 0xFF
 # How a value relates to its limit; the index travels in NACKs.
@@ -85,6 +96,10 @@ LIMIT_NAMES = (
     # Idle a pulse must leave before the next one when the amplitude can change at that boundary
     # (ramps, live changes): the DAC bus writes and the DAC's settling (firmware/dac_bus.UPDATE_TICKS).
     "min_update_idle_ns",
+    # Custom sequences: pulses per channel, and the shortest interval between two onsets (the CPU
+    # feeds a sequence pulse by pulse: firmware/limits.py).
+    "max_sequence_pulses",
+    "min_sequence_interval_ns",
 )
 
 
@@ -186,6 +201,11 @@ def _root_search(k_centi):
     return lo
 
 
+def is_sequence(p):
+    """True when the parameter set is a custom sequence (sequence_pulses > 0)."""
+    return p.get("sequence_pulses", 0) > 0
+
+
 def has_ramp(p):
     """True when the parameter set has a ramp-up or ramp-down (its amplitude changes while running)."""
     for name in RAMP_FIELDS:
@@ -230,6 +250,27 @@ def _bound_violations(p, limits, min_phase):
         yield _check_max("ramp_up_pulses", p["ramp_up_pulses"], 0)
     if p["ramp_down_ns"]:
         yield _check_max("ramp_down_pulses", p["ramp_down_pulses"], 0)
+    yield _check_max("sequence_pulses", p["sequence_pulses"], limits["max_sequence_pulses"])
+    yield _check_max("sequence_cycle_ns", p["sequence_cycle_ns"], limits["max_duration_ns"])
+    if p["sequence_pulses"]:
+        yield from _sequence_violations(p, limits)
+    else:  # a cycle without a sequence means nothing: refused rather than ignored
+        yield _check_max("sequence_cycle_ns", p["sequence_cycle_ns"], 0)
+
+
+def _sequence_violations(p, limits):
+    """What sequence mode refuses in the parameters (the per-pulse rules are firmware/sequence.py's):
+    the fields the onsets replace, gated triggers (a gate restarts a train; a sequence has no soft
+    re-arm), an interval below min_sequence_interval_ns, a cycle shorter than one interval, and a
+    duration on a sequence played once (its onsets say when it ends)."""
+    for name in SEQUENCE_ZERO_FIELDS:
+        yield _check_max(name, p[name], 0)
+    yield _check_max("trigger", p["trigger"], TRIGGER_EXT2)
+    yield _check_min("period_ns", p["period_ns"], limits["min_sequence_interval_ns"])
+    if p["sequence_cycle_ns"]:
+        yield _check_min("sequence_cycle_ns", p["sequence_cycle_ns"], p["period_ns"])
+    else:
+        yield _check_max("train_duration_ns", p["train_duration_ns"], 0)
 
 
 def validate(params, limits):
@@ -273,7 +314,7 @@ def validate(params, limits):
         return v
     # A train whose amplitude changes while it runs (a ramp) must leave the DAC bus its update time
     # after every pulse (the writes follow the pulse's end; the next pulse needs the settled output).
-    if has_ramp(p):
+    if has_ramp(p) or p["sequence_pulses"]:  # a sequence's amplitude may change at every pulse
         v = _check_min("period_ns", p["period_ns"], length + limits["min_update_idle_ns"])
         if v is not None:
             return v

@@ -45,6 +45,8 @@ def field_strategy(name, limits):
         "ramp_up_pulses": [0, L["max_ramp_pulses"]],
         "ramp_down_pulses": [0, L["max_ramp_pulses"]],
         "electrode_area_um2": [L["min_electrode_area_um2"], 10**6, 10**8],
+        "sequence_pulses": [0, 1, L["max_sequence_pulses"]],
+        "sequence_cycle_ns": [0, L["min_sequence_interval_ns"], L["max_duration_ns"]],
     }[name]
     plausible = {
         "phase1_ns": st.integers(L["min_phase_ns"], 2 * 10**6),
@@ -65,6 +67,8 @@ def field_strategy(name, limits):
         "ramp_up_pulses": st.integers(0, 2000),
         "ramp_down_pulses": st.integers(0, 2000),
         "electrode_area_um2": st.integers(L["min_electrode_area_um2"], 10**8),
+        "sequence_pulses": st.one_of(st.just(0), st.just(0), st.integers(0, 20000)),
+        "sequence_cycle_ns": st.one_of(st.just(0), st.just(0), st.integers(0, 10**10)),
     }[name]
     return st.one_of(
         plausible, plausible, plausible, plausible,
@@ -96,7 +100,7 @@ def plausible_sets(draw, limits=LIMITS):
     up_ns, down_ns = draw(ramp), draw(ramp)
     if (up_ns or down_ns) and draw(st.integers(0, 3)):  # a ramp needs the DAC update idle after each pulse
         period = max(period, floor - max(mp, dead) + max(mp, dead, L["min_update_idle_ns"]))
-    return {
+    out = {
         "phase1_ns": p1, "interphase_ns": ip, "phase2_ns": p2, "recovery_ns": rec, "period_ns": period,
         "amplitude_ua": amp, "polarity": draw(st.integers(0, 1)), "burst_pulses": burst,
         "interburst_ns": draw(gap) if burst else draw(st.one_of(st.just(0), gap)),
@@ -110,7 +114,24 @@ def plausible_sets(draw, limits=LIMITS):
         "shape": 0 if p2 < 2 * mp or ip < dead or draw(st.integers(0, 3)) else 1,
         "electrode_area_um2": draw(st.one_of(st.integers(L["min_electrode_area_um2"], 10**6),
                                              st.integers(10**6, 10**8), st.just(L["min_electrode_area_um2"]))),
+        "sequence_pulses": 0,
+        "sequence_cycle_ns": 0,
     }
+    seq = draw(st.one_of(st.just(0), st.just(0), st.integers(1, 20), st.just(L["max_sequence_pulses"])))
+    if seq:  # a custom sequence, mostly respecting its structural rules
+        out["sequence_pulses"] = seq
+        if draw(st.integers(0, 4)):
+            for name in ("train_delay_ns", "burst_pulses", "interburst_ns", "ramp_up_ns", "ramp_down_ns",
+                         "ramp_up_pulses", "ramp_down_pulses"):
+                out[name] = 0
+            out["trigger"] = draw(st.integers(0, 2))
+            out["period_ns"] = max(period, L["min_sequence_interval_ns"],
+                                   floor - max(mp, dead) + max(mp, dead, L["min_update_idle_ns"]))
+        cycle = draw(st.one_of(st.just(0), st.integers(0, 10**10), st.just(out["period_ns"])))
+        out["sequence_cycle_ns"] = cycle
+        if not cycle and draw(st.integers(0, 4)):
+            out["train_duration_ns"] = 0
+    return out
 
 
 def param_sets(limits=LIMITS):
@@ -166,6 +187,22 @@ def check_all_limits(p, L):
     rule(p["period_ns"] >= length + max(L["min_phase_ns"], dead), "period >= pulse + idle")
     ramps = p["ramp_up_ns"] or p["ramp_down_ns"] or p["ramp_up_pulses"] or p["ramp_down_pulses"]
     rule(not ramps or p["period_ns"] - length >= L["min_update_idle_ns"], "ramp: DAC update idle")
+    # custom sequences (protocol 8): period = the smallest interval, every pulse's amplitude may change
+    rule(p["sequence_pulses"] <= L["max_sequence_pulses"], "sequence pulses")
+    rule(p["sequence_cycle_ns"] <= L["max_duration_ns"], "sequence cycle max")
+    if p["sequence_pulses"]:
+        for name in ("train_delay_ns", "burst_pulses", "interburst_ns", "ramp_up_ns", "ramp_down_ns",
+                     "ramp_up_pulses", "ramp_down_pulses"):
+            rule(p[name] == 0, "sequence: no " + name)
+        rule(p["trigger"] <= 2, "sequence: not gated")
+        rule(p["period_ns"] >= L["min_sequence_interval_ns"], "sequence: min interval")
+        rule(p["period_ns"] - length >= L["min_update_idle_ns"], "sequence: DAC update idle")
+        if p["sequence_cycle_ns"]:
+            rule(p["sequence_cycle_ns"] >= p["period_ns"], "sequence: cycle >= interval")
+        else:
+            rule(p["train_duration_ns"] == 0, "sequence played once: no duration")
+    else:
+        rule(p["sequence_cycle_ns"] == 0, "cycle without a sequence")
     if bad:
         return bad
     # duty: active phases / period <= max_duty_permille / 1000, exact rational comparison

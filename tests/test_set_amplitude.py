@@ -79,8 +79,9 @@ def test_event_log_of_only_the_longest_bodies_fits():
     assert len(M.decode_event_log(body)) == M.EVENT_LOG_MAX
 
 
-def test_protocol_version_is_7_and_not_a_repl_key():
-    assert framing.PROTOCOL_VERSION == 7
+def test_protocol_version_is_not_a_repl_key():
+    # 7 added SET_AMPLITUDE; 8 (custom sequences) keeps it. 0x02-0x05 are REPL control keys.
+    assert framing.PROTOCOL_VERSION == 8 and framing.PROTOCOL_VERSION not in (2, 3, 4, 5)
     assert M.REQUEST_NAMES[M.SET_AMPLITUDE] == "set_amplitude" and M.SET_AMPLITUDE < M.RESPONSE
 
 

@@ -107,7 +107,21 @@ def render() -> str:
                           "new amplitude (every limit, and the train must leave `min_update_idle_ns` idle after "
                           "each pulse: NACK `E_OUT_OF_RANGE` naming `period_ns`). NACK `E_BAD_STATE` unless the "
                           "channel is running (field `channel`), `E_DAC_BUSY` while a ramp or another change is "
-                          "still playing"),
+                          "still playing; `E_BAD_STATE` naming `sequence_pulses` on a sequence channel"),
+        M.SET_SEQUENCE: ("channel u8, first u16, then k = 1..%d pulses: onset_ns u64, amplitude_ua u32"
+                         % M.SEQUENCE_CHUNK,
+                         "channel u8, received u16, complete u8. Pulses first..first+k-1 of the channel's "
+                         "custom sequence (parameters with `sequence_pulses` = N > 0, set first; SET_PARAMS "
+                         "discards an upload). In order: `first` = pulses already received (0 restarts), "
+                         "else `E_BAD_STATE` (field `channel`). Refused, nothing stored: `E_OUT_OF_RANGE` "
+                         "naming `onset_ns` (above `max_duration_ns`, less than the period after the previous "
+                         "onset in ticks, or looped: the wrap to the next cycle's first onset shorter than the "
+                         "period; limit = the bound), `sequence_amplitude_ua` (outside 1..amplitude_ua) or "
+                         "`sequence_pulses` (more than N); `E_BAD_STATE` while the channel is armed or running "
+                         "or its parameters are not a sequence, and, when the records go to flash, while any "
+                         "channel is armed or running (a flash write stalls the CPU). START/TRIGGER before all "
+                         "N pulses arrived: `E_SEQUENCE_INCOMPLETE`; SAVE of a sequence channel: "
+                         "`E_BAD_STATE` (slots hold parameters only)"),
     }
     for t, name in sorted(M.REQUEST_NAMES.items()):
         req, resp = bodies[t]
