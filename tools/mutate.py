@@ -41,7 +41,7 @@ MODULES: dict[str, list[str]] = {
     "protocol/cobs.py": ["tests/test_protocol.py", "tests/test_mutation_kills_cobs.py"],
     "protocol/crc16.py": ["tests/test_protocol.py", "tests/test_mutation_kills_crc16.py"],
     "protocol/framing.py": ["tests/test_protocol.py", "tests/test_mutation_kills_framing.py"],
-    "protocol/messages.py": ["tests/test_protocol.py"],
+    "protocol/messages.py": ["tests/test_protocol.py", "tests/test_mutation_kills_messages.py"],
     "firmware/controller.py": ["tests/test_controller.py", "tests/test_disarm_stop.py",
                                "tests/test_crash_path.py", "tests/test_mutation_kills_controller.py"],
     "firmware/dma_chain.py": ["tests/test_long_trains.py", "tests/test_pulse_engine.py"],
