@@ -23,6 +23,7 @@ is allowed; :func:`check` then applies the firmware's own rules (protocol.params
 
 import math
 import tomllib
+from decimal import Decimal
 from fractions import Fraction
 
 from firmware import pulse_engine
@@ -83,12 +84,13 @@ class ParamLimitError(ParamFileError):
 class ParamSet:
     """The result of loading a file: canonical ``params`` (complete dict), plus metadata."""
 
-    def __init__(self, params, name=None, description=None, source=None, keys=None):
+    def __init__(self, params, name=None, description=None, source=None, keys=None, sequence=None):
         self.params = params
         self.name = name
         self.description = description
         self.source = source
         self.keys = keys or {}  # canonical field -> the key the user wrote (for messages)
+        self.sequence = sequence  # a Sequence when the file has a [sequence] table, else None
 
     def __repr__(self):
         return "ParamSet(%r, %r)" % (self.name or self.source, self.params)
@@ -166,7 +168,8 @@ def load(path, require=True):
         raise ParamFileError("parameter file %s: cannot read it: %s" % (_short(str(path), 200), e.strerror or e)) from None
     except ValueError as e:  # e.g. an embedded NUL in the path
         raise ParamFileError("parameter file %s: cannot read it: %s" % (_short(str(path)), e)) from None
-    ps = from_dict(_parse_toml(_decode(raw, path), path))
+    text = _decode(raw, path)
+    ps = from_dict(_exact_sequence(_parse_toml(text, path), text))
     ps.source = str(path)
     return check_required(ps) if require else ps
 
@@ -176,7 +179,7 @@ def loads(text, require=False):
     parameter sets from a few keys)."""
     if isinstance(text, (bytes, bytearray)):
         text = _decode(bytes(text), "parameter text")
-    ps = from_dict(_parse_toml(text, "parameter text"))
+    ps = from_dict(_exact_sequence(_parse_toml(text, "parameter text"), text))
     return check_required(ps) if require else ps
 
 
@@ -217,7 +220,7 @@ def _flatten(data):
         if val is not None and not isinstance(val, str):
             raise ParamFileError("%s = %s: expected a string" % (meta, _short(val)), meta, val)
     for key, value in data.items():
-        if key in META_KEYS:
+        if key in META_KEYS or key == SEQUENCE_TABLE:  # [sequence]: see _sequence
             continue
         if key == CHANNEL_TABLE:
             if not isinstance(value, dict):
@@ -230,7 +233,7 @@ def _flatten(data):
                 entries[k] = v
             continue
         if isinstance(value, dict):
-            raise ParamFileError("%s = {...}: unknown table (allowed: [channel])" % _k(key), key, value)
+            raise ParamFileError("%s = {...}: unknown table (allowed: [channel], [sequence])" % _k(key), key, value)
         if key in entries:
             raise ParamFileError("%s = %s: is given both at the top level and in [channel]" % (_k(key), _short(value)),
                                  key, value)
@@ -312,6 +315,9 @@ def from_dict(data):
     if "phase1_ns" in params and "phase2_ns" not in params:
         params["phase2_ns"] = params["phase1_ns"]  # a symmetric pulse unless phase 2 is given
 
+    if isinstance(data, dict) and SEQUENCE_TABLE in data:  # the onsets replace the rate, bursts, ramps
+        seq = _sequence(data[SEQUENCE_TABLE], entries, params, keys)
+        return ParamSet(P.complete(params), name, description, keys=keys, sequence=seq)
     _resolve_period(params, keys, times, extra)
     _resolve_bursts(params, keys, times, extra)
     return ParamSet(P.complete(params), name, description, keys=keys)
@@ -380,6 +386,269 @@ def _resolve_bursts(params, keys, times, extra):
                              "burst_frequency_hz", _fmt_num(extra["burst_frequency_hz"]))
     params["interburst_ns"] = _round(gap)
     keys["interburst_ns"] = "burst_frequency_hz"
+
+
+# ----------------------------------------------------------------------------------------------
+# custom sequences: the [sequence] table (issue 13 item 4; README "Custom sequences")
+#
+#     [sequence]
+#     onsets_ms = [0, 12.5, 30]        # or onsets_us / onsets_s / onsets_ns: strictly increasing, the
+#                                      # first relative to the start (it replaces train_delay)
+#     amplitudes_ma = [1.0, 1.5, 0.5]  # or amplitudes_ua: one per onset
+#     loop = true                      # default false: played once
+#     cycle_ms = 100                   # loop only (cycle_us / cycle_s / cycle_ns); default: the last
+#                                      # onset + the last interval; a one-pulse loop must give it
+#
+# Exactness: a TOML file's decimal numbers are read as decimal.Decimal for this table (the rest of the
+# file is read as before), so every onset is converted from the decimal text to integer ns exactly,
+# rounded to the nearest ns (halves up) only when the text has sub-ns digits; a dict from Python code
+# is converted from its numbers' exact values (a float's exact binary value). The firmware turns each
+# ABSOLUTE onset into ticks (pulse_engine.ns_to_ticks), never a difference, so every onset is exact
+# to the tick whatever the intervals. The canonical parameters get period_ns = the smallest interval
+# in ticks of the absolute onsets, back in ns (the wrap interval cycle - last + first counts when
+# looped; see Sequence.shortest_interval), amplitude_ua = the largest amplitude,
+# sequence_pulses = N and sequence_cycle_ns (0 = played once), so every rule of a regular train holds
+# for every pulse; the per-pulse rules are firmware.sequence.sequence_violation's (check()).
+
+SEQUENCE_TABLE = "sequence"
+SEQUENCE_KEYS = tuple(["onsets_%s" % u for u in TIME_UNITS] + ["amplitudes_ua", "amplitudes_ma", "loop"]
+                      + ["cycle_%s" % u for u in TIME_UNITS])
+# regular-train keys a sequence replaces (its onsets give every pulse's time, its amplitudes every current)
+SEQUENCE_CONFLICT_STEMS = ("period", "interpulse", "burst_duration", "interburst", "train_delay", "ramp_up",
+                           "ramp_down")
+SEQUENCE_CONFLICT_KEYS = ("frequency_hz", "burst_frequency_hz", "burst_pulses", "ramp_up_pulses",
+                          "ramp_down_pulses")
+
+
+class Sequence:
+    """The pulses of a ``[sequence]`` table: ``onsets_ns`` (integer ns from the start; from each cycle's
+    start when looped), ``amplitudes_ua`` (integer µA, phase 1), ``loop`` and ``cycle_ns`` (0 when
+    played once). ``keys``: what the user wrote ({"onsets": "onsets_ms", "amplitudes": ..., "cycle": ...}),
+    ``unit``: the onsets' unit in ns (for messages)."""
+
+    def __init__(self, onsets_ns, amplitudes_ua, loop=False, cycle_ns=0, keys=None):
+        self.onsets_ns = list(onsets_ns)
+        self.amplitudes_ua = list(amplitudes_ua)
+        self.loop = bool(loop)
+        self.cycle_ns = cycle_ns if loop else 0
+        self.keys = keys or {"onsets": "onsets_ns", "amplitudes": "amplitudes_ua", "cycle": "cycle_ns"}
+
+    def __len__(self):
+        return len(self.onsets_ns)
+
+    def __repr__(self):
+        return "Sequence(%d pulses, %s)" % (len(self), "loop %d ns" % self.cycle_ns if self.loop else "once")
+
+    def onset_ticks(self):
+        """Each onset in PIO ticks within the cycle: ns_to_ticks of the absolute onset."""
+        return [pulse_engine.ns_to_ticks(t) for t in self.onsets_ns]
+
+    def cycle_ticks(self):
+        return pulse_engine.ns_to_ticks(self.cycle_ns)
+
+    def cycles(self, params):
+        """Cycles a start plays: 1 when played once; a loop: ceil(train_duration / cycle), 0 = until
+        stopped."""
+        if not self.loop:
+            return 1
+        dur = params.get("train_duration_ns", 0)
+        return -(-dur // self.cycle_ns) if dur else 0
+
+    def play_ticks(self, cycles):
+        """Onset ticks of ``cycles`` cycles in play order, from the start's time origin (cycle k adds k
+        cycle ticks, as the firmware plays it)."""
+        one = self.onset_ticks()
+        ct = self.cycle_ticks()
+        return [k * ct + t for k in range(cycles if self.loop else 1) for t in one]
+
+    def end_ns(self, params, cycles=None):
+        """When the last pulse of a start ends (ns from the start); None for an endless loop."""
+        n = self.cycles(params) if cycles is None else cycles
+        if n == 0:
+            return None
+        full = P.complete(params)
+        return (n - 1) * self.cycle_ns + self.onsets_ns[-1] + P.pulse_length_ns(full, DEAD_TIME_NS)
+
+    def shortest_interval(self):
+        """(interval ns, i, j): the smallest gap between consecutive onsets, pulse i -> pulse j (j = 0
+        for the loop's wrap; (None, 0, 0) for a single pulse played once: no interval). Measured as the
+        firmware plays them, in ticks of the absolute onsets (two intervals equal in ns may differ by a
+        tick), and returned in ns (exact: 8 ns per tick at 125 MHz), so the period derived from it is
+        never longer, in ticks, than any interval the firmware checks against it."""
+        ticks = self.onset_ticks()
+        best = None
+        for i in range(1, len(ticks)):
+            d = ticks[i] - ticks[i - 1]
+            if best is None or d < best[0]:
+                best = (d, i - 1, i)
+        if self.loop:
+            d = self.cycle_ticks() - ticks[-1] + ticks[0]
+            if best is None or d < best[0]:
+                best = (d, len(ticks) - 1, 0)
+        if best is None:
+            return (None, 0, 0)
+        return (pulse_engine.ticks_to_ns(best[0]), best[1], best[2])
+
+    def current(self, ua):
+        """``ua`` in the unit of the amplitudes key the user wrote, e.g. "1.5 mA"."""
+        if self.keys["amplitudes"].endswith("_ma"):
+            return "%s mA" % _fmt_num(Fraction(ua, 1000), 6)
+        return "%s µA" % _fmt_num(ua)
+
+    def in_unit(self, ns, what="onsets"):
+        """``ns`` in the unit of the key the user wrote, e.g. "12.5 ms"."""
+        _stem, unit = _split_unit(self.keys[what], TIME_UNITS)
+        unit = unit or "ns"
+        return "%s %s" % (_fmt_num(Fraction(ns) / TIME_UNITS[unit], 9), UNIT_NAMES[unit])
+
+
+def _exact_sequence(data, text):
+    """The [sequence] table of a file read again with TOML floats as :class:`decimal.Decimal`, so its
+    onsets and amplitudes convert from the decimal text exactly (a float would round 1234567.123456789
+    s to the nearest binary fraction, ns off). Only that table: the rest of the file is unchanged."""
+    if isinstance(data, dict) and isinstance(data.get(SEQUENCE_TABLE), dict):
+        data[SEQUENCE_TABLE] = tomllib.loads(text, parse_float=Decimal)[SEQUENCE_TABLE]
+    return data
+
+
+def _seq_show(value):
+    """A value as the user wrote it (Decimal as its text)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    return _short(value)
+
+
+def _seq_number(key, value, positive=False):
+    """An exact non-negative number of a [sequence] list -> Fraction."""
+    ok = isinstance(value, (int, float, Decimal, Fraction)) and not isinstance(value, bool)
+    if not ok:
+        raise ParamFileError("%s = %s: expected a number" % (key, _seq_show(value)), key, value)
+    if isinstance(value, (float, Decimal)) and not (value.is_finite() if isinstance(value, Decimal)
+                                                    else math.isfinite(value)):
+        raise ParamFileError("%s = %s: expected a finite number" % (key, _seq_show(value)), key, value)
+    if value < 0 or (positive and value == 0):
+        raise ParamFileError("%s = %s: %s" % (key, _seq_show(value), "must be greater than 0" if positive
+                                               else "must not be negative"), key, value)
+    return Fraction(value)
+
+
+def _one_key(table, stems, what):
+    """The single key of ``table`` that starts with one of ``stems``; None when there is none."""
+    found = [k for k in table if any(k.startswith(s) for s in stems)]
+    if len(found) > 1:
+        raise ParamFileError("%s = %s: conflicts with %s: give the %s only once" % (
+            found[1], _short(table[found[1]], 40), found[0], what), found[1], table[found[1]])
+    return found[0] if found else None
+
+
+def _seq_list(table, key, what):
+    value = table[key]
+    if not isinstance(value, list):
+        raise ParamFileError("%s = %s: expected a list of %s, e.g. %s = [0, 10, 25]" % (key, _seq_show(value), what,
+                                                                                       key), key, value)
+    if not value:
+        raise ParamFileError("%s = []: a sequence needs at least one pulse" % key, key, value)
+    return value
+
+
+def _sequence(table, entries, params, keys):
+    """Parse the [sequence] table (see above) into a :class:`Sequence` and the canonical fields it
+    sets in ``params``. Raises :class:`ParamFileError` naming the key (and the list index)."""
+    if not isinstance(table, dict):
+        raise ParamFileError("sequence = %s: [sequence] must be a table (onsets_ms = [...], amplitudes_ma = [...], "
+                             "loop = true|false)" % _short(table), SEQUENCE_TABLE, table)
+    for key, value in table.items():
+        if key not in SEQUENCE_KEYS:
+            raise ParamFileError("sequence.%s = %s: unknown key in [sequence]; allowed keys: %s"
+                                 % (_k(key), _short(value, 40), ", ".join(SEQUENCE_KEYS)), key, value)
+    for key, value in entries.items():
+        stem, _unit = _split_unit(key, TIME_UNITS)
+        if stem in SEQUENCE_CONFLICT_STEMS or key in SEQUENCE_CONFLICT_KEYS:
+            raise ParamFileError("%s = %s: not allowed with [sequence]: its onsets give every pulse's time (no "
+                                 "pulse rate, bursts, ramps or train delay)" % (key, _short(value)), key, value)
+        if _split_unit(key, AMPLITUDE_UNITS)[0] == "amplitude":
+            raise ParamFileError("%s = %s: not allowed with [sequence]: its amplitudes_ma (or amplitudes_ua) give "
+                                 "every pulse's amplitude" % (key, _short(value)), key, value)
+    okey = _one_key(table, ("onsets_",), "onsets")
+    if okey is None:
+        raise ParamFileError("onsets_ms = (missing): [sequence] needs the pulse onsets: one of %s"
+                             % ", ".join("onsets_%s" % u for u in ("ms", "us", "s", "ns")), "onsets_ms")
+    akey = _one_key(table, ("amplitudes_",), "amplitudes")
+    if akey is None:
+        raise ParamFileError("amplitudes_ma = (missing): [sequence] needs one amplitude per onset: amplitudes_ma "
+                             "or amplitudes_ua", "amplitudes_ma")
+    ckey = _one_key(table, ("cycle_",), "cycle")
+    onsets = _seq_list(table, okey, "onset times")
+    amps = _seq_list(table, akey, "amplitudes")
+    if len(amps) != len(onsets):
+        raise ParamFileError("%s: %d amplitudes for %d onsets (%s): give one amplitude per onset"
+                             % (akey, len(amps), len(onsets), okey), akey, len(amps))
+    unit = TIME_UNITS[_split_unit(okey, TIME_UNITS)[1]]
+    onsets_ns = []
+    for i, v in enumerate(onsets):
+        ns = _round(_seq_number("%s[%d]" % (okey, i), v) * unit)
+        if onsets_ns and ns <= onsets_ns[-1]:
+            raise ParamFileError("%s[%d] = %s: is not after %s[%d] = %s: onsets must be strictly increasing"
+                                 % (okey, i, _seq_show(v), okey, i - 1, _seq_show(onsets[i - 1])),
+                                 "%s[%d]" % (okey, i), v)
+        onsets_ns.append(ns)
+    aunit = AMPLITUDE_UNITS[_split_unit(akey, AMPLITUDE_UNITS)[1]]
+    amps_ua = []
+    for i, v in enumerate(amps):
+        ua = _round(_seq_number("%s[%d]" % (akey, i), v, positive=True) * aunit)
+        if ua < 1:
+            raise ParamFileError("%s[%d] = %s: is below 1 µA: every pulse of a sequence has a current"
+                                 % (akey, i, _seq_show(v)), "%s[%d]" % (akey, i), v)
+        amps_ua.append(ua)
+    loop = table.get("loop", False)
+    if not isinstance(loop, bool):
+        raise ParamFileError("loop = %s: expected true or false" % _seq_show(loop), "loop", loop)
+    cycle_ns = 0
+    if ckey is not None:
+        if not loop:
+            raise ParamFileError("%s = %s: only with loop = true (a sequence played once has no cycle)"
+                                 % (ckey, _seq_show(table[ckey])), ckey, table[ckey])
+        cycle_ns = _round(_seq_number(ckey, table[ckey], positive=True) * TIME_UNITS[_split_unit(ckey, TIME_UNITS)[1]])
+        if cycle_ns <= onsets_ns[-1]:
+            raise ParamFileError("%s = %s: must be longer than the last onset (%s[%d] = %s): onsets are times within "
+                                 "the cycle" % (ckey, _seq_show(table[ckey]), okey, len(onsets) - 1,
+                                                _seq_show(onsets[-1])), ckey, table[ckey])
+    elif loop:
+        if len(onsets_ns) < 2:
+            raise ParamFileError("cycle_ms = (missing): loop = true with a single pulse: give the loop's cycle "
+                                 "(cycle_ms, cycle_us or cycle_s)", "cycle_ms")
+        cycle_ns = onsets_ns[-1] + (onsets_ns[-1] - onsets_ns[-2])
+    if not loop and params.get("train_duration_ns"):
+        key = keys.get("train_duration_ns", "train_duration_s")
+        raise ParamFileError("%s = %s: only with loop = true: a sequence played once ends after its last pulse"
+                             % (key, _short(entries.get(key))), key, entries.get(key))
+    seq = Sequence(onsets_ns, amps_ua, loop, cycle_ns,
+                   {"onsets": okey, "amplitudes": akey, "cycle": ckey or "cycle_" + okey.rsplit("_", 1)[1]})
+    interval = seq.shortest_interval()[0]
+    if interval is None:  # one pulse played once: no interval; the smallest period this build accepts
+        interval = _single_pulse_period(params)
+    params["period_ns"] = interval
+    params["amplitude_ua"] = max(amps_ua)
+    params["sequence_pulses"] = len(onsets_ns)
+    params["sequence_cycle_ns"] = cycle_ns
+    keys["period_ns"] = okey
+    keys["amplitude_ua"] = akey
+    keys["sequence_pulses"] = okey
+    if loop:
+        keys["sequence_cycle_ns"] = ckey or okey
+    return seq
+
+
+def _single_pulse_period(params):
+    """A period for a one-pulse sequence played once (it has no interval; the firmware still checks
+    the pulse against a period): the least this build's limits accept for the pulse (the sequence
+    interval minimum, the rate limit, twice the pulse for the duty limit plus the DAC update idle)."""
+    from firmware.limits import LIMITS
+
+    full = P.complete(params)
+    length = P.pulse_length_ns(full, DEAD_TIME_NS)
+    return max(LIMITS.get("min_sequence_interval_ns", 0), LIMITS["min_period_ns"],
+               2 * length + LIMITS.get("min_update_idle_ns", 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,6 +764,7 @@ FIRMWARE_LIMIT_OF = {
     "train_duration_ns": "max_duration_ns", "train_delay_ns": "max_duration_ns", "ramp_up_ns": "max_ramp_ns",
     "ramp_down_ns": "max_ramp_ns", "ramp_up_pulses": "max_ramp_pulses", "ramp_down_pulses": "max_ramp_pulses",
     "amplitude_ua": "max_amplitude_ua", "burst_pulses": "max_burst_pulses",
+    "sequence_pulses": "max_sequence_pulses", "sequence_cycle_ns": "max_duration_ns",
 }
 
 
@@ -520,13 +790,19 @@ def check(paramset_or_params, limits):
     """What the firmware checks before it accepts a parameter set (``pulse_engine.build_checked``:
     protocol.params.validate, then what the engine and the DAC can produce, e.g. the phase-2
     amplitude after DAC rounding); raise :class:`ParamLimitError` with a user-unit message."""
+    seq = None
     if isinstance(paramset_or_params, ParamSet):
         params, keys = paramset_or_params.params, paramset_or_params.keys
+        seq = paramset_or_params.sequence
     else:
         params, keys = paramset_or_params, {}
     _train, v = pulse_engine.build_checked(params, limits)
     if v is None:
+        if seq is not None:
+            check_sequence(params, seq, limits)
         return params
+    if seq is not None and v.field in SEQUENCE_FIELD_WORDS:
+        raise ParamLimitError(_sequence_field_message(v, seq, limits), v)
     key = keys.get(v.field)
     limit = v.limit
     if v.relation == "<=" and v.field in FIRMWARE_LIMIT_OF and FIRMWARE_LIMIT_OF[v.field] in limits:
@@ -545,6 +821,66 @@ def check(paramset_or_params, limits):
             params["amplitude_ua"], ns_to_us(params["phase1_ns"]),
             _fmt_num(Fraction(params["amplitude_ua"] * params["phase1_ns"], 1000000)),
             user_value("electrode_area_um2", params["electrode_area_um2"]))
+    raise ParamLimitError(msg, v)
+
+
+# canonical fields a sequence derives -> how to name them in a message
+SEQUENCE_FIELD_WORDS = {
+    "period_ns": "the shortest interval between two onsets",
+    "amplitude_ua": "the largest amplitude",
+    "sequence_pulses": "the number of pulses",
+    "sequence_cycle_ns": "the loop's cycle",
+}
+
+
+def _sequence_field_message(v, seq, limits):
+    """A limit on a field the sequence derived, said in the sequence's own terms: "the shortest interval
+    between two onsets, onsets_ms[3] -> [4] = 0.5 ms: is below the firmware minimum 1 ms"."""
+    what = SEQUENCE_FIELD_WORDS[v.field]
+    limit = v.limit
+    if v.relation == "<=" and v.field in FIRMWARE_LIMIT_OF and FIRMWARE_LIMIT_OF[v.field] in limits:
+        limit = min(limit, limits[FIRMWARE_LIMIT_OF[v.field]])
+    why = ("is below the firmware minimum" if v.relation == ">=" else "exceeds the firmware limit")
+    okey, akey = seq.keys["onsets"], seq.keys["amplitudes"]
+    if v.field == "period_ns":
+        d, i, j = seq.shortest_interval()
+        if d is None:
+            where = "%s (a single pulse)" % okey
+        elif j == 0 and seq.loop:
+            where = "%s[%d] -> the next cycle's %s[0]" % (okey, i, okey)
+        else:
+            where = "%s[%d] -> [%d]" % (okey, i, j)
+        return "%s, %s = %s: %s %s" % (what, where, seq.in_unit(v.value), why, seq.in_unit(limit))
+    if v.field == "sequence_cycle_ns":
+        return "%s, %s = %s: %s %s" % (what, seq.keys["cycle"], seq.in_unit(v.value, "cycle"), why,
+                                       seq.in_unit(limit, "cycle"))
+    if v.field == "amplitude_ua":
+        i = seq.amplitudes_ua.index(max(seq.amplitudes_ua))
+        return "%s, %s[%d] = %s: %s %s" % (what, akey, i, seq.current(v.value), why, seq.current(limit))
+    return "%s (%s) = %s: %s %s" % (what, okey, _fmt_num(v.value), why, _fmt_num(limit))
+
+
+def check_sequence(params, seq, limits):
+    """The per-pulse rules of a sequence (firmware.sequence.sequence_violation: every interval, in
+    ticks of the absolute onsets, at least the period; every amplitude within 1..amplitude_ua; onsets
+    within the firmware's longest duration), the same the firmware applies to each SET_SEQUENCE
+    chunk; raises :class:`ParamLimitError` naming the pulse."""
+    from firmware import sequence as fseq
+
+    v = fseq.sequence_violation(params, limits, seq.onsets_ns, seq.amplitudes_ua)
+    if v is None:
+        return params
+    why = "is below the firmware limit" if v.relation == ">=" else "exceeds the firmware limit"
+    if v.field == "sequence_amplitude_ua":
+        i = seq.amplitudes_ua.index(v.value) if v.value in seq.amplitudes_ua else None
+        where = "%s[%d]" % (seq.keys["amplitudes"], i) if i is not None else seq.keys["amplitudes"]
+        msg = "%s = %s: %s %s" % (where, seq.current(v.value), why, seq.current(v.limit))
+    elif v.field == "onset_ns":
+        i = seq.onsets_ns.index(v.value) if v.value in seq.onsets_ns else None
+        where = "%s[%d]" % (seq.keys["onsets"], i) if i is not None else seq.keys["onsets"]
+        msg = "%s = %s: %s %s" % (where, seq.in_unit(v.value), why, seq.in_unit(v.limit))
+    else:
+        msg = describe_violation(v.field, v.value, v.limit, v.relation) + " (from [sequence])"
     raise ParamLimitError(msg, v)
 
 
