@@ -629,12 +629,15 @@ class Stimulator:
         (``{"frequency_hz": 20, "phase1_us": 200, "amplitude_ma": 2, "electrode_area_mm2": 5}``) or a
         :class:`picostim.paramfile.ParamSet`. Raises :class:`ParamFileError` (malformed),
         :class:`DeviceRefused` (beyond a limit: nothing is sent; or the channel is running: parameters
-        do not change while a train runs, stop it first)."""
+        do not change while a train runs, stop it first). A file with a ``[sequence]`` table also
+        uploads its pulses (SET_SEQUENCE, after the parameters; each pulse checked on the host first)."""
         ps = self._paramset(params)
         self._channel(channel)
         with _translated():
             _pf.check(ps, self.client.limits)
             resp = self.client.set_params(channel, ps.params)
+            if ps.sequence is not None:  # a [sequence]: its pulses follow the parameters, 20 a request
+                self.client.set_sequence(channel, ps.sequence.onsets_ns, ps.sequence.amplitudes_ua, ps.params)
         return _realised(channel, resp, ps)
 
     def params(self, channel: int = 0) -> Realised | None:
@@ -798,8 +801,10 @@ class Stimulator:
             triggers: Mapping[int, list[float]] | None = None, check: bool = False,
             analyzer: str = "fx2lafw", samplerate: float = 24e6) -> RunReport:
         """Upload ``params`` to ``channel``, run the train for ``duration`` seconds (default: the whole
-        train plus one cycle, or 1 s for an endless one), capture the pins and check the capture against
-        the *requested* parameters (``report.ok``). A train already running on ``channel`` is stopped
+        train plus one cycle, or 1 s for an endless one; a ``[sequence]`` played once: until its last
+        pulse has ended), capture the pins and check the capture against the *requested* parameters
+        (``report.ok``; a sequence: every onset exact to the tick and every amplitude after DAC
+        rounding, ``report.measured["sequence"]``). A train already running on ``channel`` is stopped
         first.
 
         Virtual Pico: emulated time (the run takes as long as the emulator needs) and the emulated PIO
@@ -834,7 +839,9 @@ class Stimulator:
             raise ValueError("virtual=\"micropython\" runs the firmware on shim hardware without PIO timing; "
                              "use virtual=True for run/captures")
         if duration is None:
-            duration = runner.default_duration_s(ps.params) + (trig[n_in][0] if n_in in trig else 0)
+            duration = runner.default_duration_s(ps.params, ps.sequence) + (trig[n_in][0] if n_in in trig else 0)
+        if ps.sequence is not None and self.kind == "rp2040":
+            raise ValueError("[sequence]: virtual=\"rp2040\" runs no custom sequences yet; use virtual=True")
         if capture is not None:
             Path(capture).parent.mkdir(parents=True, exist_ok=True)
         with _translated():
@@ -854,11 +861,12 @@ class Stimulator:
                                            plot_png=plot)
                 elif stepped:
                     result = runner.run_virtual(vp, self.client, ps.params, duration, channel=channel,
-                                                capture=capture, plot_png=plot, triggers=trig)
+                                                capture=capture, plot_png=plot, triggers=trig, sequence=ps.sequence)
                 else:
                     result = runner.run_board(self.client, ps.params, duration, driver=analyzer,
                                               samplerate=samplerate, channel=channel,
-                                              capture=capture or "picostim-capture.sr", plot_png=plot)
+                                              capture=capture or "picostim-capture.sr", plot_png=plot,
+                                              sequence=ps.sequence)
         finally:
             if was_realtime:
                 vp.realtime = True

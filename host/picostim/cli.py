@@ -319,6 +319,13 @@ def format_comparison(channel, ps, result, dead_ns=None):
     if any(ramps.values()):
         lines.append("; ".join("%s: %s" % (label, "%d pulses" % ramps[key] if ramps[key] else "none")
                                for label, key in (("soft start", "ramp_up"), ("soft stop (on stop)", "ramp_down"))))
+    seq = getattr(ps, "sequence", None)
+    if seq is not None:  # period and amplitude above are the sequence's shortest interval and largest amplitude
+        lines.append("sequence: %d pulses %s, onsets %s .. %s, amplitudes %s .. %s µA (the period above is the "
+                     "shortest interval, the amplitude the largest)"
+                     % (len(seq), "looped every %s" % seq.in_unit(seq.cycle_ns, "cycle") if seq.loop else "played once",
+                        seq.in_unit(seq.onsets_ns[0]), seq.in_unit(seq.onsets_ns[-1]),
+                        paramfile._fmt_num(min(seq.amplitudes_ua)), paramfile._fmt_num(max(seq.amplitudes_ua))))
     lines.append("charge-balance residual per pulse: %.3f pC (phase 2 amplitude derived from phase 1 charge)"
                  % (paramfile._get(realised, "residual_fc", "residual_charge_fc") / 1000.0))
     return "\n".join(lines)
@@ -334,6 +341,11 @@ def _result_json(channel, ps, result):
     if ps is not None:
         out["name"] = ps.name
         out["source"] = ps.source
+    seq = getattr(ps, "sequence", None)
+    if seq is not None:
+        out["sequence"] = {"pulses": len(seq), "loop": seq.loop, "cycle_us": seq.cycle_ns / 1000,
+                           "shortest_interval_us": result["params"]["period_ns"] / 1000,
+                           "onsets_us": [t / 1000 for t in seq.onsets_ns], "amplitudes_ua": list(seq.amplitudes_ua)}
     return out
 
 
@@ -616,7 +628,7 @@ def cmd_run(args):
                          % (paramfile.P.TRIGGER_NAMES[ps.params["trigger"]], n_in, n_in, n_in))
     duration = args.duration
     if duration is None:
-        duration = runner.default_duration_s(ps.params) + (triggers[n_in][0] if n_in in triggers else 0)
+        duration = runner.default_duration_s(ps.params, ps.sequence) + (triggers[n_in][0] if n_in in triggers else 0)
     with connect(args, realtime=False) as stim:
         _check_channel(stim, args.channel)
         paramfile.check(ps, stim.client.limits)
@@ -677,7 +689,7 @@ def cmd_check(args):
     ps = paramfile.load(args.params)
     paramfile.check(ps, _offline_limits())  # a file the firmware would refuse describes no capture
     trace, used = runner.load_capture(args.capture, args.channel, args.map)
-    report = runner.check_trace(trace, ps.params, args.channel, trace.duration_s())
+    report = runner.check_trace(trace, ps.params, args.channel, trace.duration_s(), sequence=ps.sequence)
     if args.plot:
         runner.plot(trace, report, args.plot)
     if not report.ok:

@@ -353,6 +353,33 @@ class Client:
         return self.request(M.SET_AMPLITUDE, M.encode_set_amplitude(channel, amplitude_ua),
                             decode=M.decode_amplitude_response)
 
+    def set_sequence(self, channel, onsets_ns, amplitudes_ua, params=None):
+        """Upload a custom sequence to ``channel`` after :meth:`set_params` put it in sequence mode
+        (``sequence_pulses`` = N): SET_SEQUENCE chunks of ``SEQUENCE_CHUNK`` (20) pulses, in order from
+        pulse 0 (a first chunk restarts the upload). ``onsets_ns``: integer ns from the start (within
+        the cycle when looped), ``amplitudes_ua``: phase-1 µA per pulse. With ``params`` (the channel's
+        canonical parameters) the host first applies the firmware's own per-pulse rules
+        (firmware.sequence.sequence_violation) and raises :class:`picostim.paramfile.ParamLimitError`
+        naming the pulse, so nothing is sent. Returns the last response ({"channel", "received",
+        "complete"}). NACKs: E_BAD_STATE (running, not in sequence mode, chunk out of order),
+        E_OUT_OF_RANGE (``onset_ns`` / ``sequence_amplitude_ua`` / ``sequence_pulses``)."""
+        onsets_ns = list(onsets_ns)
+        amplitudes_ua = list(amplitudes_ua)
+        if len(onsets_ns) != len(amplitudes_ua) or not onsets_ns:
+            raise ValueError("set_sequence: %d onsets and %d amplitudes: one amplitude per onset, at least one pulse"
+                             % (len(onsets_ns), len(amplitudes_ua)))
+        if params is not None:
+            seq = paramfile.Sequence(onsets_ns, amplitudes_ua, params.get("sequence_cycle_ns", 0) > 0,
+                                     params.get("sequence_cycle_ns", 0))
+            paramfile.check_sequence(P.complete(params), seq, self.limits)
+        resp = None
+        step = M.SEQUENCE_CHUNK
+        for first in range(0, len(onsets_ns), step):
+            body = M.encode_set_sequence(channel, first, onsets_ns[first:first + step],
+                                         amplitudes_ua[first:first + step])
+            resp = self.request(M.SET_SEQUENCE, body, decode=M.decode_sequence_response)
+        return resp
+
     def get_params(self, channel):
         return self.request(M.GET_PARAMS, bytes((channel,)), decode=M.decode_params_response)
 

@@ -24,6 +24,7 @@ from picostim.capture import sigrok as sigrok_capture
 from picostim.capture.analyzer import Report, channel_names
 from picostim.capture.trace import CaptureError, Trace
 from picostim.client import Client
+from firmware import board, pulse_engine
 from firmware.board import DEAD_TIME_NS
 from protocol import params as P
 
@@ -53,8 +54,15 @@ def cycle_ns(params: dict[str, int]) -> int:
     return params["period_ns"]
 
 
-def default_duration_s(params: dict[str, int]) -> float:
-    """A finite train: all of it plus one cycle to drain; an endless one: 1 s."""
+def default_duration_s(params: dict[str, int], sequence: Any = None) -> float:
+    """A finite train: all of it plus one cycle to drain; an endless one: 1 s. A custom sequence
+    (:class:`picostim.paramfile.Sequence`): until its last pulse has ended (played once, or a loop with
+    a duration) plus 10 ms; an endless loop: 1 s or three cycles, whichever is longer."""
+    if sequence is not None:
+        end = sequence.end_ns(params)
+        if end is None:
+            return max(1.0, 3 * sequence.cycle_ns / 1e9)
+        return end / 1e9 + 0.01
     dur = params["train_duration_ns"]
     if dur == 0:
         return 1.0
@@ -74,8 +82,36 @@ def stop_cycles(params: dict[str, int]) -> int:
     return k + 4
 
 
-def expected_from_params(params: dict[str, int], run_s: float | None = None) -> dict[str, Any]:
-    """What the capture must show, in µs, from the canonical *requested* parameters."""
+def sequence_expectations(params: dict[str, int], sequence: Any, run_s: float | None = None) -> dict[str, Any]:
+    """A custom sequence's per-pulse expectations for the analyzer: ``onsets_us`` (every pulse the run
+    plays, in play order, from the start's origin: ns_to_ticks of each ABSOLUTE onset plus c cycle ticks
+    for cycle c, as the firmware plays it, in µs), ``amplitudes_ua`` (each pulse's phase-1 current after
+    the DAC's rounding: the nearest 12-bit code, at least 1) and ``pulses`` when the window holds the
+    whole sequence. An endless loop lists the cycles the window can hold."""
+    cycles = sequence.cycles(params)
+    if cycles == 0:  # until stopped: enough cycles for the window
+        span = run_s if run_s is not None else default_duration_s(params, sequence)
+        cycles = int(span * 1e9 // sequence.cycle_ns) + 2
+    ticks = sequence.play_ticks(cycles)
+    tick_us = 1e6 / board.SYS_CLK_HZ
+    amps = [pulse_engine.code_to_na(pulse_engine.dac_code(a)) / 1000 for a in sequence.amplitudes_ua]
+    exp: dict[str, Any] = {"onsets_us": [t * tick_us for t in ticks],
+                           "amplitudes_ua": amps * (len(ticks) // len(amps))}
+    end = sequence.end_ns(params)
+    if end is not None and (run_s is None or run_s * 1e9 >= end):
+        exp["pulses"] = len(ticks)
+    return exp
+
+
+def expected_from_params(params: dict[str, int], run_s: float | None = None, sequence: Any = None) -> dict[str, Any]:
+    """What the capture must show, in µs, from the canonical *requested* parameters (and a custom
+    sequence's onsets and amplitudes: :func:`sequence_expectations`; no period, bursts or count from
+    the parameters then)."""
+    if sequence is not None:
+        exp = expected_from_params({**params, "sequence_pulses": 0, "train_duration_ns": 0}, run_s)
+        exp.pop("period_us", None)
+        exp.update(sequence_expectations(params, sequence, run_s))
+        return exp
     us = 1e-3
     exp: dict[str, Any] = {
         "phase1_us": params["phase1_ns"] * us,
@@ -136,13 +172,13 @@ class RunResult:
 
 
 def check_trace(trace: Trace, params: dict[str, int], channel: int, run_s: float | None,
-                gate_openings: int = 1) -> Report:
+                gate_openings: int = 1, sequence: Any = None) -> Report:
     """Analyze ``trace`` against the requested ``params``. When the window (``run_s``) cannot hold
     the whole train, the pulse count is not checked and the last burst may end early: a stop ends
     the stream at a pulse boundary, not a burst boundary. A gated train that the gate opened more than
     once restarts at each opening: the spacing across a closed gate is not a period, so the period is
     only checked for a single opening."""
-    expected = expected_from_params(params, run_s)
+    expected = expected_from_params(params, run_s, sequence)
     if gate_openings > 1:
         expected.pop("period_us", None)
         expected.pop("burst_period_us", None)
@@ -165,11 +201,11 @@ def pulses_after(report: Report, cycle: int) -> int:
 
 
 def _finish(params, realised, trace, events, capture, plot_png, channel, run_s, fault_sample=None,
-            gate_openings=1) -> RunResult:
+            gate_openings=1, sequence=None) -> RunResult:
     if fault_sample is not None:
         # the fault ended the train: only the part before it is held to the train's length
         run_s = min(run_s if run_s is not None else math.inf, fault_sample / trace.samplerate_hz)
-    report = check_trace(trace, params, channel, run_s, gate_openings)
+    report = check_trace(trace, params, channel, run_s, gate_openings, sequence)
     capture_path = plot_path = None
     if capture:
         capture_path = Path(capture)
@@ -190,13 +226,17 @@ def trigger_input(params: dict[str, int]) -> int | None:
 
 def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *, channel: int = 0,
                 capture: str | Path | None = None, plot_png: str | Path | None = None,
-                triggers: dict[int, list[float]] | None = None) -> RunResult:
+                triggers: dict[int, list[float]] | None = None, sequence: Any = None) -> RunResult:
     """Run on a :class:`~picostim.virtual.device.VirtualPico` in stepped (virtual) time: start, emulate
     ``duration_s`` seconds, stop (the running pulse completes), drain, capture the emulated pins.
     ``triggers``: input (1, 2) -> edge times in s from the start (first rising, then alternating),
-    driven on TRIG1/TRIG2 like a function generator."""
+    driven on TRIG1/TRIG2 like a function generator. ``sequence``: the custom sequence of a file with
+    ``[sequence]`` (:class:`picostim.paramfile.Sequence`), uploaded after the parameters; the capture's
+    onsets and amplitudes are checked against it pulse by pulse."""
     mask = 1 << channel
     resp = client.set_params(channel, params)
+    if sequence is not None:
+        client.set_sequence(channel, sequence.onsets_ns, sequence.amplitudes_ua, params)
     armed = vp.hal.system.now  # the capture starts here, as a logic analyzer armed before START:
     client.start(mask)  # it holds the DAC writes the HAL makes before it enables the state machines
     start = vp.hal.system.now  # the run's start (a gate re-arms the train: its own start moves on)
@@ -228,19 +268,21 @@ def run_virtual(vp, client: Client, params: dict[str, int], duration_s: float, *
             break
     openings = (len((triggers or {}).get(n_in, ())) + 1) // 2 if n_in is not None else 1
     result = _finish(params, resp["realised"], trace, events, capture, plot_png, channel, check_s, fault_sample,
-                     gate_openings=openings)
+                     gate_openings=openings, sequence=sequence)
     say_waiting(result.report, params, duration_s)
     return result
 
 
 def run_board(client: Client, params: dict[str, int], duration_s: float, *, driver: str,
               samplerate: float, channel: int = 0, wiring: dict[str, str] | None = None,
-              capture: str | Path, plot_png: str | Path | None = None) -> RunResult:
+              capture: str | Path, plot_png: str | Path | None = None, sequence: Any = None) -> RunResult:
     """Run on a real board while sigrok-cli captures the pins. The capture is armed first and
     triggers on the first phase-1 edge (sigrok `--triggers ... --wait-trigger`), so its window starts
-    with the train however long sigrok-cli takes to start."""
+    with the train however long sigrok-cli takes to start. ``sequence``: as in :func:`run_virtual`."""
     mask = 1 << channel
     resp = client.set_params(channel, params)
+    if sequence is not None:
+        client.set_sequence(channel, sequence.onsets_ns, sequence.amplitudes_ua, params)
     names = channel_names(channel)
     first = names["NEG"] if params["polarity"] == P.POLARITY_CATHODIC_FIRST else names["POS"]
     out: dict[str, Any] = {}
@@ -264,7 +306,8 @@ def run_board(client: Client, params: dict[str, int], duration_s: float, *, driv
     if "error" in out:
         raise out["error"]
     events = client.events(timeout=0.2)
-    result = _finish(params, resp["realised"], out["trace"], events, None, plot_png, channel, duration_s)
+    result = _finish(params, resp["realised"], out["trace"], events, None, plot_png, channel, duration_s,
+                     sequence=sequence)
     result.capture_path = Path(capture)
     say_waiting(result.report, params, duration_s)
     return result
@@ -326,10 +369,11 @@ def load_capture(path: str | Path, channel: int = 0,
 
 
 def check_capture(path: str | Path, params: dict[str, int], *, channel: int = 0,
-                  plot_png: str | Path | None = None, mapping: dict[str, str] | None = None) -> Report:
+                  plot_png: str | Path | None = None, mapping: dict[str, str] | None = None,
+                  sequence: Any = None) -> Report:
     """Check any capture file against a parameter set (``mapping``: see :func:`map_channels`)."""
     trace, _ = load_capture(path, channel, mapping)
-    report = check_trace(trace, params, channel, trace.duration_s())
+    report = check_trace(trace, params, channel, trace.duration_s(), sequence=sequence)
     if plot_png:
         plot(trace, report, plot_png)
     return report

@@ -66,7 +66,9 @@ EXPECTED_KEYS = {
     "phase1_us", "interphase_us", "phase2_us", "recovery_us", "recovery_gap_us", "period_us", "frequency_hz",
     "burst_pulses", "burst_gap_us", "burst_period_us", "bursts", "pulses", "polarity",
     "trigger_latency_us", "trigger_latency_max_cycles", "train_delay_us", "shape", "flank_us",
+    "onsets_us", "amplitudes_ua",
 }
+SEQUENCE_LIST_KEYS = ("onsets_us", "amplitudes_ua")  # per-pulse expectations of a custom sequence
 TRIPHASIC_KEYS = ("flank1", "flank2", "interphase1")  # extra widths of a triphasic analysis
 _MAX_LISTED = 100  # times listed in the JSON per kind
 
@@ -301,6 +303,8 @@ class Report:
     amplitude_ua: list[float | None] | None = None
     dac: dict[str, Any] = field(default_factory=dict)
     shape: str = "biphasic"  # "triphasic" when the expected parameters said so (TRIPHASIC_KEYS measured)
+    # custom sequence (expected ``onsets_us`` / ``amplitudes_ua``): see :func:`_check_sequence`; {} otherwise
+    sequence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -351,9 +355,13 @@ class Report:
         out["trigger"] = self.trigger
         out["sync_errors"] = self.sync_errors
         out["dead_time"] = self.dead_time
-        out["expected"] = self.expected
+        # the per-pulse lists of a sequence are the file's: counted here, compared in "sequence"
+        out["expected"] = {k: (len(v) if k in SEQUENCE_LIST_KEYS and v is not None else v)
+                           for k, v in self.expected.items()}
         out["amplitude_ua"] = self.amplitude_ua
         out["dac"] = self.dac
+        if self.sequence:
+            out["sequence"] = self.sequence
         return out
 
     def to_json_text(self, indent: int = 2) -> str:
@@ -388,6 +396,14 @@ class Report:
                          f"before the phase that uses them, shortest {st['min_us']:.3f} µs")
         if d.get("note"):
             lines.append(f"  DAC         {d['note']}")
+        q = self.sequence
+        if q:
+            worst = q["worst_onset_error_samples"]
+            lines.append(f"  sequence    {q['checked']}/{q['expected_pulses']} pulses checked: onsets "
+                         f"{'exact to the sample' if q['onset_mismatches'] == 0 and q['exact'] else 'within tolerance' if q['onset_mismatches'] == 0 else str(q['onset_mismatches']) + ' off'}"
+                         f" (worst {worst if worst is not None else '-'} samples), amplitudes "
+                         f"{q['amplitudes_checked']} checked, {q['amplitude_mismatches']} differ"
+                         + (f", {q['amplitudes_unknown']} unknown" if q['amplitudes_unknown'] else ""))
         lines += [f"  - {f}" for f in self.failures]
         return "\n".join(lines)
 
@@ -781,13 +797,90 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     flanks1 = None if f1s is None or f1e is None else (f1s[c], f1e[c])
     amplitude_ua, dac = _check_dac(trace, channel, pol, pos, neg, s[c], e[c], p2s[c], p2e[c], us_per_sample,
                                    0.0 if exact else tol0, clock_ppm, failures, flanks1)
+    seq = _check_sequence(expected, starts_c, amplitude_ua, us_per_sample, bool(exact), tol0, clock_ppm, failures)
 
     return Report(samplerate_hz=sr, n_samples=n, channel=channel, polarity=pol if (seen_pol or want_pol) else None,
                   exact=bool(exact), tolerance_samples=tol0, clock_ppm=float(clock_ppm), pulses=pulses,
                   stats=stats, values=values, overlaps=ov, incomplete=incomplete, bursts=bursts, train=train,
                   trigger=trig, sync_errors=sync_errors, dead_time=dead_time, failures=failures,
                   expected=dict(expected), amplitude_ua=amplitude_ua, dac=dac,
-                  shape="triphasic" if triphasic else "biphasic")
+                  shape="triphasic" if triphasic else "biphasic", sequence=seq)
+
+
+def _check_sequence(expected: Mapping[str, Any], starts: np.ndarray, amplitude_ua: list[float | None] | None,
+                    us_per_sample: float, exact: bool, tol0: float, clock_ppm: float,
+                    failures: list[str]) -> dict[str, Any]:
+    """A custom sequence's per-pulse checks (``expected["onsets_us"]``, ``expected["amplitudes_ua"]``);
+    appends to ``failures``; {} when neither is expected.
+
+    Time origin: the capture has no mark of the start itself (a logic analyzer sees the pins), so the
+    first complete pulse in the capture is taken as pulse 0 and placed at the file's first onset:
+    measured onset k = (start of pulse k - start of pulse 0) + ``onsets_us[0]``. Every later onset is
+    then compared with the file's onset k (``onsets_us``: absolute onsets from the start's origin, cycle
+    c of a loop adding c cycles): exact to the sample (= to the tick on the virtual Pico, one sample per
+    PIO tick) in exact mode, else within the width tolerance (±1 sample plus ``clock_ppm`` of the span).
+    An error in the first onset itself (the start -> first pulse delay) is not visible this way.
+
+    Amplitudes: pulse k's phase-1 amplitude decoded from the DAC bus must equal ``amplitudes_ua[k]``
+    (the file's value after the firmware's DAC rounding, computed by the caller) within 1 nA; a pulse
+    whose amplitude the capture does not show (None: the DAC was written before the capture began) is
+    counted as unknown, not compared. More complete pulses than expected onsets is a failure; fewer is
+    one only through ``expected["pulses"]`` (a run window may end early)."""
+    onsets = expected.get("onsets_us")
+    amps = expected.get("amplitudes_ua")
+    if onsets is None and amps is None:
+        return {}
+    n_meas = int(len(starts))
+    out: dict[str, Any] = {"exact": exact, "checked": 0, "onset_mismatches": 0,
+                           "worst_onset_error_samples": None, "worst_onset_error_us": None,
+                           "first_onset_mismatch": None, "onsets_us": None,
+                           "amplitudes_checked": 0, "amplitude_mismatches": 0, "amplitudes_unknown": 0,
+                           "first_amplitude_mismatch": None}
+    n_exp = len(onsets) if onsets is not None else len(amps or [])
+    out["expected_pulses"] = n_exp
+    if n_meas > n_exp:
+        failures.append(f"sequence: {n_meas} complete pulses in the capture, the sequence has {n_exp}")
+    if onsets is not None and len(onsets) and n_meas:
+        m = min(n_meas, len(onsets))
+        exp_us = np.asarray(onsets[:m], dtype=np.float64)
+        exp_rel = (exp_us - exp_us[0]) / us_per_sample  # samples from pulse 0
+        meas_rel = (starts[:m] - starts[0]).astype(np.int64)
+        err = meas_rel - exp_rel
+        tol = tol0 + clock_ppm * 1e-6 * np.abs(exp_rel) + 1e-9
+        bad = np.abs(err) > tol
+        worst = float(np.abs(err).max()) if m else 0.0
+        out["checked"] = m
+        out["onset_mismatches"] = int(bad.sum())
+        # exact mode: the nearest whole sample of the expected onset must be the measured one
+        out["worst_onset_error_samples"] = int(np.abs(np.rint(err)).max()) if exact else worst
+        out["worst_onset_error_us"] = float(np.abs(np.rint(err) if exact else err).max()) * us_per_sample
+        out["onsets_us"] = [float(x) for x in meas_rel * us_per_sample + float(onsets[0])]
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            out["first_onset_mismatch"] = {"pulse": i, "expected_us": float(onsets[i]),
+                                           "measured_us": out["onsets_us"][i],
+                                           "error_samples": float(err[i])}
+            failures.append(f"sequence onsets: {int(bad.sum())}/{m} pulses off the file's onsets (origin: pulse 0 "
+                            f"at {float(onsets[0]):g} µs), first #{i}: {out['onsets_us'][i]:.4f} µs vs "
+                            f"{float(onsets[i]):.4f} µs ({float(err[i]):+.1f} samples)")
+    if amps is not None and amplitude_ua is None:
+        out["amplitude_note"] = "the capture has no DAC lines: amplitudes not checked"
+    elif amps is not None and n_meas:
+        m = min(n_meas, len(amps), len(amplitude_ua or []))
+        meas = amplitude_ua[:m] if amplitude_ua is not None else []
+        known = np.array([a is not None for a in meas], bool)
+        got = np.array([a if a is not None else np.nan for a in meas], np.float64)
+        want = np.asarray(amps[:m], dtype=np.float64)
+        bad = known & (np.abs(got - want) > 1e-3)
+        out["amplitudes_checked"] = int(known.sum())
+        out["amplitudes_unknown"] = int((~known).sum())
+        out["amplitude_mismatches"] = int(bad.sum())
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            out["first_amplitude_mismatch"] = {"pulse": i, "expected_ua": float(want[i]), "measured_ua": float(got[i])}
+            failures.append(f"sequence amplitudes: {int(bad.sum())}/{int(known.sum())} pulses differ from the file "
+                            f"after DAC rounding, first #{i}: {got[i]:g} µA vs {want[i]:g} µA")
+    return out
 
 
 def _check_dac(trace: Trace, channel: int, pol: str, pos: Channel, neg: Channel, s: np.ndarray, e: np.ndarray,
