@@ -77,7 +77,7 @@ beginning at the next opening. The stop is as quick as the main loop's poll (aft
 board), plus at most one queued pulse.
 """
 
-from firmware import board, impedance, pulse_engine, storage
+from firmware import board, impedance, pulse_engine, sequence, storage
 from firmware.limits import LIMITS
 from firmware.ticks import Uptime, ticks_add, ticks_diff
 from protocol import messages as M
@@ -87,6 +87,7 @@ from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
 FIRMWARE_VERSION = (0, 1, 0)
 _FAULT_EVENT = {M.Z_OPEN: M.EV_FAULT_OPEN, M.Z_SHORT: M.EV_FAULT_SHORT}
 _I32_MAX = 0x7FFFFFFF
+_SEQ_WALK = 64  # pulses a sequence reading is walked back at most (monitoring)
 
 
 class Refused(Exception):
@@ -103,14 +104,17 @@ def _refuse(code, field=None, value=0, limit=0):
 
 
 class Controller:
-    def __init__(self, hal, send, limits=LIMITS, storage=None, monitor_max_hz=impedance.MONITOR_MAX_HZ):
+    def __init__(self, hal, send, limits=LIMITS, storage=None, monitor_max_hz=impedance.MONITOR_MAX_HZ,
+                 sequences=None):
         """``send(bytes)`` writes to the host link; ``storage`` is a firmware.storage.Store (or None:
         SAVE/LOAD are refused); ``monitor_max_hz`` caps the phase-1 electrode readings per second and
-        channel (0 = monitoring off)."""
+        channel (0 = monitoring off); ``sequences``: where custom sequences' records go
+        (firmware.sequence.FileStore on the board; default a RamStore)."""
         self.hal = hal
         self.send = send
         self.limits = limits
         self.storage = storage
+        self.sequences = sequence.RamStore() if sequences is None else sequences
         self.event_log = []  # (seq, body), at most M.EVENT_LOG_LEN, oldest first
         self.deadman_trips = 0
         self.deadman_ms = 0  # per connection: 0 off; HELLO resets it
@@ -152,6 +156,7 @@ class Controller:
         self._writer: list | None = None
         self._plan = None  # (channels, software, ops) of the start the last _check_startable passed
         self._replaced: list = [None] * n  # the shortest-idle train replace()d away since the start
+        self._seq: list = [None] * n  # sequence.SequenceBuilder of a channel in sequence mode (its upload)
         self.nacks = 0
         self.duplicates = 0
         self.events_sent = 0
@@ -173,6 +178,7 @@ class Controller:
             M.EVENT_LOG: self._event_log,
             M.REPL: self._repl,
             M.SET_AMPLITUDE: self._set_amplitude,
+            M.SET_SEQUENCE: self._set_sequence,
         }
         self.handback = False  # REPL accepted: main.py stops serving and returns to the REPL
 
@@ -405,7 +411,26 @@ class Controller:
         rest = (train.realised["pulse"] - pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)) // tpu
         if d < rest:
             return p_now  # still in progress: its index is the number completed
+        ramp = self._mon_ramp[ch]
+        if ramp is not None and ramp[0] == 3:  # a sequence: walk back over its own intervals
+            return self._sequence_pulse(ramp[2], p_now - 1, (d - rest) * tpu)
         j = p_now - 1 - (d - rest) * tpu // train.period_ticks
+        return j if j > 0 else 0
+
+    @staticmethod
+    def _sequence_pulse(reader, j, elapsed):
+        """The pulse of a sequence that ended ``elapsed`` ticks before pulse ``j`` did: back over the
+        intervals between their onsets (at most _SEQ_WALK pulses: readings come every few ms)."""
+        steps = 0
+        while j > 0 and steps < _SEQ_WALK:
+            reader.seek(j - 1)
+            a = reader.next()
+            b = reader.next()
+            if a is None or b is None or elapsed < b[0] - a[0]:
+                break
+            elapsed -= b[0] - a[0]
+            j -= 1
+            steps += 1
         return j if j > 0 else 0
 
     def _reading_na(self, ch, ramp, j):
@@ -413,6 +438,10 @@ class Controller:
         kind, first, what = ramp
         if kind == 2:  # a live change: the old current before its first pulse
             return what if j < first else self._monitor_na[ch]
+        if kind == 3:  # a sequence: the pulse's own phase-1 code from its record
+            what.seek(j)
+            rec = what.next()
+            return pulse_engine.code_to_na(rec[1]) if rec is not None else self._monitor_na[ch]
         if kind == 0:
             a, b = pulse_engine.pulse_codes(what, j - first)
         elif j < first:
@@ -426,7 +455,7 @@ class Controller:
     def _mon_settled(self, ch):
         """Forget the per-pulse current once every pulse it covers has passed."""
         ramp = self._mon_ramp[ch]
-        if ramp is not None and ramp[0] != 1:
+        if ramp is not None and (ramp[0] == 0 or ramp[0] == 2):  # 1 ramp-down, 3 a sequence: to the end
             last = ramp[1] if ramp[0] == 2 else ramp[1] + ramp[2].ramp_up_k
             if self.hal.pulses(ch) > last + 2:
                 self._mon_ramp[ch] = None
@@ -526,6 +555,11 @@ class Controller:
         realised = dict(train.realised)
         realised["pulses_per_cycle"] = train.pulses_per_cycle
         realised["repeats"] = train.repeats
+        seq = self._seq[ch]
+        if seq is not None:  # a custom sequence: N pulses per cycle, played once or looped
+            realised["pulses_per_cycle"] = seq.pulses
+            realised["repeats"] = seq.repeats()
+            realised["train_duration"] = seq.repeats() * seq.cycle_ticks
         realised["tick_hz"] = board.SYS_CLK_HZ
         return M.encode_params_response(ch, self.params[ch], realised)
 
@@ -544,9 +578,16 @@ class Controller:
     def _apply(self, ch, params):
         """Validate, build and install ``params`` on ``ch`` (SET_PARAMS and LOAD); refuses first."""
         train, violation = pulse_engine.build_checked(params, self.limits)
+        if violation is None and params["sequence_pulses"]:  # the amplitude may change at every pulse
+            violation = pulse_engine.update_idle_violation(train, 1)
         if violation is not None:
             raise Refused(M.encode_violation_nack(violation))
         if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING):
+            old_seq = self.params[ch]["sequence_pulses"] if self.params[ch] is not None else 0
+            if old_seq or params["sequence_pulses"]:
+                # a sequence is uploaded for its parameters and played from its records: no switch
+                # at a pulse boundary into or out of one (STOP, SET_PARAMS, SET_SEQUENCE, START)
+                _refuse(M.E_BAD_STATE, "sequence_pulses", params["sequence_pulses"], self.state[ch])
             if self._dac_mask >> ch & 1 and (self._writer is not None or self._bus_busy()):
                 # DAC ops in flight were built for the current train (its phase-2 pin, its codes)
                 _refuse(M.E_DAC_BUSY, "channel", ch, 0)
@@ -567,6 +608,10 @@ class Controller:
                 self._replaced[ch] = old  # may still play: DAC updates must also fit its idle
         self.params[ch] = params
         self.trains[ch] = train
+        if self._seq[ch] is not None:  # new parameters discard an uploaded sequence (even the same N)
+            self._seq[ch].discard()
+        self._seq[ch] = (sequence.SequenceBuilder(params, self.limits, self.sequences.records(ch))
+                         if params["sequence_pulses"] else None)
         return self._params_response(ch)
 
     def _waits(self, channels, software):
@@ -578,7 +623,11 @@ class Controller:
 
     def _ramp_ops(self, channels, wait):
         """(first_ops, the ramp's first chunk, its RampWriter) for a start of ``channels``, or None
-        when none of them ramps. Refuses (before anything moves) ramps the DAC bus cannot play."""
+        when none of them ramps. Refuses (before anything moves) ramps the DAC bus cannot play.
+        A start with sequence channels: _sequence_ops."""
+        for ch in channels:
+            if self._seq[ch] is not None:
+                return self._sequence_ops(channels, wait)
         if not [ch for ch in channels if self.trains[ch].ramp_up_k > 1]:
             return None
         if self._dac_busy is None:  # no DAC bus on this HAL: a ramp would be played at full amplitude
@@ -595,6 +644,44 @@ class Controller:
             raise Refused(M.encode_violation_nack(P.Violation(exc.field, exc.value, exc.limit, exc.relation)))
         return pulse_engine.start_ops(self.trains, channels), writer.chunk(writer.lookahead()), writer
 
+    def _sequence_ops(self, channels, wait):
+        """A START with sequence channels: attach each one's SequenceSource to its train
+        (``train.sequence``, read by the HAL's stream), then (first_ops: every started channel's
+        first-pulse codes, the first chunk of the sequences' DAC ops, their writer or None), or None on
+        a HAL without a DAC bus. Refused before anything moves: a soft start in the same START (the
+        DAC bus plays one op stream: E_RAMP_TIMING naming the ramp), the DAC bus busy with a ramp or a
+        change (E_DAC_BUSY), amplitudes the train's codes do not give on a HAL without a DAC bus, and
+        what pulse_engine.sequence_writer refuses (several channels with varying amplitudes)."""
+        seqs = [ch for ch in channels if self._seq[ch] is not None]
+        for ch in channels:
+            t = self.trains[ch]
+            if t.ramp_up_k > 1:  # value = the ramping channel, limit = a sequence channel
+                _refuse(M.E_RAMP_TIMING, "ramp_up_ns" if t.ramp_ticks else "ramp_up_pulses", ch, seqs[0])
+        if self._dac_busy is None:  # the HAL writes each train's own codes: only a constant sequence at them
+            for ch in seqs:
+                b = self._seq[ch]
+                if b.code_min != b.code_max or b.code_max != self.trains[ch].code1:
+                    _refuse(M.E_OUT_OF_RANGE, "sequence_amplitude_ua", self.params[ch]["amplitude_ua"], 0)
+        elif self._writer is not None or self._bus_busy():
+            _refuse(M.E_DAC_BUSY, "channel", seqs[0], 0)
+        for ch in channels:
+            b = self._seq[ch]
+            self.trains[ch].sequence = b.source() if b is not None else None
+        if self._dac_busy is None:
+            return None
+        writer = None
+        make = getattr(pulse_engine, "sequence_writer", None)  # firmware/pulse_engine.py (the DAC op writer)
+        if make is not None:
+            try:
+                writer = make(self.trains, channels, wait)
+            except pulse_engine.RampMismatch as exc:
+                raise Refused(M.encode_nack(M.E_RAMP_TIMING, P.field_id(exc.field), exc.value, exc.limit,
+                                            exc.relation))
+            except pulse_engine.Unrealisable as exc:
+                raise Refused(M.encode_violation_nack(P.Violation(exc.field, exc.value, exc.limit, exc.relation)))
+        first = pulse_engine.start_ops(self.trains, channels)
+        return first, writer.chunk(writer.lookahead()) if writer is not None else [], writer
+
     def _check_startable(self, channels, armed_ok=False, software=False):
         for ch in channels:
             if self.state[ch] == M.ST_FAULT:
@@ -603,6 +690,9 @@ class Controller:
                 _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
             if self.state[ch] != M.ST_IDLE and not (armed_ok and self.state[ch] == M.ST_ARMED):
                 _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
+            seq = self._seq[ch]
+            if seq is not None and not seq.complete:  # value = pulses received, limit = N
+                _refuse(M.E_SEQUENCE_INCOMPLETE, "sequence_pulses", seq.received, seq.pulses)
         self._plan = None
         ops = self._ramp_ops(channels, self._waits(channels, software))  # refuses an unplayable ramp first
         self._plan = (list(channels), software, ops)
@@ -637,6 +727,9 @@ class Controller:
             self._cancel_dac(ch)
             self._replaced[ch] = None
             self._mon_ramp[ch] = (0, 0, self.trains[ch]) if ops is not None and self.trains[ch].ramp_up_k > 1 else None
+            src = getattr(self.trains[ch], "sequence", None) if self._seq[ch] is not None else None
+            if src is not None:  # monitoring with each pulse's own current: its own reader
+                self._mon_ramp[ch] = (3, 0, src.reader())
             self._software_start[ch] = software
             self._stopping[ch] = False
             self._gate_closed[ch] = False
@@ -646,12 +739,12 @@ class Controller:
         else:
             self.hal.start(self.trains, mask, wait, ops[0], ops[1])
             writer = ops[2]
-            if not writer.done:
+            if writer is not None and not writer.done:
                 self._writer = [writer, writer.channels[0], 0]
             if ops[1]:
                 group = 0
                 for ch in channels:
-                    if self.trains[ch].ramp_up_k > 1:
+                    if self.trains[ch].ramp_up_k > 1 or (self._seq[ch] is not None and ch in writer.channels):
                         group |= 1 << ch
                 self._dac_mask |= group
                 if group & (group - 1):  # more than one channel
@@ -756,6 +849,8 @@ class Controller:
         ch = self._channel(body, 5)
         if self.params[ch] is None:
             _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
+        if self._seq[ch] is not None:  # a sequence's amplitudes are its records'
+            _refuse(M.E_BAD_STATE, "sequence_pulses", self._seq[ch].pulses, 0)
         if self.state[ch] == M.ST_FAULT:
             _refuse(M.E_FAULT_LATCHED, "channel", ch, 0)
         if (self.state[ch] != M.ST_RUNNING or self._stopping[ch] or self._gate_closed[ch]
@@ -778,6 +873,41 @@ class Controller:
         self._dac_mask |= 1 << ch
         r = train.realised
         return M.encode_amplitude_response(ch, r["amplitude_ua"], r["amplitude2_ua"], train.dac_a, train.dac_b)
+
+    def _set_sequence(self, body):
+        """Pulses ``first`` .. ``first + k - 1`` of a sequence channel's upload (firmware/sequence.py).
+        Refused, nothing stored: a length that is not 1..SEQUENCE_CHUNK pulses, no such channel, no
+        parameters, parameters not in sequence mode, the channel armed/running/draining (or, records
+        in flash, any channel: a flash write stalls the CPU longer than the feeder's lookahead), a
+        chunk out of order, and every per-pulse rule (E_OUT_OF_RANGE naming onset_ns,
+        sequence_amplitude_ua or sequence_pulses)."""
+        req = M.decode_set_sequence(body)
+        if req is None:
+            k = (len(body) - M.SEQUENCE_HEAD_SIZE) // M.SEQUENCE_PULSE_SIZE
+            k = 1 if k < 1 else M.SEQUENCE_CHUNK if k > M.SEQUENCE_CHUNK else k
+            _refuse(M.E_BAD_LENGTH, "body", len(body), M.SEQUENCE_HEAD_SIZE + k * M.SEQUENCE_PULSE_SIZE)
+        ch, first, onsets, amps = req
+        if ch >= self.hal.channels:
+            _refuse(M.E_BAD_CHANNEL, "channel", ch, self.hal.channels - 1)
+        if self.params[ch] is None:
+            _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
+        builder = self._seq[ch]
+        if builder is None:  # its parameters are a regular train
+            _refuse(M.E_BAD_STATE, "sequence_pulses", 0, 1)
+        if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING) or self.hal.running(ch):
+            _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
+        if self.sequences.stalls:
+            self._refuse_if_busy()
+        if first and first != builder.received:  # chunks in order (first = 0 restarts)
+            _refuse(M.E_BAD_STATE, "sequence_pulses", first, builder.received)
+        violation = builder.check(first, onsets, amps)
+        if violation is not None:
+            raise Refused(M.encode_violation_nack(violation))
+        try:
+            builder.add(first, onsets, amps)
+        except OSError:
+            _refuse(M.E_STORAGE, "channel", ch, builder.received)
+        return M.encode_sequence_response(ch, builder.received, builder.complete)
 
     @staticmethod
     def _bits(channels):
@@ -860,6 +990,8 @@ class Controller:
         ch, slot = self._slot_request(body)
         if self.params[ch] is None:
             _refuse(M.E_NOT_CONFIGURED, "channel", ch, 0)
+        if self._seq[ch] is not None:  # slots hold parameters only, never a sequence's records
+            _refuse(M.E_BAD_STATE, "sequence_pulses", self._seq[ch].pulses, 0)
         self._refuse_if_busy()
         try:
             crc = self.storage.save(slot, P.pack(self.params[ch]))

@@ -36,13 +36,14 @@ if __name__ == "__main__":  # the board: Ctrl-C off before anything else (the im
 
 import time  # ticks_ms/ticks_diff/sleep_ms: MicroPython (main.py runs only there; CPython imports constants)
 
-from firmware import storage
+from firmware import sequence, storage
 from firmware.controller import Controller
 from firmware.crash import recover, reset_chip, safe_state
 from firmware.transport import PUMP_IDLE_MAX_BYTES, PUMP_MAX_BYTES, UsbCdc
 from protocol import messages as M
 
 PARAMS_DIR = "/params"  # parameter slots on the board's littlefs (firmware/storage.py)
+SEQUENCE_DIR = "/seq"  # custom sequences' records, one file per channel (firmware/sequence.py)
 BOOTSEL_WINDOW_MS = 2000  # BOOTSEL pressed within this long after the BOOT event: back to the REPL
 BOOTSEL_POLL_MS = 20  # bootsel_button() sampling period in the window (each read: ~10 us, IRQs off)
 HANDBACK_DRAIN_MS = 200  # longest wait for the REPL request's ACK to leave before the handback
@@ -50,7 +51,7 @@ WATCHDOG_CTRL_CLR = 0x40058000 + 0x3000  # WATCHDOG_BASE + CTRL (0x000), atomic 
 WATCHDOG_CTRL_ENABLE = 1 << 30
 
 
-def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR, bootsel=None):
+def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR, bootsel=None, sequence_dir=SEQUENCE_DIR):
     """Serve the host until the port is handed back to the REPL (or for ``loops`` iterations, for
     tests). ``bootsel``: a callable reading the BOOTSEL button (default ``rp2.bootsel_button`` when it
     exists). Returns why it stopped: "repl" (REPL request), "bootsel" (boot window) or None."""
@@ -63,9 +64,10 @@ def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR, bootsel=None):
     if bootsel is None:
         bootsel = bootsel_reader()
     store = storage.Store(storage.OsFiles(params_dir))
+    sequences = sequence.FileStore(sequence_dir)
 
     def make():
-        return Controller(hal, link.write, storage=store)
+        return Controller(hal, link.write, storage=store, sequences=sequences)
 
     controller = make()
     controller.boot()

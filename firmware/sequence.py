@@ -187,6 +187,8 @@ class SequenceBuilder:
         self.received = 0
         self.first_ticks = 0
         self.last_ticks = 0
+        self.code_min = 0  # smallest and largest phase-1 DAC code received (equal: constant amplitude)
+        self.code_max = 0
 
     @property
     def complete(self):
@@ -219,16 +221,25 @@ class SequenceBuilder:
         data = bytearray(k * RECORD_SIZE)
         last = self.last_ticks
         first_t = self.first_ticks
+        lo, hi = (self.code_min, self.code_max) if first else (0, 0)
         for i in range(k):
             t = pulse_engine.ns_to_ticks(onsets_ns[i])
+            code = pulse_engine.dac_code(amplitudes_ua[i])
             if first + i == 0:
                 first_t = t
-            struct.pack_into(RECORD, data, i * RECORD_SIZE, t, pulse_engine.dac_code(amplitudes_ua[i]))
+                lo = hi = code
+            elif code < lo:
+                lo = code
+            elif code > hi:
+                hi = code
+            struct.pack_into(RECORD, data, i * RECORD_SIZE, t, code)
             last = t
         self.records.write_at(first * RECORD_SIZE, data)
         self.received = first + k
         self.first_ticks = first_t
         self.last_ticks = last
+        self.code_min = lo
+        self.code_max = hi
         if self.complete:
             self.records.finish()
 

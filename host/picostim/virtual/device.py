@@ -23,7 +23,7 @@ import threading
 import time
 import tty
 
-from firmware import storage
+from firmware import sequence, storage
 from firmware.controller import Controller
 from firmware.dma_chain import WDT_TIMEOUT_MS
 from firmware.crash import recover
@@ -54,6 +54,7 @@ class VirtualPico:
         self._own_flash = flash_dir is None  # a temp dir of ours: removed by close()
         self.flash_dir = flash_dir or tempfile.mkdtemp(prefix="picostim-flash-")
         self.storage = storage.Store(storage.OsFiles(self.flash_dir))
+        self.sequences = sequence.FileStore(self.flash_dir + "/seq")  # as firmware/main.py: records in flash
         self.watchdog_ms = (WDT_TIMEOUT_MS if realtime else 0) if watchdog_ms is None else watchdog_ms
         self.resets = 0  # watchdog resets so far
         self._generation = 0
@@ -119,7 +120,7 @@ class VirtualPico:
 
     # ---- the crash path (firmware/main.py) ----------------------------------------------------
     def _make_controller(self) -> Controller:
-        return Controller(self.hal, self._send, storage=self.storage)
+        return Controller(self.hal, self._send, storage=self.storage, sequences=self.sequences)
 
     def _guarded(self, call, *args) -> None:
         """Run a controller entry point as firmware/main.py's loop does: an exception takes the crash
