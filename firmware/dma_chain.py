@@ -350,7 +350,12 @@ class Plan:
       cycle's first group, which it then replaces once;
     * ``blocks``: every distinct block (the buffers the DMA reads), at most 4 of <= 3 entries + idle.
     Building costs O(P^2) word operations, independent of every duration and of the burst count.
+    Every block is fixed once built, so the Feeder may queue as far ahead as the ring allows
+    (``max_ahead``).
     """
+
+    jit = False  # blocks are never rewritten (SequencePlan: True)
+    max_ahead = RING_LEN  # entries the Feeder may queue ahead of the DMA: the ring is the bound
 
     def __init__(self, train, p=0, with_delay=True):
         if p <= 0:
@@ -397,6 +402,10 @@ class Plan:
         for b in self.blocks:
             n += len(b.words)
         return n
+
+    def cursor(self):
+        """A fresh position at the plan's start (what the Feeder walks)."""
+        return Cursor(self)
 
     def sequence(self):
         """Generator of blocks in play order (test helper; the Feeder walks the same order)."""
@@ -457,6 +466,17 @@ class Cursor:
                 self.cycle += 1
 
 
+def plan_for(train, p=0):
+    """The feed plan of ``train``: a firmware.seq_stream.SequencePlan when it plays a custom sequence
+    (``train.sequence``, set by the controller), else a Plan. Both HALs choose through this one
+    function. (seq_stream is imported on the first sequence only: its code costs no heap otherwise.)"""
+    if getattr(train, "sequence", None) is not None:
+        from firmware.seq_stream import SequencePlan
+
+        return SequencePlan(train, p)
+    return Plan(train, p)
+
+
 class Feeder:
     """CPU side of the control ring of one channel (pure: the ring is any indexable of ints).
 
@@ -482,6 +502,8 @@ class Feeder:
         self.finished = True
         self.max_tail_ticks = 0
         self.staged = None  # type: tuple | None  # (addresses, pulses) of a prepared replace
+        self.jit = False  # the plan rewrites its entries (SequencePlan): no fast path, max_ahead applies
+        self.max_ahead = RING_LEN  # entries queued at most beyond the one the control channel reads next
         self.races = 0  # replaces whose first store the DMA may have raced (commit_replace)
 
     # -- ring access
@@ -490,6 +512,8 @@ class Feeder:
 
     def _next_entry(self):
         """(address, pulses-completed-after) of the next entry, or None at the end of the plan."""
+        if self.jit:
+            return self.cursor.entry(self.addr_of, 4 * self.p)  # type: ignore[union-attr]
         if self.block is None or self.entry >= self.block.entries:
             self.block = self.cursor.next_block() if self.cursor is not None else None
             self.entry = 0
@@ -506,6 +530,8 @@ class Feeder:
         written LAST (it commits the run: the DMA sees either the old 0 there or the whole run).
         Returns the new head. (_next_entry inlined, with the block's address looked up once per
         block: this loop is most of START's time on the M0+.)"""
+        if self.jit:
+            return self._write_seq_run(start, limit)
         vals = []
         cums = []
         total = self.pulses_total
@@ -622,18 +648,60 @@ class Feeder:
         self.head = new_head
         return new_head
 
+    def _write_seq_run(self, start, limit):
+        """_write_run for a SequencePlan: each entry is written by its cursor (pool entries rewritten
+        just in time) before any ring slot of the run, and the run's first slot last."""
+        vals = []
+        cums = []
+        total = self.pulses_total
+        i = start
+        if i < limit and not self.finished:
+            cur = self.cursor
+            plan = cur.plan  # type: ignore[union-attr]
+            pa = self.addr_of(plan.pool)
+            ia = self.addr_of(plan.idle)
+            step = 4 * self.p
+            while i < limit:
+                e = cur.advance()  # type: ignore[union-attr]
+                if e < -1:
+                    self.finished = True
+                    break
+                vals.append(ia if e < 0 else pa + step * e)
+                total += cur.done  # type: ignore[union-attr]
+                cums.append(total)
+                i += 1
+        new_head = start + len(vals)
+        ring = self.ring
+        base = self.base
+        rl = self.ring_len
+        cum = self.cum
+        ring[base + new_head % rl] = 0
+        cum[new_head % rl] = total
+        for k in range(len(vals) - 1, -1, -1):
+            s = (start + k) % rl
+            cum[s] = cums[k]
+            ring[base + s] = vals[k]
+        self.pulses_total = total
+        self.head = new_head
+        return new_head
+
     # -- API
     def load(self, plan):
         """Fresh stream (DMA stopped): fill the ring from slot 0. Returns the number of entries."""
         self.p = plan.p
-        self.cursor = Cursor(plan)
+        self.cursor = plan.cursor()
+        self.jit = plan.jit
+        self.max_ahead = plan.max_ahead
         self.block = None
         self.entry = 0
         self.finished = False
         self.pulses_total = 0
         self.head = 0
         self.max_tail_ticks = plan.tail_ticks
-        head = self._write_run(0, self.ring_len - self.margin)  # slots 0..head (the 0 at head)
+        limit = self.ring_len - self.margin
+        if plan.max_ahead < limit:
+            limit = plan.max_ahead
+        head = self._write_run(0, limit)  # slots 0..head (the 0 at head)
         ring = self.ring
         base = self.base
         cum = self.cum
@@ -647,6 +715,9 @@ class Feeder:
         if self.finished:
             return self.head
         limit = consumed + self.ring_len - self.margin
+        ahead = consumed + self.max_ahead  # a SequencePlan's pool entries: never one the DMA may read
+        if ahead < limit:
+            limit = ahead
         if limit <= self.head:
             return self.head
         return self._write_run(self.head, limit)
@@ -667,7 +738,11 @@ class Feeder:
         limit = self.ring_len - self.margin - 1
         if n > limit:
             n = limit
-        self.cursor = Cursor(plan)
+        if n > plan.max_ahead:
+            n = plan.max_ahead
+        self.cursor = plan.cursor()
+        self.jit = plan.jit
+        self.max_ahead = plan.max_ahead
         self.block = None
         self.entry = 0
         self.finished = False

@@ -601,11 +601,18 @@ class Rp2Hal:
         return st.last_abs
 
     def _buffers(self, plan):
+        """The DMA reads each Block's OWN array (``block.words``), so a SequencePlan's just-in-time
+        rewrites of its pool reach the DMA; nothing is copied. (The register-level model can address
+        only the arrays the HAL allocates in its emulated SRAM: there the array is re-homed once, and
+        ``block.words`` is then that array.)"""
         bufs = []
         for b in plan.blocks:
-            b.buf = array("I", b.words)
-            b.addr = uctypes.addressof(b.buf)
-            bufs.append(b.buf)
+            try:
+                b.addr = uctypes.addressof(b.words)
+            except TypeError:
+                b.words = array("I", b.words)
+                b.addr = uctypes.addressof(b.words)
+            bufs.append(b.words)
         return bufs
 
     def _release(self, st, consumed):
@@ -661,7 +668,7 @@ class Rp2Hal:
             train = trains[st.ch]
             self._halt(st)
             self._abort(st)
-            plan = dma_chain.Plan(train)
+            plan = dma_chain.plan_for(train)  # a custom sequence: its pool of just-in-time entries (8 KB)
             st.p = plan.p
             st.retired = []
             st.buffers = self._buffers(plan)
@@ -689,7 +696,8 @@ class Rp2Hal:
             if ops is None:
                 ops = []
                 for st in chosen:
-                    ops.extend(dac_bus.update_ops(st.ch, trains[st.ch].dac_a, trains[st.ch].dac_b))
+                    a, b = pulse_engine.first_codes(trains[st.ch])  # a sequence: its first pulse's
+                    ops.extend(dac_bus.update_ops(st.ch, a, b))
             if not self._dac_now(ops, drop):
                 for st in chosen:
                     self._halt(st)
@@ -699,7 +707,7 @@ class Rp2Hal:
                 raise RuntimeError("DAC bus: the start's DAC writes were not confirmed")
             t_dac = ticks_us()  # the first codes' CS edges: the outputs settle from here
             for st in chosen:
-                st.dac_codes = (trains[st.ch].dac_a, trains[st.ch].dac_b)
+                st.dac_codes = pulse_engine.first_codes(trains[st.ch])
             if ramp_ops:
                 self._dac_queue(ramp_ops)
         mem32[dma_chain.DMA_MULTI_CHAN_TRIGGER] = trig_bits

@@ -192,6 +192,10 @@ class Train:
         self.shape = BIPHASIC  # TRIPHASIC: flank, main phase (phase 1), flank; phase2_ticks = both flanks
         self.dac_a = 0  # DAC codes at full amplitude: A = POS direction, B = NEG direction
         self.dac_b = 0
+        # A custom sequence (firmware/sequence.py SequenceSource, set by the controller): the pulses'
+        # onsets and amplitudes come from it (dma_chain.plan_for, start_ops, sequence_writer); None
+        # for a regular train.
+        self.sequence = None
 
     @property
     def pulses(self):
@@ -546,12 +550,46 @@ def amplitude_ops(train, ch):
 
 
 def start_ops(trains, channels):
-    """The writes before a START enables the state machines: each channel's first-pulse codes."""
+    """The writes before a START enables the state machines: each channel's first-pulse codes (the
+    ramp's first step, a sequence's pulse 0)."""
     ops: list = []
     for ch in channels:
-        a, b = pulse_codes(trains[ch], 0)
+        t = trains[ch]
+        a, b = first_codes(t) if t.sequence is not None else pulse_codes(t, 0)
         ops.extend(dac_bus.update_ops(ch, a, b))
     return ops
+
+
+def first_codes(train):
+    """(DAC A, DAC B) the HAL writes before a start when the controller passes no first ops: the full
+    codes, or a custom sequence's first pulse's (phase 2 balanced from its phase-1 code)."""
+    if train.sequence is None:
+        return train.dac_a, train.dac_b
+    from firmware import seq_stream
+
+    return seq_stream.first_codes(train)
+
+
+def sequence_writer(trains, channels):
+    """The SequenceWriter (firmware/seq_stream.py) of the one channel in ``channels`` whose sequence's
+    amplitude varies, or None when none varies (constant-amplitude sequences need no op after the
+    start's writes, on any number of channels). Refused with RampMismatch (E_RAMP_TIMING, naming
+    ``sequence_pulses``) when two channels' amplitudes vary (their pulse ends are not the same ticks:
+    one DAC queue cannot wait for both in order) or one varies while another channel of the start
+    ramps; Unrealisable (period_ns) when the period leaves no DAC update idle."""
+    seqs = [ch for ch in channels if trains[ch].sequence is not None]
+    if not seqs:
+        return None
+    from firmware import seq_stream
+
+    varying = [ch for ch in seqs if seq_stream.varies(trains[ch])]
+    if not varying:
+        return None
+    for ch in channels:
+        if ch != varying[0] and (ch in varying or trains[ch].ramp_up_k > 1):
+            raise RampMismatch("sequence_pulses", ch, "channel %d cannot change its amplitude pulse by pulse "
+                               "with channel %d in one start" % (ch, varying[0]), varying[0], "<=")
+    return seq_stream.SequenceWriter(trains[varying[0]], varying[0])
 
 
 def _ramp_field(train, down):
