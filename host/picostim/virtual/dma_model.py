@@ -15,6 +15,13 @@ Block-boundary control (what the firmware uses for stop and double-buffered para
 "Current block" is the block the DMA is *transferring*; words already in the FIFO always play out.
 If the DMA sits exactly on a boundary (the last word of a block has been transferred and the next
 block has not started) the stop/replace takes effect immediately.
+
+Ring mode (:meth:`DmaChannel.load_ring`, custom sequences): the board's chained pair itself. The
+control channel reads the next slot of a control ring (the Feeder's) as soon as the data channel has
+transferred the last word of an entry (CHAIN_TO); a 0 ends the stream for good (null trigger); else
+the data channel transfers the ``p`` words at that address, each read from the buffer at the moment
+it goes into the FIFO, so a buffer the CPU rewrites too early shows in the pins. ``ring_consumed``
+is the number of slots the control channel has read (what the HAL reads from its READ_ADDR).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class DmaChannel:
     __slots__ = (
         "_once", "_cycle", "_repeats_left", "_cur", "_pos", "_cycle_idx", "_in_cycle",
         "_pending", "words_sent", "blocks_sent", "cycles_done", "_system", "_sm", "last_block",
+        "_ring", "_rcur", "ring_consumed",
     )
 
     def __init__(self) -> None:
@@ -62,6 +70,9 @@ class DmaChannel:
         self.last_block: Optional[list[int]] = None
         self._system = None  # set by PioSystem
         self._sm = None
+        self._ring: Optional[tuple] = None  # ring mode: (ring, base, ring_len, words_at, p)
+        self._rcur: Optional[tuple] = None  # ring mode: (buffer, offset) of the entry being transferred
+        self.ring_consumed = 0
 
     # ------------------------------------------------------------------ control (HAL side)
     def load(self, delay_blocks: Iterable[Iterable[int]] = (), cycle_blocks: Iterable[Iterable[int]] = (),
@@ -71,11 +82,37 @@ class DmaChannel:
         ``delay_blocks`` play once, then ``cycle_blocks`` play ``repeats`` times (0 = forever).
         Words already in the FIFO stay there. Call before :meth:`PioSystem.enable` to pre-fill.
         """
+        self._ring = None
+        self._rcur = None
         self._program(delay_blocks, cycle_blocks, repeats)
         self._cur = None
         self._pos = 0
         self._pending = None
         self._kick()
+
+    def load_ring(self, ring, base: int, ring_len: int, words_at, p: int) -> None:
+        """Ring mode (see the module docstring): the control channel reads ``ring[base + i %
+        ring_len]`` for i = 0, 1, ...; ``words_at(addr)`` -> (buffer, offset) of an entry's first
+        word; every entry is ``p`` words. The first slot is read now (MULTI_CHAN_TRIGGER)."""
+        self._clear()
+        self._cur = None
+        self._pos = 0
+        self._pending = None
+        self._ring = (ring, base, ring_len, words_at, p)
+        self.ring_consumed = 0
+        self._ring_read()
+        self._kick()
+
+    def _ring_read(self) -> None:
+        ring, base, rl, words_at, _p = self._ring  # type: ignore[misc]
+        v = ring[base + self.ring_consumed % rl]
+        self.ring_consumed += 1
+        self._pos = 0
+        self._rcur = words_at(v) if v else None  # a 0: null trigger, the chain ends
+
+    @property
+    def ring_mode(self) -> bool:
+        return self._ring is not None
 
     def load_words(self, words: Iterable[int]) -> None:
         """Convenience: one block, played once."""
@@ -91,6 +128,10 @@ class DmaChannel:
 
     def stop_at_block_boundary(self) -> None:
         """Finish the block being transferred, then stop (``done`` becomes True)."""
+        if self._ring is not None:  # the entry handed to the data channel completes, nothing follows
+            if self._rcur is not None:
+                self._pending = ("stop",)
+            return
         if self._cur is None:
             self._clear()
         else:
@@ -101,6 +142,11 @@ class DmaChannel:
                                   cycle_blocks: Iterable[Iterable[int]] = (), repeats: int = 1) -> None:
         """Finish the block being transferred, then continue with a new program (double buffering)."""
         once, cyc = _norm_blocks(delay_blocks), _norm_blocks(cycle_blocks)
+        if self._ring is not None:
+            if self._rcur is not None:
+                self._pending = ("replace", once, cyc, repeats)
+                return
+            self._ring = None
         if self._cur is None:
             self._set_program(once, cyc, repeats)
         else:
@@ -112,11 +158,15 @@ class DmaChannel:
         self._clear()
         self._cur = None
         self._pending = None
+        self._ring = None
+        self._rcur = None
 
     # ------------------------------------------------------------------ status
     @property
     def done(self) -> bool:
         """True when the DMA has nothing more to transfer."""
+        if self._ring is not None:
+            return self._rcur is None
         return self._cur is None and self._pending is None and not self._has_next_block()
 
     @property
@@ -125,6 +175,8 @@ class DmaChannel:
 
     @property
     def at_block_boundary(self) -> bool:
+        if self._ring is not None:
+            return self._rcur is None or self._pos == 0
         return self._cur is None
 
     # ------------------------------------------------------------------ internals
@@ -179,6 +231,8 @@ class DmaChannel:
 
     def next_word(self) -> Optional[tuple[int, bool]]:
         """Take the next word: ``(word, is_last_word_of_its_block)`` or None when idle."""
+        if self._ring is not None:
+            return self._ring_word()
         if self._cur is None:
             if self._pending is not None:
                 self._apply_pending()
@@ -198,6 +252,28 @@ class DmaChannel:
                 self._in_cycle = False
             if self._pending is not None:
                 self._apply_pending()
+        return w, last
+
+    def _ring_word(self) -> Optional[tuple[int, bool]]:
+        cur = self._rcur
+        if cur is None:
+            return None
+        buf, off = cur
+        p = self._ring[4]  # type: ignore[index]
+        w = int(buf[off + self._pos]) & 0xFFFFFFFF  # read from memory now, as the data channel does
+        self._pos += 1
+        self.words_sent += 1
+        last = self._pos >= p
+        if last:
+            self.blocks_sent += 1
+            self._rcur = None
+            pending = self._pending
+            self._pending = None
+            if pending is None:
+                self._ring_read()  # CHAIN_TO: the control channel reads the next slot at once
+            elif pending[0] == "replace":
+                self._ring = None
+                self._set_program(pending[1], pending[2], pending[3])
         return w, last
 
     def _apply_pending(self) -> None:

@@ -136,6 +136,10 @@ class SimHal:
         self._blocks0 = [0] * channels
         self._empty0 = [0] * channels
         self._delay_blocks = [0] * channels
+        # Custom sequences (dma_chain.plan_for -> seq_stream.SequencePlan): the board's own Feeder over a
+        # control ring the DMA model plays in ring mode; None for a regular train.
+        self._feeders: list = [None] * channels
+        self._seq_next: list = [None] * channels  # [reader, next onset ticks]: next_poll_cycle's schedule
 
     # ---- identity and time -------------------------------------------------------------------
     def board_id(self) -> bytes:
@@ -201,8 +205,15 @@ class SimHal:
             sm.clear_fifos()
             sm.restart()
             sm.in_base = train.trigger_pin if wait_trigger[ch] else board.TRIG1_PIN
-            delay = [train.delay] if train.delay else []
-            self.system.dma(sm).load(delay, pulse_engine.cycle_groups(train), train.repeats)
+            plan = dma_chain.plan_for(train)
+            if plan.jit:  # a custom sequence: the Feeder writes the ring just in time, the DMA reads it
+                delay = []
+                self._load_sequence(ch, sm, plan)
+            else:
+                delay = [train.delay] if train.delay else []
+                self._feeders[ch] = None
+                self._seq_next[ch] = None
+                self.system.dma(sm).load(delay, pulse_engine.cycle_groups(train), train.repeats)
             self._trains[ch] = train
             self.dac_on[ch] = True
             self._delay_blocks[ch] = len(delay)
@@ -221,10 +232,10 @@ class SimHal:
             first_ops = []
             for ch in range(self.channels):
                 if mask >> ch & 1:
-                    first_ops += dac_bus.update_ops(ch, trains[ch].dac_a, trains[ch].dac_b)
+                    first_ops += dac_bus.update_ops(ch, *pulse_engine.first_codes(trains[ch]))
         for ch in range(self.channels):
             if mask >> ch & 1:
-                self._codes[ch] = (trains[ch].dac_a, trains[ch].dac_b)
+                self._codes[ch] = pulse_engine.first_codes(trains[ch])
         if chosen:
             self._dac_run_to_mark(self.dac_play(first_ops))
             self.system.run_until(self.system.now + dac_bus.SETTLE_TICKS)  # the outputs settle
@@ -236,6 +247,41 @@ class SimHal:
         self.system.enable(chosen, start_pc=pcs)
         if ramp_ops:
             self.dac_play(ramp_ops)
+
+    def _load_sequence(self, ch: int, sm, plan) -> None:
+        """As hal_rp2.start for a custom sequence: the plan's buffers at model addresses, the Feeder
+        over a RING_LEN control ring, the DMA model in ring mode (the control channel triggered)."""
+        addrs = {}
+        where = {}
+        a = 0x20000000 + 0x10000 * ch
+        for b in plan.blocks:
+            addrs[id(b)] = a
+            for e in range(len(b.words) // plan.p):
+                where[a + 4 * plan.p * e] = (b, plan.p * e)
+            a += 4 * len(b.words) + 0x100
+
+        def words_at(addr):
+            b, off = where[addr]
+            return b.words, off  # the block's own array: a rewrite is seen by the next read
+
+        ring = [0] * dma_chain.RING_LEN
+        feeder = dma_chain.Feeder(ring, 0, dma_chain.RING_LEN, lambda b: addrs[id(b)])
+        feeder.load(plan)
+        self._feeders[ch] = feeder
+        self.system.dma(sm).load_ring(ring, 0, dma_chain.RING_LEN, words_at, plan.p)
+        reader = plan.source.reader()
+        x = reader.next()
+        self._seq_next[ch] = [reader, None if x is None else x[0]]
+
+    def _feed(self, ch: int) -> None:
+        """The board's main loop topping up a sequence's ring (hal_rp2._service): what the control
+        channel has read so far, then Feeder.fill; nothing once the chain has ended."""
+        f = self._feeders[ch]
+        if f is None:
+            return
+        dma = self.system.dma(self.sms[ch])
+        if dma.ring_mode and not dma.done:
+            f.fill(dma.ring_consumed)
 
     # ---- DAC bus (dac.pio on the emulated PIO1 SM0) ------------------------------------------
     def dac_play(self, ops) -> int:
@@ -440,7 +486,14 @@ class SimHal:
         self.disarm(mask)
         for ch in range(self.channels):
             if mask >> ch & 1:
-                self.system.dma(self.sms[ch]).stop_at_block_boundary()
+                self._stop_stream(ch)
+
+    def _stop_stream(self, ch: int) -> None:
+        dma = self.system.dma(self.sms[ch])
+        dma.stop_at_block_boundary()
+        f = self._feeders[ch]
+        if f is not None and dma.ring_mode:
+            f.stop(dma.ring_consumed)  # the ring nulled: no more entries
 
     def _drained(self, ch: int) -> bool:
         """Nothing more will reach the SM and it has pulled its last word (the final group's idle:
@@ -456,7 +509,7 @@ class SimHal:
         cleared and the DACs shut down. Returns True when every stream had drained (no pulse cut),
         False when the bound ran out first."""
         for ch in range(self.channels):
-            self.system.dma(self.sms[ch]).stop_at_block_boundary()
+            self._stop_stream(ch)
         deadline = self.system.now + wait_us * self.clock_hz // 1_000_000
         step = max(1, self.clock_hz // 100_000)  # the busy-wait's loop: one check every 10 us
         while True:
@@ -490,6 +543,7 @@ class SimHal:
         sm = self.sms[ch]
         if not sm.enabled:
             return False
+        self._feed(ch)
         drained = self.system.dma(sm).done and sm.tx_level == 0
         return not (drained and sm.empty_pulls > self._empty0[ch])
 
@@ -504,6 +558,10 @@ class SimHal:
     def pulses(self, ch: int) -> int:
         """Completed pulses: each group is one DMA block whose last word is the idle after the pulse,
         so a block pulled to its end is a pulse that has completed."""
+        f = self._feeders[ch]
+        if f is not None:  # a sequence: entries pulled to their end -> the Feeder's pulse count
+            self._feed(ch)
+            return f.pulses_after(self.sms[ch].blocks_consumed - self._blocks0[ch])
         done = self.sms[ch].blocks_consumed - self._blocks0[ch] - self._delay_blocks[ch]
         return max(0, done)
 
@@ -583,6 +641,10 @@ class SimHal:
             train = self._trains[ch]
             if train is None or not self.running(ch):
                 continue
+            if self._feeders[ch] is not None:
+                t = self._sequence_poll(ch, train, now, lag)
+                best = t if best is None or t < best else best
+                continue
             edges = self.system._edges[self._first_pin(ch, train)]
             n = len(edges) - self._edge0[ch]
             if n == 0:
@@ -605,6 +667,26 @@ class SimHal:
                 t = rise + lag
             best = t if best is None or t < best else best
         return best
+
+    # A sequence's ring holds at most max_ahead entries, each (but a short lead) at least one period
+    # long: polled at least every SEQUENCE_POLL_FRACTION of that, the Feeder never runs dry (the
+    # board's main loop polls every few ms; the virtual Pico otherwise may wait MAX_POLL_GAP_S).
+    SEQUENCE_POLL_FRACTION = 4
+
+    def _sequence_poll(self, ch: int, train, now: int, lag: int) -> int:
+        """next_poll_cycle for a sequence channel: ``lag`` after its next phase-1 start (from the
+        onsets: train_start + 2 + onset), and at least every (max_ahead / SEQUENCE_POLL_FRACTION)
+        periods so the Feeder tops the ring up in time."""
+        f = self._feeders[ch]
+        feed = now + max(1, f.max_ahead // self.SEQUENCE_POLL_FRACTION) * train.period_ticks
+        st = self._seq_next[ch]
+        origin = self.train_start[ch] + 2
+        while st[1] is not None and origin + st[1] + lag <= now:
+            x = st[0].next()
+            st[1] = None if x is None else x[0]
+        if st[1] is None:
+            return feed
+        return min(feed, origin + st[1] + lag)
 
     # ---- the bench around the board ----------------------------------------------------------
     def drive_trigger(self, n: int, level: int, at_s: float | None = None) -> int:
