@@ -624,10 +624,14 @@ class Controller:
     def _ramp_ops(self, channels, wait):
         """(first_ops, the ramp's first chunk, its RampWriter) for a start of ``channels``, or None
         when none of them ramps. Refuses (before anything moves) ramps the DAC bus cannot play.
-        A start with sequence channels: _sequence_ops."""
+        A start with sequence channels: _sequence_ops first (its ops when a sequence's amplitude
+        varies; start_ops gives a sequence's pulse-0 codes)."""
         for ch in channels:
             if self._seq[ch] is not None:
-                return self._sequence_ops(channels, wait)
+                ops = self._sequence_ops(channels, wait)
+                if ops is not None:
+                    return ops
+                break
         if not [ch for ch in channels if self.trains[ch].ramp_up_k > 1]:
             return None
         if self._dac_busy is None:  # no DAC bus on this HAL: a ramp would be played at full amplitude
@@ -646,41 +650,36 @@ class Controller:
 
     def _sequence_ops(self, channels, wait):
         """A START with sequence channels: attach each one's SequenceSource to its train
-        (``train.sequence``, read by the HAL's stream), then (first_ops: every started channel's
-        first-pulse codes, the first chunk of the sequences' DAC ops, their writer or None), or None on
-        a HAL without a DAC bus. Refused before anything moves: a soft start in the same START (the
-        DAC bus plays one op stream: E_RAMP_TIMING naming the ramp), the DAC bus busy with a ramp or a
-        change (E_DAC_BUSY), amplitudes the train's codes do not give on a HAL without a DAC bus, and
-        what pulse_engine.sequence_writer refuses (several channels with varying amplitudes)."""
+        (``train.sequence``: the HAL's stream reads it, and without first_ops the HAL writes its pulse
+        0's codes), then (first_ops, the first chunk of the DAC ops, the SequenceWriter) when a
+        sequence's amplitude varies, else None (constant sequences need no op after the start; a soft
+        start of another channel then plays as usual). Refused before anything moves: amplitudes the
+        trains' codes do not give on a HAL without a DAC bus, what pulse_engine.sequence_writer
+        refuses (two channels whose amplitudes vary, or one with a soft start: E_RAMP_TIMING naming
+        sequence_pulses; too little idle for the DAC update: period_ns), and the DAC bus busy with a
+        ramp or a change while a varying sequence would start (E_DAC_BUSY)."""
         seqs = [ch for ch in channels if self._seq[ch] is not None]
-        for ch in channels:
-            t = self.trains[ch]
-            if t.ramp_up_k > 1:  # value = the ramping channel, limit = a sequence channel
-                _refuse(M.E_RAMP_TIMING, "ramp_up_ns" if t.ramp_ticks else "ramp_up_pulses", ch, seqs[0])
         if self._dac_busy is None:  # the HAL writes each train's own codes: only a constant sequence at them
             for ch in seqs:
                 b = self._seq[ch]
                 if b.code_min != b.code_max or b.code_max != self.trains[ch].code1:
                     _refuse(M.E_OUT_OF_RANGE, "sequence_amplitude_ua", self.params[ch]["amplitude_ua"], 0)
-        elif self._writer is not None or self._bus_busy():
-            _refuse(M.E_DAC_BUSY, "channel", seqs[0], 0)
         for ch in channels:
             b = self._seq[ch]
             self.trains[ch].sequence = b.source() if b is not None else None
         if self._dac_busy is None:
             return None
-        writer = None
-        make = getattr(pulse_engine, "sequence_writer", None)  # firmware/pulse_engine.py (the DAC op writer)
-        if make is not None:
-            try:
-                writer = make(self.trains, channels, wait)
-            except pulse_engine.RampMismatch as exc:
-                raise Refused(M.encode_nack(M.E_RAMP_TIMING, P.field_id(exc.field), exc.value, exc.limit,
-                                            exc.relation))
-            except pulse_engine.Unrealisable as exc:
-                raise Refused(M.encode_violation_nack(P.Violation(exc.field, exc.value, exc.limit, exc.relation)))
-        first = pulse_engine.start_ops(self.trains, channels)
-        return first, writer.chunk(writer.lookahead()) if writer is not None else [], writer
+        try:
+            writer = pulse_engine.sequence_writer(self.trains, channels)
+        except pulse_engine.RampMismatch as exc:
+            raise Refused(M.encode_nack(M.E_RAMP_TIMING, P.field_id(exc.field), exc.value, exc.limit, exc.relation))
+        except pulse_engine.Unrealisable as exc:
+            raise Refused(M.encode_violation_nack(P.Violation(exc.field, exc.value, exc.limit, exc.relation)))
+        if writer is None:
+            return None
+        if self._writer is not None or self._bus_busy():
+            _refuse(M.E_DAC_BUSY, "channel", writer.channels[0], 0)
+        return pulse_engine.start_ops(self.trains, channels), writer.chunk(writer.lookahead()), writer
 
     def _check_startable(self, channels, armed_ok=False, software=False):
         for ch in channels:

@@ -195,7 +195,8 @@ class SequenceBuilder:
         return self.received == self.pulses
 
     def check(self, first, onsets_ns, amplitudes_ua):
-        """Violation of the chunk that starts at pulse ``first`` (0 or ``received``), or None."""
+        """Violation of the chunk that starts at pulse ``first`` (0 or ``received``: the caller
+        refuses any other first), or None. Changes nothing."""
         if first + len(onsets_ns) > self.pulses:
             return P.Violation("sequence_pulses", first + len(onsets_ns), self.pulses, "<=")
         prev = self.last_ticks if first else None
@@ -213,7 +214,10 @@ class SequenceBuilder:
 
     def add(self, first, onsets_ns, amplitudes_ua):
         """Store a chunk :meth:`check` passed. Raises OSError when the storage fails (the pulses
-        received stay as they were; a retry of the chunk overwrites what was written)."""
+        received stay as they were; a retry of the chunk overwrites what was written). ValueError for a
+        chunk out of order (the controller refuses those first: E_BAD_STATE)."""
+        if first and first != self.received:
+            raise ValueError("chunk at pulse %d, %d received" % (first, self.received))
         if first == 0:
             self.records.reset()
             self.received = 0
@@ -252,7 +256,7 @@ class SequenceBuilder:
 
     def source(self):
         """The SequenceSource of a complete upload."""
-        return SequenceSource(self.records, self.pulses, self.cycle_ticks, self.repeats())
+        return SequenceSource(self.records, self.pulses, self.cycle_ticks, self.repeats(), self.code_min != self.code_max)
 
     def discard(self):
         """The parameters changed: the records no longer count (a new upload starts at pulse 0)."""
@@ -263,13 +267,15 @@ class SequenceBuilder:
 class SequenceSource:
     """What the HAL's stream, the DAC op writer and the monitor read a sequence from
     (``train.sequence``): ``pulses`` per cycle, ``cycle_ticks`` (0 = played once), ``repeats``
-    (cycles when looping, 0 = until stopped; 1 when played once)."""
+    (cycles when looping, 0 = until stopped; 1 when played once), ``varies`` (some pulse's phase-1
+    code differs from another's; None: unknown)."""
 
-    def __init__(self, records, pulses, cycle_ticks, repeats):
+    def __init__(self, records, pulses, cycle_ticks, repeats, varies=None):
         self.records = records
         self.pulses = pulses
         self.cycle_ticks = cycle_ticks
         self.repeats = repeats
+        self.varies = varies
 
     def reader(self):
         """A fresh, independent cursor at pulse 0."""

@@ -1,0 +1,127 @@
+"""Custom sequences on the MicroPython unix port: firmware/sequence.py (per-pulse checks, records in
+RAM and in files, readers in 32-record chunks, seek), the SET_SEQUENCE codecs and the controller's
+upload give the same answers as on CPython, value for value. Onsets beyond 2**30 ticks (heap ints on
+the board) are among the vectors."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sequence_ops
+from mpyrun import CONFORMANCE_PASSED, run_ops, run_ops_cpython
+from protocol import messages as M
+from protocol.framing import FrameDecoder
+from protocol import params as P
+
+pytestmark = pytest.mark.mpy
+FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
+if str(FUZZ) not in sys.path:  # link_targets.FakeHal, on CPython too
+    sys.path.insert(0, str(FUZZ))
+MS = 1_000_000
+
+
+def collect(strategy, n):
+    out = []
+
+    @settings(max_examples=n, database=None, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def _draw(x):
+        out.append(x)
+
+    _draw()
+    return out
+
+
+def check(name, requests):
+    golden = run_ops_cpython(sequence_ops.OPS, requests)
+    got = run_ops("sequence_ops", requests, extra_path=[FUZZ])
+    bad = [(r, g, m) for r, g, m in zip(requests, golden, got) if g != m]
+    if bad:
+        r, g, m = bad[0]
+        pytest.fail("%s: %d of %d differ; first:\n request %r\n CPython %r\n MicroPython %r"
+                    % (name, len(bad), len(requests), r, g, m))
+    CONFORMANCE_PASSED[name] = CONFORMANCE_PASSED.get(name, 0) + len(requests)
+    return golden
+
+
+@st.composite
+def sequence_case(draw):
+    """About half valid (every rule kept), half with edges that may break one."""
+    ok = draw(st.booleans())
+    n = draw(st.integers(1, 70))
+    period = draw(st.sampled_from([MS, MS + 4, 3 * MS]))
+    start = draw(st.sampled_from([0, 5, 2**31 * 8, 2**33 * 8 + 3]))  # beyond 2**30 / 2**32 ticks
+    onsets = [start]
+    gap = st.integers(period + 4, 4 * period) if ok else st.one_of(st.integers(period - 8, period + 8),
+                                                                   st.integers(period, 4 * period))
+    for _ in range(n - 1):
+        onsets.append(onsets[-1] + draw(gap))
+    amp = draw(st.integers(1, 4000))
+    each = st.integers(1, amp) if ok else st.one_of(st.integers(0, amp + 1), st.just(amp))
+    amps = draw(st.lists(each, min_size=n, max_size=n))
+    cycle = 0
+    if draw(st.booleans()):
+        extra = st.integers(period + 8, 3 * period) if ok else st.integers(period - 16, 3 * period)
+        cycle = max(period, onsets[-1] - onsets[0] + draw(extra))
+    params = P.complete({"sequence_pulses": n, "period_ns": period, "amplitude_ua": amp, "sequence_cycle_ns": cycle,
+                         "train_duration_ns": draw(st.sampled_from([0, 2 * cycle + 1])) if cycle else 0})
+    return params, onsets, amps
+
+
+def test_codecs(micropython):
+    cases = collect(st.tuples(st.integers(0, 255), st.integers(0, 0xFFFF),
+                              st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1)),
+                                       min_size=1, max_size=M.SEQUENCE_CHUNK)), 150)
+    reqs = [["codec", ch, first, [p[0] for p in ps], [p[1] for p in ps]] for ch, first, ps in cases]
+    check("sequence_codec", reqs)
+
+
+def test_violations(micropython):
+    cases = collect(sequence_case(), 200)
+    answers = check("sequence_violation", [["violation", p, o, a] for p, o, a in cases])
+    assert any(a[1] is None for a in answers) and any(a[1] is not None for a in answers)
+
+
+def test_records_and_readers_ram_and_file(micropython, tmp_path):
+    cases = collect(sequence_case(), 60)
+    reqs = []
+    for i, (p, o, a) in enumerate(cases):
+        k = 1 + i % 20
+        chunks = [[f, o[f:f + k], a[f:f + k]] for f in range(0, len(o), k)]
+        n = len(o)
+        for root in (None, str(tmp_path / ("case%d" % i))):
+            reqs.append(["store", p, chunks, root, 2 * n + 2, [0, n - 1, n, n + 3, 3 * n + 1]])
+    answers = check("sequence_store", reqs)
+    assert any(x["complete"] for x in answers) and any(not x["complete"] for x in answers)
+
+
+def test_controller_upload(micropython, tmp_path):
+    """SET_PARAMS, an out-of-order chunk, a bad pulse, the chunks, START: identical frames."""
+    n = 45
+    onsets = [i * 2 * MS + (i % 2) * 8 + 2**31 * 8 for i in range(n)]
+    amps = [1 + (i * 97) % 2000 for i in range(n)]
+    p = P.complete({"sequence_pulses": n, "period_ns": 2 * MS - 8, "amplitude_ua": 2000})
+    body = lambda first, o, a: M.encode_set_sequence(0, first, o, a).hex()  # noqa: E731
+    reqs = [[M.SET_PARAMS, M.encode_params(0, p).hex()], [M.START, "01"],
+            [M.SET_SEQUENCE, body(0, onsets[:20], amps[:20])],
+            [M.SET_SEQUENCE, body(21, onsets[21:22], amps[21:22])],
+            [M.SET_SEQUENCE, body(20, [onsets[19] + MS], [5])],
+            [M.SET_SEQUENCE, body(20, onsets[20:40], amps[20:40])],
+            [M.SET_SEQUENCE, body(40, onsets[40:], amps[40:])],
+            [M.SET_SEQUENCE, "00"], [M.START, "01"], [M.SET_AMPLITUDE, M.encode_set_amplitude(0, 5).hex()]]
+    answers = check("sequence_controller", [["controller", reqs, None], ["controller", reqs, str(tmp_path / "s")]])
+    from firmware.pulse_engine import dac_code
+
+    for replies, ups, state, calls, trains in answers:
+        assert ups[0] == [n, True, onsets[0] // 8, onsets[-1] // 8]  # 8 ns = 1 tick at 125 MHz
+        assert state[0] == M.ST_RUNNING
+        assert trains[0] == [n, 1, [onsets[0] // 8, dac_code(amps[0])], [onsets[1] // 8, dac_code(amps[1])]]
+        dec = FrameDecoder()
+        frames = [dec.feed(bytes.fromhex(r[0]))[0] for r in replies]
+        codes = [M.decode_nack(f.body)["code"] if f.type == M.NACK else "ok" for f in frames]
+        assert codes == ["ok", M.E_SEQUENCE_INCOMPLETE, "ok", M.E_BAD_STATE, M.E_OUT_OF_RANGE, "ok", "ok",
+                         M.E_BAD_LENGTH, "ok", M.E_BAD_STATE]
