@@ -1,0 +1,112 @@
+"""Custom sequences (issue 13 item 4) on the register-level model of the board: firmware/hal_rp2.py,
+dma_chain.Feeder and seq_stream.SequencePlan unmodified on CPython, mem32 on npm rp2040js's bus
+(host/picostim/virtual/regbus.py). The DMA reads the control ring and the pool from emulated SRAM;
+the pool is rewritten just in time by the Feeder while the DMA runs (more pulses than pool entries),
+each store a bus write at its modelled CPU cost.
+
+Checked: the pin edges equal sim_hal's for the same sequence (a third, independent model of the DMA
+and PIO), every phase-1 rise is at the SM enable + 2 + ns_to_ticks(onset), and the DAC commands
+decoded from the emulated SCK/MOSI/CS pads give every pulse its own amplitude, each written after
+the previous pulse's phase 2 fell and before the pulse starts.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_hal_regbus import US, bus, pins_of, start_cycle  # noqa: F401
+from test_hal_regbus_dac import decode
+
+from firmware import board, dac_bus
+from firmware import pulse_engine as pe
+from firmware import sequence as seq
+from firmware.limits import LIMITS
+from picostim.virtual import regbus as rb
+from picostim.virtual.sim_hal import SimHal
+from protocol import params as P
+
+pytestmark = pytest.mark.skipif(rb.available() is not None, reason=str(rb.available()))
+
+MS = 1_000_000
+
+
+def seq_train(onsets, amps, cycle_ns=0, duration_ns=0, **kw):
+    params = P.complete(dict(dict(phase1_ns=60_000, phase2_ns=60_000, period_ns=1 * MS, amplitude_ua=3000), **kw,
+                             sequence_pulses=len(onsets), sequence_cycle_ns=cycle_ns, train_duration_ns=duration_ns))
+    assert P.validate(params, LIMITS) is None
+    b = seq.SequenceBuilder(params, LIMITS, seq.RamRecords())
+    assert b.check(0, onsets, amps) is None
+    b.add(0, onsets, amps)
+    t = pe.build_train(params)
+    t.sequence = b.source()
+    return t
+
+
+def onsets_for(n):
+    out = [40_000]  # 40 µs: merged in front of pulse 0
+    for i in range(n - 1):
+        out.append(out[-1] + (1 * MS if i % 5 else 1 * MS + 136 + 8 * (i % 11)))
+    return out
+
+
+def sim_run(trains, mask, cycles):
+    sim = SimHal(channels=board.CHANNELS)
+    ch = 0
+    writer = pe.sequence_writer(trains, [ch])
+    sim.start(trains, mask, [0] * board.CHANNELS, pe.start_ops(trains, [ch]), writer.chunk(writer.lookahead()))
+    t0 = sim.train_start[ch]
+    end = t0 + cycles
+    while sim.system.now < end:
+        sim.system.run_until(min(end, sim.system.now + 500 * US))
+        sim.running(ch)
+        if not writer.done and writer.emitted - sim.pulses(ch) <= writer.lookahead() // 2:
+            sim.dac_play(writer.chunk(writer.lookahead()))
+    pins = pins_of(ch)
+    return [(c - t0, p, lv) for c, p, lv in sim.system.level_changes(pins) if c >= t0], sim
+
+
+def test_sequence_edges_equal_sim_hal_and_onsets_exact(bus):
+    n = 150  # > POOL_BLOCKS: pool entries are rewritten while the DMA runs
+    onsets = onsets_for(n)
+    amps = [300 + 100 * (i % 9) for i in range(n)]
+    t = seq_train(onsets, amps)
+    trains = [t, None, None, None]
+    hal = bus.load_hal()
+    writer = pe.sequence_writer(trains, [0])
+    hal.start(trains, 1, [0] * 4, pe.start_ops(trains, [0]), writer.chunk(writer.lookahead()))
+    t_en = start_cycle(bus)
+    polls = 0
+    end = t_en + (onsets[-1] // 8) + 2 * MS // 8
+    while bus.now < end:
+        bus.run_us(400)  # the main loop: a few hundred µs between polls
+        hal.running(0)
+        polls += 1
+        if not writer.done and writer.emitted - hal.pulses(0) <= writer.lookahead() // 2:
+            hal.dac_play(writer.chunk(writer.lookahead()))
+    assert not hal.running(0)
+    assert hal.pulses(0) == n
+    edges = bus.edges()
+    mine = [(c - t_en, p, lv) for c, p, lv in edges if p in pins_of(0) and c >= t_en]
+    sim_edges, _sim = sim_run(trains, 1, end - t_en)
+    assert mine == sim_edges
+    neg = board.CH_NEG[0]
+    rises = [c for c, p, lv in mine if p == neg and lv]
+    assert [r - 2 for r in rises] == [pe.ns_to_ticks(o) for o in onsets]
+    # the DAC: pulse 0's codes before the enable, then each change after the previous pulse's end
+    d = [x for x in decode(edges) if x[2] == 0]
+    pos = board.CH_POS[0]
+    p2_falls = [c for c, p, lv in edges if p == pos and not lv]
+    abs_rises = [r + t_en for r in rises]
+    b_out = {}
+    for rise, _fall, _ch, cmd, _sck in d:
+        assert isinstance(cmd, int)
+        b_out.setdefault(cmd & dac_bus.CMD_B, []).append((rise, cmd & dac_bus.CODE_MASK))
+    for j, r in enumerate(abs_rises):  # cathodic first: phase 1 on NEG draws on DAC B
+        code = [c for at, c in b_out[dac_bus.CMD_B] if at < r][-1]
+        assert code == pe.dac_code(amps[j]), j
+    shutdowns = [x for x in d if not x[3] & dac_bus.CMD_ACTIVE]
+    assert len(shutdowns) == 2 and min(x[0] for x in shutdowns) > p2_falls[-1]  # the end: DAC off
+    for rise, _f, _c, cmd, _s in d:
+        if rise > t_en and cmd & dac_bus.CMD_ACTIVE:
+            k = max(i for i, f in enumerate(p2_falls) if f < rise)  # after pulse k's end
+            assert k + 1 >= len(abs_rises) or rise + dac_bus.SETTLE_TICKS <= abs_rises[k + 1]
+            assert rise - p2_falls[k] < dac_bus.UPDATE_TICKS
