@@ -153,6 +153,8 @@ def random_param_set(rng, L=LIMITS):
             "electrode_area_um2": rng.choice((L["min_electrode_area_um2"], rng.randint(100, 10**6),
                                               rng.randint(10**6, 10**8))),
             "shape": rng.choice((0, 0, 1)),
+            "sequence_pulses": rng.choice((0, 0, 0, rng.randint(1, 20), L["max_sequence_pulses"])),
+            "sequence_cycle_ns": rng.choice((0, 0, 0, rng.randint(0, 10**9))),
         }
     edges = {"phase1_ns": (mp, L["max_phase_ns"]), "phase2_ns": (mp, L["max_phase_ns"]),
              "interphase_ns": (0, mp, L["max_interphase_ns"]), "recovery_ns": (0, mp, L["max_recovery_ns"]),
@@ -162,7 +164,9 @@ def random_param_set(rng, L=LIMITS):
              "train_delay_ns": (0, L["max_duration_ns"]), "ramp_up_ns": (0, L["max_ramp_ns"]),
              "ramp_down_ns": (0, L["max_ramp_ns"]), "ramp_up_pulses": (0, L["max_ramp_pulses"]),
              "ramp_down_pulses": (0, L["max_ramp_pulses"]),
-             "electrode_area_um2": (L["min_electrode_area_um2"], 10**6), "shape": (0, 1)}
+             "electrode_area_um2": (L["min_electrode_area_um2"], 10**6), "shape": (0, 1),
+             "sequence_pulses": (0, 1, L["max_sequence_pulses"]),
+             "sequence_cycle_ns": (0, L["min_sequence_interval_ns"], L["max_duration_ns"])}
     base = P.complete({})
     out = {}
     for name in P.FIELD_NAMES:
