@@ -113,15 +113,19 @@ def render() -> str:
                          "channel u8, received u16, complete u8. Pulses first..first+k-1 of the channel's "
                          "custom sequence (parameters with `sequence_pulses` = N > 0, set first; SET_PARAMS "
                          "discards an upload). In order: `first` = pulses already received (0 restarts), "
-                         "else `E_BAD_STATE` (field `channel`). Refused, nothing stored: `E_OUT_OF_RANGE` "
+                         "else `E_BAD_STATE` (field `sequence_pulses`, value = first, limit = received). "
+                         "Refused, nothing stored: `E_OUT_OF_RANGE` "
                          "naming `onset_ns` (above `max_duration_ns`, less than the period after the previous "
                          "onset in ticks, or looped: the wrap to the next cycle's first onset shorter than the "
                          "period; limit = the bound), `sequence_amplitude_ua` (outside 1..amplitude_ua) or "
-                         "`sequence_pulses` (more than N); `E_BAD_STATE` while the channel is armed or running "
-                         "or its parameters are not a sequence, and, when the records go to flash, while any "
-                         "channel is armed or running (a flash write stalls the CPU). START/TRIGGER before all "
-                         "N pulses arrived: `E_SEQUENCE_INCOMPLETE`; SAVE of a sequence channel: "
-                         "`E_BAD_STATE` (slots hold parameters only)"),
+                         "`sequence_pulses` (more than N); `E_NOT_CONFIGURED` without parameters; `E_BAD_STATE` "
+                         "when its parameters are not a sequence (field `sequence_pulses`, value 0), while the "
+                         "channel is armed or running (field `channel`), and, when the records go to flash, "
+                         "while any channel is (a flash write stalls the CPU). START/TRIGGER before all "
+                         "N pulses arrived: `E_SEQUENCE_INCOMPLETE` (field `sequence_pulses`, value = received, "
+                         "limit = N); SAVE and SET_AMPLITUDE of a sequence channel, SET_PARAMS into or out of "
+                         "sequence mode while the channel runs: `E_BAD_STATE` naming `sequence_pulses` (slots "
+                         "hold parameters only)"),
     }
     for t, name in sorted(M.REQUEST_NAMES.items()):
         req, resp = bodies[t]
