@@ -1,0 +1,99 @@
+"""Issue 13 item 4 through the CLI: a parameter file with [sequence] in validate / upload / run / check.
+One-line errors with exit 2 for malformed or conflicting sequences and limits; upload reports the
+sequence; `--virtual run` plays it to its end and checks every onset (to the tick) and amplitude (after
+DAC rounding) from the capture, `run --json` key "sequence"; `check` of that capture against a file whose
+single onset is one tick later, or whose single amplitude is one DAC code higher, exits 3.
+Expected values are computed here from the numbers written in the files (8 ns a tick, 2.5 µA a code)."""
+
+import json
+import pathlib
+
+import pytest
+
+from picostim import cli
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = str(ROOT / "examples" / "paired_pulse_sequence.toml")
+BASE = "phase1_us = 100\nelectrode_area_mm2 = 5\n"
+# 6 pulses, intervals 1..3 ms, one onset with a sub-tick part (2.0041 ms = 250512.5 ticks -> 250513)
+ONSETS = ["0.5", "2.0041", "3.5", "6.5", "7.75", "9"]
+AMPS = ["1", "0.2", "1.5", "0.0011", "2", "0.75"]  # mA: 1.1 µA -> code 0 -> at least 1 code = 2.5 µA
+WANT_UA = [1000.0, 200.0, 1500.0, 2.5, 2000.0, 750.0]
+
+
+def seq_file(tmp_path, onsets=ONSETS, amps=AMPS, name="s.toml", extra=""):
+    f = tmp_path / name
+    f.write_text(BASE + extra + "[sequence]\nonsets_ms = [%s]\namplitudes_ma = [%s]\n" % (", ".join(onsets),
+                                                                                       ", ".join(amps)))
+    return str(f)
+
+
+@pytest.mark.parametrize("extra,seq,line", [
+    ("frequency_hz = 20\n", "onsets_ms = [0, 5]\namplitudes_ma = [1, 1]\n",
+     "frequency_hz = 20: not allowed with [sequence]: its onsets give every pulse's time (no pulse rate, bursts, "
+     "ramps or train delay)"),
+    ("", "onsets_ms = [0, 5, 5]\namplitudes_ma = [1, 1, 1]\n",
+     "onsets_ms[2] = 5: is not after onsets_ms[1] = 5: onsets must be strictly increasing"),
+    ("", "onsets_ms = [0, 5]\namplitudes_ma = [1]\n",
+     "amplitudes_ma: 1 amplitudes for 2 onsets (onsets_ms): give one amplitude per onset"),
+    ("", "onsets_ms = [0, 5, 5.9]\namplitudes_ma = [1, 1, 1]\n",
+     "the shortest interval between two onsets, onsets_ms[1] -> [2] = 0.9 ms: is below the firmware minimum 1 ms"),
+    ("", "onsets_ms = [0, 5]\namplitudes_ma = [1, 11]\n",
+     "the largest amplitude, amplitudes_ma[1] = 11 mA: exceeds the firmware limit 10 mA"),
+])
+@pytest.mark.parametrize("command", ["validate", "upload"])
+def test_sequence_errors_exit_2_one_line(tmp_path, capsys, extra, seq, line, command):
+    f = tmp_path / "bad.toml"
+    f.write_text(BASE + extra + "[sequence]\n" + seq)
+    argv = ["validate", str(f)] if command == "validate" else ["--virtual", "upload", str(f)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("picostim: error: ") and err[0].endswith(line), err
+
+
+def test_validate_and_upload_the_example(capsys):
+    assert cli.main(["validate", EXAMPLE]) == 0
+    assert "ok (paired-pulse-sequence)" in capsys.readouterr().out
+    assert cli.main(["--virtual", "upload", EXAMPLE, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    seq = out["sequence"]
+    assert seq["pulses"] == 16 and seq["loop"] is False
+    assert seq["onsets_us"][:4] == [0.0, 10000.0, 1000000.0, 1020000.0]
+    assert seq["amplitudes_ua"][-1] == 2000 and out["requested"]["amplitude_ua"] == 2000
+    assert seq["shortest_interval_us"] == 10000.0 and out["requested"]["period_us"] == 10000.0
+    assert cli.main(["--virtual", "upload", EXAMPLE]) == 0
+    assert "sequence: 16 pulses played once, onsets 0 ms .. 7500 ms, amplitudes 250 .. 2000 µA" in (
+        capsys.readouterr().out)
+
+
+def test_run_checks_every_onset_and_amplitude_and_check_catches_one_tick(tmp_path, capsys):
+    f = seq_file(tmp_path)
+    cap = tmp_path / "seq.vcd"
+    rc = cli.main(["--virtual", "run", f, "--json", "--capture", str(cap)])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out["failures"]
+    q = out["sequence"]
+    assert out["pulses"] == 6 and q["checked"] == 6 and q["expected_pulses"] == 6
+    assert q["onset_mismatches"] == 0 and q["worst_onset_error_samples"] == 0
+    assert q["amplitude_mismatches"] == 0 and q["amplitudes_checked"] == 6
+    assert out["amplitude_ua"] == WANT_UA
+    # measured onsets from the origin (pulse 0 at 0.5 ms): ticks of each absolute onset x 8 ns
+    ticks = [62500, 250513, 437500, 812500, 968750, 1125000]
+    assert q["onsets_us"] == pytest.approx([t * 0.008 for t in ticks], abs=1e-9)
+    # the same capture against files one tick / one code away
+    assert cli.main(["check", str(cap), "--params", f]) == 0
+    capsys.readouterr()
+    later = list(ONSETS)
+    later[3] = "6.500008"  # one tick later
+    g = seq_file(tmp_path, onsets=later, name="later.toml")
+    assert cli.main(["check", str(cap), "--params", g, "--json"]) == 3
+    res = capsys.readouterr()
+    rep = json.loads(res.out)
+    assert rep["sequence"]["onset_mismatches"] == 1 and rep["sequence"]["first_onset_mismatch"]["pulse"] == 3
+    assert "sequence onsets: 1/6 pulses off the file's onsets" in res.err
+    louder = list(AMPS)
+    louder[5] = "0.7525"  # 752.5 µA: one DAC code above 750
+    h = seq_file(tmp_path, amps=louder, name="louder.toml")
+    assert cli.main(["check", str(cap), "--params", h]) == 3
+    assert "sequence amplitudes: 1/6 pulses differ from the file after DAC rounding, first #5: 750 µA vs 752.5 µA" in (
+        capsys.readouterr().err)
