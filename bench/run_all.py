@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py                 # all tables, full size -> BENCHMARKS.md
     .venv/bin/python bench/run_all.py --only analyzer # one table (keys: fidelity trigger analyzer
-                                                      # emulation protocol fuzz ramps)
+                                                      # emulation protocol fuzz ramps sequences)
     .venv/bin/python bench/run_all.py --tiny --out /tmp/b.md   # seconds; what tests/test_bench_smoke.py runs
 
 Budget: < 10 min on 2 cores (typically ~1 min). Numbers are medians with spread over interleaved
@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import (analyzer_throughput, emulation_speed, link_fuzz, protocol_bench, ramp_fidelity,  # noqa: E402
-                   timing_fidelity, trigger_latency)
+                   sequence_fidelity, timing_fidelity, trigger_latency)
 from bench.common import Section, machine_facts, table  # noqa: E402
 
 MODULES = {
@@ -32,6 +32,7 @@ MODULES = {
     "protocol": protocol_bench,
     "fuzz": link_fuzz,
     "ramps": ramp_fidelity,
+    "sequences": sequence_fidelity,
 }
 BUDGET_S = 600
 
@@ -97,6 +98,16 @@ def headline_lines(sections: dict[str, Section]) -> list[str]:
                    f"{h['pulses']:,} pulses in {h['cases']} runs, worst timing error {h['worst_timing_error_ticks']:g} "
                    f"ticks, every pulse's amplitude from the bus "
                    f"{'= the contract model' if h['amplitudes_ok'] else '**differs from the model**'}, "
+                   f"{h['changes_in_pulse']} DAC changes inside a pulse.")
+    s = sections.get("sequences")
+    if s:
+        h = s.headline
+        b = h["big"]
+        out.append(f"- **Custom sequences** (emulated capture with the DAC bus): {h['pulses']:,} pulses in "
+                   f"{h['cases']} runs (the largest {b['pulses']:,} pulses: uploaded in {b['upload_s']:.1f} s, "
+                   f"{b['emulated_s']:.1f} s of stimulation emulated in {b['play_s']:.1f} s), worst onset error "
+                   f"{h['worst_onset_error_ticks']} ticks against the file's absolute onsets, every pulse's amplitude "
+                   f"{'= the file after DAC rounding' if h['amplitudes_ok'] else '**differs from the file**'}, "
                    f"{h['changes_in_pulse']} DAC changes inside a pulse.")
     return out
 

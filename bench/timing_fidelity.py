@@ -54,7 +54,9 @@ EDGE_CASES: dict[str, tuple[str, dict, float]] = {
 # the same exactness while the amplitude changes pulse by pulse: bench/ramp_fidelity.py's table
 RAMPS_POINTER = ("Soft start, soft stop and live amplitude changes at 20 Hz, 1 kHz and 10 kHz (every edge and every "
                  "pulse's amplitude from captures that also hold the DAC bus): "
-                 "[§10](#10-timing-and-amplitude-with-ramps-soft-stop-and-live-changes).")
+                 "[§10](#10-timing-and-amplitude-with-ramps-soft-stop-and-live-changes). Custom sequences (10,000 "
+                 "pulses played once, a loop, every onset against the file's absolute onsets and every pulse's "
+                 "amplitude): [§11](#11-timing-and-amplitude-of-custom-sequences).")
 TINY_CASES = ("shortest_phases", "off_tick", "long_interval_5s")
 
 # measured value name -> (requested ns from canonical params, realised ticks from the response)
