@@ -97,3 +97,24 @@ def test_run_checks_every_onset_and_amplitude_and_check_catches_one_tick(tmp_pat
     assert cli.main(["check", str(cap), "--params", h]) == 3
     assert "sequence amplitudes: 1/6 pulses differ from the file after DAC rounding, first #5: 750 µA vs 752.5 µA" in (
         capsys.readouterr().err)
+
+
+def test_api_upload_and_run_a_sequence(tmp_path):
+    """picostim.open(virtual=True): upload() sends the pulses (a START then plays them), run() checks them
+    (measured["sequence"]); a file whose pulses the device would refuse raises before anything is sent."""
+    import picostim
+
+    f = seq_file(tmp_path)
+    with picostim.open(virtual=True) as stim:
+        r = stim.upload(f)
+        assert r.to_json()["requested"]["amplitude_ua"] == 2000
+        rep = stim.run(f, check=True)
+        assert rep.ok and rep.pulses == 6
+        q = rep.measured["sequence"]
+        assert q["checked"] == 6 and q["onset_mismatches"] == 0 and q["amplitude_mismatches"] == 0
+        assert rep.duration_s == pytest.approx(0.009 + 0.0002 + 0.000001 + 0.01)  # last onset + pulse + 10 ms
+        bad = seq_file(tmp_path, onsets=["0", "0.5"], amps=["1", "1"], name="bad.toml")
+        sent = stim.client.tx_frames
+        with pytest.raises(picostim.DeviceRefused):
+            stim.upload(bad)
+        assert stim.client.tx_frames == sent
