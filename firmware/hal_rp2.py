@@ -162,6 +162,9 @@ class _Chan:
         self.mon_next = 0  # index of the next pulse that may be read (from the current origin)
         self.mon_base = 0  # pulses before the current origin (phase1_samples moves it by whole cycles)
         self.mon_last_us = None  # ticks_us of the last reading
+        # a custom sequence's schedule: its own reader (firmware/sequence.py) at the next candidate pulse
+        self.mon_reader = None
+        self.mon_onset = None  # that pulse's onset ticks from the start's origin (None: no more)
 
 
 class Rp2Hal:
@@ -728,7 +731,16 @@ class Rp2Hal:
             st.train = train
             st.first_bit = 1 << (board.CH_NEG[st.ch] if train.first == pulse_engine.NEG else board.CH_POS[st.ch])
             st.t0_us = None if wait_trigger[st.ch] else t_start
-            st.origin_ticks = train.delay_ticks + 2  # delay + the entry's 2 set-up ticks
+            # delay + the entry's 2 set-up ticks (+ a triphasic pulse's first flank and gap: the
+            # first-phase pin is the main phase's, which starts that much after the pulse)
+            st.origin_ticks = train.delay_ticks + 2 + self._main_offset(train)
+            if st.mon_reader is not None:
+                st.mon_reader.close()
+            st.mon_reader = None
+            if getattr(train, "sequence", None) is not None:
+                st.mon_reader = train.sequence.reader()
+                x = st.mon_reader.next()
+                st.mon_onset = None if x is None else x[0]
             st.mon_next = 0
             st.mon_base = 0
             st.mon_last_us = None
@@ -786,6 +798,7 @@ class Rp2Hal:
         st.train = train
         st.first_bit = 1 << (board.CH_NEG[ch] if train.first == pulse_engine.NEG else board.CH_POS[ch])
         st.t0_us = None  # the new timing starts at an unknown pulse boundary: re-anchor on an edge
+        st.mon_reader = None  # (a sequence is never replaced: the controller refuses it)
         plan = dma_chain.Plan(train, p=st.p, with_delay=False)
         bufs = self._buffers(plan)
         st.feeder.prepare_replace(plan)
@@ -982,6 +995,8 @@ class Rp2Hal:
             return []
         if train.phase1_ticks < pulse_engine.ns_to_ticks(impedance.MONITOR_MIN_PHASE_NS):
             return []
+        if st.mon_reader is not None:
+            return self._sequence_samples(st, ch, min_interval_us)
         if st.t0_us is None:
             self._anchor(st)
             if st.t0_us is None:
@@ -1008,6 +1023,13 @@ class Rp2Hal:
         wait = (start_ticks + sample_ticks) // hz - elapsed
         if wait > MONITOR_WAIT_US:
             return []
+        st.mon_next = k + 1
+        return self._take(st, ch, train, start_ticks, sample_ticks, hz)
+
+    def _take(self, st, ch, train, start_ticks, sample_ticks, hz):
+        """The reading of the pulse whose phase 1 starts ``start_ticks`` after ``st.t0_us`` (due within
+        MONITOR_WAIT_US): mux, wait (the last MONITOR_IRQ_OFF_US with interrupts off), convert, keep
+        it only on hardware evidence (phase1_samples)."""
         sel = board.CH_ADC_MUX[ch]
         self._mux[0].value(sel & 1)
         self._mux[1].value(sel >> 1 & 1)
@@ -1021,7 +1043,6 @@ class Rp2Hal:
         irq = machine.disable_irq()
         if ticks_diff(ticks_us(), t_k) > 0:  # an interrupt made the wait late: skip this pulse
             machine.enable_irq(irq)
-            st.mon_next = k + 1
             return []
         while ticks_diff(ticks_us(), t_k) < 0:
             pass
@@ -1031,11 +1052,59 @@ class Rp2Hal:
         t_a = ticks_us()
         after = mem32[_SIO_GPIO_IN] & bit
         machine.enable_irq(irq)
-        st.mon_next = k + 1
         if not (before and after and ticks_diff(t_a, p_start) < phase_us):
             return []
         st.mon_last_us = t_k  # the rate cap counts scheduled times (jitter cannot skip a pulse)
         return [(t_b, raw >> (16 - board.ADC_BITS))]
+
+    def _sequence_samples(self, st, ch, min_interval_us):
+        """phase1_samples for a custom sequence: the next pulse due is found by the channel's own
+        SequenceReader (onsets from the start's origin; readings are taken as for a train and kept on
+        the same hardware evidence). The schedule origin is the software start only: a sequence
+        started by a trigger is not monitored by the board (no edge tells which pulse is pulse 0
+        without counting them). Every µs value stays a small int: the time already past is folded
+        into t0_us, and origin_ticks (a heap int, onsets beyond 2**30 ticks are too) keeps the rest."""
+        if st.t0_us is None:
+            return []
+        train = st.train
+        hz = board.SYS_CLK_HZ // 1000000
+        sample_ticks = pulse_engine.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)
+        now = ticks_us()
+        elapsed = ticks_diff(now, st.t0_us)
+        if elapsed > 1 << 26:  # ~67 s: move the origin to now (ticks_diff's range is 2**29 µs)
+            st.t0_us = now
+            st.origin_ticks -= elapsed * hz
+            if st.mon_last_us is not None and ticks_diff(now, st.mon_last_us) > 1 << 26:
+                st.mon_last_us = None  # long past: the rate cap cannot hold it back any more
+            elapsed = 0
+        due = elapsed + MONITOR_PREP_US
+        if st.mon_last_us is not None:
+            due = max(due, ticks_diff(st.mon_last_us, st.t0_us) + min_interval_us)
+        lead = st.origin_ticks + sample_ticks
+        o = st.mon_onset
+        reader = st.mon_reader
+        while o is not None and (o + lead) // hz < due:
+            x = reader.next()
+            o = None if x is None else x[0]
+        st.mon_onset = o
+        if o is None:
+            return []
+        start_ticks = o + st.origin_ticks
+        wait = (start_ticks + sample_ticks) // hz - elapsed
+        if wait > MONITOR_WAIT_US:
+            return []
+        x = reader.next()  # this pulse is read (or skipped) now: the next candidate after it
+        st.mon_onset = None if x is None else x[0]
+        return self._take(st, ch, train, start_ticks, sample_ticks, hz)
+
+    @staticmethod
+    def _main_offset(train):
+        """Ticks from a pulse's start to its first phase's (main phase's) start: a triphasic pulse's
+        first flank and interphase, 0 for a biphasic one."""
+        if train.shape == pulse_engine.TRIPHASIC:
+            r = train.realised
+            return r["flank"] + r["interphase"]
+        return 0
 
     # ---- contract: impedance -------------------------------------------------------------------
     def measure_impedance(self, ch):

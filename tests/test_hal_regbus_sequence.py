@@ -110,3 +110,49 @@ def test_sequence_edges_equal_sim_hal_and_onsets_exact(bus):
             k = max(i for i, f in enumerate(p2_falls) if f < rise)  # after pulse k's end
             assert k + 1 >= len(abs_rises) or rise + dac_bus.SETTLE_TICKS <= abs_rises[k + 1]
             assert rise - p2_falls[k] < dac_bus.UPDATE_TICKS
+
+
+def _phase1_kept(bus, hal, first_pin, polls, step_us, ch=0):
+    """Poll phase1_samples like the main loop; every kept reading's conversion lies in a phase 1."""
+    from firmware import impedance
+
+    kept = []
+    for _ in range(polls):
+        n = len(bus.adc_reads)
+        got = hal.phase1_samples(ch, 0)
+        if got:
+            assert len(bus.adc_reads) > n
+            kept.append(bus.adc_reads[-1])
+        bus.run_us(step_us)
+    conv = pe.ns_to_ticks(impedance.ADC_CONVERSION_NS)
+    edges = sorted(e for e in bus.edges() if e[1] == first_pin)
+    phases = [(a[0], b[0]) for a, b in zip(edges[0::2], edges[1::2])]
+    for c in kept:
+        assert any(r <= c - conv and c <= f for r, f in phases), "reading at cycle %d outside phase 1" % c
+    return kept, phases
+
+
+def test_sequence_phase1_readings_follow_the_onsets(bus):
+    """The board's monitoring schedule comes from the sequence's own reader: irregular onsets (not a
+    multiple of the period) are read in phase 1, and most pulses get a reading."""
+    onsets = [0]
+    for i in range(39):
+        onsets.append(onsets[-1] + 1 * MS + (i % 4) * 700_000 + 8 * i)
+    t = seq_train(onsets, [1000] * 40, phase1_ns=100_000, phase2_ns=100_000)
+    hal = bus.load_hal()
+    hal.start([t, None, None, None], 1, [0] * 4)
+    kept, phases = _phase1_kept(bus, hal, board.CH_NEG[0], 300, 150)
+    assert len(phases) == 40
+    assert len(kept) >= 20, "only %d of 40 pulses read" % len(kept)
+
+
+def test_triphasic_train_phase1_readings(bus):
+    """A triphasic train (software start): the schedule points at the main phase (after the first
+    flank and gap), so readings are kept (before, the schedule pointed at the flank and every reading
+    was dropped by the pin check)."""
+    t = pe.build_train(P.complete(dict(phase1_ns=100_000, phase2_ns=100_000, interphase_ns=20_000, shape=1,
+                                       period_ns=1 * MS)))
+    hal = bus.load_hal()
+    hal.start([t, None, None, None], 1, [0] * 4)
+    kept, phases = _phase1_kept(bus, hal, board.CH_NEG[0], 60, 97)
+    assert len(kept) >= 2, "no phase-1 reading kept in %d triphasic pulses" % len(phases)
