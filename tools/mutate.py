@@ -55,6 +55,14 @@ MODULES: dict[str, list[str]] = {
                               "tests/test_mutation_kills_paramfile.py"],
 }
 
+# tests of a selected file left out of a module's run (pytest --deselect, node id prefix): unmarked
+# MicroPython-toolchain tests that take the rewritten file as a whole (mpy-cross runs out of memory on
+# mutmut's trampolined dma_chain.py, the unix port cannot import it), so mutmut's first run fails
+DESELECT: dict[str, list[str]] = {
+    "firmware/dma_chain.py": ["tests/test_hal_rp2.py::test_compiles_with_mpy_cross",
+                              "tests/test_hal_rp2.py::test_dma_chain_and_hal_import_under_micropython"],
+}
+
 MARK_START = "<!-- mutate:start (tools/mutate.py rewrites this block) -->"
 MARK_END = "<!-- mutate:end -->"
 
@@ -89,6 +97,8 @@ def write_config(d: Path, module: str, tests: list[str]) -> None:
     cfg = dict(base)
     cfg["only_mutate"] = [module]
     cfg["pytest_add_cli_args_test_selection"] = [t for t in tests if (ROOT / t).exists()]
+    for nodeid in DESELECT.get(module, []):
+        cfg["pytest_add_cli_args_test_selection"] += ["--deselect", nodeid]
     sect = ["[tool.mutmut]"] + ["%s = %s" % (k, json.dumps(v)) for k, v in cfg.items()]
     text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "\n".join(sect) + "\n\n", text)
     (d / "pyproject.toml").write_text(text)
