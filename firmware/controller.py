@@ -77,7 +77,7 @@ beginning at the next opening. The stop is as quick as the main loop's poll (aft
 board), plus at most one queued pulse.
 """
 
-from firmware import board, impedance, pulse_engine, sequence, storage
+from firmware import board, impedance, pulse_engine, storage
 from firmware.limits import LIMITS
 from firmware.ticks import Uptime, ticks_add, ticks_diff
 from protocol import messages as M
@@ -108,13 +108,14 @@ class Controller:
                  sequences=None):
         """``send(bytes)`` writes to the host link; ``storage`` is a firmware.storage.Store (or None:
         SAVE/LOAD are refused); ``monitor_max_hz`` caps the phase-1 electrode readings per second and
-        channel (0 = monitoring off); ``sequences``: where custom sequences' records go
-        (firmware.sequence.FileStore on the board; default a RamStore)."""
+        channel (0 = monitoring off); ``sequences``: where custom sequences' records go: a store
+        (firmware.sequence.FileStore / RamStore), a directory (a FileStore there: the board) or None
+        (RAM). firmware/sequence.py is imported only when a channel gets a sequence (heap)."""
         self.hal = hal
         self.send = send
         self.limits = limits
         self.storage = storage
-        self.sequences = sequence.RamStore() if sequences is None else sequences
+        self._sequences = sequences
         self.event_log = []  # (seq, body), at most M.EVENT_LOG_LEN, oldest first
         self.deadman_trips = 0
         self.deadman_ms = 0  # per connection: 0 off; HELLO resets it
@@ -610,8 +611,11 @@ class Controller:
         self.trains[ch] = train
         if self._seq[ch] is not None:  # new parameters discard an uploaded sequence (even the same N)
             self._seq[ch].discard()
-        self._seq[ch] = (sequence.SequenceBuilder(params, self.limits, self.sequences.records(ch))
-                         if params["sequence_pulses"] else None)
+        self._seq[ch] = None
+        if params["sequence_pulses"]:
+            from firmware import sequence
+
+            self._seq[ch] = sequence.SequenceBuilder(params, self.limits, self._seq_store().records(ch))
         return self._params_response(ch)
 
     def _waits(self, channels, software):
@@ -895,7 +899,7 @@ class Controller:
             _refuse(M.E_BAD_STATE, "sequence_pulses", 0, 1)
         if self.state[ch] in (M.ST_ARMED, M.ST_RUNNING) or self.hal.running(ch):
             _refuse(M.E_BAD_STATE, "channel", ch, self.state[ch])
-        if self.sequences.stalls:
+        if self._seq_store().stalls:
             self._refuse_if_busy()
         if first and first != builder.received:  # chunks in order (first = 0 restarts)
             _refuse(M.E_BAD_STATE, "sequence_pulses", first, builder.received)
@@ -907,6 +911,15 @@ class Controller:
         except OSError:
             _refuse(M.E_STORAGE, "channel", ch, builder.received)
         return M.encode_sequence_response(ch, builder.received, builder.complete)
+
+    def _seq_store(self):
+        """The sequence store, built on first use (``sequences`` of the constructor)."""
+        s = self._sequences
+        if s is None or isinstance(s, str):
+            from firmware import sequence
+
+            s = self._sequences = sequence.RamStore() if s is None else sequence.FileStore(s)
+        return s
 
     @staticmethod
     def _bits(channels):

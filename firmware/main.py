@@ -36,7 +36,7 @@ if __name__ == "__main__":  # the board: Ctrl-C off before anything else (the im
 
 import time  # ticks_ms/ticks_diff/sleep_ms: MicroPython (main.py runs only there; CPython imports constants)
 
-from firmware import sequence, storage
+from firmware import storage
 from firmware.controller import Controller
 from firmware.crash import recover, reset_chip, safe_state
 from firmware.transport import PUMP_IDLE_MAX_BYTES, PUMP_MAX_BYTES, UsbCdc
@@ -64,10 +64,16 @@ def run(hal=None, link=None, loops=-1, params_dir=PARAMS_DIR, bootsel=None, sequ
     if bootsel is None:
         bootsel = bootsel_reader()
     store = storage.Store(storage.OsFiles(params_dir))
-    sequences = sequence.FileStore(sequence_dir)
+
+    made: list = []
 
     def make():
-        return Controller(hal, link.write, storage=store, sequences=sequences)
+        # sequences: the directory (firmware/sequence.py is imported when a sequence is first set), or
+        # the store the crashed controller built: its records' open handles are closed by the next upload
+        seqs = made[-1]._sequences if made else sequence_dir
+        del made[:]
+        made.append(Controller(hal, link.write, storage=store, sequences=seqs))
+        return made[0]
 
     controller = make()
     controller.boot()

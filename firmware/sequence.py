@@ -72,15 +72,30 @@ class RamRecords:
     def close(self):
         """Release the records' resources (nothing in RAM; the data stays until reset)."""
 
+    def release(self):
+        """The upload was discarded (new parameters): nothing to do in RAM."""
+
 
 class FileRecords:
     """A channel's records in one file (littlefs on the board). One write handle while uploading
-    (records written at their position), one shared read handle afterwards (each read seeks)."""
+    (records written at their position), one shared read handle afterwards (each read seeks).
+    Anything that may write flash (the directory, opening for writing, closing a write handle: its
+    flush) happens only in reset/write_at/finish, i.e. in SET_SEQUENCE, which the controller refuses
+    while any channel is armed or running; release() (new parameters, at any time) never writes."""
 
-    def __init__(self, path):
+    def __init__(self, root, path):
+        self.root = root
         self.path = path
         self._w = None
         self._r = None
+
+    def release(self):
+        """The upload was discarded: drop the read handle. A write handle of an unfinished upload
+        stays open (closing it flushes to flash) until the next reset, when every channel is idle."""
+        r = self._r
+        self._r = None
+        if r is not None:
+            r.close()
 
     def close(self):
         for f in (self._w, self._r):
@@ -94,6 +109,12 @@ class FileRecords:
 
     def reset(self):
         self.close()
+        import os
+
+        try:
+            os.mkdir(self.root)
+        except OSError:
+            pass  # exists
         self._w = open(self.path, "wb")
 
     def write_at(self, offset, data):
@@ -137,19 +158,13 @@ class FileStore:
     stalls = True  # littlefs writes erase/program flash with the CPU stalled: refused while any channel runs
 
     def __init__(self, root):
-        import os
-
-        self.root = root.rstrip("/") or "/"
-        try:
-            os.mkdir(self.root)
-        except OSError:
-            pass  # exists
+        self.root = root.rstrip("/") or "/"  # created by the first upload (a flash write: never at SET_PARAMS)
         self._records = {}
 
     def records(self, ch):
         r = self._records.get(ch)
         if r is None:
-            r = self._records[ch] = FileRecords(self.root + "/seq%d.bin" % ch)
+            r = self._records[ch] = FileRecords(self.root, self.root + "/seq%d.bin" % ch)
         return r
 
 
@@ -261,7 +276,7 @@ class SequenceBuilder:
     def discard(self):
         """The parameters changed: the records no longer count (a new upload starts at pulse 0)."""
         self.received = 0
-        self.records.close()
+        self.records.release()
 
 
 class SequenceSource:

@@ -372,3 +372,23 @@ def test_a_restart_at_pulse_zero_replaces_the_upload():
     assert (b.received, b.complete, b.code_min, b.code_max) == (1, False, E.dac_code(50), E.dac_code(50))
     v = b.check(1, [8 * MS], [50])  # the interval counts from the new pulse 0
     assert v is not None and v.field == "onset_ns" and v.limit == 9 * MS
+
+
+def test_discarding_an_upload_never_writes_flash(tmp_path):
+    """SET_PARAMS may come while another channel runs: discarding an unfinished file upload keeps its
+    write handle open (closing it would flush to flash with the CPU stalled) and only drops the read
+    handle; the next upload (refused while any channel runs) closes it. The directory is made by the
+    first upload, not when the store is set up."""
+    store = S.FileStore(str(tmp_path / "seqdir"))
+    rec = store.records(0)
+    assert not (tmp_path / "seqdir").exists()
+    b = S.SequenceBuilder(seq_params(n=40), LIMITS, rec)
+    b.add(0, [i * 2 * MS for i in range(20)], [5] * 20)
+    w = rec._w
+    assert w is not None and not w.closed and (tmp_path / "seqdir").is_dir()
+    b.discard()
+    assert rec._w is w and not w.closed and b.received == 0
+    b2 = S.SequenceBuilder(seq_params(n=1), LIMITS, rec)
+    b2.add(0, [0], [5])
+    assert w.closed and b2.complete
+    assert (tmp_path / "seqdir" / "seq0.bin").read_bytes() == struct.pack("<QH", 0, E.dac_code(5))
