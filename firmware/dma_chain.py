@@ -649,38 +649,26 @@ class Feeder:
         return new_head
 
     def _write_seq_run(self, start, limit):
-        """_write_run for a SequencePlan: each entry is written by its cursor (pool entries rewritten
-        just in time) before any ring slot of the run, and the run's first slot last."""
-        vals = []
-        cums = []
+        """_write_run for a SequencePlan (its cursor's run(): each pool entry written before its ring
+        slot), the run's first slot stored last (it commits the run)."""
         total = self.pulses_total
-        i = start
-        if i < limit and not self.finished:
-            cur = self.cursor
-            plan = cur.plan  # type: ignore[union-attr]
-            pa = self.addr_of(plan.pool)
-            ia = self.addr_of(plan.idle)
-            step = 4 * self.p
-            while i < limit:
-                e = cur.advance()  # type: ignore[union-attr]
-                if e < -1:
-                    self.finished = True
-                    break
-                vals.append(ia if e < 0 else pa + step * e)
-                total += cur.done  # type: ignore[union-attr]
-                cums.append(total)
-                i += 1
-        new_head = start + len(vals)
+        n = 0
+        first = 0
         ring = self.ring
         base = self.base
         rl = self.ring_len
-        cum = self.cum
+        if start < limit and not self.finished:
+            cur = self.cursor
+            plan = cur.plan  # type: ignore[union-attr]
+            n, total, first, fin = cur.run(start, limit, ring, base, rl, self.cum, total,  # type: ignore[union-attr,operator]
+                                           self.addr_of(plan.pool), self.addr_of(plan.idle), 4 * self.p)
+            if fin:
+                self.finished = True
+        new_head = start + n
         ring[base + new_head % rl] = 0
-        cum[new_head % rl] = total
-        for k in range(len(vals) - 1, -1, -1):
-            s = (start + k) % rl
-            cum[s] = cums[k]
-            ring[base + s] = vals[k]
+        self.cum[new_head % rl] = total
+        if n:
+            ring[base + start % rl] = first
         self.pulses_total = total
         self.head = new_head
         return new_head

@@ -204,6 +204,74 @@ class SequenceCursor:
         self._write(e, words)
         plan.std[e] = 0 if pre else 1
 
+    def run(self, start, limit, ring, base, rl, cum, total, pa, ia, step):
+        """Feeder._write_seq_run's loop: entries from absolute index ``start`` up to ``limit``, each
+        written (pool entry) and its ring slot and pulse count stored, EXCEPT the first slot, whose
+        value is returned for the caller to store last (it commits the run). Returns (entries,
+        pulses total, first slot's value, finished). The standard pulse entry is handled inline on
+        locals (one interval, one word store, one ring store per pulse); everything else goes
+        through advance()."""
+        plan = self.plan
+        words = plan.pool.words
+        std = plan.std
+        p = plan.p
+        iv = plan.iv
+        fixed = plan.fixed + OVERHEAD  # idle - fixed = the variable word's count field
+        top = MAX_TICKS - OVERHEAD
+        pt = plan.pulse_ticks
+        reader = self.reader
+        nxt_of = reader.next
+        cur = self.next
+        slot = self.slot
+        first = 0
+        i = start
+        fin = False
+        while i < limit:
+            if cur is not None and not self.rems and not self.idle_left and not self.pre:
+                nxt = nxt_of()
+                if nxt is None:
+                    reader.close()
+                    idle = plan.last_idle
+                else:
+                    idle = nxt[0] - cur[0] - pt
+                e = slot
+                slot = e + 1
+                if slot == POOL_BLOCKS:
+                    slot = 0
+                v = idle - fixed
+                if 0 <= v <= top and std[e]:
+                    words[e * p + iv] = v << SHIFT  # the fast path
+                else:
+                    self.next = nxt
+                    self.slot = slot
+                    self._pulse_entry(e, idle)
+                cur = nxt
+                self.pulses += 1
+                total += 1
+                val = pa + step * e
+            else:
+                self.next = cur
+                self.slot = slot
+                e = self.advance()
+                cur = self.next
+                slot = self.slot
+                if e < -1:
+                    fin = True
+                    break
+                total += self.done
+                val = ia if e < 0 else pa + step * e
+            k = i % rl
+            cum[k] = total
+            if i == start:
+                first = val
+            else:
+                ring[base + k] = val
+            i += 1
+        self.next = cur
+        self.slot = slot
+        self.done = 0
+        return i - start, total, first, fin
+
     def entry(self, addr_of, step):
         """(address, pulses completed) of the next entry, or None at the end (Feeder._next_entry)."""
         e = self.advance()
@@ -216,6 +284,9 @@ class SequenceCursor:
 
 
 # ---- the DAC op writer ----------------------------------------------------------------------------
+PAIR_CACHE = 64  # phase-1 codes whose write pair a SequenceWriter keeps (a dict entry each)
+CHUNK_BOUNDARIES = 64  # boundaries per SequenceWriter.chunk call (~19 ms of M0+ time, BENCHMARKS.md §8)
+
 class SequenceWriter:
     """The DAC ops of one channel's sequence whose amplitude varies, chunk by chunk (the controller
     queues them like a RampWriter's: ``lookahead()`` boundaries ahead of the pulses, topped up from
@@ -250,6 +321,7 @@ class SequenceWriter:
         self.waits = pulse_engine.boundary_wait_ops(train, ch)
         self.per = len(self.waits) + 2
         self.emitted = 0  # boundaries already in chunks
+        self._pairs = {}  # phase-1 code -> (write A, write B) op words
 
     @property
     def done(self):
@@ -266,39 +338,57 @@ class SequenceWriter:
         return b if b < top else top
 
     def chunk(self, boundaries):
-        """The ops of the next ``boundaries`` boundaries (fewer at the end; [] when done)."""
+        """The ops of the next ``boundaries`` boundaries, at most CHUNK_BOUNDARIES per call (fewer at
+        the end; [] when done): a call costs ~0.3 ms a boundary on the M0+, and a long chunk would hold
+        the main loop while the stream's ring (126 entries) drains, so the controller's top-ups from
+        poll() fill the lookahead a bounded step at a time. The write pair of each phase-1 code is
+        computed once (``_pairs``, at most PAIR_CACHE codes kept)."""
         if self.ended:
             return []
         m = boundaries
-        top = pulse_engine.MAX_RAMP_OPS // self.per
-        if m > top:
-            m = top
-        ops = []
+        if m > CHUNK_BOUNDARIES:
+            m = CHUNK_BOUNDARIES
+        ops = []  # type: list
+        app = ops.append
         last_change = 0
         reader = self.reader
+        nxt_of = reader.next
         prev = self.prev
-        waits = self.waits
-        train = self.train
-        ch = self.ch
-        for _ in range(m):
-            x = reader.next()
+        w1 = self.waits[0]
+        w2 = self.waits[1] if len(self.waits) > 1 else -1
+        pairs = self._pairs
+        n = 0
+        while n < m:
+            x = nxt_of()
             if x is None:
                 self.ended = True
                 reader.close()
                 break
-            ops.extend(waits)
+            app(w1)
+            if w2 >= 0:
+                app(w2)
             c1 = x[1]
             if c1 != prev:
                 prev = c1
-                a, b = pulse_engine._codes(train, c1)
-                ops.append(dac_bus.code_write_op(ch, False, a))
-                ops.append(dac_bus.code_write_op(ch, True, b))
+                pr = pairs.get(c1)
+                if pr is None:
+                    pr = self._pair(c1)
+                app(pr[0])
+                app(pr[1])
                 last_change = len(ops)
-            self.emitted += 1
+            n += 1
+        self.emitted += n
         self.prev = prev
         if self.ended:
             del ops[last_change:]  # bare waits after the last change would only delay the mark
         return ops
+
+    def _pair(self, c1):
+        a, b = pulse_engine._codes(self.train, c1)
+        pr = (dac_bus.code_write_op(self.ch, False, a), dac_bus.code_write_op(self.ch, True, b))
+        if len(self._pairs) < PAIR_CACHE:
+            self._pairs[c1] = pr
+        return pr
 
 
 def first_codes(train):
