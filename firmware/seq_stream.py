@@ -285,7 +285,10 @@ class SequenceCursor:
 
 # ---- the DAC op writer ----------------------------------------------------------------------------
 PAIR_CACHE = 64  # phase-1 codes whose write pair a SequenceWriter keeps (a dict entry each)
-CHUNK_BOUNDARIES = 64  # boundaries per SequenceWriter.chunk call (~19 ms of M0+ time, BENCHMARKS.md §8)
+# Boundaries per SequenceWriter.chunk call and its lookahead: ~0.3 ms each on the M0+ (BENCHMARKS.md §8),
+# so a chunk holds the main loop ~40 ms, well inside the stream ring's 126 intervals; the DAC ops are
+# then queued about as far ahead as the stream itself.
+CHUNK_BOUNDARIES = 128
 
 class SequenceWriter:
     """The DAC ops of one channel's sequence whose amplitude varies, chunk by chunk (the controller
@@ -328,20 +331,18 @@ class SequenceWriter:
         return self.ended
 
     def lookahead(self):
-        """Boundaries to queue ahead of the pulses: RAMP_LOOKAHEAD_TICKS at the tightest interval (at
-        least RAMP_CHUNK_MIN), within MAX_RAMP_OPS words."""
+        """Boundaries to queue ahead of the pulses: 1 s at the tightest interval (RAMP_LOOKAHEAD_TICKS,
+        at least RAMP_CHUNK_MIN), at most CHUNK_BOUNDARIES (about the stream ring's own lookahead)."""
         period = self.train.period_ticks
         b = (pulse_engine.RAMP_LOOKAHEAD_TICKS + period - 1) // period
         if b < pulse_engine.RAMP_CHUNK_MIN:
             b = pulse_engine.RAMP_CHUNK_MIN
-        top = pulse_engine.MAX_RAMP_OPS // self.per
-        return b if b < top else top
+        return b if b < CHUNK_BOUNDARIES else CHUNK_BOUNDARIES
 
     def chunk(self, boundaries):
         """The ops of the next ``boundaries`` boundaries, at most CHUNK_BOUNDARIES per call (fewer at
-        the end; [] when done): a call costs ~0.3 ms a boundary on the M0+, and a long chunk would hold
-        the main loop while the stream's ring (126 entries) drains, so the controller's top-ups from
-        poll() fill the lookahead a bounded step at a time. The write pair of each phase-1 code is
+        the end; [] when done): a boundary costs ~0.3 ms on the M0+, and a longer chunk would hold the
+        main loop while the stream's ring (126 entries) drains. The write pair of each phase-1 code is
         computed once (``_pairs``, at most PAIR_CACHE codes kept)."""
         if self.ended:
             return []
