@@ -715,6 +715,11 @@ USER_FIELDS = {
     "polarity": ("polarity", lambda v: '"%s"' % P.POLARITY_NAMES[v] if 0 <= v < len(P.POLARITY_NAMES) else str(v)),
     "trigger": ("trigger", lambda v: '"%s"' % P.TRIGGER_NAMES[v] if 0 <= v < len(P.TRIGGER_NAMES) else str(v)),
     "shape": ("shape", lambda v: '"%s"' % P.SHAPE_NAMES[v] if 0 <= v < len(P.SHAPE_NAMES) else str(v)),
+    # custom sequences (a device NACK names these)
+    "sequence_pulses": ("sequence pulses", lambda v: "%s pulses" % _fmt_num(v)),
+    "sequence_cycle_ns": ("cycle_us", _us),
+    "onset_ns": ("onset_us", _us),
+    "sequence_amplitude_ua": ("sequence amplitude", lambda v: "%s µA" % _fmt_num(v)),
 }
 
 

@@ -33,6 +33,11 @@ output changing while POS or NEG is high, or a pulse whose charge (current x mea
 phase) is not balanced to the firmware's DAC rounding (half an LSB over phase 2, one LSB at the 1-LSB
 floor, plus the width tolerance above) is a failure.
 
+Custom sequences (``expected["onsets_us"]`` / ``expected["amplitudes_ua"]``, issue 13 item 4): every
+complete pulse's onset, relative to the first pulse placed at the first expected onset, exact to the
+sample in exact mode, and its phase-1 amplitude from the DAC bus (``report.sequence``; see
+:func:`_check_sequence`).
+
 Triphasic pulses (``expected["shape"] == "triphasic"``, parameter ``shape = 1``; otherwise everything
 above is unchanged): flank, interphase, main phase, interphase, flank. The flanks are on the "phase 2"
 line and the main phase on the "phase 1" line (the polarity names the main phase's direction; when not
@@ -420,7 +425,9 @@ def analyze(trace: Trace, channel: int = 0, expected: Mapping[str, Any] | None =
     ``burst_gap_us`` (end of a burst's last pulse -> next burst's first phase-1 start; not the parameter
     ``interburst``, which runs from the end of the burst's last *period*),
     ``burst_period_us`` (burst start to start), ``bursts`` (count), ``pulses`` (complete pulses),
-    ``polarity``, ``trigger_latency_us``, ``trigger_latency_max_cycles``, ``train_delay_us``). Unknown keys
+    ``polarity``, ``trigger_latency_us``, ``trigger_latency_max_cycles``, ``train_delay_us``; a custom
+    sequence: ``onsets_us`` (every pulse's onset from the start's origin) and ``amplitudes_ua`` (every pulse's
+    phase-1 current after DAC rounding), see :func:`_check_sequence`). Unknown keys
     raise ``ValueError`` (a typo must not silently skip a check).
     ``polarity``: ``"cathodic-first"``/``"anodic-first"`` (or 0/1); ``None`` = detect from the first pulse.
     ``exact``: ``None`` = exact iff the sample rate equals ``pio_clock_hz``. ``clock_ppm``: relative clock
