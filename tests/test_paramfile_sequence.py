@@ -130,6 +130,17 @@ def test_loop_cycle_default_explicit_and_wrap_interval():
     assert ps.sequence.play_ticks(3) == [0, 1250000, 2500000, 3750000, 5000000, 6250000]
 
 
+def test_a_cycle_a_few_ns_below_its_ticks_still_validates():
+    """cycle_ns = 1000004 is 125000.5 ticks -> 125001 (1000008 ns): the period (a one-pulse loop's only
+    interval) must not exceed the cycle's ns (validate: cycle >= period) yet have the same ticks."""
+    ps = load("onsets_ms = [0]\namplitudes_ma = [1]\nloop = true\ncycle_ns = 1000004\n")
+    assert ps.params["period_ns"] == 1000004 and tick(ps.params["period_ns"]) == 125001
+    assert pf.check(ps, LIMITS)
+    ps = load("onsets_ns = [0, 1000000]\namplitudes_ma = [1, 1]\nloop = true\ncycle_ns = 2000004\n")
+    assert ps.params["period_ns"] == 1000000  # the shorter 0 -> 1 ms interval, not the cycle
+    assert pf.check(ps, LIMITS)
+
+
 def test_single_pulse_played_once_gets_a_period_that_validates():
     ps = load("onsets_ms = [7]\namplitudes_ua = [300]\n")
     assert ps.sequence.shortest_interval() == (None, 0, 0)

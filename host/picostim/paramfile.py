@@ -627,6 +627,10 @@ def _sequence(table, entries, params, keys):
     interval = seq.shortest_interval()[0]
     if interval is None:  # one pulse played once: no interval; the smallest period this build accepts
         interval = _single_pulse_period(params)
+    elif loop and cycle_ns < interval:
+        # the wrap (or a one-pulse loop's cycle) in ticks x 8 ns can exceed the cycle's ns by up to 4 ns,
+        # and validate wants cycle_ns >= period_ns: the cycle's ns have the same ticks (nearest, halves up)
+        interval = cycle_ns
     params["period_ns"] = interval
     params["amplitude_ua"] = max(amps_ua)
     params["sequence_pulses"] = len(onsets_ns)
