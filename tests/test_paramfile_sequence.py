@@ -281,3 +281,32 @@ def test_dict_input_uses_exact_values():
     ps = pf.from_dict(d)
     assert ps.sequence.onsets_ns[1] == 1234567123456789
     assert ps.sequence.onsets_ns[2] == 1234567123456789 + 10 ** 9
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1_000_000, 3_000_013), min_size=1, max_size=25), st.integers(0, 9_999),
+       st.lists(st.integers(1, 4_000), min_size=25, max_size=25), st.booleans(), st.integers(0, 2_000_013))
+def test_derived_fields_satisfy_the_firmware_for_any_legal_sequence(gaps, first, amps, loop, extra):
+    """Any sequence whose onsets (integer ns) are at least 1 ms apart, with amplitudes up to 4 mA (within the
+    charge and Shannon limits of 200 µs phases on 5 mm²),
+    played once or looped (cycle = last onset + 1 ms + extra): the derived period / amplitude / cycle pass
+    the firmware's own rules (params.validate, the engine, and every pulse through
+    firmware.sequence.sequence_violation: intervals in ticks of the absolute onsets >= the period's ticks,
+    the wrap too), i.e. paramfile.check accepts it. A period derived in ns, or a cycle below the wrap's
+    ticks, would break this for some onsets (intervals equal in ns can differ by one tick)."""
+    onsets = [first]
+    for g in gaps[:-1]:
+        onsets.append(onsets[-1] + g)
+    n = len(onsets)
+    seq = "onsets_ns = [%s]\namplitudes_ua = [%s]\n" % (", ".join(map(str, onsets)), ", ".join(map(str, amps[:n])))
+    if loop:
+        seq += "loop = true\ncycle_ns = %d\n" % (onsets[-1] + 1_000_000 + extra)
+    ps = load(seq)
+    assert pf.check(ps, LIMITS) is ps.params
+    ticks = ps.sequence.onset_ticks()
+    intervals = [b - a for a, b in zip(ticks, ticks[1:])]
+    if loop:
+        intervals.append(tick(ps.sequence.cycle_ns) - ticks[-1] + ticks[0])
+    if intervals:
+        assert tick(ps.params["period_ns"]) == min(intervals)
+    assert ps.params["amplitude_ua"] == max(amps[:n])
