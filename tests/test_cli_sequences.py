@@ -131,3 +131,22 @@ def test_a_duration_of_exactly_three_cycles_plays_three(tmp_path, capsys):
     rc = cli.main(["--virtual", "run", str(f), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["pulses"] == 3 and rc == 0, out["failures"]
+
+
+def test_sigrok_spi_decoder_reads_the_same_amplitudes(tmp_path, capsys):
+    """Issue 13 "Done when": the DAC lines of a custom-sequence run's capture decode with sigrok-cli's own
+    spi decoder to the same MCP4822 words as picostim's decoder, and its phase-1 codes (DAC B: cathodic
+    first) are the file's amplitudes after DAC rounding, pulse by pulse."""
+    from picostim.capture import dac as dacbus
+    from picostim.capture import read_capture, run_spi_decoder, sigrok_cli_path
+
+    if sigrok_cli_path() is None:
+        pytest.skip("sigrok-cli not installed (.ci/run installs it)")
+    cap = tmp_path / "seq.sr"
+    assert cli.main(["--virtual", "run", seq_file(tmp_path), "--capture", str(cap), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ours = dacbus.decode_bus(read_capture(cap)).commands(0)
+    theirs = run_spi_decoder(cap, "CS0")
+    assert len(theirs) >= 12 and [w for _, w in ours] == [w for _, _, w in theirs]
+    b_codes = [w & 0xFFF for _, _, w in theirs if w & 0x8000 and w & 0x1000]
+    assert [c * 2.5 for c in b_codes[:6]] == WANT_UA == report["amplitude_ua"]
