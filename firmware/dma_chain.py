@@ -659,9 +659,8 @@ class Feeder:
         rl = self.ring_len
         if start < limit and not self.finished:
             cur = self.cursor
-            plan = cur.plan  # type: ignore[union-attr]
             n, total, first, fin = cur.run(start, limit, ring, base, rl, self.cum, total,  # type: ignore[union-attr,operator]
-                                           self.addr_of(plan.pool), self.addr_of(plan.idle), 4 * self.p)
+                                           self.addr_of, 4 * self.p)
             if fin:
                 self.finished = True
         new_head = start + n

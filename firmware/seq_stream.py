@@ -16,6 +16,9 @@ from firmware.dma_chain import ENTRY_WORDS, MAX_TICKS, MIN_ENTRY_WORDS, OVERHEAD
 # Entries of the pool (the "one-entry blocks" of docs/ARCHITECTURE.md "Custom sequences"), kept in ONE
 # array of POOL_BLOCKS x P words (8 KB a channel at P = 16: one allocation, no per-entry object).
 POOL_BLOCKS = 128
+# Entries per pool array: 16 (1 KB at P = 16), not one 8 KB array: a heap fragmented by the time of a
+# START may have no 8 KB hole (measured on the emulated board: MemoryError allocating 8192 bytes).
+POOL_CHUNK = 16
 
 
 def _idle_word(ticks):
@@ -77,17 +80,21 @@ class SequencePlan:
             raise ValueError("period of %d ticks leaves too little idle after the pulse" % train.period_ticks)
         self.last_idle = last
         template = pulse + [_idle_word(OVERHEAD)] * q
-        self.pool = Block(template * POOL_BLOCKS, p, 1)
+        # the pool in arrays of POOL_CHUNK entries: entry e is entry e % POOL_CHUNK of chunk e // POOL_CHUNK
+        self.chunks = [Block(template * POOL_CHUNK, p, 1) for _ in range(POOL_BLOCKS // POOL_CHUNK)]
         self.std = bytearray(b"\x01" * POOL_BLOCKS)  # 1: the entry holds the standard pulse layout
         self.idle = Block([_idle_word(MAX_TICKS)] * (p - 1) + [_idle_word(OVERHEAD)], p, 0)
-        self.blocks = [self.pool, self.idle]
+        self.blocks = self.chunks + [self.idle]
         self.max_ahead = POOL_BLOCKS - 2
         self.tail_ticks = OVERHEAD
         self.repeats = self.source.repeats
 
     def words(self):
         """32-bit words in every buffer of the plan (what the HAL allocates for the DMA)."""
-        return len(self.pool.words) + len(self.idle.words)
+        n = len(self.idle.words)
+        for b in self.chunks:
+            n += len(b.words)
+        return n
 
     def cursor(self):
         return SequenceCursor(self)
@@ -136,8 +143,8 @@ class SequenceCursor:
         return e
 
     def _write(self, e, words):
-        buf = self.plan.pool.words
-        at = e * self.plan.p
+        buf = self.plan.chunks[e // POOL_CHUNK].words
+        at = (e % POOL_CHUNK) * self.plan.p
         for i in range(len(words)):
             buf[at + i] = words[i]
 
@@ -171,7 +178,7 @@ class SequenceCursor:
         self.slot = e + 1 if e + 1 < POOL_BLOCKS else 0
         v = idle - plan.fixed
         if OVERHEAD <= v <= MAX_TICKS and not self.pre and plan.std[e]:
-            plan.pool.words[e * plan.p + plan.iv] = (v - OVERHEAD) << SHIFT  # the fast path
+            plan.chunks[e // POOL_CHUNK].words[(e % POOL_CHUNK) * plan.p + plan.iv] = (v - OVERHEAD) << SHIFT
         else:
             self._pulse_entry(e, idle)
         self.done = 1
@@ -204,7 +211,7 @@ class SequenceCursor:
         self._write(e, words)
         plan.std[e] = 0 if pre else 1
 
-    def run(self, start, limit, ring, base, rl, cum, total, pa, ia, step):
+    def run(self, start, limit, ring, base, rl, cum, total, addr_of, step):
         """Feeder._write_seq_run's loop: entries from absolute index ``start`` up to ``limit``, each
         written (pool entry) and its ring slot and pulse count stored, EXCEPT the first slot, whose
         value is returned for the caller to store last (it commits the run). Returns (entries,
@@ -212,7 +219,9 @@ class SequenceCursor:
         locals (one interval, one word store, one ring store per pulse); everything else goes
         through advance()."""
         plan = self.plan
-        words = plan.pool.words
+        arrs = [b.words for b in plan.chunks]
+        bases = [addr_of(b) for b in plan.chunks]
+        ia = addr_of(plan.idle)
         std = plan.std
         p = plan.p
         iv = plan.iv
@@ -239,8 +248,10 @@ class SequenceCursor:
                 if slot == POOL_BLOCKS:
                     slot = 0
                 v = idle - fixed
+                c = e // POOL_CHUNK
+                r = e - c * POOL_CHUNK
                 if 0 <= v <= top and std[e]:
-                    words[e * p + iv] = v << SHIFT  # the fast path
+                    arrs[c][r * p + iv] = v << SHIFT  # the fast path
                 else:
                     self.next = nxt
                     self.slot = slot
@@ -248,7 +259,7 @@ class SequenceCursor:
                 cur = nxt
                 self.pulses += 1
                 total += 1
-                val = pa + step * e
+                val = bases[c] + step * r
             else:
                 self.next = cur
                 self.slot = slot
@@ -259,7 +270,7 @@ class SequenceCursor:
                     fin = True
                     break
                 total += self.done
-                val = ia if e < 0 else pa + step * e
+                val = ia if e < 0 else bases[e // POOL_CHUNK] + step * (e % POOL_CHUNK)
             k = i % rl
             cum[k] = total
             if i == start:
@@ -280,7 +291,7 @@ class SequenceCursor:
         plan = self.plan
         if e < 0:
             return addr_of(plan.idle), 0
-        return addr_of(plan.pool) + step * e, self.done
+        return addr_of(plan.chunks[e // POOL_CHUNK]) + step * (e % POOL_CHUNK), self.done
 
 
 # ---- the DAC op writer ----------------------------------------------------------------------------

@@ -82,14 +82,15 @@ def make_train(shape=0, ph1=100 * US, ph2=100 * US, ip=0, rec=0, period=None):
 
 
 class Guarded(list):
-    """The pool's words: every store is checked against the entries the DMA may still read."""
+    """A pool array's words: every store is checked against the entries the DMA may still read."""
 
-    def __init__(self, words, check):
+    def __init__(self, words, check, chunk):
         super().__init__(words)
         self.check = check
+        self.chunk = chunk
 
     def __setitem__(self, i, v):
-        self.check(i)
+        self.check(self.chunk, i)
         super().__setitem__(i, v)
 
 
@@ -112,12 +113,15 @@ class Harness:
     def __init__(self, plan):
         self.plan = plan
         self.rl = dc.RING_LEN
-        self.addr = {id(plan.pool): 0x20001000, id(plan.idle): 0x20009000}
+        self.addr = {id(plan.idle): 0x20009000}
+        for c, b in enumerate(plan.chunks):
+            self.addr[id(b)] = 0x20001000 + 0x400 * c
         self.consumed = 0  # slots the control channel has read
         self.ended = False
         self.read = []  # words of every entry the data channel read, in order
         self.snap = {}  # ring slot -> the entry's words when it was queued
-        plan.pool.words = Guarded(plan.pool.words, self._pool_store)
+        for c, b in enumerate(plan.chunks):
+            b.words = Guarded(b.words, self._pool_store, c)
         self.ring = Ring(self.rl + self.BASE, self._ring_store)
         self.feeder = dc.Feeder(self.ring, self.BASE, self.rl, lambda b: self.addr[id(b)])
         self.max_lead = 0
@@ -127,23 +131,24 @@ class Harness:
         p = self.plan.p
         if addr == self.addr[id(self.plan.idle)]:
             return list(self.plan.idle.words)
-        off = (addr - self.addr[id(self.plan.pool)]) // 4
-        assert 0 <= off < len(self.plan.pool.words) and off % p == 0, hex(addr)
-        return list(self.plan.pool.words[off:off + p])
+        off = (addr - 0x20001000) // 4
+        c, off = divmod(off, ss.POOL_CHUNK * p)
+        assert 0 <= c < len(self.plan.chunks) and off % p == 0, hex(addr)
+        return list(self.plan.chunks[c].words[off:off + p])
 
     def _ring_store(self, i, v):
         self.snap[(i - self.BASE) % self.rl] = self.words_at(v)
 
-    def _pool_store(self, i):
-        """A store into pool entry i // P: no entry the DMA may read (from consumed - 1, being
-        transferred, to the head, not yet read) may point at it."""
+    def _pool_store(self, c, i):
+        """A store into entry i // P of pool array c: no entry the DMA may read (from consumed - 1,
+        being transferred, to the head, not yet read) may point at it."""
         e = i // self.plan.p
-        pool = self.addr[id(self.plan.pool)]
+        at = self.addr[id(self.plan.chunks[c])] + 4 * self.plan.p * e
         f = self.feeder
         for j in range(max(0, self.consumed - 1), f.head):
             v = self.ring[self.BASE + j % self.rl]
-            if v == pool + 4 * self.plan.p * e:
-                self.violations.append((e, j, self.consumed, f.head))
+            if v == at:
+                self.violations.append((c, e, j, self.consumed, f.head))
 
     def dma(self, n):
         """The DMA moves on by up to ``n`` control reads (never past the 0 at the head unless the
@@ -301,11 +306,12 @@ def test_fast_path_is_one_store_per_pulse():
     h = Harness(plan)
     inner = h._pool_store
 
-    def count(i):
+    def count(c, i):
         stores.append(i)
-        inner(i)
+        inner(c, i)
 
-    plan.pool.words.check = count
+    for b in plan.chunks:
+        b.words.check = count
     h.run(random.Random(3))
     assert len(stores) == len(onsets)  # the template already holds the standard layout
     assert {i % plan.p for i in stores} == {plan.iv}
@@ -355,7 +361,8 @@ def test_pool_bounded():
     train.sequence = FakeSource([0])
     plan = dc.plan_for(train)
     assert plan.words() == ss.POOL_BLOCKS * dc.ENTRY_WORDS + dc.ENTRY_WORDS  # 8 KB + one shared idle entry
-    assert len(plan.blocks) == 2
+    assert len(plan.blocks) == ss.POOL_BLOCKS // ss.POOL_CHUNK + 1
+    assert max(len(b.words) for b in plan.blocks) == ss.POOL_CHUNK * dc.ENTRY_WORDS  # 1 KB arrays
 
 
 # ---- the same code under the MicroPython unix port ----------------------------------------------
@@ -372,7 +379,10 @@ b = sq.SequenceBuilder(params, LIMITS, sq.RamRecords())
 b.add(0, cfg["onsets"], cfg["amps"])
 t.sequence = b.source()
 plan = dc.plan_for(t)
-addr = {id(plan.pool): 0x20001000, id(plan.idle): 0x20009000}
+addr = {id(plan.idle): 0x20009000}
+where = {}
+for c in range(len(plan.chunks)):
+    addr[id(plan.chunks[c])] = 0x20001000 + 0x400 * c
 ring = [0] * dc.RING_LEN
 f = dc.Feeder(ring, 0, dc.RING_LEN, lambda blk: addr[id(blk)])
 f.load(plan)
@@ -386,8 +396,8 @@ while True:
     if v == 0x20009000:
         out.extend(list(plan.idle.words))
     else:
-        o = (v - 0x20001000) // 4
-        out.extend([plan.pool.words[o + i] for i in range(plan.p)])
+        c, o = divmod((v - 0x20001000) // 4, 256)
+        out.extend([plan.chunks[c].words[o + i] for i in range(plan.p)])
     if consumed % 5 == 0:
         f.fill(consumed)
 w = pe.sequence_writer([t], [0])
