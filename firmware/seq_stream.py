@@ -14,7 +14,7 @@ from firmware.dma_chain import ENTRY_WORDS, MAX_TICKS, MIN_ENTRY_WORDS, OVERHEAD
 
 # ---- custom sequences (issue 13 item 4): a pool of entries rewritten just in time ----------------
 # Entries of the pool (the "one-entry blocks" of docs/ARCHITECTURE.md "Custom sequences"), kept in ONE
-# array of POOL_BLOCKS x P words (8 KB a channel at P = 16: one allocation, no per-entry object).
+# few arrays of POOL_CHUNK entries (8 KB a channel at P = 16; no object per entry).
 POOL_BLOCKS = 128
 # Entries per pool array: 16 (1 KB at P = 16), not one 8 KB array: a heap fragmented by the time of a
 # START may have no 8 KB hole (measured on the emulated board: MemoryError allocating 8192 bytes).
