@@ -13,7 +13,7 @@ from firmware import dac_bus, pulse_engine
 from firmware.dma_chain import ENTRY_WORDS, MAX_TICKS, MIN_ENTRY_WORDS, OVERHEAD, SHIFT, Block, _idle_pieces, word_ticks
 
 # ---- custom sequences (issue 13 item 4): a pool of entries rewritten just in time ----------------
-# Entries of the pool (the "one-entry blocks" of docs/ARCHITECTURE.md "Custom sequences"), kept in ONE
+# Entries of the pool (the "one-entry blocks" of docs/ARCHITECTURE.md "Custom sequences"), kept in a
 # few arrays of POOL_CHUNK entries (8 KB a channel at P = 16; no object per entry).
 POOL_BLOCKS = 128
 # Entries per pool array: 16 (1 KB at P = 16), not one 8 KB array: a heap fragmented by the time of a
