@@ -123,3 +123,31 @@ def test_sequence_expectations_from_a_file():
     assert exp["amplitudes_ua"] == [1000.0, 2.5, 1505.0] * 3
     assert exp["pulses"] == 9
     assert runner.sequence_expectations(ps.params, ps.sequence, run_s=0.01).get("pulses") is None
+
+
+def test_asynchronous_sampling_tolerance(trace):
+    """The same emulated pins sampled as a 24 MS/s logic analyzer would (an edge at tick t is seen at the
+    first analyzer sample at or after it): onsets are checked within ±1 sample plus the clock tolerance
+    (100 ppm of the span: 3 samples at pulse 1, 1250 µs after pulse 0), so the true onsets pass and an
+    expectation 6 samples off at pulse 1 fails."""
+    from fractions import Fraction as F
+
+    import numpy as np
+
+    from picostim.capture.trace import Channel, Trace
+
+    sr = 24_000_000
+    k = F(sr, 125_000_000)
+    lines = {}
+    for name in ("POS", "NEG", "RECOVERY", "SYNC"):
+        ch = trace.channels[name]
+        lines[name] = Channel(ch.initial, np.array([-(-int(t) * k.numerator // k.denominator) for t in ch.toggles],
+                                                   np.int64))
+    slow = Trace(sr, -(-trace.n_samples * k.numerator // k.denominator), lines)
+    rep = analyze(slow, expected={"onsets_us": onsets()})
+    assert rep.ok and not rep.exact and rep.sequence["checked"] == PULSES, rep.failures
+    assert rep.sequence["worst_onset_error_samples"] <= 1
+    exp = onsets()
+    exp[1] += 6 / 24  # µs: 6 samples at 24 MS/s
+    bad = analyze(slow, expected={"onsets_us": exp})
+    assert not bad.ok and bad.sequence["first_onset_mismatch"]["pulse"] == 1
