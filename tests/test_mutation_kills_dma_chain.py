@@ -21,6 +21,7 @@ from firmware import pulse_engine as pe
 from protocol import params as P
 
 MS = 1_000_000
+S = 1_000_000_000
 OV = pp.SEGMENT_OVERHEAD_TICKS  # 5
 IDLE = 0
 
@@ -283,6 +284,8 @@ def test_plan_entry_words_default_and_minimum():
     assert dc.Plan(t, p=dc.MIN_ENTRY_WORDS).p == 9
     with pytest.raises(ValueError, match="^8 words per entry do not outnumber the FIFO$"):
         dc.Plan(t, p=8)
+    with pytest.raises(ValueError, match="^1 words per entry do not outnumber the FIFO$"):
+        dc.Plan(t, p=1)
 
 
 def test_plan_of_a_plain_train_has_one_block_and_no_idle():
@@ -314,6 +317,9 @@ def test_plan_lead_alone_or_merged_into_the_first_group():
     assert long_delay.delay_ticks == OV * p
     assert plan.lead is not None and not plan.lead_replaces and plan.lead.pulses == 0
     assert plan.lead in plan.blocks and plan.lead_idle == 0
+    assert plan.idle is None and len(plan.blocks) == 2 and plan.words() == 2 * p  # no shared idle block
+    one = dc.Plan(train(period_ns=1 * MS, train_delay_ns=40 * S), p=p)
+    assert one.lead_idle == 1 and one.idle is not None and one.idle in one.blocks
     assert sum(ticks(w) for w in plan.lead.words) == OV * p
     short_delay = train(period_ns=1 * MS, train_delay_ns=(OV * p - 1) * 8)
     plan = dc.Plan(short_delay, p=p)
@@ -688,3 +694,193 @@ def test_dac_drop_channels_group_boundaries():
     assert dc.dac_drop_channels(ops, (11,)) == [A] + g5 + [M] + g5 + [M]
     assert dc.dac_drop_channels(ops, (5, 11)) == [A, M, M]
     assert dc.dac_drop_channels([W, M, A], (5,)) == [M, A]  # a mark ends the dropped group
+
+
+# ------------------------------------------------- Feeder with multi-entry blocks and shared idle
+
+
+def expected_slots(plan, addr_of, n):
+    """The first ``n`` ring entries of ``plan`` written out from its structure (lead, lead_idle, runs,
+    the shared idle block): a reference walk that does not use the Feeder or the Cursor."""
+    out = []
+    step = 4 * plan.p
+
+    def block(b):
+        return [addr_of(b) + step * e for e in range(b.entries)]
+    first = True
+    if plan.lead is not None:
+        out += block(plan.lead) + [addr_of(plan.idle)] * plan.lead_idle
+    cycle = 0
+    while len(out) < n and (not plan.repeats or cycle < plan.repeats):
+        for run_i, (b, count, k) in enumerate(plan.runs):
+            for _ in range(count):
+                if first and plan.lead_replaces:
+                    first = False
+                    continue
+                first = False
+                out += block(b) + ([addr_of(plan.idle)] * k if k else [])
+        cycle += 1
+    return out[:n]
+
+
+@pytest.mark.parametrize("kw, margin", [
+    (dict(period_ns=20 * S), 4),  # one run of a two-entry block, nothing shared
+    (dict(period_ns=20 * S), 5),  # the load stops inside a block: the top-up must resume there
+    (dict(period_ns=3600 * S), 16),  # a three-entry block + 184 shared idle entries per pulse
+    (dict(period_ns=MS, train_delay_ns=40 * S), 7),  # a two-entry lead + 1 shared idle entry
+    (dict(period_ns=MS, train_delay_ns=100 * S), 7),  # a two-entry lead + 4 shared idle entries
+    (dict(period_ns=MS, burst_pulses=3, interburst_ns=5 * MS), 5),  # two runs, endless
+])
+def test_feeder_writes_every_entry_of_long_idle_plans(kw, margin):
+    plan = dc.Plan(train(**kw), p=9)
+    rl = dc.RING_LEN
+    ring = array("I", [0xDEAD] * rl)
+    addr_of = addresses()
+    f = dc.Feeder(ring, 0, rl, addr_of, margin=margin)
+    head = f.load(plan)
+    want = expected_slots(plan, addr_of, 3 * rl)
+    got = list(ring[:head])
+    assert got == want[:head]
+    # two top-ups: the ring wraps, every entry in order, none skipped or repeated
+    stream = got
+    for _ in range(2):
+        h0 = f.head
+        h1 = f.fill(h0 - 3)
+        assert h1 > h0
+        stream += [ring[i % rl] for i in range(h0, h1)]
+    assert stream == want[:len(stream)]
+    done = []
+    total = 0
+    for v in stream:  # pulses complete with the last entry of a block that holds a pulse
+        for blk in plan.blocks:
+            if v == addr_of(blk) + 4 * plan.p * (blk.entries - 1):
+                total += blk.pulses
+        done.append(total)
+    n = len(stream)
+    for i in range(n - (rl - margin), n + 1):
+        assert f.pulses_after(i) == (done[i - 1] if i else 0)
+
+
+def test_feeder_multi_entry_block_pulse_counts():
+    plan = dc.Plan(train(period_ns=20 * S), p=9)
+    f, ring = feeder(ring_len=32, margin=5)
+    a = f.addr_of(plan.runs[0][0])
+    assert f.load(plan) == 27
+    assert slots(f, ring)[:27] == [a, a + 36] * 13 + [a]
+    assert f.cum[:28] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 13]
+    assert f.fill(1) == 28 and slots(f, ring)[27] == a + 36 and f.cum[27] == 14
+
+
+def test_prepare_replace_walks_multi_entry_blocks():
+    f, ring = feeder()
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    new = dc.Plan(train(period_ns=20 * S), p=9, with_delay=False)
+    b = f.addr_of(new.runs[0][0])
+    f.prepare_replace(new, n=5)
+    assert f.staged == ([b, b + 36, b, b + 36, b], [0, 1, 0, 1, 0])
+    assert f.commit_replace(4) == 4
+    assert slots(f, ring)[4:10] == [b, b + 36, b, b + 36, b, 0]
+    assert f.cum[3:10] == [4, 4, 5, 5, 6, 6, 6]
+    assert f.fill(8) == 8 + 28 and slots(f, ring)[9] == b + 36 and f.cum[9] == 7  # resumes inside the block
+    long_ = dc.Plan(train(period_ns=3600 * S), p=9, with_delay=False)
+    c, idle = f.addr_of(long_.runs[0][0]), f.addr_of(long_.idle)
+    f.prepare_replace(long_, n=6)
+    assert f.staged == ([c, c + 36, c + 72, idle, idle, idle], [0, 0, 1, 0, 0, 0])
+
+
+def test_commit_replace_counts_on_from_start_one_and_from_zero_after_a_wrap():
+    f, _ring = feeder()
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    f.prepare_replace(dc.Plan(train(period_ns=2 * MS), p=9, with_delay=False), n=2)
+    f.commit_replace(1)
+    assert f.cum[0:4] == [1, 2, 3, 3]
+    # margin 1: the load's 0 sits in the last slot, whose count is the whole load's
+    f, _ring = feeder(ring_len=32, margin=1)
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    assert f.head == 31 and f.cum[31] == 31
+    f.prepare_replace(dc.Plan(train(period_ns=2 * MS), p=9, with_delay=False), n=2)
+    assert f.commit_replace(0) == 0
+    assert f.cum[0:3] == [1, 2, 2] and f.pulses_total == 2
+
+
+def test_pulses_after_zero_is_zero_after_the_ring_wraps():
+    f, _ring = feeder()
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    f.fill(20)
+    assert f.cum[31] != 0
+    assert f.pulses_after(0) == 0 and f.pulses_after(-5) == 0 and f.pulses_after(32) == 32
+
+
+def test_replace_passes_the_probe_on():
+    f, ring = feeder()
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    new = dc.Plan(train(period_ns=2 * MS), p=9, with_delay=False)
+    seen = [6, 6]
+    assert f.replace(new, 3, lambda: seen.pop(0)) == 7 and f.races == 1
+
+
+def test_commit_replace_probes_three_times_by_default():
+    f, _ring = feeder()
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    f.prepare_replace(dc.Plan(train(period_ns=2 * MS), p=9, with_delay=False), n=4)
+    vals = [4, 6, 8]
+    assert f.commit_replace(3, lambda: vals.pop(0)) == 9 and f.races == 3 and vals == []
+
+
+def test_commit_replace_stores_the_first_entry_first():
+    f, ring = feeder()
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    new = dc.Plan(train(period_ns=20 * S), p=9, with_delay=False)
+    b = f.addr_of(new.runs[0][0])
+    f.prepare_replace(new, n=3)
+    writes = []
+
+    class Rec(array):
+        def __setitem__(self, i, v):
+            writes.append((i, v))
+            super().__setitem__(i, v)
+    f.ring = Rec("I", ring)
+    f.commit_replace(3)
+    assert writes[0] == (f.base + 3, b)
+    assert [v for i, v in writes if i == f.base + 3] == [b]
+
+
+def test_stop_nulls_from_the_next_slot_onwards_in_ring_order():
+    f, ring = feeder()
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    order = []
+
+    class Rec(array):
+        def __setitem__(self, i, v):
+            order.append(i - f.base)
+            super().__setitem__(i, v)
+    f.ring = Rec("I", ring)
+    f.stop(70)  # slot 70 % 32 = 6 first, then 7, 8, ... around the ring
+    assert order == [(6 + s) % 32 for s in range(32)]
+    order.clear()
+    f.stop()  # default: from slot 0
+    assert order == list(range(32))
+
+
+def test_dac_resume_ops_at_out_pc_with_only_the_word_before_the_batch():
+    out_pc = pp.DAC_NEXT_ENTRY + 1
+    # nothing pulled from this batch: the word pulled last is prev_last and what came before it is
+    # unknown, so it is played again (it is never compared with itself)
+    assert dc.dac_resume_ops(out_pc, [B], 0, [], prev_last=A) == [A, B]
+
+
+@pytest.mark.parametrize("period_s, k", [(60, 1), (80, 2)])
+def test_plan_sequence_plays_each_shared_idle_entry_once(period_s, k):
+    from itertools import islice
+    t = train(period_ns=period_s * S, train_duration_ns=3 * period_s * S)
+    plan = dc.Plan(t, p=9)
+    (b, n, kk), = plan.runs
+    assert (t.repeats, n, kk) == (3, 1, k)
+    got = list(islice(plan.sequence(), 20))  # bounded: a wrong count could loop for ever
+    assert got == ([b] + [plan.idle] * k) * 3
+    f, ring = feeder(ring_len=64, margin=4)
+    f.load(dc.Plan(train(period_ns=MS), p=9))
+    f.prepare_replace(dc.Plan(t, p=9, with_delay=False), n=20)
+    staged, dones = f.staged
+    assert len(staged) == 3 * (3 + k) and f.finished
+    assert dones == ([0, 0, 1] + [0] * k) * 3
