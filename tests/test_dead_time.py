@@ -167,6 +167,13 @@ def test_every_built_train_keeps_the_dead_time_between_drive_states(p):
     try:
         tr = pe.build_train(p)
     except pe.Unrealisable as e:
+        if e.field == "phase2_amplitude_ua":  # DAC rounding, not timing: a phase 2 of a few ticks rounds
+            # its ratio to phase 1 up (412 ns / 42 ns = 9.8 is 52 / 5 = 10.4 ticks: code 4264 at 1 mA)
+            c2 = pe.balance_code(pe.dac_code(p["amplitude_ua"]), pe.ns_to_ticks(p["phase1_ns"]),
+                                 pe.ns_to_ticks(p["phase2_ns"]))
+            assert c2 > pe.board.DAC_MAX_CODE
+            assume(False)
+            return
         # validate() works in ns, the engine in ticks: the two disagree only when rounding four fields
         # to the tick eats into the last half-ticks of the required idle (see docs/SAFETY.md)
         assert e.field == "period_ns"
