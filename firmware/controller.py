@@ -70,6 +70,15 @@ STOP of a running channel with a soft stop (ramp_down_*) plays the ramp-down ops
 and stops the stream when poll() sees their mark; a second STOP, a STOP while the DAC bus is busy or
 of channels whose timing differs, a fault, a gate closing and the deadman stop at once (no ramp).
 
+Custom sequences (docs/ARCHITECTURE.md "Custom sequences"): a channel whose parameters have
+sequence_pulses = N > 0 takes its N pulses by SET_SEQUENCE (firmware/sequence.py checks each chunk
+and stores its records; SET_PARAMS/LOAD discard them); START/TRIGGER refuse it until all N arrived
+(E_SEQUENCE_INCOMPLETE) and then set ``train.sequence`` (a sequence.SequenceSource) on the Train
+handed to ``hal.start``, whose stream plays the onsets from it (dma_chain.plan_for). When the
+amplitude varies, pulse_engine.sequence_writer's ops are queued like a ramp's (start chunk, poll()
+top-ups) and hold the DAC bus. SET_AMPLITUDE and SAVE refuse a sequence channel, SET_PARAMS refuses to
+switch a running channel into or out of sequence mode; STOP ends it at the next pulse boundary.
+
 Gated trains (trigger gated1/gated2, SPEC §3 "runs while the input is high"): the PIO itself waits for
 the gate to be high (cycle-exact start); poll() sees the gate low, stops the stream at the next pulse
 boundary and, once it has drained, re-arms the channel on the gate, so the train restarts from its
