@@ -472,3 +472,41 @@ def test_external_trigger_arms_a_sequence(trigger):
     assert b.req(M.START, b"\x01") == b""
     (call,) = [c for c in b.hal.calls if c[0] == "start"]
     assert call[2][0] == trigger and b.ctl.state[0] == M.ST_ARMED
+
+
+class FailingStore:
+    """Records whose writes fail from the ``fail_at``-th on (a full or broken flash)."""
+
+    stalls = False
+
+    def __init__(self, fail_at):
+        self.fail_at = fail_at
+        self.writes = 0
+        self.rec = S.RamRecords()
+        real = self.rec.write_at
+
+        def write_at(offset, data):
+            self.writes += 1
+            if self.writes >= self.fail_at:
+                raise OSError(28, "no space")
+            real(offset, data)
+
+        self.rec.write_at = write_at
+
+    def records(self, ch):
+        return self.rec
+
+
+def test_a_failed_write_is_e_storage_and_the_chunk_can_be_retried():
+    store = FailingStore(fail_at=2)
+    b = Bench(sequences=store)
+    b.params(0, seq_params(30))
+    on, am = onsets_amps(30)
+    assert b.chunk(0, 0, on[:20], am[:20])["received"] == 20
+    r = b.req(M.SET_SEQUENCE, M.encode_set_sequence(0, 20, on[20:], am[20:]))
+    assert r["code"] == M.E_STORAGE and r["field"] == "channel" and r["limit"] == 20
+    assert b.ctl._seq[0].received == 20  # the pulses received stay as they were
+    store.fail_at = 10**9
+    assert b.chunk(0, 20, on[20:], am[20:]) == {"channel": 0, "received": 30, "complete": 1}
+    r = b.ctl._seq[0].source().reader()
+    assert [r.next() for _ in range(30)] == [(ticks(o), E.dac_code(a)) for o, a in zip(on, am)]
