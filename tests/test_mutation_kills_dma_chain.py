@@ -884,3 +884,12 @@ def test_plan_sequence_plays_each_shared_idle_entry_once(period_s, k):
     staged, dones = f.staged
     assert len(staged) == 3 * (3 + k) and f.finished
     assert dones == ([0, 0, 1] + [0] * k) * 3
+
+
+def test_a_fresh_feeder_has_nothing_queued():
+    f, ring = feeder()
+    assert (f.head, f.pulses_total, f.finished, f.max_tail_ticks, f.staged, f.races) == (0, 0, True, 0, None, 0)
+    assert f.cum == [0] * 32 and f.pulses_after(0) == 0
+    assert f.fill(5) == 0 and list(ring) == [0xDEAD] * len(ring)  # finished: fill writes nothing
+    with pytest.raises(ValueError, match=r"^replace needs the stream's words per entry \(1\)$"):
+        f.prepare_replace(dc.Plan(train(period_ns=MS), p=9))
