@@ -444,3 +444,20 @@ def test_paramset_and_error_attributes():
     v = P.Violation("phase1_ns", 7, 3, "<=")
     e = ParamLimitError("msg", v)
     assert (str(e), e.key, e.value, e.violation) == ("msg", "phase1_ns", 7, v)
+
+
+# after e2ecbd3: a [sequence] table takes its own return path through from_dict and load
+needs_sequence = pytest.mark.skipif(not hasattr(paramfile, "Sequence"), reason="no [sequence] table in this paramfile")
+
+
+@needs_sequence
+def test_sequence_file_keeps_metadata_and_exact_onsets(tmp_path):
+    text = ('name = "paired"\ndescription = "two pulses"\nphase1_us = 100\n'
+            "electrode_area_mm2 = 5\n[sequence]\nonsets_us = [0, 1000.0005]\namplitudes_ma = [1, 1]\n")
+    p = tmp_path / "seq.toml"
+    p.write_text(text)
+    ps = paramfile.load(p)
+    assert (ps.name, ps.description, ps.source) == ("paired", "two pulses", str(p))
+    # 1000.0005 µs is 1000000.5 ns in decimal (halves up: 1000001), 1000000.4999... as a float
+    assert ps.sequence.onsets_ns == [0, 1_000_001] == paramfile.loads(text).sequence.onsets_ns
+    assert ps.params == paramfile.loads(text).params
