@@ -3,6 +3,7 @@ RAM and in files, readers in 32-record chunks, seek), the SET_SEQUENCE codecs an
 upload give the same answers as on CPython, value for value. Onsets beyond 2**30 ticks (heap ints on
 the board) are among the vectors."""
 
+import struct
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import sequence_ops
 from mpyrun import CONFORMANCE_PASSED, run_ops, run_ops_cpython
 from protocol import messages as M
 from protocol.framing import FrameDecoder
+from protocol.framing import encode_frame as framing_frame
 from protocol import params as P
 
 pytestmark = pytest.mark.mpy
@@ -125,3 +127,56 @@ def test_controller_upload(micropython, tmp_path):
         codes = [M.decode_nack(f.body)["code"] if f.type == M.NACK else "ok" for f in frames]
         assert codes == ["ok", M.E_SEQUENCE_INCOMPLETE, "ok", M.E_BAD_STATE, M.E_OUT_OF_RANGE, "ok", "ok",
                          M.E_BAD_LENGTH, "ok", M.E_BAD_STATE]
+
+
+BOARD_RUN = """
+import sys, binascii
+from firmware import main
+from firmware.hal_rp2 import Rp2Hal
+
+class Link:
+    def __init__(self, frames):
+        self.frames = frames
+        self.out = bytearray()
+    def read(self, n):
+        return self.frames.pop(0) if self.frames else b""
+    def write(self, data):
+        self.out.extend(data)
+
+lines = [l.strip() for l in sys.stdin]
+root = lines.pop(0)
+link = Link([binascii.unhexlify(l) for l in lines])
+main.run(hal=Rp2Hal(), link=link, loops=len(lines) + 20, params_dir=root + "/params", sequence_dir=root + "/seq",
+         bootsel=lambda: False)
+print(binascii.hexlify(bytes(link.out)).decode())
+"""
+
+
+def test_board_path_upload_to_flash_files_and_start(micropython, monkeypatch, tmp_path):
+    """firmware.main.run on the board HAL (machine/rp2 shims) under MicroPython: a 45-pulse sequence
+    uploaded in chunks lands in <sequence_dir>/seq0.bin record for record, START is accepted."""
+    from picostim.virtual.micropython_board import adc_u16_for_ohm
+
+    from firmware.pulse_engine import dac_code
+    from mpyrun import run_micropython
+
+    monkeypatch.setenv("PICOSTIM_SHIM_ADC_U16", str(adc_u16_for_ohm(1000)))  # the START's electrode check
+    n = 45
+    onsets = [3 * MS + i * 2 * MS + (i % 2) * 8 for i in range(n)]
+    amps = [1 + (i * 97) % 2000 for i in range(n)]
+    p = P.complete({"sequence_pulses": n, "period_ns": 2 * MS - 8, "amplitude_ua": 2000})
+    frames = [framing_frame(M.HELLO, 1), framing_frame(M.SET_PARAMS, 2, M.encode_params(0, p))]
+    seq = 3
+    for first in range(0, n, M.SEQUENCE_CHUNK):
+        frames.append(framing_frame(M.SET_SEQUENCE, seq, M.encode_set_sequence(0, first, onsets[first:first + 20],
+                                                                               amps[first:first + 20])))
+        seq += 1
+    frames.append(framing_frame(M.START, seq, b"\x01"))
+    (wire,) = run_micropython(BOARD_RUN, [str(tmp_path)] + [f.hex() for f in frames])
+    replies = {f.seq: f for f in FrameDecoder().feed(bytes.fromhex(wire)) if f.type != M.EVENT}
+    for s in range(1, seq + 1):
+        f = replies[s]
+        assert f.type & M.RESPONSE and f.type != M.NACK, (s, M.decode_nack(f.body) if f.type == M.NACK else f)
+    assert M.decode_sequence_response(replies[seq - 1].body) == {"channel": 0, "received": n, "complete": 1}
+    raw = (tmp_path / "seq" / "seq0.bin").read_bytes()
+    assert raw == b"".join(struct.pack("<QH", o // 8, dac_code(a)) for o, a in zip(onsets, amps))
