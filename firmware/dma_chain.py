@@ -918,14 +918,27 @@ def dac_resume_ops(pc, batch, pulled, rest, prev_last=None):
     return None  # any other address is not part of the program's op routines
 
 
+_WAIT_OP_PIN = dict([(e, int(n[2:])) for n, e in pio.DAC_ENTRIES.items() if n.startswith("gp")])
+
+
 def dac_drop_channels(ops, pins):
     """``ops`` without the groups (a wait op and the writes after it) that wait on one of ``pins``:
-    a stopped channel's phase pins never move again, so its waits would block the bus forever."""
+    a stopped channel's phase pins never move again, so its waits would block the bus forever.
+    (When no op waits on those pins, a copy: one C-level scan per such wait op, not a Python loop
+    over the words; a sequence's DAC top-up is hundreds of words, ~0.4 ms each in that loop on the
+    M0+.)"""
+    for w, gp in _WAIT_OP_PIN.items():
+        if gp in pins and w in ops:
+            break
+    else:
+        return list(ops)
     out = []
     skip = False
+    wait_pin = _WAIT_OP_PIN.get
     for w in ops:
-        if w in DAC_WAIT_OPS:
-            skip = dac_wait_pin(w) in pins
+        pin = wait_pin(w)
+        if pin is not None:
+            skip = pin in pins
         elif not dac_is_write(w):
             skip = False  # a mark ends a group
         if not skip:
