@@ -380,6 +380,9 @@ class Rp2Hal:
         if i >= len(q):
             self._dq = []
             i = 0
+        elif i >= _DAC_BUF_WORDS:  # drop what the DMA has taken: a queue topped up before it empties
+            del q[:i]  # (a sequence's, pulse after pulse) would otherwise grow for good
+            i = 0
         self._dqi = i
         mem32[self._r_dd_read] = self._dbuf_addr
         mem32[self._r_dd_write] = self._r_dac_txf
