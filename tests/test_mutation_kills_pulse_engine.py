@@ -228,3 +228,78 @@ def test_interburst_only_with_bursts_and_a_one_tick_duration_is_one_cycle():
     assert one.realised["interburst"] == 625_000 and one.cycle_ticks == 750_000
     assert train(period_ns=1_000_000, train_duration_ns=8).repeats == 1
     assert train(period_ns=1_000_000, train_duration_ns=0).repeats == 0  # 0 = until stopped
+
+
+# ---- build_checked: every refusal path, with limits that let each one be reached -------------------
+def _v(v):
+    return None if v is None else (v.field, v.value, v.limit, v.relation)
+
+
+def test_build_checked_returns_validates_refusal_first():
+    from firmware.limits import LIMITS
+    t, v = pe.build_checked(P.complete({"amplitude_ua": LIMITS["max_amplitude_ua"] + 1}), LIMITS)
+    assert t is None and _v(v) == ("amplitude_ua", LIMITS["max_amplitude_ua"] + 1, LIMITS["max_amplitude_ua"], "<=")
+
+
+def test_build_checked_maps_an_engine_refusal_with_its_own_limit():
+    from firmware.limits import LIMITS
+    # a 4 ns phase passes limits that allow it, but the PIO's shortest segment is 40 ns; the amplitude
+    # limit (10 µA) is below that refusal's limit (40) and must not replace it
+    lim = dict(LIMITS, min_phase_ns=1, max_amplitude_ua=10)
+    p = P.complete({"phase1_ns": 4, "amplitude_ua": 5})
+    assert P.validate(p, lim) is None
+    t, v = pe.build_checked(p, lim)
+    assert t is None and _v(v) == ("phase1_ns", 4, 40, ">=")
+
+
+def test_build_checked_phase2_beyond_the_dac_names_the_lower_amplitude_limit():
+    from firmware.limits import LIMITS
+    # phase 1 four times phase 2: 2559 µA rounds to code 1024, whose balancing phase 2 is code 4096
+    p = P.complete({"amplitude_ua": 2559, "phase1_ns": 800_000, "phase2_ns": 200_000})
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.build_train(p)
+    assert (ei.value.field, ei.value.value, ei.value.limit, ei.value.relation) == ("phase2_amplitude_ua", 10240, 10238, "<=")
+    lim = dict(LIMITS, max_amplitude_ua=10236)  # exact phase 2: 10236 µA, allowed by validate
+    assert P.validate(p, lim) is None
+    assert _v(pe.build_checked(p, lim)[1]) == ("phase2_amplitude_ua", 10240, 10236, "<=")
+    lim = dict(LIMITS, max_amplitude_ua=20_000)  # a limit above the DAC: the DAC's own limit
+    assert _v(pe.build_checked(p, lim)[1]) == ("phase2_amplitude_ua", 10240, 10238, "<=")
+
+
+def test_build_checked_phase2_after_dac_rounding():
+    from firmware.limits import LIMITS
+    # 1002 µA rounds to code 401 = 1002.5 µA: phase 2 (equal phases) is realised as 1003 µA
+    t, v = pe.build_checked(P.complete({"amplitude_ua": 1002}), dict(LIMITS, max_amplitude_ua=1002))
+    assert t is None and _v(v) == ("phase2_amplitude_ua", 1003, 1002, "<=")
+    t, v = pe.build_checked(P.complete({"amplitude_ua": 1000}), dict(LIMITS, max_amplitude_ua=1000))
+    assert v is None and t.realised["amplitude2_ua"] == 1000  # exactly at the limit: accepted
+
+
+def test_build_checked_time_ramp_longer_than_the_pulse_limit():
+    from firmware.limits import LIMITS
+    lim = dict(LIMITS, max_ramp_pulses=5)
+    for name in ("ramp_up_ns", "ramp_down_ns"):
+        p = P.complete({"period_ns": 1_000_000, name: 10_000_000})
+        assert P.validate(p, lim) is None
+        t, v = pe.build_checked(p, lim)
+        assert t is None and _v(v) == (name, 10_000_000, 5_000_000, "<=")  # pulse 5 starts at 5 ms
+    t, v = pe.build_checked(P.complete({"period_ns": 1_000_000, "ramp_up_ns": 4_000_000}), lim)
+    assert v is None and t is not None and t.ramp_up_k == 4
+
+
+def test_unrealisable_defaults_and_fields():
+    e = pe.Unrealisable("phase1_ns", 7, "too short")
+    assert (e.field, e.value, e.limit, e.relation, str(e)) == ("phase1_ns", 7, 0, "<=", "phase1_ns: too short")
+    e = pe.Unrealisable("period_ns", 9, "m", 40, ">=")
+    assert (e.limit, e.relation) == (40, ">=")
+
+
+def test_pulses_starting_before_edges():
+    t = train(period_ns=1_000_000, burst_pulses=3, interburst_ns=5_000_000)  # cycle 8 ms: pulses at 0, 1, 2 ms
+    tick_ms = 125_000
+    assert pe.pulses_starting_before(t, 0) == 0
+    assert pe.pulses_starting_before(t, -5) == 0
+    assert pe.pulses_starting_before(t, 1) == 1  # pulse 0 starts at tick 0
+    assert pe.pulses_starting_before(t, tick_ms) == 1 and pe.pulses_starting_before(t, tick_ms + 1) == 2
+    assert pe.pulses_starting_before(t, 4 * tick_ms) == 3  # inside the interburst: the burst's 3, not 4
+    assert pe.pulses_starting_before(t, 8 * tick_ms) == 3 and pe.pulses_starting_before(t, 8 * tick_ms + 1) == 4
