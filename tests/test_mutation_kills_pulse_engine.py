@@ -303,3 +303,14 @@ def test_pulses_starting_before_edges():
     assert pe.pulses_starting_before(t, tick_ms) == 1 and pe.pulses_starting_before(t, tick_ms + 1) == 2
     assert pe.pulses_starting_before(t, 4 * tick_ms) == 3  # inside the interburst: the burst's 3, not 4
     assert pe.pulses_starting_before(t, 8 * tick_ms) == 3 and pe.pulses_starting_before(t, 8 * tick_ms + 1) == 4
+
+
+def test_unsafe_word_messages_exact():
+    with pytest.raises(pe.UnsafeWord, match=r"^POS and NEG in one word: 0x%x$" % (pe.POS | pe.NEG)):
+        pe.check_word(pe.POS | pe.NEG)
+    with pytest.raises(pe.UnsafeWord, match=r"^word out of 32 bits$"):
+        pe.check_word(1 << 32)
+    with pytest.raises(pe.UnsafeWord, match=r"^word out of 32 bits$"):
+        pe.check_word(-16)
+    with pytest.raises(pe.UnsafeWord, match=r"^segment of %d ticks not representable$" % (pe.OVERHEAD - 1)):
+        pe.make_word(pe.OVERHEAD - 1, pe.IDLE)
