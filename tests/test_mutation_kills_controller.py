@@ -10,7 +10,7 @@ import pytest
 from firmware.controller import Controller
 from protocol import messages as M
 from protocol import params as P
-from protocol.framing import FrameDecoder, encode_frame
+from protocol.framing import PROTOCOL_VERSION, FrameDecoder, encode_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 from link_targets import GOOD, FakeHal  # noqa: E402
@@ -22,6 +22,10 @@ class ZHal(FakeHal):
     def __init__(self, ohms=1000):
         super().__init__()
         self.ohms = [ohms] * self.channels
+        self.now = 1234  # time_us(): tests move it
+
+    def time_us(self):
+        return self.now
 
     def measure_impedance(self, ch):
         self.calls.append(["impedance", ch])
@@ -29,10 +33,10 @@ class ZHal(FakeHal):
 
 
 class Rig:
-    def __init__(self, configure=(0,)):
+    def __init__(self, configure=(0,), storage=None):
         self.hal = ZHal()
         self.out = []
-        self.ctl = Controller(self.hal, self.out.append)
+        self.ctl = Controller(self.hal, self.out.append, storage=storage)
         self.seq = 0
         for ch in configure:
             kind, _ = self.ask(M.SET_PARAMS, M.encode_params(ch, GOOD))
@@ -154,3 +158,388 @@ def test_out_of_limit_parameters_are_refused_with_the_violation():
     nack(r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, amplitude_ua=10001))), M.E_OUT_OF_RANGE,
          field="amplitude_ua", value=10001, limit=10000)
     assert r.ctl.params[0] is None
+
+
+# ---- request shapes: every length, channel and mask check (mutation survivors, issue 15) ---------
+
+def _state(r):
+    c = r.ctl
+    return (list(c.state), list(c.fault), [None if p is None else dict(p) for p in c.params],
+            c.deadman_ms, c.handback, [k[0] for k in r.hal.calls])
+
+
+@pytest.mark.parametrize("op", [M.START, M.TRIGGER, M.STOP, M.IMPEDANCE, M.CLEAR_FAULT])
+def test_mask_requests_check_length_and_every_mask_bit(op):
+    r = Rig()
+    before = _state(r)
+    nack(r.ask(op, b""), M.E_BAD_LENGTH, field="body", value=0, limit=1)
+    nack(r.ask(op, b"\x01\x00"), M.E_BAD_LENGTH, field="body", value=2, limit=1)
+    nack(r.ask(op, bytes((0,))), M.E_BAD_CHANNEL, field="mask", value=0, limit=0b1111)
+    nack(r.ask(op, bytes((0x10,))), M.E_BAD_CHANNEL, field="mask", value=0x10, limit=0b1111)
+    nack(r.ask(op, bytes((0x11,))), M.E_BAD_CHANNEL, field="mask", value=0x11, limit=0b1111)
+    nack(r.ask(op, bytes((0x80,))), M.E_BAD_CHANNEL, field="mask", value=0x80, limit=0b1111)
+    assert _state(r) == before and r.ctl.nacks == 6
+
+
+def test_mask_selects_exactly_its_channels():
+    r = Rig(configure=(0, 1, 2, 3))
+    assert r.ask(M.START, bytes((0b1010,)))[0] == M.START | M.RESPONSE
+    assert r.started() == [["start", 0b1010, [0, 0, 0, 0]]]
+    assert r.ctl.state == [M.ST_IDLE, M.ST_RUNNING, M.ST_IDLE, M.ST_RUNNING]
+    assert r.ask(M.START, bytes((0b0101,)))[0] == M.START | M.RESPONSE
+    assert r.started()[-1] == ["start", 0b0101, [0, 0, 0, 0]]
+    assert r.ctl.state == [M.ST_RUNNING] * 4
+
+
+@pytest.mark.parametrize("op", [M.GET_PARAMS])
+def test_channel_requests_check_length_and_channel(op):
+    r = Rig()
+    nack(r.ask(op, b""), M.E_BAD_LENGTH, field="body", value=0, limit=1)
+    nack(r.ask(op, b"\x00\x00"), M.E_BAD_LENGTH, field="body", value=2, limit=1)
+    nack(r.ask(op, bytes((4,))), M.E_BAD_CHANNEL, field="channel", value=4, limit=3)
+    nack(r.ask(op, bytes((255,))), M.E_BAD_CHANNEL, field="channel", value=255, limit=3)
+    nack(r.ask(op, bytes((3,))), M.E_NOT_CONFIGURED, value=3)
+    kind, body = r.ask(op, bytes((0,)))
+    assert kind == op | M.RESPONSE and M.decode_params_response(body)["channel"] == 0
+
+
+def test_set_params_length_and_channel_refused_before_anything_is_stored():
+    r = Rig(configure=())
+    good = M.encode_params(3, GOOD)
+    nack(r.ask(M.SET_PARAMS, good[:-1]), M.E_BAD_LENGTH, field="body", value=len(good) - 1, limit=len(good))
+    nack(r.ask(M.SET_PARAMS, good + b"\x00"), M.E_BAD_LENGTH, field="body", value=len(good) + 1, limit=len(good))
+    nack(r.ask(M.SET_PARAMS, bytes((4,)) + good[1:]), M.E_BAD_CHANNEL, value=4, limit=3)
+    assert r.ctl.params == [None] * 4
+    assert r.ask(M.SET_PARAMS, good)[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ctl.params[3] == GOOD and r.ctl.params[:3] == [None] * 3
+
+
+def test_bad_version_and_unknown_type_are_refused():
+    r = Rig()
+    for version, kind in ((PROTOCOL_VERSION + 1, M.STATUS), (PROTOCOL_VERSION - 1, M.STATUS)):
+        r.seq += 1
+        r.out.clear()
+        r.ctl.receive(encode_frame(kind, r.seq, b"", version=version))
+        f = [f for c in r.out for f in FrameDecoder().feed(c)][-1]
+        assert f.type == M.NACK and f.seq == r.seq
+        n = M.decode_nack(f.body)
+        assert (n["code"], n["field"], n["value"], n["limit"]) == (M.E_BAD_VERSION, None, version, PROTOCOL_VERSION)
+    nack(r.ask(0x3F, b""), M.E_UNKNOWN_TYPE, field=None, value=0x3F, limit=0)
+    assert r.ctl.nacks == 3
+
+
+def test_status_with_a_body_is_refused():
+    r = Rig()
+    nack(r.ask(M.STATUS, b"\x00"), M.E_BAD_LENGTH, field="body", value=1, limit=0)
+    assert r.ask(M.STATUS)[0] == M.STATUS | M.RESPONSE
+
+
+# ---- SET_AMPLITUDE refusals ----------------------------------------------------------------------
+
+def _running(r, ch=0):
+    assert r.ask(M.START, bytes((1 << ch,)))[0] == M.START | M.RESPONSE
+    assert r.ctl.state[ch] == M.ST_RUNNING
+
+
+def test_set_amplitude_refusals_in_order():
+    r = Rig(configure=(0,))
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)[:-1]), M.E_BAD_LENGTH, field="body", value=4, limit=5)
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200) + b"\x00"), M.E_BAD_LENGTH, field="body",
+         value=6, limit=5)
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(4, 1200)), M.E_BAD_CHANNEL, value=4, limit=3)
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1200)), M.E_NOT_CONFIGURED, value=1)
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_BAD_STATE, value=0, limit=M.ST_IDLE)
+    r.ctl.state[0] = M.ST_FAULT
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_FAULT_LATCHED, value=0)
+    r.ctl.state[0] = M.ST_IDLE
+    _running(r)
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 10001)), M.E_OUT_OF_RANGE, field="amplitude_ua",
+         value=10001, limit=10000)
+    assert not [c for c in r.hal.calls if c[0] == "dac_play"] and r.ctl.params[0] == GOOD
+
+
+def test_set_amplitude_refused_while_stopping_draining_waiting_or_gate_closed():
+    for setup in ("stopping", "drained", "waiting", "gate"):
+        r = Rig(configure=(0,))
+        _running(r)
+        if setup == "stopping":
+            r.ctl._stopping[0] = True
+        elif setup == "drained":
+            r.hal._running[0] = False
+        elif setup == "waiting":
+            r.hal.waiting = lambda ch: True
+        else:
+            r.ctl._gate_closed[0] = True
+        nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_BAD_STATE, value=0, limit=M.ST_RUNNING)
+        assert not [c for c in r.hal.calls if c[0] == "dac_play"], setup
+
+
+def test_set_amplitude_refused_while_the_dac_bus_is_busy_then_accepted():
+    r = Rig(configure=(0,))
+    _running(r)
+    r.hal.busy = True
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_DAC_BUSY, value=0)
+    r.hal.busy = False
+    r.ctl._down_mask = 0b10
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_DAC_BUSY, value=0)
+    r.ctl._down_mask = 0
+    assert not [c for c in r.hal.calls if c[0] == "dac_play"]
+    kind, body = r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200))
+    assert kind == M.SET_AMPLITUDE | M.RESPONSE
+    assert M.decode_amplitude_response(body)["amplitude_ua"] == 1200
+    assert [c for c in r.hal.calls if c[0] == "dac_play"]
+    r.hal.busy = False  # the bus went idle, but no pulse has played the change yet: still pending
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1300)), M.E_DAC_BUSY, value=0)
+    assert r.ctl.params[0] == GOOD
+
+
+def test_set_amplitude_refused_on_a_hal_without_a_dac_bus():
+    class NoDac(ZHal):
+        dac_busy = None
+
+    r = Rig.__new__(Rig)
+    r.hal = NoDac()  # the controller looks dac_busy up with getattr(hal, "dac_busy", None)
+    r.out = []
+    r.ctl = Controller(r.hal, r.out.append)
+    r.seq = 0
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, GOOD))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r)
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_DAC_BUSY, value=0)
+
+
+# ---- SET_PARAMS on a running channel ------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("polarity", P.POLARITY_ANODIC_FIRST), ("shape", P.SHAPE_TRIPHASIC)])
+def test_live_polarity_or_shape_change_refused(field, value):
+    r = Rig()
+    _running(r)
+    new = dict(GOOD, **{field: value})
+    nack(r.ask(M.SET_PARAMS, M.encode_params(0, new)), M.E_BAD_STATE, field=field, value=value, limit=M.ST_RUNNING)
+    assert r.ctl.params[0] == GOOD and not [c for c in r.hal.calls if c[0] == "replace"]
+    # the same change on an idle channel is accepted
+    r2 = Rig()
+    assert r2.ask(M.SET_PARAMS, M.encode_params(0, new))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r2.ctl.params[0] == new
+
+
+def test_live_timing_change_refused_while_the_channels_dac_ops_play():
+    r = Rig()
+    _running(r)
+    new = dict(GOOD, period_ns=25_000_000)
+    r.ctl._dac_mask = 1
+    r.hal.busy = True
+    nack(r.ask(M.SET_PARAMS, M.encode_params(0, new)), M.E_DAC_BUSY, value=0)
+    assert r.ctl.params[0] == GOOD
+    r.ctl._dac_mask = 0b10  # another channel's ops: not this one's business
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, new))[0] == M.SET_PARAMS | M.RESPONSE
+    assert ["replace", 0] in r.hal.calls and r.ctl.params[0] == new
+
+
+def test_armed_channel_timing_change_is_replaced_not_refused():
+    r = Rig(configure=())
+    ext = dict(GOOD, trigger=P.TRIGGER_EXT1)
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, ext))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((1,)))[0] == M.START | M.RESPONSE and r.ctl.state[0] == M.ST_ARMED
+    new = dict(ext, period_ns=25_000_000)
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, new))[0] == M.SET_PARAMS | M.RESPONSE
+    assert ["replace", 0] in r.hal.calls
+    nack(r.ask(M.SET_PARAMS, M.encode_params(0, dict(new, amplitude_ua=1500))), M.E_BAD_STATE,
+         field="amplitude_ua", value=1500, limit=M.ST_ARMED)
+
+
+def test_idle_channel_set_params_never_replaces():
+    r = Rig()
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, amplitude_ua=2000)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert not [c for c in r.hal.calls if c[0] == "replace"]
+
+
+# ---- flash slots --------------------------------------------------------------------------------
+
+def _store(slots=8):
+    from firmware import storage
+
+    from link_targets import MemFiles
+    return storage.Store(MemFiles(), slots)
+
+
+def test_slot_requests_refused_without_storage_or_out_of_range():
+    r = Rig(storage=None)
+    for op in (M.SAVE, M.LOAD):
+        nack(r.ask(op, bytes((0, 0))), M.E_STORAGE, field="slot", value=0, limit=0)
+        nack(r.ask(op, bytes((0, 5))), M.E_STORAGE, field="slot", value=5, limit=0)
+    r = Rig(storage=_store(3))
+    for op in (M.SAVE, M.LOAD):
+        nack(r.ask(op, bytes((0,))), M.E_BAD_LENGTH, field="body", value=1, limit=2)
+        nack(r.ask(op, bytes((0, 0, 0))), M.E_BAD_LENGTH, field="body", value=3, limit=2)
+        nack(r.ask(op, bytes((4, 0))), M.E_BAD_CHANNEL, value=4, limit=3)
+        nack(r.ask(op, bytes((0, 3))), M.E_OUT_OF_RANGE, field="slot", value=3, limit=2)
+        nack(r.ask(op, bytes((0, 200))), M.E_OUT_OF_RANGE, field="slot", value=200, limit=2)
+    kind, body = r.ask(M.SAVE, bytes((0, 2)))
+    assert kind == M.SAVE | M.RESPONSE and body[0] == 2
+
+
+def test_save_refusals_and_the_crc_answer():
+    store = _store()
+    r = Rig(configure=(0,), storage=store)
+    nack(r.ask(M.SAVE, bytes((1, 0))), M.E_NOT_CONFIGURED, value=1)
+    _running(r)
+    nack(r.ask(M.SAVE, bytes((0, 0))), M.E_BAD_STATE, value=0, limit=M.ST_RUNNING)
+    r.ctl.state[0] = M.ST_IDLE  # idle but its stream still drains: still busy
+    nack(r.ask(M.SAVE, bytes((0, 0))), M.E_BAD_STATE, value=0, limit=M.ST_IDLE)
+    r.hal._running[0] = False
+    r.ctl.state[2] = M.ST_ARMED
+    nack(r.ask(M.SAVE, bytes((0, 0))), M.E_BAD_STATE, value=2, limit=M.ST_ARMED)
+    r.ctl.state[2] = M.ST_IDLE
+    assert store.files.files == {}
+    kind, body = r.ask(M.SAVE, bytes((0, 5)))
+    assert kind == M.SAVE | M.RESPONSE
+    from firmware import storage
+    rec = store.files.files["slot5.bin"]
+    crc = int.from_bytes(rec[storage.HEAD_LEN - 2:storage.HEAD_LEN], "little")
+    assert body == bytes((5, crc & 0xFF, crc >> 8))
+    assert store.load(5) == P.pack(GOOD)
+
+
+def test_save_storage_error_is_refused():
+    from firmware import storage
+
+    class Bad:
+        slots = 8
+
+        def save(self, slot, payload):
+            raise storage.StorageError("flash says no")
+
+    r = Rig(storage=Bad())
+    nack(r.ask(M.SAVE, bytes((0, 1))), M.E_STORAGE, field="slot", value=1, limit=0)
+
+
+def test_load_refusals_empty_corrupt_wrong_size_then_applies():
+    from firmware import storage
+
+    store = _store()
+    r = Rig(configure=(), storage=store)
+    nack(r.ask(M.LOAD, bytes((1, 0))), M.E_EMPTY_SLOT, field="slot", value=0, limit=0)
+    store.save(1, P.pack(GOOD)[:-1])
+    nack(r.ask(M.LOAD, bytes((1, 1))), M.E_STORAGE, field="slot", value=1, limit=0)
+    store.save(2, P.pack(GOOD))
+    rec = bytearray(store.files.files["slot2.bin"])
+    rec[-1] ^= 0xFF
+    store.files.files["slot2.bin"] = bytes(rec)
+    with pytest.raises(storage.StorageError):
+        store.load(2)
+    nack(r.ask(M.LOAD, bytes((1, 2))), M.E_STORAGE, field="slot", value=2, limit=0)
+    assert r.ctl.params == [None] * 4
+    new = dict(GOOD, amplitude_ua=1500)
+    store.save(3, P.pack(new))
+    kind, body = r.ask(M.LOAD, bytes((1, 3)))
+    assert kind == M.LOAD | M.RESPONSE and r.ctl.params[1] == new and r.ctl.params[0] is None
+    assert M.decode_params_response(body)["channel"] == 1
+    bad = dict(GOOD, amplitude_ua=10001)
+    store.save(4, P.pack(bad))
+    nack(r.ask(M.LOAD, bytes((1, 4))), M.E_OUT_OF_RANGE, field="amplitude_ua", value=10001, limit=10000)
+    assert r.ctl.params[1] == new
+
+
+# ---- LINK (deadman), REPL, EVENT_LOG -------------------------------------------------------------
+
+def _ms(ms):
+    return bytes((ms & 0xFF, ms >> 8 & 0xFF, ms >> 16 & 0xFF, ms >> 24 & 0xFF))
+
+
+def test_link_checks_length_and_the_10_ms_floor():
+    r = Rig()
+    nack(r.ask(M.LINK, _ms(100)[:3]), M.E_BAD_LENGTH, field="body", value=3, limit=4)
+    nack(r.ask(M.LINK, _ms(100) + b"\x00"), M.E_BAD_LENGTH, field="body", value=5, limit=4)
+    for ms in (1, 9):
+        nack(r.ask(M.LINK, _ms(ms)), M.E_OUT_OF_RANGE, field="deadman_ms", value=ms, limit=10)
+        assert r.ctl.deadman_ms == 0
+    for ms in (10, 0x12345678, 0xFFFFFFFF, 0):
+        assert r.ask(M.LINK, _ms(ms))[0] == M.LINK | M.RESPONSE
+        assert r.ctl.deadman_ms == ms
+    assert r.ask(M.LINK, _ms(500))[0] == M.LINK | M.RESPONSE
+    assert r.ask(M.HELLO)[0] == M.HELLO | M.RESPONSE and r.ctl.deadman_ms == 0
+
+
+def _events(r):
+    return [M.decode_event(f.body) for c in r.out for f in FrameDecoder().feed(c) if f.type == M.EVENT]
+
+
+def test_deadman_trips_only_after_more_than_its_time_and_across_the_tick_wrap():
+    from firmware.ticks import ticks_add
+
+    r = Rig(configure=(0, 1))
+    t0 = (1 << 30) - 3000  # the silence spans ticks_us()'s wrap
+    r.hal.now = t0
+    assert r.ask(M.LINK, _ms(10))[0] == M.LINK | M.RESPONSE
+    _running(r, 1)
+    r.hal.now = t0
+    assert r.ask(M.STATUS)[0] == M.STATUS | M.RESPONSE  # heard at t0
+    r.out.clear()
+    for dt in (999, 5500, 9999, 10_000):
+        r.hal.now = ticks_add(t0, dt)
+        r.ctl.poll()
+        assert r.ctl.deadman_trips == 0 and not [c for c in r.hal.calls if c[0] == "stop"], dt
+    r.hal.now = ticks_add(t0, 10_001)
+    r.ctl.poll()
+    assert r.ctl.deadman_trips == 1
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b10]]
+    ev = [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_DEADMAN]]
+    assert len(ev) == 1 and (ev[0]["channel"], ev[0]["value"]) == (0, 0b10)
+    assert r.ctl._stopping[1] and not r.ctl._stopping[0]
+    r.hal.now = ticks_add(t0, 15_000)  # one trip per silence
+    r.ctl.poll()
+    assert r.ctl.deadman_trips == 1
+    r.hal.now = ticks_add(t0, 20_002)  # a second silence of more than 10 ms
+    r.ctl.poll()
+    assert r.ctl.deadman_trips == 2
+
+
+def test_deadman_with_nothing_running_stops_nothing_and_counts_no_trip():
+    r = Rig()
+    assert r.ask(M.LINK, _ms(10))[0] == M.LINK | M.RESPONSE
+    r.hal.now += 50_000
+    r.ctl.poll()
+    assert r.ctl.deadman_trips == 0 and not [c for c in r.hal.calls if c[0] == "stop"]
+
+
+def test_deadman_stops_an_armed_channel_too_and_never_ramps_down():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(2, dict(GOOD, trigger=P.TRIGGER_EXT2)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b100,)))[0] == M.START | M.RESPONSE
+    assert r.started()[-1][2] == [0, 0, 2, 0]
+    assert r.ask(M.LINK, _ms(10))[0] == M.LINK | M.RESPONSE
+    r.hal.now += 10_001
+    r.ctl._down_mask = 0b100
+    r.ctl.poll()
+    assert ["stop", 0b100] in r.hal.calls and r.ctl.deadman_trips == 1 and r.ctl._down_mask == 0
+
+
+def test_repl_refused_with_a_body_or_while_a_channel_is_busy():
+    r = Rig()
+    nack(r.ask(M.REPL, b"\x00"), M.E_BAD_LENGTH, field="body", value=1, limit=0)
+    _running(r)
+    nack(r.ask(M.REPL), M.E_BAD_STATE, value=0, limit=M.ST_RUNNING)
+    assert not r.ctl.handback
+    r.ctl.state[0] = M.ST_IDLE  # still draining
+    nack(r.ask(M.REPL), M.E_BAD_STATE, value=0, limit=M.ST_IDLE)
+    r.hal._running[0] = False
+    r.ctl.state[3] = M.ST_ARMED
+    nack(r.ask(M.REPL), M.E_BAD_STATE, value=3, limit=M.ST_ARMED)
+    r.ctl.state[3] = M.ST_IDLE
+    assert not r.ctl.handback
+    assert r.ask(M.REPL)[0] == M.REPL | M.RESPONSE and r.ctl.handback
+
+
+def test_event_log_request_length_and_the_events_newer_than_a_seq():
+    r = Rig()
+    nack(r.ask(M.EVENT_LOG, b"\x00"), M.E_BAD_LENGTH, field="body", value=1, limit=2)
+    nack(r.ask(M.EVENT_LOG, b"\x00\x00\x00"), M.E_BAD_LENGTH, field="body", value=3, limit=2)
+    for i in range(5):
+        r.ctl.emit(M.EV_TRAIN_DONE, 0, i)
+    kind, body = r.ask(M.EVENT_LOG, bytes((2, 0)))
+    assert kind == M.EVENT_LOG | M.RESPONSE
+    log = M.decode_event_log(body)
+    assert body == M.encode_event_log(r.ctl.event_log[2:])
+    assert log
+    kind, body = r.ask(M.EVENT_LOG, bytes((0, 1)))  # after = 256: "newer" wraps mod 2**16
+    assert body == M.encode_event_log([])
