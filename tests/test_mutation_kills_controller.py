@@ -543,3 +543,261 @@ def test_event_log_request_length_and_the_events_newer_than_a_seq():
     assert log
     kind, body = r.ask(M.EVENT_LOG, bytes((0, 1)))  # after = 256: "newer" wraps mod 2**16
     assert body == M.encode_event_log([])
+
+
+# ---- STOP with a soft stop, group ramps, TRIGGER of a fired channel ------------------------------
+
+SOFT = dict(GOOD, ramp_down_pulses=3)
+
+
+def _soft_running(r, ch=0, params=SOFT):
+    assert r.ask(M.SET_PARAMS, M.encode_params(ch, params))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, ch)
+
+
+def test_stop_of_a_running_soft_stop_channel_ramps_down_then_stops():
+    r = Rig(configure=())
+    _soft_running(r)
+    kind, body = r.ask(M.STOP, bytes((1,)))
+    assert (kind, body) == (M.STOP | M.RESPONSE, b"")
+    assert [c for c in r.hal.calls if c[0] == "dac_play"] and not [c for c in r.hal.calls if c[0] == "stop"]
+    assert r.ctl._down_mask == 1 and r.ctl._dac_mask == 1 and r.ctl._stopping[0]
+    r.hal.busy = False  # the ramp's mark is pushed: now the stream stops
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 1]] and r.ctl._down_mask == 0
+
+
+def test_second_stop_stops_at_once():
+    r = Rig(configure=())
+    _soft_running(r)
+    assert r.ask(M.STOP, bytes((1,)))[0] == M.STOP | M.RESPONSE
+    assert r.ask(M.STOP, bytes((1,)))[0] == M.STOP | M.RESPONSE
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 1]] and r.ctl._down_mask == 0
+    assert len([c for c in r.hal.calls if c[0] == "dac_play"]) == 1
+
+
+@pytest.mark.parametrize("why", ["bus_busy", "drained", "waiting", "gate_closed", "no_ramp", "not_running_state"])
+def test_stop_without_a_ramp_down_when_it_cannot_play(why):
+    r = Rig(configure=())
+    _soft_running(r, params=GOOD if why == "no_ramp" else SOFT)
+    if why == "bus_busy":
+        r.hal.busy = True
+    elif why == "drained":
+        r.hal._running[0] = False
+    elif why == "waiting":
+        r.hal.waiting = lambda ch: True
+    elif why == "gate_closed":
+        r.ctl._gate_closed[0] = True
+    elif why == "not_running_state":
+        r.ctl.state[0] = M.ST_ARMED
+    assert r.ask(M.STOP, bytes((1,)))[0] == M.STOP | M.RESPONSE
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 1]]
+    assert not [c for c in r.hal.calls if c[0] == "dac_play"] and r.ctl._down_mask == 0
+    assert r.ctl._stopping[0] and not r.ctl._gate_closed[0]
+
+
+def test_soft_stop_of_two_channels_with_the_same_timing_is_one_group():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, SOFT))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(3, SOFT))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b1010,)))[0] == M.START | M.RESPONSE
+    assert r.ask(M.STOP, bytes((0b1010,)))[0] == M.STOP | M.RESPONSE
+    assert r.ctl._down_mask == 0b1010 and r.ctl._group_mask == 0b1010
+    assert not [c for c in r.hal.calls if c[0] == "stop"]
+
+
+RAMP = dict(GOOD, ramp_up_pulses=4)
+
+
+def test_group_ramp_start_then_stop_of_one_stops_the_group():
+    r = Rig(configure=())
+    for ch in (0, 2):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, GOOD))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b101,)))[0] == M.START | M.RESPONSE
+    assert r.started()[-1][:2] == ["start", 0b101] and len(r.started()[-1]) == 5
+    assert r.ctl._group_mask == 0b101 and r.ctl._dac_mask == 0b101
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE  # not part of the group
+    assert r.ask(M.STOP, bytes((0b100,)))[0] == M.STOP | M.RESPONSE
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b101]]
+    assert r.ctl._stopping[:3] == [True, False, True]
+
+
+def test_single_channel_ramp_is_no_group_and_stops_alone():
+    r = Rig(configure=())
+    for ch in (0, 1):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, RAMP if ch == 0 else GOOD))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b11,)))[0] == M.START | M.RESPONSE
+    assert r.ctl._group_mask == 0 and r.ctl._dac_mask == 0b1
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b10]]
+
+
+def test_ramp_start_refused_while_the_dac_bus_is_busy_or_on_a_hal_without_one():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(2, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    r.hal.busy = True
+    nack(r.ask(M.START, bytes((0b100,))), M.E_DAC_BUSY, value=2)
+    assert r.started() == [] and r.ctl.state[2] == M.ST_IDLE
+
+    class NoDac(ZHal):
+        dac_busy = None
+
+    for field in ("ramp_up_pulses", "ramp_up_ns"):
+        r = Rig.__new__(Rig)
+        r.hal, r.out, r.seq = NoDac(), [], 0
+        r.ctl = Controller(r.hal, r.out.append)
+        p = dict(GOOD, **{field: 4 if field == "ramp_up_pulses" else 200_000_000})
+        assert r.ask(M.SET_PARAMS, M.encode_params(1, p))[0] == M.SET_PARAMS | M.RESPONSE
+        nack(r.ask(M.START, bytes((0b10,))), M.E_OUT_OF_RANGE, field=field, value=p[field], limit=0)
+        assert r.started() == []
+
+
+def test_ramps_of_different_timing_in_one_start_refused():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(RAMP, period_ns=25_000_000)))[0] == M.SET_PARAMS | M.RESPONSE
+    kind, body = r.ask(M.START, bytes((0b11,)))
+    assert kind == M.NACK and body["code"] == M.E_RAMP_TIMING, body
+    assert r.started() == [] and r.ctl.state[:2] == [M.ST_IDLE, M.ST_IDLE]
+
+
+class FiredHal(ZHal):
+    def disarm(self, mask):
+        self.calls.append(["disarm", mask])
+        return mask  # the external edge came first: every armed channel runs already
+
+
+def test_trigger_of_an_armed_channel_whose_edge_fired_keeps_its_train():
+    r = Rig(configure=())
+    r.hal = FiredHal()
+    r.ctl = Controller(r.hal, r.out.append)
+    for ch in (0, 1):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, dict(GOOD, trigger=P.TRIGGER_EXT1)))[0] == \
+            M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b01,)))[0] == M.START | M.RESPONSE and r.ctl.state[0] == M.ST_ARMED
+    kind, body = r.ask(M.TRIGGER, bytes((0b11,)))
+    assert (kind, body) == (M.TRIGGER | M.RESPONSE, b"")
+    assert ["disarm", 0b01] in r.hal.calls
+    assert r.started() == [["start", 0b01, [1, 0, 0, 0]], ["start", 0b10, [0, 0, 0, 0]]]
+    assert r.ctl.state[:2] == [M.ST_RUNNING, M.ST_RUNNING]
+    seen = [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_TRIGGER_SEEN]]
+    assert [e["channel"] for e in seen] == [0]
+
+
+def test_trigger_starts_an_external_trigger_channel_now_and_ungated():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(3, dict(GOOD, trigger=P.TRIGGER_GATED2)))[0] == \
+        M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.TRIGGER, bytes((0b1000,)))[0] == M.TRIGGER | M.RESPONSE
+    assert r.started() == [["start", 0b1000, [0, 0, 0, 0]]] and r.ctl.state[3] == M.ST_RUNNING
+    assert not [c for c in r.hal.calls if c[0] == "disarm"]
+    r.hal.input_level = lambda n: 0  # the gate is low: a software start ignores it
+    r.ctl.poll()
+    assert not [c for c in r.hal.calls if c[0] == "stop"] and r.ctl.state[3] == M.ST_RUNNING
+
+
+def test_clear_fault_answers_empty_and_names_the_draining_channel():
+    r = Rig(configure=())
+    r.ctl.state[2] = M.ST_FAULT
+    r.hal._running[2] = True
+    nack(r.ask(M.CLEAR_FAULT, bytes((0b100,))), M.E_BAD_STATE, value=2, limit=M.ST_FAULT)
+    r.hal._running[2] = False
+    assert r.ask(M.CLEAR_FAULT, bytes((0b100,))) == (M.CLEAR_FAULT | M.RESPONSE, b"")
+
+
+# ---- an amplitude update needs idle after the pulse (limits that let a train run without it) -----
+
+LAX = None
+
+
+def _lax_rig():
+    from firmware.limits import LIMITS
+
+    r = Rig.__new__(Rig)
+    r.hal, r.out, r.seq = ZHal(), [], 0
+    r.ctl = Controller(r.hal, r.out.append, limits=dict(LIMITS, min_update_idle_ns=0, max_duty_permille=1000))
+    return r
+
+
+TIGHT = dict(GOOD, phase1_ns=46_000, phase2_ns=46_000, period_ns=100_000)  # idle too short for a DAC update
+
+
+def test_set_amplitude_refused_when_the_idle_cannot_hold_the_dac_update():
+    r = _lax_rig()
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, TIGHT))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r)
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_OUT_OF_RANGE, field="period_ns",
+         value=100_000, limit=101_000)
+    assert not [c for c in r.hal.calls if c[0] == "dac_play"]
+
+
+def test_set_amplitude_also_checks_the_train_a_live_change_replaced():
+    r = _lax_rig()
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, TIGHT))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r)
+    roomy = dict(TIGHT, period_ns=200_000)
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, roomy))[0] == M.SET_PARAMS | M.RESPONSE
+    assert ["replace", 0] in r.hal.calls
+    # the tight train may still be playing its last pulse: the update must fit its idle too
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_OUT_OF_RANGE, field="period_ns",
+         value=100_000, limit=101_000)
+    # after a fresh start nothing was replaced: accepted
+    r2 = _lax_rig()
+    assert r2.ask(M.SET_PARAMS, M.encode_params(0, roomy))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r2)
+    assert r2.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200))[0] == M.SET_AMPLITUDE | M.RESPONSE
+
+
+# ---- STOP: group membership and soft stops one after the other -----------------------------------
+
+def test_stop_of_a_channel_outside_a_ramp_group_leaves_the_group_running():
+    r = Rig(configure=())
+    for ch in (0, 2):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, GOOD))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b101,)))[0] == M.START | M.RESPONSE
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b10]]
+    assert r.ctl._stopping[:3] == [False, True, False]
+
+
+def test_soft_stops_queued_one_after_the_other_all_stop_at_the_mark():
+    r = Rig(configure=())
+    _soft_running(r, 0)
+    _soft_running(r, 1)
+    assert r.ask(M.STOP, bytes((0b01,)))[0] == M.STOP | M.RESPONSE
+    r.hal.busy = False  # the bus drained before the next poll
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert len([c for c in r.hal.calls if c[0] == "dac_play"]) == 2
+    assert not [c for c in r.hal.calls if c[0] == "stop"]
+    r.hal.busy = False
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b11]]
+
+
+def test_soft_stop_queues_the_engines_ramp_down_ops_for_that_train():
+    from firmware import pulse_engine
+
+    r = Rig(configure=())
+    _soft_running(r, 2)
+    r.hal.played[2] = 7
+    n = len(r.hal.ops)
+    assert r.ask(M.STOP, bytes((0b100,)))[0] == M.STOP | M.RESPONSE
+    w = pulse_engine.RampWriter(r.ctl.trains, [2], None, True)
+    assert r.hal.ops[n:] == list(w.chunk(w.lookahead())) and w.done
+    assert r.ctl._mon_ramp[2][:2] == (1, 8)  # the ramp-down's first pulse follows the next pulse end
+
+
+def test_long_soft_stop_is_topped_up_from_poll():
+    r = Rig(configure=())
+    _soft_running(r, 1, params=dict(GOOD, ramp_down_pulses=200))  # 10 s of pulses: several chunks
+    r.hal.played[1] = 5
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert r.ctl._writer is not None and r.ctl._writer[1:] == [1, 5]
+    plays = len([c for c in r.hal.calls if c[0] == "dac_play"])
+    r.hal.played[1] = 5 + 1000  # the pulses caught up: the next chunk goes out
+    r.ctl.poll()
+    assert len([c for c in r.hal.calls if c[0] == "dac_play"]) > plays
+    assert not [c for c in r.hal.calls if c[0] == "stop"]
