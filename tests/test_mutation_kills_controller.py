@@ -801,3 +801,117 @@ def test_long_soft_stop_is_topped_up_from_poll():
     r.ctl.poll()
     assert len([c for c in r.hal.calls if c[0] == "dac_play"]) > plays
     assert not [c for c in r.hal.calls if c[0] == "stop"]
+
+
+def test_deadman_silence_in_one_long_poll_gap_trips_at_exactly_one_us_past_its_time():
+    from firmware.ticks import ticks_add
+
+    for gap, trips in ((10_000_000, 0), (10_000_001, 1)):
+        r = Rig()
+        _running(r)
+        assert r.ask(M.LINK, _ms(10_000))[0] == M.LINK | M.RESPONSE  # 10 s
+        t0 = r.hal.now
+        r.hal.now = ticks_add(t0, gap)
+        r.ctl.poll()
+        assert r.ctl.deadman_trips == trips, gap
+    r = Rig()  # the same silence seen in two polls
+    _running(r)
+    assert r.ask(M.LINK, _ms(10_000))[0] == M.LINK | M.RESPONSE
+    t0 = r.hal.now
+    r.hal.now = ticks_add(t0, 5_000_000)
+    r.ctl.poll()
+    assert r.ctl.deadman_trips == 0
+    r.hal.now = ticks_add(t0, 10_000_000)
+    r.ctl.poll()
+    assert r.ctl.deadman_trips == 0
+    r.hal.now = ticks_add(t0, 10_000_001)
+    r.ctl.poll()
+    assert r.ctl.deadman_trips == 1
+
+
+def test_deadman_drops_a_ramp_still_being_written():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, ramp_up_pulses=200)))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r)
+    assert r.ctl._writer is not None
+    assert r.ask(M.LINK, _ms(10))[0] == M.LINK | M.RESPONSE
+    r.hal.now += 10_001
+    r.ctl.poll()
+    assert ["stop", 1] in r.hal.calls and r.ctl._writer is None
+
+
+def test_impedance_request_reports_each_masked_channel_and_unknown_for_no_reading():
+    r = Rig(configure=())
+    r.hal.ohms = [None, 49, 5000, 0xFFFFFFFF + 7]
+    kind, body = r.ask(M.IMPEDANCE, bytes((0b1111,)))
+    assert kind == M.IMPEDANCE | M.RESPONSE
+    assert M.decode_impedance(body) == [
+        {"channel": 0, "ohms": None, "class": "unknown"},
+        {"channel": 1, "ohms": 49, "class": "short"},
+        {"channel": 2, "ohms": 5000, "class": "open"},
+        {"channel": 3, "ohms": 0xFFFFFFFE, "class": "open"},
+    ]
+    assert r.ctl.impedance_ohm == [M.OHM_UNKNOWN, 49, 5000, 0xFFFFFFFF + 7]
+    kind, body = r.ask(M.IMPEDANCE, bytes((0b0100,)))
+    assert M.decode_impedance(body) == [{"channel": 2, "ohms": 5000, "class": "open"}]
+    assert r.started() == []
+
+
+def test_gated_train_stops_when_the_gate_closes_and_rearms_counting_on():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, trigger=P.TRIGGER_GATED2)))[0] == \
+        M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE
+    assert r.started() == [["start", 0b10, [0, 2, 0, 0]]] and r.ctl.state[1] == M.ST_ARMED
+    r.hal.played[1] = 3
+    r.ctl.poll()  # fired: running
+    assert r.ctl.state[1] == M.ST_RUNNING
+    levels = {1: 1, 2: 0}
+    r.hal.input_level = lambda n: levels[n]
+    r.ctl.poll()
+    assert ["stop", 0b10] in r.hal.calls and r.ctl.state[1] == M.ST_RUNNING
+    r.hal._running[1] = False  # drained
+    r.hal.played[1] = 5
+    r.ctl.poll()
+    assert r.started()[-1] == ["start", 0b10, [0, 2, 0, 0]] and r.ctl.state[1] == M.ST_ARMED
+    r.hal.played[1] = 0  # the new opening counts from 0; STATUS adds the earlier openings
+    st = M.decode_status(r.ask(M.STATUS)[1])
+    assert st["channels"][1]["pulses"] == 5
+    assert not [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_TRAIN_DONE]]
+
+
+def test_amplitude_change_takes_effect_on_the_first_pulse_after_its_mark():
+    r = Rig()
+    _running(r)
+    r.hal.played[0] = 10
+    kind, body = r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1500))
+    assert kind == M.SET_AMPLITUDE | M.RESPONSE
+    r.ctl.poll()  # bus still busy: nothing yet
+    assert r.ctl.params[0] == GOOD
+    r.hal.busy = False
+    r.hal.mark_pulses[0] = 12  # the mark was pushed after pulse 12 ended
+    r.hal.played[0] = 12
+    r.out.clear()
+    r.ctl.poll()  # no pulse with the new codes yet
+    assert r.ctl.params[0] == GOOD and not _events(r)
+    r.hal.played[0] = 13
+    r.ctl.poll()
+    ev = [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_AMPLITUDE]]
+    assert len(ev) == 1 and (ev[0]["channel"], ev[0]["amplitude_ua"], ev[0]["from_pulse"]) == (0, 1500, 12)
+    assert r.ctl.params[0] == dict(GOOD, amplitude_ua=1500) and r.ctl._dac_mask == 0
+    # the next change is accepted again
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1600))[0] == M.SET_AMPLITUDE | M.RESPONSE
+
+
+def test_amplitude_change_no_pulse_played_is_dropped_unreported():
+    r = Rig()
+    _running(r)
+    r.hal.played[0] = 4
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    r.hal.busy = False
+    r.hal.mark_pulses[0] = 4
+    r.hal._running[0] = False  # the stream ended first
+    r.out.clear()
+    r.ctl.poll()
+    assert not [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_AMPLITUDE]]
+    assert r.ctl.params[0] == GOOD and r.ctl._amp_pending[0] is None and r.ctl.state[0] == M.ST_IDLE
