@@ -36,7 +36,8 @@ MAX_CHILDREN = "2"
 MODULES: dict[str, list[str]] = {
     "firmware/impedance.py": ["tests/test_impedance.py", "tests/test_mutation_kills_impedance.py"],
     "firmware/pulse_engine.py": ["tests/test_pulse_engine.py", "tests/test_dead_time.py",
-                                "tests/test_long_trains.py", "tests/test_mutation_kills_pulse_engine.py"],
+                                "tests/test_long_trains.py", "tests/test_ramps.py", "tests/test_triphasic_engine.py",
+                                "tests/test_mutation_kills_pulse_engine.py"],
     "protocol/params.py": ["tests/test_params.py", "tests/test_mutation_kills_params.py"],
     "protocol/cobs.py": ["tests/test_protocol.py", "tests/test_mutation_kills_cobs.py"],
     "protocol/crc16.py": ["tests/test_protocol.py", "tests/test_mutation_kills_crc16.py"],
