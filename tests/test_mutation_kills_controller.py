@@ -31,6 +31,10 @@ class ZHal(FakeHal):
         self.calls.append(["impedance", ch])
         return self.ohms[ch]
 
+    def replace(self, ch, train):
+        super().replace(ch, train)
+        self.replaced_with = (ch, train)
+
 
 class Rig:
     def __init__(self, configure=(0,), storage=None):
@@ -54,14 +58,14 @@ class Rig:
         return [c for c in self.hal.calls if c[0] == "start"]
 
 
-def nack(kind_body, code, field="channel", value=None, limit=None):
+def nack(kind_body, code, field="channel", value=None, limit=0):
+    """The reply is a NACK with this code, field and limit (0 unless given), and value when given."""
     kind, body = kind_body
     assert kind == M.NACK, kind_body
     assert body["code"] == code and body["field"] == field, body
     if value is not None:
         assert body["value"] == value, body
-    if limit is not None:
-        assert body["limit"] == limit, body
+    assert body["limit"] == limit, body
 
 
 @pytest.mark.parametrize("op", [M.START, M.TRIGGER])
@@ -675,14 +679,14 @@ def test_trigger_of_an_armed_channel_whose_edge_fired_keeps_its_train():
     for ch in (0, 1):
         assert r.ask(M.SET_PARAMS, M.encode_params(ch, dict(GOOD, trigger=P.TRIGGER_EXT1)))[0] == \
             M.SET_PARAMS | M.RESPONSE
-    assert r.ask(M.START, bytes((0b01,)))[0] == M.START | M.RESPONSE and r.ctl.state[0] == M.ST_ARMED
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE and r.ctl.state[1] == M.ST_ARMED
     kind, body = r.ask(M.TRIGGER, bytes((0b11,)))
     assert (kind, body) == (M.TRIGGER | M.RESPONSE, b"")
-    assert ["disarm", 0b01] in r.hal.calls
-    assert r.started() == [["start", 0b01, [1, 0, 0, 0]], ["start", 0b10, [0, 0, 0, 0]]]
+    assert ["disarm", 0b10] in r.hal.calls
+    assert r.started() == [["start", 0b10, [0, 1, 0, 0]], ["start", 0b01, [0, 0, 0, 0]]]
     assert r.ctl.state[:2] == [M.ST_RUNNING, M.ST_RUNNING]
     seen = [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_TRIGGER_SEEN]]
-    assert [e["channel"] for e in seen] == [0]
+    assert [e["channel"] for e in seen] == [1]
 
 
 def test_trigger_starts_an_external_trigger_channel_now_and_ungated():
@@ -915,3 +919,169 @@ def test_amplitude_change_no_pulse_played_is_dropped_unreported():
     r.ctl.poll()
     assert not [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_AMPLITUDE]]
     assert r.ctl.params[0] == GOOD and r.ctl._amp_pending[0] is None and r.ctl.state[0] == M.ST_IDLE
+
+
+def test_the_replaced_train_kept_for_the_idle_check_is_the_one_with_the_shortest_idle():
+    roomy = dict(TIGHT, period_ns=200_000)
+    roomier = dict(TIGHT, period_ns=300_000)
+    for order in ((TIGHT, roomy, roomier), (roomy, TIGHT, roomier), (roomier, roomy, TIGHT, roomier)):
+        r = _lax_rig()
+        assert r.ask(M.SET_PARAMS, M.encode_params(0, order[0]))[0] == M.SET_PARAMS | M.RESPONSE
+        _running(r)
+        for p in order[1:]:
+            assert r.ask(M.SET_PARAMS, M.encode_params(0, p))[0] == M.SET_PARAMS | M.RESPONSE
+        # TIGHT played at some point since the start: its idle decides
+        nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_OUT_OF_RANGE, field="period_ns",
+             value=100_000, limit=101_000)
+    r = _lax_rig()
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, roomier))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r)
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, roomy))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, roomier))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200))[0] == M.SET_AMPLITUDE | M.RESPONSE
+
+
+# ---- refusals name the channel / slot they are about (not channel 0, where 0 could hide it) --------
+
+@pytest.mark.parametrize("op", [M.START, M.TRIGGER])
+def test_refusals_name_a_channel_other_than_0(op):
+    r = Rig(configure=(0, 1, 2, 3))
+    r.ctl.state[2] = M.ST_FAULT
+    nack(r.ask(op, bytes((0b0100,))), M.E_FAULT_LATCHED, value=2)
+    r.ctl.state[2] = M.ST_IDLE
+    r.hal.ohms[3] = None
+    nack(r.ask(op, bytes((0b1000,))), M.E_IMPEDANCE, value=3, limit=M.OHM_UNKNOWN)
+    r.hal.ohms[3] = 1000
+    _running(r, 1)
+    nack(r.ask(M.START, bytes((0b0010,))), M.E_BAD_STATE, value=1, limit=M.ST_RUNNING)
+    assert r.started() == [["start", 0b10, [0, 0, 0, 0]]]
+
+
+def test_set_amplitude_refusals_name_channel_1():
+    r = Rig(configure=(0, 1))
+    r.ctl.state[1] = M.ST_FAULT
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1200)), M.E_FAULT_LATCHED, value=1)
+    r.ctl.state[1] = M.ST_IDLE
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1200)), M.E_BAD_STATE, value=1, limit=M.ST_IDLE)
+    _running(r, 1)
+    r.hal.busy = True
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1200)), M.E_DAC_BUSY, value=1)
+    r.hal.busy = False
+    r.hal.waiting = lambda ch: ch == 1  # only channel 1 waits
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1200)), M.E_BAD_STATE, value=1, limit=M.ST_RUNNING)
+    r.hal.waiting = lambda ch: ch == 0
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1200))[0] == M.SET_AMPLITUDE | M.RESPONSE
+
+
+def test_live_change_dac_busy_is_per_channel():
+    r = Rig(configure=(0, 1))
+    _running(r, 1)
+    new = dict(GOOD, period_ns=25_000_000)
+    r.ctl._dac_mask = 0b10
+    r.hal.busy = True
+    nack(r.ask(M.SET_PARAMS, M.encode_params(1, new)), M.E_DAC_BUSY, value=1)
+    r.hal.busy = False  # ops of this channel were queued, but the bus is idle and no ramp is written
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, new))[0] == M.SET_PARAMS | M.RESPONSE
+    ch, train = r.hal.replaced_with
+    assert ch == 1 and train is r.ctl.trains[1] and train.period_ticks == r.ctl.trains[1].period_ticks
+
+
+def test_amplitude_change_marks_its_channel_beside_a_ramp_of_another():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, GOOD))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b11,)))[0] == M.START | M.RESPONSE
+    assert r.ctl._dac_mask == 0b01
+    r.hal.busy = False  # the ramp's ops went out; no poll yet
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1200))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    # the bus is busy again: a timing change is refused on both channels whose ops are queued
+    for ch, p in ((1, GOOD), (0, RAMP)):
+        nack(r.ask(M.SET_PARAMS, M.encode_params(ch, dict(p, period_ns=25_000_000))), M.E_DAC_BUSY, value=ch)
+
+
+def test_load_empty_slot_names_the_slot():
+    r = Rig(configure=(), storage=_store())
+    nack(r.ask(M.LOAD, bytes((2, 6))), M.E_EMPTY_SLOT, field="slot", value=6)
+    nack(r.ask(M.SAVE, bytes((2, 6))), M.E_NOT_CONFIGURED, value=2)
+
+
+def test_duplicates_are_counted_each_time():
+    r = Rig()
+    frame = encode_frame(M.STATUS, 77, b"")
+    for _ in range(3):
+        r.ctl.receive(frame)
+    assert r.ctl.duplicates == 2
+
+
+def test_repl_answers_an_empty_body():
+    r = Rig()
+    assert r.ask(M.REPL) == (M.REPL | M.RESPONSE, b"")
+
+
+@pytest.mark.parametrize("k,ramps", [(0, False), (1, False), (2, True), (3, True)])
+def test_a_ramp_of_one_pulse_is_no_ramp(k, ramps):
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, ramp_up_pulses=k)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE
+    assert len(r.started()[-1]) == (5 if ramps else 3)
+
+
+def test_ramps_of_different_timing_name_the_channel_that_differs_and_the_lead():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(2, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(3, dict(RAMP, period_ns=25_000_000)))[0] == M.SET_PARAMS | M.RESPONSE
+    kind, body = r.ask(M.START, bytes((0b1100,)))
+    assert kind == M.NACK, body
+    assert (body["code"], body["field"], body["value"], body["limit"], body["relation"]) == (
+        M.E_RAMP_TIMING, "ramp_up_pulses", 3, 2, "<="), body
+
+
+def test_ramps_waiting_on_different_inputs_cannot_start_together_but_trigger_together():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(RAMP, trigger=P.TRIGGER_EXT1)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(RAMP, trigger=P.TRIGGER_EXT2)))[0] == M.SET_PARAMS | M.RESPONSE
+    kind, body = r.ask(M.START, bytes((0b11,)))
+    assert kind == M.NACK and body["code"] == M.E_RAMP_TIMING and (body["value"], body["limit"]) == (1, 0), body
+    assert r.started() == []
+    # a software TRIGGER starts both now (no input to wait for): the same timing, one ramp
+    assert r.ask(M.TRIGGER, bytes((0b11,)))[0] == M.TRIGGER | M.RESPONSE
+    assert r.started()[-1][:3] == ["start", 0b11, [0, 0, 0, 0]] and len(r.started()[-1]) == 5
+
+
+def test_two_ramps_without_idle_for_two_dac_updates_refused():
+    r = _lax_rig()
+    p = dict(GOOD, phase1_ns=45_000, phase2_ns=45_000, period_ns=100_000, ramp_up_pulses=4)
+    for ch in (0, 1):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, p))[0] == M.SET_PARAMS | M.RESPONSE
+    kind, body = r.ask(M.START, bytes((0b11,)))
+    assert kind == M.NACK and body["code"] == M.E_OUT_OF_RANGE and body["field"] == "period_ns", body
+    assert body["value"] == 100_000 and body["limit"] > 100_000 and body["relation"] == ">="
+    assert r.started() == []
+    assert r.ask(M.START, bytes((0b01,)))[0] == M.START | M.RESPONSE  # one channel's update fits
+
+
+def test_status_reports_configured_channels_and_uptime_in_ms():
+    r = Rig(configure=(1,))
+    r.hal.now = 1234 + 5_000_000
+    kind, body = r.ask(M.STATUS)
+    st = M.decode_status(body)
+    assert [c["configured"] for c in st["channels"]] == [False, True, False, False]
+    import struct
+    size = struct.calcsize("<BBBII")
+    assert [body[5 + i * size + 2] for i in range(4)] == [0, 1, 0, 0]
+    assert st["uptime_ms"] == 5001
+
+
+def test_event_log_by_seq_across_256_and_half_the_seq_space():
+    r = Rig()
+    for i in range(300):
+        r.ctl.emit(M.EV_TRAIN_DONE, 0, i)
+    kind, body = r.ask(M.EVENT_LOG, bytes((290 & 0xFF, 290 >> 8)))
+    assert body == M.encode_event_log([e for e in r.ctl.event_log if e[0] > 290][:M.EVENT_LOG_MAX])
+    assert len(M.decode_event_log(body)) == 10
+    r = Rig()
+    for i in range(5):
+        r.ctl.emit(M.EV_TRAIN_DONE, 0, i)  # seqs 1..5
+    after = (3 - 0x8000) & 0xFFFF  # seq 3 is exactly half the space ahead: not newer
+    kind, body = r.ask(M.EVENT_LOG, bytes((after & 0xFF, after >> 8)))
+    assert body == M.encode_event_log(r.ctl.event_log[:2])
