@@ -314,3 +314,31 @@ def test_unsafe_word_messages_exact():
         pe.check_word(-16)
     with pytest.raises(pe.UnsafeWord, match=r"^segment of %d ticks not representable$" % (pe.OVERHEAD - 1)):
         pe.make_word(pe.OVERHEAD - 1, pe.IDLE)
+
+
+# ---- triphasic shape in build_train (the selection's other tests build biphasic trains only) -------
+def test_triphasic_pulse_words_and_realised_values():
+    t = train(shape=1)  # 200 µs phases: flanks of 100 µs each around the 200 µs main phase
+    assert [pe.decode_word(w) for w in t.pulse] == [
+        (12500, pe.POS | pe.SYNC), (125, pe.SYNC), (25000, pe.NEG | pe.SYNC), (125, pe.SYNC), (12500, pe.POS | pe.SYNC)]
+    r = t.realised
+    assert (r["shape"], r["flank"], r["phase2"], r["phase1"], r["interphase"], r["pulse"]) == (1, 12500, 25000, 25000, 125, 50250)
+    assert (t.code1, t.dac_a, t.dac_b, t.phase2_ticks, r["residual_fc"]) == (400, 400, 400, 25000, 0)
+    # anodic first, a phase 2 whose half is 12500.75 ticks (nearest: 12501), interphase and recovery
+    t = train(shape=1, phase2_ns=200_012, interphase_ns=50_000, recovery_ns=100_000, polarity=1)
+    assert [pe.decode_word(w) for w in t.pulse] == [
+        (12501, pe.NEG | pe.SYNC), (6250, pe.SYNC), (25000, pe.POS | pe.SYNC), (6250, pe.SYNC), (12501, pe.NEG | pe.SYNC),
+        (125, pe.IDLE), (12500, pe.RECOVERY)]
+    r = t.realised
+    assert (r["flank"], r["phase2"], r["pulse"], t.phase2_ticks) == (12501, 25002, 75127, 25002)
+    assert r["residual_fc"] == 400 * (25000 - 25002) * 20  # one code for one tick is 20 fC
+
+
+def test_triphasic_flank_below_one_segment_is_refused():
+    with pytest.raises(pe.Unrealisable) as ei:
+        train(shape=1, phase2_ns=64, amplitude_ua=10)  # flanks of 4 ticks (32 ns) < 5
+    e = ei.value
+    assert (e.field, e.value, e.limit, e.relation) == ("phase2_ns", 64, 80, ">=")
+    assert str(e) == "phase2_ns: a triphasic flank of 32 ns is below the minimum segment of 40 ns"
+    t = train(shape=1, phase2_ns=80, amplitude_ua=2, phase1_ns=40)  # flanks of exactly 5 ticks
+    assert t.realised["flank"] == 5 and [pe.decode_word(w)[0] for w in t.pulse][0] == 5
