@@ -342,3 +342,5 @@ def test_triphasic_flank_below_one_segment_is_refused():
     assert str(e) == "phase2_ns: a triphasic flank of 32 ns is below the minimum segment of 40 ns"
     t = train(shape=1, phase2_ns=80, amplitude_ua=2, phase1_ns=40)  # flanks of exactly 5 ticks
     assert t.realised["flank"] == 5 and [pe.decode_word(w)[0] for w in t.pulse][0] == 5
+    b = train()  # biphasic: no flank
+    assert (b.realised["shape"], b.realised["flank"]) == (0, 0)
