@@ -589,7 +589,7 @@ def test_stop_without_a_ramp_down_when_it_cannot_play(why):
     elif why == "drained":
         r.hal._running[0] = False
     elif why == "waiting":
-        r.hal.waiting = lambda ch: True
+        r.hal.waiting = lambda ch: ch == 0  # only this channel waits
     elif why == "gate_closed":
         r.ctl._gate_closed[0] = True
     elif why == "not_running_state":
@@ -1085,3 +1085,46 @@ def test_event_log_by_seq_across_256_and_half_the_seq_space():
     after = (3 - 0x8000) & 0xFFFF  # seq 3 is exactly half the space ahead: not newer
     kind, body = r.ask(M.EVENT_LOG, bytes((after & 0xFF, after >> 8)))
     assert body == M.encode_event_log(r.ctl.event_log[:2])
+
+
+def test_of_two_replaced_trains_with_the_same_idle_the_first_is_kept():
+    same_idle = dict(TIGHT, phase1_ns=47_000, phase2_ns=47_000, period_ns=102_000)  # TIGHT's idle, longer pulse
+    r = _lax_rig()
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, TIGHT))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r)
+    for p in (same_idle, dict(TIGHT, period_ns=300_000)):
+        assert r.ask(M.SET_PARAMS, M.encode_params(0, p))[0] == M.SET_PARAMS | M.RESPONSE
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_OUT_OF_RANGE, field="period_ns",
+         value=100_000, limit=101_000)
+
+
+@pytest.mark.parametrize("stop_ch", [0, 1])
+def test_stop_of_either_channel_of_an_adjacent_ramp_group_stops_both(stop_ch):
+    r = Rig(configure=())
+    for ch in (0, 1):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b11,)))[0] == M.START | M.RESPONSE
+    assert r.ask(M.STOP, bytes((1 << stop_ch,)))[0] == M.STOP | M.RESPONSE
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b11]]
+
+
+def test_a_soft_stop_of_one_pulse_still_ramps_down():
+    r = Rig(configure=())
+    _soft_running(r, params=dict(GOOD, ramp_down_pulses=1))
+    assert r.ask(M.STOP, bytes((1,)))[0] == M.STOP | M.RESPONSE
+    assert [c for c in r.hal.calls if c[0] == "dac_play"] and not [c for c in r.hal.calls if c[0] == "stop"]
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_no_dac_bus_names_the_channel_that_ramps(first):
+    class NoDac(ZHal):
+        dac_busy = None
+
+    r = Rig.__new__(Rig)
+    r.hal, r.out, r.seq = NoDac(), [], 0
+    r.ctl = Controller(r.hal, r.out.append)
+    # channel 0 has a "ramp" of one pulse (none), channel 1 ramps over 2 pulses
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, ramp_up_pulses=first)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, ramp_up_pulses=2)))[0] == M.SET_PARAMS | M.RESPONSE
+    nack(r.ask(M.START, bytes((0b11,))), M.E_OUT_OF_RANGE, field="ramp_up_pulses", value=2)
+    assert r.started() == []
