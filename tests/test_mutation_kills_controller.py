@@ -1043,6 +1043,7 @@ def test_ramps_waiting_on_different_inputs_cannot_start_together_but_trigger_tog
     kind, body = r.ask(M.START, bytes((0b11,)))
     assert kind == M.NACK and body["code"] == M.E_RAMP_TIMING and (body["value"], body["limit"]) == (1, 0), body
     assert r.started() == []
+    assert not [c for c in r.hal.calls if c[0] == "impedance"]  # refused before the electrode check
     # a software TRIGGER starts both now (no input to wait for): the same timing, one ramp
     assert r.ask(M.TRIGGER, bytes((0b11,)))[0] == M.TRIGGER | M.RESPONSE
     assert r.started()[-1][:3] == ["start", 0b11, [0, 0, 0, 0]] and len(r.started()[-1]) == 5
@@ -1128,3 +1129,16 @@ def test_no_dac_bus_names_the_channel_that_ramps(first):
     assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, ramp_up_pulses=2)))[0] == M.SET_PARAMS | M.RESPONSE
     nack(r.ask(M.START, bytes((0b11,))), M.E_OUT_OF_RANGE, field="ramp_up_pulses", value=2)
     assert r.started() == []
+
+
+def test_boot_and_crash_events_are_on_channel_0_and_stay_first_in_the_log():
+    r = Rig(configure=())
+    r.ctl.boot(crashes=1, crash=("ValueError", M.CRASH_POLL))
+    for i in range(40):
+        r.ctl.emit(M.EV_TRAIN_DONE, 1, i)
+    ev = _events(r)
+    assert [(e["kind"], e["channel"]) for e in ev[:2]] == [(M.EVENT_NAMES[M.EV_BOOT], 0), (M.EVENT_NAMES[M.EV_CRASH], 0)]
+    log = r.ctl.event_log
+    assert len(log) == M.EVENT_LOG_LEN
+    assert [seq for seq, _ in log[:2]] == [1, 2]
+    assert [seq for seq, _ in log[2:]] == list(range(42 - (M.EVENT_LOG_LEN - 2) + 1, 43))
