@@ -283,7 +283,7 @@ def main():
         print("sequence_feed_m0: skipped (set PICOSTIM_UF2 to an official MicroPython rp2 image)")
         return 0
     if "--full" in sys.argv:  # the whole main loop playing a sequence at 1 ms and 2 ms
-        for interval in (1_000_000, 2_000_000):
+        for interval in [int(x) for x in os.environ.get("SEQBENCH_INTERVALS", "1000000,2000000").split(",")]:
             print(full_loop(uf2, interval, int(os.environ.get("SEQBENCH_N", "400"))), flush=True)
             if os.environ.get("SEQBENCH_ONE"):
                 break
