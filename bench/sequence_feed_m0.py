@@ -11,6 +11,9 @@ What the main loop does per pulse of a sequence, each timed with time.ticks_us()
   changes: here every pulse changes);
 * the reader alone (records read 32 at a time from littlefs);
 * for comparison, Feeder.fill of a regular periodic train (the fast path) per entry.
+``--full``: the firmware's whole main loop (Rp2Hal + Controller, link poll + poll()) playing a
+varying-amplitude sequence uploaded by SET_SEQUENCE frames (SEQBENCH_N pulses, SEQBENCH_INTERVALS in ns;
+SEQBENCH_PROFILE=1 times the HAL/controller calls): pulses played, onsets exact, loop iteration times.
 Onsets start at 10 s (SEQBENCH_BASE_NS), so every onset is a heap-allocated int (>= 2**30 ticks) as
 in a long sequence; SEQBENCH_BASE_NS=0 keeps them small ints.
 Emulated time is instruction-count based (no flash wait states or XIP misses modelled): a board may
