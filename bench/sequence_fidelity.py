@@ -1,6 +1,7 @@
 """Table 11 — timing and amplitude exactness of custom pulse sequences (issue 13 item 4): 10,000 pulses
 played once with varying intervals and amplitudes, a loop over three cycles, the densest sequence the
-limits allow (every interval 1 ms) and the shipped example file.
+limits allow (every interval firmware.limits ``min_sequence_interval_ns``, 2 ms) and the shipped example
+file. Every interval is derived from that limit, so the cases follow it.
 
 Path of every number: a parameter file with a ``[sequence]`` table (written here as TOML text, or the
 example file) -> picostim.paramfile -> SET_PARAMS, then SET_SEQUENCE in chunks of 20 over the pty to a
@@ -25,12 +26,15 @@ from fractions import Fraction
 import numpy as np
 
 from bench.common import ROOT, Section, table
+from firmware.limits import LIMITS
 
 UA_PER_CODE = Fraction(10_240, 4096)  # board.DAC_FULL_SCALE_UA / 4096 = 2.5 µA
 NS = {"ns": 1, "us": 1000, "ms": 10 ** 6, "s": 10 ** 9}
 UA = {"ua": 1, "ma": 1000}
 EXAMPLE = ROOT / "examples" / "paired_pulse_sequence.toml"
 BASE = 'phase1_us = 100\nphase2_us = 100\npolarity = "cathodic-first"\nelectrode_area_mm2 = 5\n'
+LIM_MS = Decimal(LIMITS["min_sequence_interval_ns"]) / 10 ** 6  # the shortest interval (2 ms)
+LIM_US = LIM_MS * 1000
 
 
 def _rnd(x: Fraction) -> int:
@@ -48,7 +52,8 @@ def _file(onsets: list[str], amps: list[str], ounit="ms", aunit="ma", seq_extra=
 
 def _varying(n: int, seed: int) -> str:
     rng = random.Random(seed)
-    steps = ["1", "1.25", "1.5", "2.008", "1.0000004", "1.3333333", "3"]
+    # the limit, + 0.4 ns (the same tick), + sub-tick and repeating decimals, up to the limit + 2 ms
+    steps = [LIM_MS + Decimal(d) for d in ("0", "0.25", "0.5", "1.008", "0.0000004", "0.3333333", "2")]
     t = Decimal("0.5")
     onsets, amps = [], []
     for _ in range(n):
@@ -63,7 +68,7 @@ def _loop(n: int, seed: int, cycles: int = 3) -> str:
     onsets, t = [], Decimal("250.004")
     for _ in range(n):
         onsets.append(str(t))
-        t += Decimal(rng.choice(["1000", "1250.5", "1700.012", "2999.996"]))
+        t += LIM_US + Decimal(rng.choice(["0", "250.5", "700.012", "1999.996"]))
     cycle = t + Decimal("1500.003")
     amps = [str(rng.randrange(1, 4000)) for _ in onsets]
     dur_ns = cycles * _rnd(Fraction(cycle) * 1000)
@@ -71,7 +76,7 @@ def _loop(n: int, seed: int, cycles: int = 3) -> str:
 
 
 def _dense(n: int) -> str:
-    onsets = [str(i) for i in range(n)]  # every interval 1 ms: min_sequence_interval_ns
+    onsets = [str(i * LIM_MS) for i in range(n)]  # every interval min_sequence_interval_ns
     amps = [str(Decimal(100 + (i * 37) % 1900) / 1000) for i in range(n)]
     return _file(onsets, amps)
 
@@ -79,9 +84,10 @@ def _dense(n: int) -> str:
 def _cases(scale: str) -> list[tuple[str, str, str]]:
     big = 10_000 if scale == "full" else 300
     out = [
-        (f"{big:,} pulses once", "intervals 1–3 ms (decimal, some sub-tick), 0.02–2 mA", _varying(big, 13)),
+        (f"{big:,} pulses once", f"intervals {LIM_MS:g}–{LIM_MS + 2:g} ms (decimal, some sub-tick), 0.02–2 mA",
+         _varying(big, 13)),
         ("loop, 3 cycles of 60", "µs onsets, µA amplitudes, cycle_us, train_duration = 3 cycles", _loop(60, 4)),
-        (f"dense, {1000 if scale == 'full' else 100} pulses", "every interval 1 ms (the limit)",
+        (f"dense, {1000 if scale == 'full' else 100} pulses", f"every interval {LIM_MS:g} ms (the limit)",
          _dense(1000 if scale == "full" else 100)),
         ("example file", f"examples/{EXAMPLE.name}", EXAMPLE.read_text(encoding="utf-8")),
     ]

@@ -38,8 +38,10 @@ LIMITS = {
     # Shortest interval between two onsets of a sequence (period_ns in sequence mode). A regular train
     # repeats one ring entry; a sequence's entries are rewritten pulse by pulse by the main loop (one
     # ring entry and up to 3 DAC op words per pulse, read from flash 32 records at a time) with a
-    # bounded lookahead, so the CPU must keep up with the pulse rate whatever else the loop does (a
-    # host frame, monitoring). 1 ms (1 kHz) leaves that loop a full millisecond per pulse; change it
-    # only with the per-pulse feed cost measured on the board (BENCHMARKS.md).
-    "min_sequence_interval_ns": 1000000,
+    # bounded lookahead (126 entries), so the CPU must keep up with the pulse rate whatever else the
+    # loop does (a host frame, monitoring, a GC pass). Measured on the emulated M0+ (BENCHMARKS.md §8):
+    # the feed costs ~0.76 ms of CPU per pulse; at 1 ms the worst main-loop iteration (104 ms) came
+    # within reach of the 126 ms lookahead, so one SET_PARAMS (~78 ms) could run the ring dry. 2 ms
+    # gives a 252 ms lookahead against a 59 ms worst iteration and ~38 % of the CPU.
+    "min_sequence_interval_ns": 2000000,
 }

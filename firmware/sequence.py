@@ -9,6 +9,9 @@ Rules per pulse (the same on the host, :func:`sequence_violation`, and in the fi
 difference, so every onset is exact to the tick):
 
 * ``onset_ns`` <= limit ``max_duration_ns``;
+* the first onset is 0 ticks or at least one PIO segment (``pulse_engine.MIN_SEGMENT_TICKS``, 40 ns):
+  the idle before it is one segment word, and a shorter one cannot be played (refused at upload, not
+  at START);
 * the onset in ticks is at least the previous one + ``period_ns`` in ticks (the parameters' period is
   the smallest interval, so every per-period rule of ``params.validate`` holds for every interval);
 * looped: onset ticks <= cycle ticks + first onset ticks - period ticks, i.e. the wrap interval (the
@@ -175,6 +178,8 @@ def check_pulse(prev_ticks, first_ticks, onset_ns, amplitude_ua, period_ticks, c
     if onset_ns > max_ns:
         return P.Violation("onset_ns", onset_ns, max_ns, "<=")
     t = pulse_engine.ns_to_ticks(onset_ns)
+    if prev_ticks is None and 0 < t < pulse_engine.MIN_SEGMENT_TICKS:  # the lead idle is one PIO segment
+        return P.Violation("onset_ns", onset_ns, pulse_engine.ticks_to_ns(pulse_engine.MIN_SEGMENT_TICKS), ">=")
     if prev_ticks is not None and t - prev_ticks < period_ticks:  # the earliest allowed onset
         return P.Violation("onset_ns", onset_ns, pulse_engine.ticks_to_ns(prev_ticks + period_ticks), ">=")
     if cycle_ticks and t > cycle_ticks + first_ticks - period_ticks:  # the wrap interval >= the period

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from firmware import board
+from firmware.limits import LIMITS
 from picostim import paramfile, runner
 from picostim.client import DeviceError
 from protocol import messages as M
@@ -34,6 +35,8 @@ UA_PER_CODE = Fraction(board.DAC_FULL_SCALE_UA, 4096)  # 2.5 µA
 NS_PER_UNIT = {"ns": 1, "us": 1000, "ms": 10 ** 6, "s": 10 ** 9}
 UA_PER_UNIT = {"ua": 1, "ma": 1000}
 BASE = 'phase1_us = 100\nphase2_us = 100\npolarity = "cathodic-first"\nelectrode_area_mm2 = 5\n'
+LIM_MS = Decimal(LIMITS["min_sequence_interval_ns"]) / 10 ** 6  # the shortest interval a sequence may have (2 ms)
+LIM_US = LIM_MS * 1000
 
 
 def rnd(x: Fraction) -> int:
@@ -108,13 +111,14 @@ def first_onset_sample(hal, armed: int) -> int:
 
 def ten_thousand(seed=13):
     rng = random.Random(seed)
-    steps = ["1", "1.25", "1.5", "2.008", "1.0000004", "1.3333333", "3"]  # ms
+    # ms: the limit, + 0.4 ns (the same tick), + sub-tick and repeating decimals, up to the limit + 2 ms
+    steps = [LIM_MS + Decimal(d) for d in ("0", "0.25", "0.5", "1.008", "0.0000004", "0.3333333", "2")]
     t = Decimal("0.5")
     onsets, amps = [], []
     for _ in range(10_000):
         onsets.append(str(t))
         amps.append(str(Decimal(rng.randrange(20, 2000)) / 1000 + Decimal(rng.choice(["0", "0.0011", "0.00125"]))))
-        t += Decimal(rng.choice(steps))
+        t += rng.choice(steps)
     return onsets, amps
 
 
@@ -150,7 +154,7 @@ def test_loop_three_cycles(bench, tmp_path):
     onsets, t = [], Decimal("250.004")  # µs; 250.004 µs = 31.2505 ticks -> 32 (halves up, after 250004 ns)
     for _ in range(60):
         onsets.append(str(t))
-        t += Decimal(rng.choice(["1000", "1250.5", "1700.012", "2999.996"]))
+        t += LIM_US + Decimal(rng.choice(["0", "250.5", "700.012", "1999.996"]))
     cycle = str(t + Decimal("1500.003"))  # µs, after the last onset
     amps = [str(rng.randrange(1, 4000)) for _ in onsets]  # µA, 1 µA rounds up to 1 code (2.5 µA)
     amps[0] = "1"
@@ -181,7 +185,8 @@ def test_refusals_change_nothing(virtual_bench, tmp_path):
     vb = virtual_bench
     c = vb.client
     rng = random.Random(7)
-    onsets = [str(Decimal(2 * i) + Decimal(rng.choice(["0", "0.5", "0.004"]))) for i in range(50)]  # ms
+    step = LIM_MS + 1  # ms: every interval >= the limit + 0.5 ms
+    onsets = [str(step * i + Decimal(rng.choice(["0", "0.5", "0.004"]))) for i in range(50)]  # ms
     amps = [str(Decimal(rng.randrange(100, 1500)) / 1000) for _ in onsets]  # mA
     ps = paramfile.load(write_file(tmp_path, onsets, amps))
     seq = ps.sequence

@@ -27,10 +27,11 @@ from protocol import params as P
 pytestmark = pytest.mark.skipif(rb.available() is not None, reason=str(rb.available()))
 
 MS = 1_000_000
+LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may have (2 ms)
 
 
 def seq_train(onsets, amps, cycle_ns=0, duration_ns=0, **kw):
-    params = P.complete(dict(dict(phase1_ns=60_000, phase2_ns=60_000, period_ns=1 * MS, amplitude_ua=3000), **kw,
+    params = P.complete(dict(dict(phase1_ns=60_000, phase2_ns=60_000, period_ns=LIM, amplitude_ua=3000), **kw,
                              sequence_pulses=len(onsets), sequence_cycle_ns=cycle_ns, train_duration_ns=duration_ns))
     assert P.validate(params, LIMITS) is None
     b = seq.SequenceBuilder(params, LIMITS, seq.RamRecords())
@@ -44,7 +45,7 @@ def seq_train(onsets, amps, cycle_ns=0, duration_ns=0, **kw):
 def onsets_for(n):
     out = [40_000]  # 40 µs: merged in front of pulse 0
     for i in range(n - 1):
-        out.append(out[-1] + (1 * MS if i % 5 else 1 * MS + 136 + 8 * (i % 11)))
+        out.append(out[-1] + (LIM if i % 5 else LIM + 136 + 8 * (i % 11)))
     return out
 
 
@@ -141,7 +142,7 @@ def test_sequence_phase1_readings_follow_the_onsets(bus):
     multiple of the period) are read in phase 1, and most pulses get a reading."""
     onsets = [0]
     for i in range(39):
-        onsets.append(onsets[-1] + 1 * MS + (i % 4) * 700_000 + 8 * i)
+        onsets.append(onsets[-1] + LIM + (i % 4) * 700_000 + 8 * i)
     t = seq_train(onsets, [1000] * 40, phase1_ns=100_000, phase2_ns=100_000)
     hal = bus.load_hal()
     hal.start([t, None, None, None], 1, [0] * 4)

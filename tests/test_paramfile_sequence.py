@@ -18,6 +18,8 @@ from protocol import params as P
 
 BASE = "phase1_us = 200\nelectrode_area_mm2 = 5\n"
 NS = {"ns": 1, "us": 1000, "ms": 10 ** 6, "s": 10 ** 9}
+LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may have (2 ms)
+LIM_MS = str(Decimal(LIM) / 10 ** 6)  # the same in a file's ms ("2")
 
 
 def load(seq, extra="", require=True):
@@ -41,13 +43,14 @@ def tick(ns: int) -> int:
 
 
 def test_a_sequence_file_and_what_it_derives():
-    ps = load('onsets_ms = [0, 12.5, 30, 31]\namplitudes_ma = [1.0, 1.5, 0.5, 2]\n')
+    ps = load('onsets_ms = [0, 12.5, 30, 30 + LIM]\namplitudes_ma = [1.0, 1.5, 0.5, 2]\n'.replace("30 + LIM",
+                                                                                             str(30 + Decimal(LIM_MS))))
     seq = ps.sequence
-    assert seq.onsets_ns == [0, 12500000, 30000000, 31000000]
+    assert seq.onsets_ns == [0, 12500000, 30000000, 30000000 + LIM]
     assert seq.amplitudes_ua == [1000, 1500, 500, 2000]
     assert not seq.loop and seq.cycle_ns == 0 and len(seq) == 4
     p = ps.params
-    assert p["period_ns"] == 1000000  # 30 -> 31 ms
+    assert p["period_ns"] == LIM  # 30 ms -> the last onset: the limit
     assert p["amplitude_ua"] == 2000
     assert p["sequence_pulses"] == 4 and p["sequence_cycle_ns"] == 0
     for name in P.SEQUENCE_ZERO_FIELDS:
@@ -105,11 +108,13 @@ def test_any_decimal_onset_to_nearest_ns(raw, unit, digits):
 
 
 def test_period_is_the_shortest_interval_in_ticks():
-    """4 ns -> tick 1 (half up), 1000008 ns -> tick 125001: 125000 ticks apart, though 1000004 ns apart
-    (125000.5 ticks -> 125001): the derived period is the tick interval, so the firmware's check
-    (every tick interval >= the period's ticks) passes."""
-    ps = load("onsets_ns = [4, 1000008, 3000000]\namplitudes_ua = [100, 100, 100]\n")
-    assert ps.params["period_ns"] == 125000 * 8
+    """1 ms + 4 ns -> tick 125001 (half up), 1 ms + LIM + 8 ns -> tick 125001 + LIM / 8: LIM / 8 ticks
+    apart, though LIM + 4 ns apart (LIM / 8 + 0.5 ticks -> one more): the derived period is the tick
+    interval, so the firmware's check (every tick interval >= the period's ticks) passes."""
+    a, b = 10 ** 6 + 4, 10 ** 6 + LIM + 8
+    assert (tick(a), tick(b), tick(b - a)) == (125001, 125001 + LIM // 8, LIM // 8 + 1)
+    ps = load("onsets_ns = [%d, %d, %d]\namplitudes_ua = [100, 100, 100]\n" % (a, b, b + 2 * LIM))
+    assert ps.params["period_ns"] == LIM // 8 * 8 == LIM
     assert pf.check(ps, LIMITS)
 
 
@@ -131,13 +136,13 @@ def test_loop_cycle_default_explicit_and_wrap_interval():
 
 
 def test_a_cycle_a_few_ns_below_its_ticks_still_validates():
-    """cycle_ns = 1000004 is 125000.5 ticks -> 125001 (1000008 ns): the period (a one-pulse loop's only
-    interval) must not exceed the cycle's ns (validate: cycle >= period) yet have the same ticks."""
-    ps = load("onsets_ms = [0]\namplitudes_ma = [1]\nloop = true\ncycle_ns = 1000004\n")
-    assert ps.params["period_ns"] == 1000004 and tick(ps.params["period_ns"]) == 125001
+    """cycle_ns = LIM + 4 is LIM / 8 + 0.5 ticks -> one more (LIM + 8 ns): the period (a one-pulse loop's
+    only interval) must not exceed the cycle's ns (validate: cycle >= period) yet have the same ticks."""
+    ps = load("onsets_ms = [0]\namplitudes_ma = [1]\nloop = true\ncycle_ns = %d\n" % (LIM + 4))
+    assert ps.params["period_ns"] == LIM + 4 and tick(ps.params["period_ns"]) == LIM // 8 + 1
     assert pf.check(ps, LIMITS)
-    ps = load("onsets_ns = [0, 1000000]\namplitudes_ma = [1, 1]\nloop = true\ncycle_ns = 2000004\n")
-    assert ps.params["period_ns"] == 1000000  # the shorter 0 -> 1 ms interval, not the cycle
+    ps = load("onsets_ns = [0, %d]\namplitudes_ma = [1, 1]\nloop = true\ncycle_ns = %d\n" % (LIM, 2 * LIM + 4))
+    assert ps.params["period_ns"] == LIM  # the shorter 0 -> LIM interval, not the cycle
     assert pf.check(ps, LIMITS)
 
 
@@ -237,14 +242,18 @@ def test_required_keys_are_met_by_the_amplitudes():
 
 @pytest.mark.parametrize("seq,message,field", [
     ("onsets_ms = [0, 12.5, 13]\namplitudes_ma = [1, 2, 3]\n",
-     "the shortest interval between two onsets, onsets_ms[1] -> [2] = 0.5 ms: is below the firmware minimum 1 ms",
+     "the shortest interval between two onsets, onsets_ms[1] -> [2] = 0.5 ms: is below the firmware minimum %s ms"
+     % LIM_MS,
      "period_ns"),
     ("onsets_ms = [0, 12.5, 30]\namplitudes_ma = [1, 2, 3]\nloop = true\ncycle_ms = 30.5\n",
-     "onsets_ms[2] -> the next cycle's onsets_ms[0] = 0.5 ms: is below the firmware minimum 1 ms", "period_ns"),
+     "onsets_ms[2] -> the next cycle's onsets_ms[0] = 0.5 ms: is below the firmware minimum %s ms" % LIM_MS,
+     "period_ns"),
     ("onsets_ms = [0, 12.5, 30]\namplitudes_ma = [1, 20, 3]\n",
      "the largest amplitude, amplitudes_ma[1] = 20 mA: exceeds the firmware limit 10 mA", "amplitude_ua"),
     ("onsets_s = [0, 1, 90000]\namplitudes_ua = [100, 200, 300]\n",
      "onsets_s[2] = 90000 s: exceeds the firmware limit 86400 s", "onset_ns"),
+    ("onsets_us = [0.008, 5000]\namplitudes_ua = [100, 200]\n",  # 1 tick: shorter than one PIO segment
+     "onsets_us[0] = 0.008 µs: is below the firmware limit 0.04 µs", "onset_ns"),
 ])
 def test_limits_name_the_pulse(seq, message, field):
     ps = load(seq)
@@ -284,12 +293,13 @@ def test_dict_input_uses_exact_values():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.integers(1_000_000, 3_000_013), min_size=1, max_size=25), st.integers(0, 9_999),
-       st.lists(st.integers(1, 4_000), min_size=25, max_size=25), st.booleans(), st.integers(0, 2_000_013))
+@given(st.lists(st.integers(LIM, 3 * LIM + 13), min_size=1, max_size=25),
+       st.one_of(st.integers(0, 9_999), st.integers(0, 48)),
+       st.lists(st.integers(1, 4_000), min_size=25, max_size=25), st.booleans(), st.integers(0, 2 * LIM + 13))
 def test_derived_fields_satisfy_the_firmware_for_any_legal_sequence(gaps, first, amps, loop, extra):
-    """Any sequence whose onsets (integer ns) are at least 1 ms apart, with amplitudes up to 4 mA (within the
-    charge and Shannon limits of 200 µs phases on 5 mm²),
-    played once or looped (cycle = last onset + 1 ms + extra): the derived period / amplitude / cycle pass
+    """Any sequence whose onsets (integer ns) are at least the limit (min_sequence_interval_ns) apart,
+    with amplitudes up to 4 mA (within the charge and Shannon limits of 200 µs phases on 5 mm²),
+    played once or looped (cycle = last onset + the limit + extra): the derived period / amplitude / cycle pass
     the firmware's own rules (params.validate, the engine, and every pulse through
     firmware.sequence.sequence_violation: intervals in ticks of the absolute onsets >= the period's ticks,
     the wrap too), i.e. paramfile.check accepts it. A period derived in ns, or a cycle below the wrap's
@@ -300,8 +310,13 @@ def test_derived_fields_satisfy_the_firmware_for_any_legal_sequence(gaps, first,
     n = len(onsets)
     seq = "onsets_ns = [%s]\namplitudes_ua = [%s]\n" % (", ".join(map(str, onsets)), ", ".join(map(str, amps[:n])))
     if loop:
-        seq += "loop = true\ncycle_ns = %d\n" % (onsets[-1] + 1_000_000 + extra)
+        seq += "loop = true\ncycle_ns = %d\n" % (onsets[-1] + LIM + extra)
     ps = load(seq)
+    if 0 < tick(first) < 5:  # a first onset of 1..4 ticks: shorter than one PIO segment, unplayable
+        with pytest.raises(pf.ParamLimitError) as e:
+            pf.check(ps, LIMITS)
+        assert (e.value.violation.field, e.value.violation.value, e.value.violation.limit) == ("onset_ns", first, 40)
+        return
     assert pf.check(ps, LIMITS) is ps.params
     ticks = ps.sequence.onset_ticks()
     intervals = [b - a for a, b in zip(ticks, ticks[1:])]

@@ -16,6 +16,7 @@ from firmware import impedance
 from firmware import pulse_engine as E
 from firmware import sequence as S
 from firmware.controller import Controller
+from firmware.limits import LIMITS
 from protocol import messages as M
 from protocol import params as P
 from protocol.framing import FrameDecoder, encode_frame
@@ -24,13 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 from link_targets import GOOD, FakeHal, MemFiles  # noqa: E402
 
 MS = 1_000_000
+LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may have (2 ms)
 
 
 def ticks(ns):
     return (ns * 125_000_000 + 500_000_000) // 1_000_000_000
 
 
-def seq_params(n, period=2 * MS, amp=2000, cycle=0, **kw):
+def seq_params(n, period=LIM, amp=2000, cycle=0, **kw):
     return P.complete(dict({"sequence_pulses": n, "period_ns": period, "amplitude_ua": amp,
                             "sequence_cycle_ns": cycle}, **kw))
 
@@ -88,7 +90,7 @@ class Bench:
                 [c for c in self.hal.calls], list(self.hal.ops))
 
 
-def onsets_amps(n, gap=2 * MS, amp=2000):
+def onsets_amps(n, gap=LIM + 16, amp=2000):
     onsets = [i * (gap + 8) + (i % 2) * 8 for i in range(n)]  # intervals alternate gap + 2 ticks and gap
     amps = [1 + (i * 97) % amp for i in range(n)]
     return onsets, amps
@@ -96,7 +98,7 @@ def onsets_amps(n, gap=2 * MS, amp=2000):
 
 def loaded(n=45, **kw):
     b = Bench(**kw)
-    b.params(0, seq_params(n, period=2 * MS - 16))
+    b.params(0, seq_params(n, period=LIM))  # the smallest interval is 2 ticks longer
     on, am = onsets_amps(n)
     b.upload(0, on, am)
     return b, on, am
@@ -165,17 +167,17 @@ def test_out_of_order_chunks_are_refused_and_change_nothing():
 
 def test_every_per_pulse_refusal_names_its_field_and_changes_nothing():
     b = Bench()
-    b.params(0, seq_params(30, period=2 * MS, amp=1500))
-    on = [i * 2 * MS for i in range(30)]
+    b.params(0, seq_params(30, period=LIM, amp=1500))
+    on = [i * LIM for i in range(30)]
     am = [1500] * 30
     b.upload(0, on[:20], am[:20], total=30)
     bad_on = list(on[20:])
-    bad_on[3] = bad_on[2] + 2 * MS - 8  # one tick too early, in the middle of the chunk
+    bad_on[3] = bad_on[2] + LIM - 8  # one tick too early, in the middle of the chunk
     r = refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 20, bad_on, am[20:]), M.E_OUT_OF_RANGE,
-                "onset_ns", bad_on[3], bad_on[2] + 2 * MS)
+                "onset_ns", bad_on[3], bad_on[2] + LIM)
     assert r["relation"] == ">="
-    refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 20, [on[19] + 2 * MS - 8], [5]), M.E_OUT_OF_RANGE,
-            "onset_ns", on[19] + 2 * MS - 8, on[19] + 2 * MS)  # across the chunk boundary
+    refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 20, [on[19] + LIM - 8], [5]), M.E_OUT_OF_RANGE,
+            "onset_ns", on[19] + LIM - 8, on[19] + LIM)  # across the chunk boundary
     bad_am = list(am[20:])
     bad_am[9] = 1501
     refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 20, on[20:], bad_am), M.E_OUT_OF_RANGE,
@@ -187,18 +189,36 @@ def test_every_per_pulse_refusal_names_its_field_and_changes_nothing():
     refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 20, [big + 1], [5]), M.E_OUT_OF_RANGE,
             "onset_ns", big + 1, big)
     # a chunk that would pass N
-    more = [on[-1] + 2 * MS * (i + 1) for i in range(11)]
+    more = [on[-1] + LIM * (i + 1) for i in range(11)]
     refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 20, more, [5] * 11), M.E_OUT_OF_RANGE,
             "sequence_pulses", 31, 30)
     assert b.chunk(0, 20, on[20:], am[20:])["complete"] == 1
 
 
+def test_a_first_onset_below_one_pio_segment_is_refused_at_upload_and_start_says_incomplete():
+    """A first onset of 1..4 ticks cannot be played (the idle before it is one PIO segment word): it is
+    refused at SET_SEQUENCE (nothing stored), so START answers E_SEQUENCE_INCOMPLETE and never reaches
+    the HAL (whose stream would refuse it at START: the crash path)."""
+    seg = E.ticks_to_ns(E.MIN_SEGMENT_TICKS)
+    b = Bench()
+    b.params(0, seq_params(2))
+    for first in (8, seg - 5):  # 1 and 4 ticks
+        refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 0, [first, first + LIM], [5, 6]), M.E_OUT_OF_RANGE,
+                "onset_ns", first, seg)
+        refused(b, M.START, b"\x01", M.E_SEQUENCE_INCOMPLETE)
+    assert not [c for c in b.hal.calls if c[0] == "start"] and b.ctl.state[0] == M.ST_IDLE
+    assert b.chunk(0, 0, [seg, seg + LIM], [5, 6])["complete"] == 1  # one segment: played
+    assert b.req(M.START, b"\x01") == b""
+    assert b.ctl.trains[0].sequence.reader().next() == (E.MIN_SEGMENT_TICKS, E.dac_code(5))
+
+
 def test_loop_wrap_is_checked_on_the_wire():
     b = Bench()
-    b.params(0, seq_params(2, period=2 * MS, cycle=10 * MS))
-    refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 0, [MS, 9 * MS + 8], [5, 5]), M.E_OUT_OF_RANGE,
-            "onset_ns", 9 * MS + 8, 9 * MS)
-    assert b.chunk(0, 0, [MS, 9 * MS], [5, 5])["complete"] == 1
+    b.params(0, seq_params(2, period=LIM, cycle=5 * LIM))
+    last = 4 * LIM + MS  # the wrap: 5 LIM - last + 1 ms = LIM
+    refused(b, M.SET_SEQUENCE, M.encode_set_sequence(0, 0, [MS, last + 8], [5, 5]), M.E_OUT_OF_RANGE,
+            "onset_ns", last + 8, last)
+    assert b.chunk(0, 0, [MS, last], [5, 5])["complete"] == 1
 
 
 def test_set_sequence_state_refusals():
@@ -293,13 +313,13 @@ def test_ten_thousand_pulses_accepted_and_the_next_refused():
     b = Bench()
     n = 10000
     assert b.ctl.limits["max_sequence_pulses"] == n
-    b.params(3, seq_params(n, period=MS, amp=3000))
-    on = [i * (MS + 8) + (i % 2) * 8 for i in range(n)]  # intervals alternate 1 ms + 2 ticks and 1 ms
+    b.params(3, seq_params(n, period=LIM, amp=3000))
+    on = [i * (LIM + 8) + (i % 2) * 8 for i in range(n)]  # intervals alternate the limit + 2 ticks and the limit
     am = [1 + (i * 7919) % 3000 for i in range(n)]
     b.upload(3, on, am)
     refused(b, M.SET_SEQUENCE, M.encode_set_sequence(3, n, [on[-1] + 10 * MS], [5]), M.E_OUT_OF_RANGE,
             "sequence_pulses", n + 1, n)
-    refused(b, M.SET_PARAMS, M.encode_params(3, seq_params(n + 1, period=MS)), M.E_OUT_OF_RANGE,
+    refused(b, M.SET_PARAMS, M.encode_params(3, seq_params(n + 1, period=LIM)), M.E_OUT_OF_RANGE,
             "sequence_pulses", n + 1, n)
     assert b.req(M.START, b"\x08") == b""
     src = b.ctl.trains[3].sequence
@@ -313,7 +333,7 @@ def test_a_varying_sequence_needs_the_dac_bus_to_itself():
     b.params(1, dict(GOOD, ramp_up_pulses=5))
     refused(b, M.START, b"\x03", M.E_RAMP_TIMING, "sequence_pulses", 1, 0)  # with a soft start
     b.params(2, seq_params(3, amp=2000))
-    b.upload(2, [0, 2 * MS, 4 * MS], [7, 8, 9])
+    b.upload(2, [0, LIM, 2 * LIM], [7, 8, 9])
     refused(b, M.START, b"\x05", M.E_RAMP_TIMING, "sequence_pulses")  # two varying sequences
     b.hal.busy = True
     refused(b, M.START, b"\x01", M.E_DAC_BUSY, "channel", 0)
@@ -376,7 +396,7 @@ def test_constant_sequences_start_together_and_with_a_soft_start():
     b = Bench()
     for ch in (0, 2):
         b.params(ch, seq_params(3, amp=2000))
-        b.upload(ch, [0, 2 * MS, 4 * MS], [700] * 3)  # constant, below amplitude_ua
+        b.upload(ch, [0, LIM, 2 * LIM], [700] * 3)  # constant, below amplitude_ua
     b.params(1, dict(GOOD, ramp_up_pulses=5))
     assert b.req(M.START, b"\x07") == b""
     (call,) = [c for c in b.hal.calls if c[0] == "start"]
@@ -395,9 +415,9 @@ class NoBusHal(FakeHal):
 def test_without_a_dac_bus_only_a_constant_sequence_at_the_trains_amplitude_starts():
     b = Bench(hal=NoBusHal())
     b.params(0, seq_params(3, amp=1000))
-    b.upload(0, [0, 2 * MS, 4 * MS], [1000, 500, 1000])
+    b.upload(0, [0, LIM, 2 * LIM], [1000, 500, 1000])
     refused(b, M.START, b"\x01", M.E_OUT_OF_RANGE, "sequence_amplitude_ua")
-    b.chunk(0, 0, [0, 2 * MS, 4 * MS], [1000, 1000, 1000])
+    b.chunk(0, 0, [0, LIM, 2 * LIM], [1000, 1000, 1000])
     assert b.req(M.START, b"\x01") == b""
     assert b.ctl.trains[0].sequence.pulses == 3
 
@@ -468,7 +488,7 @@ def test_monitoring_uses_each_pulses_own_current_and_train_done_follows():
 def test_external_trigger_arms_a_sequence(trigger):
     b = Bench()
     b.params(0, seq_params(3, trigger=trigger))
-    b.upload(0, [0, 2 * MS, 4 * MS], [5, 6, 7])
+    b.upload(0, [0, LIM, 2 * LIM], [5, 6, 7])
     assert b.req(M.START, b"\x01") == b""
     (call,) = [c for c in b.hal.calls if c[0] == "start"]
     assert call[2][0] == trigger and b.ctl.state[0] == M.ST_ARMED

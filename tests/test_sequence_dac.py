@@ -31,6 +31,7 @@ from protocol import params as P
 US = 1_000
 MS = 1_000_000
 S = 1_000_000_000
+LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may have (2 ms)
 
 
 def make(ch_params, onsets_ns, amps_ua, cycle_ns=0, duration_ns=0):
@@ -118,7 +119,7 @@ def expected_codes(amps):
     return [pe.dac_code(a) for a in amps]
 
 
-BASE = dict(phase1_ns=100 * US, phase2_ns=100 * US, period_ns=1 * MS, amplitude_ua=3000)
+BASE = dict(phase1_ns=100 * US, phase2_ns=100 * US, period_ns=LIM, amplitude_ua=3000)
 
 
 def test_varying_sequence_once_exact_onsets_and_amplitudes():
@@ -126,7 +127,7 @@ def test_varying_sequence_once_exact_onsets_and_amplitudes():
     n = 240
     onsets = [0]
     for i in range(n - 1):
-        gap = rng.choice([1 * MS, 1 * MS + rng.randrange(0, 2000), rng.randrange(1 * MS, 30 * MS)])
+        gap = rng.choice([LIM, LIM + rng.randrange(0, 2000), rng.randrange(LIM, 30 * MS)])
         if i == 150:
             gap = 2600 * MS + 9  # longer than one word (2.1 s): continuation entries
         onsets.append(onsets[-1] + gap)
@@ -146,17 +147,18 @@ def test_varying_sequence_once_exact_onsets_and_amplitudes():
 def test_looped_triphasic_constant_with_a_varying_channel():
     """Channel 0: varying amplitude, played once; channel 1: a triphasic constant-amplitude loop of 3
     cycles (anodic first) in the same START: only channel 0 has DAC ops after the start."""
-    on0 = [0, 1 * MS, 2 * MS + 500 * US, 7 * MS, 8 * MS, 20 * MS, 21 * MS + 8, 40 * MS]
+    L = LIM  # intervals of the limit, the limit + 1 tick, and longer
+    on0 = [0, L, 2 * L + 500 * US, 7 * L, 8 * L, 20 * L, 21 * L + 8, 40 * L]
     amp0 = [1000, 2000, 2000, 500, 3000, 100, 100, 2000]
     _, t0 = make(BASE, on0, amp0)
-    p1 = dict(phase1_ns=200 * US, phase2_ns=200 * US, period_ns=2 * MS, amplitude_ua=1500, shape=1, polarity=1)
-    on1 = [3 * MS, 5 * MS, 9 * MS + 16, 15 * MS]
+    p1 = dict(phase1_ns=200 * US, phase2_ns=200 * US, period_ns=2 * L, amplitude_ua=1500, shape=1, polarity=1)
+    on1 = [3 * L, 5 * L, 9 * L + 16, 15 * L]
     amp1 = [1500] * 4
-    cyc = 20 * MS
+    cyc = 20 * L
     _, t1 = make(p1, on1, amp1, cycle_ns=cyc, duration_ns=3 * cyc)
     assert t1.sequence.repeats == 3
     hal = SimHal(channels=2)
-    play(hal, [t0, t1], [0, 1], 0.09)
+    play(hal, [t0, t1], [0, 1], (3 * cyc + 5 * MS) / S)
     assert not hal.running(0) and not hal.running(1)
     check_channel(hal, 0, t0, [pe.ns_to_ticks(o) for o in on0], expected_codes(amp0))
     looped = [pe.ns_to_ticks(o) + k * pe.ns_to_ticks(cyc) for k in range(3) for o in on1]
@@ -165,27 +167,27 @@ def test_looped_triphasic_constant_with_a_varying_channel():
     assert not [c for c in hal.dac.commands if c[1] == 1 and c[0] > hal.train_start[1]]  # constant: no writes
 
 
-def test_gap_over_40_s_and_the_feed_keeps_up_at_1_khz():
-    """A 41 s gap between two 1 kHz runs: the lookahead never runs dry (every pulse is there) and the
-    virtual Pico polls at the sequence's feed cadence."""
-    first = [i * MS for i in range(300)]
-    second = [41 * S + 7 + i * MS for i in range(300)]
+def test_gap_over_40_s_and_the_feed_keeps_up_at_the_limit():
+    """A 41 s gap between two runs at the shortest interval (min_sequence_interval_ns): the lookahead
+    never runs dry (every pulse is there) and the virtual Pico polls at the sequence's feed cadence."""
+    first = [i * LIM for i in range(300)]
+    second = [41 * S + 7 + i * LIM for i in range(300)]
     onsets = first + second
     amps = [(i % 7 + 1) * 400 for i in range(600)]
     _, train = make(BASE, onsets, amps)
     hal = SimHal(channels=1)
-    polls = play(hal, [train], [0], 41.4)
+    polls = play(hal, [train], [0], onsets[-1] / S + 0.1)
     assert hal.pulses(0) == 600 and not hal.running(0)
     check_channel(hal, 0, train, [pe.ns_to_ticks(o) for o in onsets], expected_codes(amps))
     assert polls < 41 / 0.02  # not a poll per ms during the gap
 
 
 def test_two_varying_channels_are_refused():
-    _, t0 = make(BASE, [0, 2 * MS], [100, 200])
-    _, t1 = make(BASE, [0, 3 * MS], [300, 200])
+    _, t0 = make(BASE, [0, LIM], [100, 200])
+    _, t1 = make(BASE, [0, LIM + MS], [300, 200])
     with pytest.raises(pe.RampMismatch) as e:
         pe.sequence_writer([t0, t1], [0, 1])
     assert e.value.field == "sequence_pulses"
-    _, c1 = make(BASE, [0, 3 * MS], [300, 300])
+    _, c1 = make(BASE, [0, LIM + MS], [300, 300])
     assert pe.sequence_writer([t0, c1], [0, 1]).channels == [0]
     assert pe.sequence_writer([c1], [0]) is None

@@ -20,9 +20,11 @@ from protocol import params as P
 
 MS = 1_000_000
 TICK_NS = 1_000_000_000 // 125_000_000  # 8 ns at the board's 125 MHz
+LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may have (2 ms)
+SEG_NS = E.ticks_to_ns(E.MIN_SEGMENT_TICKS)  # one PIO segment: the shortest non-zero first onset (40 ns)
 
 
-def seq_params(n=3, period=2 * MS, amp=2000, cycle=0, **kw):
+def seq_params(n=3, period=LIM, amp=2000, cycle=0, **kw):
     return P.complete(dict({"sequence_pulses": n, "period_ns": period, "amplitude_ua": amp,
                             "sequence_cycle_ns": cycle}, **kw))
 
@@ -36,7 +38,7 @@ def test_version_8_and_the_new_names():
     assert P.FIELD_NAMES[:3] == ("phase1_ns", "interphase_ns", "phase2_ns")
     assert P.FORMAT.endswith("IQ") and P.DEFAULTS["sequence_pulses"] == 0 and P.DEFAULTS["sequence_cycle_ns"] == 0
     assert P.LIMIT_NAMES[-2:] == ("max_sequence_pulses", "min_sequence_interval_ns")
-    assert LIMITS["max_sequence_pulses"] == 10000 and LIMITS["min_sequence_interval_ns"] == MS
+    assert LIMITS["max_sequence_pulses"] == 10000 and LIMITS["min_sequence_interval_ns"] == 2 * MS
     for name in ("onset_ns", "sequence_amplitude_ua"):
         assert name in P.OTHER_NAMES and P.field_name(P.field_id(name)) == name
 
@@ -45,7 +47,7 @@ def test_hello_carries_the_sequence_limits():
     body = M.encode_hello((0, 1, 0), 4, b"12345678", 0, LIMITS)
     d = M.decode_hello(body)
     assert d["protocol_version"] == 8
-    assert d["limits"]["max_sequence_pulses"] == 10000 and d["limits"]["min_sequence_interval_ns"] == MS
+    assert d["limits"]["max_sequence_pulses"] == 10000 and d["limits"]["min_sequence_interval_ns"] == 2 * MS
     assert len(body) <= framing.MAX_BODY
 
 
@@ -133,20 +135,20 @@ def test_interval_limit_and_counts():
 def test_cycle_rules():
     v = P.validate(P.complete({"sequence_cycle_ns": 5 * MS}), LIMITS)  # a cycle without a sequence
     assert (v.field, v.value, v.limit, v.relation) == ("sequence_cycle_ns", 5 * MS, 0, "<=")
-    v = P.validate(seq_params(period=2 * MS, cycle=2 * MS - 1), LIMITS)
-    assert (v.field, v.value, v.limit, v.relation) == ("sequence_cycle_ns", 2 * MS - 1, 2 * MS, ">=")
-    assert P.validate(seq_params(period=2 * MS, cycle=2 * MS), LIMITS) is None
+    v = P.validate(seq_params(period=LIM, cycle=LIM - 1), LIMITS)
+    assert (v.field, v.value, v.limit, v.relation) == ("sequence_cycle_ns", LIM - 1, LIM, ">=")
+    assert P.validate(seq_params(period=LIM, cycle=LIM), LIMITS) is None
     v = P.validate(seq_params(train_duration_ns=50 * MS), LIMITS)  # played once: no duration
     assert (v.field, v.value, v.limit, v.relation) == ("train_duration_ns", 50 * MS, 0, "<=")
 
 
 def test_every_interval_leaves_the_dac_update_idle():
-    base = seq_params(period=MS, phase1_ns=100_000, phase2_ns=100_000, recovery_ns=800_000 - 3_000)
+    base = seq_params(period=LIM, phase1_ns=100_000, phase2_ns=100_000, recovery_ns=LIM - 200_000 - 3_000)
     length = P.pulse_length_ns(base, LIMITS["min_dead_time_ns"])
     need = length + LIMITS["min_update_idle_ns"]
-    assert need > MS  # the 1 ms period is too short for this long pulse plus the DAC's update
+    assert LIM - LIMITS["min_update_idle_ns"] < length < LIM  # the pulse fits the limit's period, its update does not
     v = P.validate(base, LIMITS)
-    assert (v.field, v.value, v.limit, v.relation) == ("period_ns", MS, need, ">=")
+    assert (v.field, v.value, v.limit, v.relation) == ("period_ns", LIM, need, ">=")
     assert P.validate(dict(base, period_ns=need), LIMITS) is None
     assert P.validate(dict(base, sequence_pulses=0), LIMITS) is None  # a regular train never changes amplitude
 
@@ -167,6 +169,8 @@ def restated(params, onsets, amps, limits=LIMITS):
     for i, (o, a) in enumerate(zip(onsets, amps)):
         if o > limits["max_duration_ns"] or not 1 <= a <= params["amplitude_ua"]:
             return i
+        if not i and 0 < ticks(o) < 5:  # the first onset: 0 or at least one 5-tick PIO segment
+            return i
         if i and ticks(o) - ticks(onsets[i - 1]) < per:
             return i
         if cyc and cyc - ticks(o) + ticks(onsets[0]) < per:  # the wrap after this pulse
@@ -177,10 +181,11 @@ def restated(params, onsets, amps, limits=LIMITS):
 @st.composite
 def sequences(draw):
     n = draw(st.integers(1, 60))
-    period = draw(st.sampled_from([MS, MS + 4, 1_500_000, 2 * MS]))
+    period = draw(st.sampled_from([LIM, LIM + 4, LIM * 3 // 2, 2 * LIM]))
     gaps = draw(st.lists(st.one_of(st.integers(period - 12, period + 12), st.integers(period, 5 * period),
                                    st.just(period - 4), st.just(period + 3)), min_size=n - 1, max_size=n - 1))
-    start = draw(st.one_of(st.just(0), st.integers(0, 10 * MS), st.just(2**31 * TICK_NS)))  # beyond 2**30 ticks
+    start = draw(st.one_of(st.just(0), st.integers(0, 10 * MS), st.just(2**31 * TICK_NS),  # beyond 2**30 ticks
+                           st.integers(0, 2 * SEG_NS)))  # around the shortest first onset
     onsets = [start]
     for g in gaps:
         onsets.append(onsets[-1] + g)
@@ -253,32 +258,57 @@ def test_chunked_upload_stores_exact_ticks_and_codes_and_a_refusal_changes_nothi
 
 
 def test_the_earliest_allowed_onset_is_the_limit_and_a_tick_decides():
-    p = seq_params(n=2, period=2 * MS)
-    # 2 ms after 0 is allowed; 4 ns less rounds to the same tick (halves up), 5 ns less does not
-    assert S.sequence_violation(p, LIMITS, [0, 2 * MS], [1, 2000]) is None
-    assert S.sequence_violation(p, LIMITS, [0, 2 * MS - 4], [1, 2000]) is None
-    v = S.sequence_violation(p, LIMITS, [0, 2 * MS - 5], [1, 2000])
-    assert (v.field, v.value, v.limit, v.relation) == ("onset_ns", 2 * MS - 5, 2 * MS, ">=")
+    p = seq_params(n=2, period=LIM)
+    # the limit after 0 is allowed; 4 ns less rounds to the same tick (halves up), 5 ns less does not
+    assert S.sequence_violation(p, LIMITS, [0, LIM], [1, 2000]) is None
+    assert S.sequence_violation(p, LIMITS, [0, LIM - 4], [1, 2000]) is None
+    v = S.sequence_violation(p, LIMITS, [0, LIM - 5], [1, 2000])
+    assert (v.field, v.value, v.limit, v.relation) == ("onset_ns", LIM - 5, LIM, ">=")
     # the interval is measured between the ticks of the absolute onsets, not rounded on its own
-    assert S.sequence_violation(p, LIMITS, [3, 2 * MS + 3], [1, 1]) is None  # ticks 0 and 250_000
-    v = S.sequence_violation(p, LIMITS, [4, 2 * MS - 1], [1, 1])  # ticks 1 (4 ns rounds up) and 250_000
-    assert v is not None and v.field == "onset_ns" and v.limit == 2 * MS + TICK_NS
+    assert S.sequence_violation(p, LIMITS, [3, LIM + 3], [1, 1]) is None  # ticks 0 and LIM / 8
+    t0 = 5 * LIM  # ticks 5 * LIM / 8 + 1 (4 ns rounds up) and 6 * LIM / 8: one tick short
+    v = S.sequence_violation(p, LIMITS, [t0 + 4, t0 + LIM - 1], [1, 1])
+    assert (v.field, v.value, v.limit, v.relation) == ("onset_ns", t0 + LIM - 1, t0 + LIM + TICK_NS, ">=")
+
+
+def test_a_first_onset_shorter_than_one_pio_segment_is_refused():
+    """The idle before the first pulse is one PIO segment word (5 ticks at least): a first onset of
+    1..4 ticks cannot be played (the stream refused it at START, the crash path) and is refused at
+    upload; 0 (at once) and one segment are played."""
+    assert SEG_NS == 40 and E.MIN_SEGMENT_TICKS == 5
+    p = seq_params(n=2, period=LIM)
+    for first in (0, 3, SEG_NS - 4, SEG_NS, SEG_NS + 1, 100):  # ticks 0, 0, 5, 5, 5, 13 (36 ns rounds up)
+        assert S.sequence_violation(p, LIMITS, [first, first + LIM], [1, 2]) is None, first
+    for first in (4, 8, 16, 32, SEG_NS - 5):  # ticks 1, 1, 2, 4, 4
+        v = S.sequence_violation(p, LIMITS, [first, first + LIM], [1, 2])
+        assert (v.field, v.value, v.limit, v.relation) == ("onset_ns", first, SEG_NS, ">="), first
+    # only the first pulse: a later pulse's lead is the previous pulse's idle (>= the period)
+    b = S.SequenceBuilder(p, LIMITS, S.RamRecords())
+    assert b.check(0, [8], [1]).field == "onset_ns"
+    b.add(0, [0], [1])
+    assert b.check(1, [LIM], [1]) is None
+    # looped: the next cycle's first pulse follows the wrap interval, only the start counts
+    pl = seq_params(n=2, period=LIM, cycle=3 * LIM)
+    v = S.sequence_violation(pl, LIMITS, [8, LIM + 8], [1, 2])
+    assert (v.field, v.value, v.limit) == ("onset_ns", 8, SEG_NS)
+    assert S.sequence_violation(pl, LIMITS, [SEG_NS, LIM + SEG_NS], [1, 2]) is None
 
 
 def test_loop_wrap_amplitude_count_and_duration_refusals():
-    p = seq_params(n=2, period=2 * MS, cycle=10 * MS)
-    assert S.sequence_violation(p, LIMITS, [1 * MS, 9 * MS], [5, 6]) is None  # wrap 10 - 9 + 1 = 2 ms
-    v = S.sequence_violation(p, LIMITS, [1 * MS, 9 * MS + 8], [5, 6])  # wrap one tick short
-    assert (v.field, v.value, v.limit, v.relation) == ("onset_ns", 9 * MS + 8, 9 * MS, "<=")
-    v = S.sequence_violation(p, LIMITS, [0, 2 * MS], [0, 6])
+    p = seq_params(n=2, period=LIM, cycle=5 * LIM)
+    last = 4 * LIM + MS
+    assert S.sequence_violation(p, LIMITS, [MS, last], [5, 6]) is None  # wrap 5 LIM - last + 1 ms = LIM
+    v = S.sequence_violation(p, LIMITS, [MS, last + 8], [5, 6])  # wrap one tick short
+    assert (v.field, v.value, v.limit, v.relation) == ("onset_ns", last + 8, last, "<=")
+    v = S.sequence_violation(p, LIMITS, [0, LIM], [0, 6])
     assert (v.field, v.value, v.limit, v.relation) == ("sequence_amplitude_ua", 0, 1, ">=")
-    v = S.sequence_violation(p, LIMITS, [0, 2 * MS], [5, 2001])
+    v = S.sequence_violation(p, LIMITS, [0, LIM], [5, 2001])
     assert (v.field, v.value, v.limit, v.relation) == ("sequence_amplitude_ua", 2001, 2000, "<=")
     v = S.sequence_violation(p, LIMITS, [0], [5])
     assert (v.field, v.value, v.limit, v.relation) == ("sequence_pulses", 1, 2, ">=")
-    v = S.sequence_violation(p, LIMITS, [0, 2 * MS, 4 * MS], [5, 5, 5])
+    v = S.sequence_violation(p, LIMITS, [0, LIM, 2 * LIM], [5, 5, 5])
     assert (v.field, v.value, v.limit, v.relation) == ("sequence_pulses", 3, 2, "<=")
-    v = S.sequence_violation(p, LIMITS, [0, 2 * MS], [5])
+    v = S.sequence_violation(p, LIMITS, [0, LIM], [5])
     assert v.field == "sequence_amplitude_ua"
     big = LIMITS["max_duration_ns"]
     p1 = seq_params(n=1)
@@ -309,7 +339,7 @@ def test_file_and_ram_records_read_alike_in_32_record_chunks(tmp_path):
     n = 101  # > 3 reader buffers
     onsets = [0]
     for i in range(1, n):  # irregular intervals, each >= the period
-        onsets.append(onsets[-1] + 2 * MS + (i % 7) * 64)
+        onsets.append(onsets[-1] + LIM + (i % 7) * 64)
     amps = [1 + (i * 37) % 2000 for i in range(n)]
     p = seq_params(n=n, cycle=onsets[-1] + 3 * MS, train_duration_ns=2 * (onsets[-1] + 3 * MS))
     store = S.FileStore(str(tmp_path / "seq"))
@@ -334,7 +364,7 @@ def test_file_and_ram_records_read_alike_in_32_record_chunks(tmp_path):
 
 
 def test_seek_and_a_once_sequence_end():
-    onsets = [i * 3 * MS for i in range(40)]
+    onsets = [i * (LIM + MS) for i in range(40)]
     amps = [10 + i for i in range(40)]
     b = upload(seq_params(n=40, amp=100), onsets, amps, S.RamRecords())
     src = b.source()
@@ -353,7 +383,8 @@ def test_seek_and_a_once_sequence_end():
 
 
 def test_looping_until_stopped_and_the_short_loop_buffer():
-    onsets = [0, 2 * MS, 5 * MS]
+    onsets = [0, LIM, 5 * MS]
+    assert 5 * MS - LIM >= LIM and 8 * MS - 5 * MS >= LIM  # every interval and the wrap >= the limit
     b = upload(seq_params(n=3, amp=300, cycle=8 * MS), onsets, [100, 200, 300], S.RamRecords())
     src = b.source()
     assert (src.repeats, src.total()) == (0, None)
@@ -361,17 +392,18 @@ def test_looping_until_stopped_and_the_short_loop_buffer():
     got = [r.next() for _ in range(3 * 1000)]
     assert got[-1] == (ticks(5 * MS) + 999 * ticks(8 * MS), E.dac_code(300))
     r.seek(3 * 500 + 1)
-    assert r.next() == (ticks(2 * MS) + 500 * ticks(8 * MS), E.dac_code(200))
+    assert r.next() == (ticks(LIM) + 500 * ticks(8 * MS), E.dac_code(200))
 
 
 def test_a_restart_at_pulse_zero_replaces_the_upload():
-    b = upload(seq_params(n=3, amp=300), [0, 2 * MS, 5 * MS], [100, 200, 300], S.RamRecords())
+    b = upload(seq_params(n=3, amp=300), [0, LIM, 5 * MS], [100, 200, 300], S.RamRecords())
     assert b.complete
     assert b.check(0, [7 * MS], [50]) is None
     b.add(0, [7 * MS], [50])
     assert (b.received, b.complete, b.code_min, b.code_max) == (1, False, E.dac_code(50), E.dac_code(50))
-    v = b.check(1, [8 * MS], [50])  # the interval counts from the new pulse 0
-    assert v is not None and v.field == "onset_ns" and v.limit == 9 * MS
+    v = b.check(1, [7 * MS + LIM - TICK_NS], [50])  # the interval counts from the new pulse 0
+    assert v is not None and v.field == "onset_ns" and v.limit == 7 * MS + LIM
+    assert b.check(1, [7 * MS + LIM], [50]) is None
 
 
 def test_discarding_an_upload_never_writes_flash(tmp_path):
@@ -383,7 +415,7 @@ def test_discarding_an_upload_never_writes_flash(tmp_path):
     rec = store.records(0)
     assert not (tmp_path / "seqdir").exists()
     b = S.SequenceBuilder(seq_params(n=40), LIMITS, rec)
-    b.add(0, [i * 2 * MS for i in range(20)], [5] * 20)
+    b.add(0, [i * LIM for i in range(20)], [5] * 20)
     w = rec._w
     assert w is not None and not w.closed and (tmp_path / "seqdir").is_dir()
     b.discard()

@@ -844,7 +844,7 @@ SEQUENCE_FIELD_WORDS = {
 
 def _sequence_field_message(v, seq, limits):
     """A limit on a field the sequence derived, said in the sequence's own terms: "the shortest interval
-    between two onsets, onsets_ms[3] -> [4] = 0.5 ms: is below the firmware minimum 1 ms"."""
+    between two onsets, onsets_ms[3] -> [4] = 0.5 ms: is below the firmware minimum 2 ms"."""
     what = SEQUENCE_FIELD_WORDS[v.field]
     limit = v.limit
     if v.relation == "<=" and v.field in FIRMWARE_LIMIT_OF and FIRMWARE_LIMIT_OF[v.field] in limits:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import sequence_ops
 from mpyrun import CONFORMANCE_PASSED, run_ops, run_ops_cpython
+from firmware.limits import LIMITS
 from protocol import messages as M
 from protocol.framing import FrameDecoder
 from protocol.framing import encode_frame as framing_frame
@@ -23,6 +24,7 @@ FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
 if str(FUZZ) not in sys.path:  # link_targets.FakeHal, on CPython too
     sys.path.insert(0, str(FUZZ))
 MS = 1_000_000
+LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may have (2 ms)
 
 
 def collect(strategy, n):
@@ -55,8 +57,9 @@ def sequence_case(draw):
     """About half valid (every rule kept), half with edges that may break one."""
     ok = draw(st.booleans())
     n = draw(st.integers(1, 70))
-    period = draw(st.sampled_from([MS, MS + 4, 3 * MS]))
-    start = draw(st.sampled_from([0, 5, 2**31 * 8, 2**33 * 8 + 3]))  # beyond 2**30 / 2**32 ticks
+    period = draw(st.sampled_from([LIM, LIM + 4, 3 * LIM]))
+    # 5 / 32 ns: 1 / 4 ticks, shorter than one PIO segment (refused); 36 ns: 5 ticks; beyond 2**30 / 2**32 ticks
+    start = draw(st.sampled_from([0, 5, 32, 36, 2**31 * 8, 2**33 * 8 + 3]))
     onsets = [start]
     gap = st.integers(period + 4, 4 * period) if ok else st.one_of(st.integers(period - 8, period + 8),
                                                                    st.integers(period, 4 * period))
@@ -104,14 +107,14 @@ def test_records_and_readers_ram_and_file(micropython, tmp_path):
 def test_controller_upload(micropython, tmp_path):
     """SET_PARAMS, an out-of-order chunk, a bad pulse, the chunks, START: identical frames."""
     n = 45
-    onsets = [i * 2 * MS + (i % 2) * 8 + 2**31 * 8 for i in range(n)]
+    onsets = [i * (LIM + 8) + (i % 2) * 8 + 2**31 * 8 for i in range(n)]  # intervals LIM + 2 ticks, LIM
     amps = [1 + (i * 97) % 2000 for i in range(n)]
-    p = P.complete({"sequence_pulses": n, "period_ns": 2 * MS - 8, "amplitude_ua": 2000})
+    p = P.complete({"sequence_pulses": n, "period_ns": LIM, "amplitude_ua": 2000})
     body = lambda first, o, a: M.encode_set_sequence(0, first, o, a).hex()  # noqa: E731
     reqs = [[M.SET_PARAMS, M.encode_params(0, p).hex()], [M.START, "01"],
             [M.SET_SEQUENCE, body(0, onsets[:20], amps[:20])],
             [M.SET_SEQUENCE, body(21, onsets[21:22], amps[21:22])],
-            [M.SET_SEQUENCE, body(20, [onsets[19] + MS], [5])],
+            [M.SET_SEQUENCE, body(20, [onsets[19] + LIM - 8], [5])],  # one tick short
             [M.SET_SEQUENCE, body(20, onsets[20:40], amps[20:40])],
             [M.SET_SEQUENCE, body(40, onsets[40:], amps[40:])],
             [M.SET_SEQUENCE, "00"], [M.START, "01"], [M.SET_AMPLITUDE, M.encode_set_amplitude(0, 5).hex()]]
@@ -162,9 +165,9 @@ def test_board_path_upload_to_flash_files_and_start(micropython, monkeypatch, tm
 
     monkeypatch.setenv("PICOSTIM_SHIM_ADC_U16", str(adc_u16_for_ohm(1000)))  # the START's electrode check
     n = 45
-    onsets = [3 * MS + i * 2 * MS + (i % 2) * 8 for i in range(n)]
+    onsets = [3 * MS + i * (LIM + 8) + (i % 2) * 8 for i in range(n)]  # intervals LIM + 2 ticks, LIM
     amps = [1 + (i * 97) % 2000 for i in range(n)]
-    p = P.complete({"sequence_pulses": n, "period_ns": 2 * MS - 8, "amplitude_ua": 2000})
+    p = P.complete({"sequence_pulses": n, "period_ns": LIM, "amplitude_ua": 2000})
     frames = [framing_frame(M.HELLO, 1), framing_frame(M.SET_PARAMS, 2, M.encode_params(0, p))]
     seq = 3
     for first in range(0, n, M.SEQUENCE_CHUNK):
