@@ -344,3 +344,14 @@ def test_triphasic_flank_below_one_segment_is_refused():
     assert t.realised["flank"] == 5 and [pe.decode_word(w)[0] for w in t.pulse][0] == 5
     b = train()  # biphasic: no flank
     assert (b.realised["shape"], b.realised["flank"]) == (0, 0)
+
+
+def test_build_train_refusals_carry_limit_and_relation():
+    cases = [(dict(shape=2), ("shape", 2, 1, "<=")), (dict(polarity=2), ("polarity", 2, 1, "<=")),
+             (dict(trigger=5), ("trigger", 5, 4, "<=")),
+             (dict(period_ns=401_992), ("period_ns", 401_992, 402_000, ">="))]  # 50125-tick pulse + 125 idle
+    for kw, want in cases:
+        with pytest.raises(pe.Unrealisable) as ei:
+            train(**kw)
+        e = ei.value
+        assert (e.field, e.value, e.limit, e.relation) == want, kw
