@@ -382,8 +382,9 @@ def test_the_mark_is_pushed_into_an_rx_fifo_the_hal_reads(accelerate):
 
 def test_waits_on_a_channel_whose_stream_ended_are_skipped_and_block_nobody():
     """A ramp longer than its train: the waits left over would never end and would hold every later
-    op (another channel's live change, the next start) for good. The HAL skips them once the stream
-    has ended; the writes and marks behind them still play, in order."""
+    op (another channel's live change, the next start) for good. Once the stream has ended the HAL
+    drops those groups (each wait with its writes; the marks stay) and shuts the channel's DAC down,
+    as hal_rp2._dac_channel_off does on the board; channel 1's change then plays."""
     hal = SimHal(channels=2)
     short = _train(1000, 1_000_000, train_duration_ns=3_000_000)  # 3 pulses
     other = _train(1000, 1_000_000)
@@ -399,9 +400,10 @@ def test_waits_on_a_channel_whose_stream_ended_are_skipped_and_block_nobody():
     hal.advance_cycles(2_000 * US)
     assert not hal.dac_busy()
     cmds = commands(hal.system)
-    # the 7 leftover ramp writes of channel 0 (no waits any more), then channel 1's change
-    assert [(d, c & 0xFFF) for _r, d, c in cmds[n_before:]] == \
-        [(0, c) for c in range(40, 110, 10) for _ in (0, 1)] + [(1, 7), (1, 7)]
+    # the 7 leftover ramp groups of channel 0 dropped, its outputs A and B shut down (MCP4822 SHDN low),
+    # then channel 1's change
+    assert [(d, c & 0xFFF, bool(c & dac_bus.CMD_ACTIVE)) for _r, d, c in cmds[n_before:]] == \
+        [(0, 0, False), (0, 0, False), (1, 7, True), (1, 7, True)]
     p1 = _pulses(hal, 1, other)
     r = cmds[-1][0]
     assert any(e < r for _s, e in p1) and not any(s <= r <= e for s, e in p1)

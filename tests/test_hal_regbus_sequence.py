@@ -161,3 +161,39 @@ def test_triphasic_train_phase1_readings(bus):
     hal.start([t, None, None, None], 1, [0] * 4)
     kept, phases = _phase1_kept(bus, hal, board.CH_NEG[0], 60, 97)
     assert len(kept) >= 2, "no phase-1 reading kept in %d triphasic pulses" % len(phases)
+
+
+def test_stop_of_a_varying_sequence_drops_its_queued_dac_ops(bus):
+    """hal_rp2 after stop() of a varying sequence with a lookahead of DAC ops queued: when the stream
+    has ended (_dac_channel_off) the groups waiting on the channel's pins are dropped and its DAC is
+    shut down: after the last pulse at most the one group whose wait came, then the two shutdown
+    commands, nothing else (the virtual Pico does the same: test_sequence_dac)."""
+    n = 400
+    onsets = onsets_for(n)
+    amps = [300 + 100 * (i % 9) for i in range(n)]
+    t = seq_train(onsets, amps)
+    trains = [t, None, None, None]
+    hal = bus.load_hal()
+    writer = pe.sequence_writer(trains, [0])
+    hal.start(trains, 1, [0] * 4, pe.start_ops(trains, [0]), writer.chunk(writer.lookahead()))
+    t_en = start_cycle(bus)
+    while bus.now < t_en + 20 * LIM // 8:
+        bus.run_us(400)
+        hal.running(0)
+        if not writer.done and writer.emitted - hal.pulses(0) <= writer.lookahead() // 2:
+            hal.dac_play(writer.chunk(writer.lookahead()))
+    assert hal.dac_busy()
+    hal.stop(1)
+    for _ in range(200):
+        bus.run_us(400)
+        if not hal.running(0):
+            break
+    assert not hal.running(0)
+    bus.run_us(2000)
+    edges = bus.edges()
+    drive = [c for c, p, lv in edges if p in pins_of(0) and c >= t_en]
+    rises = [c for c, p, lv in edges if p == board.CH_NEG[0] and lv and c >= t_en]
+    assert 20 <= len(rises) <= 23  # stopped at the next boundary
+    after = [cmd for rise, _f, ch, cmd, _s in decode(edges) if ch == 0 and rise > drive[-1]]
+    assert len(after) <= 4 and sorted(after[-2:]) == [0x2000, 0xA000], [hex(c) for c in after]
+    assert all(c & dac_bus.CMD_ACTIVE for c in after[:-2])

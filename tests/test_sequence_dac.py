@@ -191,3 +191,40 @@ def test_two_varying_channels_are_refused():
     _, c1 = make(BASE, [0, LIM + MS], [300, 300])
     assert pe.sequence_writer([t0, c1], [0, 1]).channels == [0]
     assert pe.sequence_writer([c1], [0]) is None
+
+
+def test_stop_of_a_varying_sequence_drops_its_queued_dac_ops_and_shuts_the_dac_down():
+    """STOP of a running varying-amplitude sequence on the virtual Pico (the controller on SimHal): the
+    DAC ops already queued for later boundaries (up to a lookahead's worth) wait on pins that no longer
+    move. They are dropped, as hal_rp2 drops them when a channel stops (dac_drop_channels, then the
+    shutdown): after the last pulse at most the one group whose wait came (the next pulse's codes at the
+    last pulse's end), then the channel's shutdown, and nothing after it. Before, the waits alone were
+    skipped and the writes played back to back (216 commands here) with the DAC left on."""
+    from sim_bench import Bench
+
+    from firmware import dac_bus
+    from protocol import messages as M
+
+    n = 400
+    b = Bench(channels=1)
+    p = P.complete(dict(BASE, sequence_pulses=n))
+    b.request(M.SET_PARAMS, M.encode_params(0, p))
+    on = [i * LIM for i in range(n)]
+    am = [300 + 100 * (i % 9) for i in range(n)]  # every boundary changes the codes
+    for f in range(0, n, M.SEQUENCE_CHUNK):
+        b.request(M.SET_SEQUENCE, M.encode_set_sequence(0, f, on[f:f + M.SEQUENCE_CHUNK], am[f:f + M.SEQUENCE_CHUNK]))
+    b.request(M.START, b"\x01")
+    b.run(20.5 * LIM / S)
+    assert b.ctl._writer is not None and b.hal.dac_busy()  # later boundaries' ops are queued
+    b.request(M.STOP, b"\x01")
+    b.run(0.5)
+    assert [e["kind"] for e in b.events()] == ["train_done"] and b.ctl.state[0] == M.ST_IDLE
+    hal = b.hal
+    hal.dac.update()
+    neg, pos = hal.system.edges(board.CH_NEG[0]), hal.system.edges(board.CH_POS[0])
+    assert 20 <= len(neg) // 2 <= 23  # stopped at the next boundary
+    after = [cmd for at, dac, cmd in hal.dac.commands if dac == 0 and at > max(neg[-1], pos[-1])]
+    shutdown = [0x2000, 0xA000]  # MCP4822 outputs A and B shut down (SHDN bit low, datasheet §5.2)
+    assert len(after) <= 4 and sorted(after[-2:]) == shutdown, [hex(c) for c in after]
+    assert all(c & dac_bus.CMD_ACTIVE for c in after[:-2])
+    assert not hal.dac_busy()

@@ -303,9 +303,13 @@ class SimHal:
     def _dac_release_dead_waits(self) -> None:
         """A wait op on the pin of a channel whose stream has ended (or was halted, or never
         started) could never end and would hold every op behind it, on every channel: the HAL
-        skips it when it next looks at the bus (this call: start(), dac_play(), dac_busy()). Only
-        the waits go; the writes and marks stay in order (a ramp-down's shutdown still happens).
-        The program stuck in such a wait leaves it through SMx_INSTR (`jmp next`)."""
+        skips it when it next looks at the bus (this call: start(), dac_play(), dac_busy()). As
+        hal_rp2 does when a channel stops (``_dac_channel_off``: ``dma_chain.dac_drop_channels``, then
+        the shutdown): every queued group waiting on such a pin goes, its writes too (a stopped
+        sequence's codes for boundaries that never come must not play back to back after its last
+        pulse), the marks stay; then that channel's DAC outputs are shut down through the bus (a
+        ramp-down's dropped shutdown included). The program stuck in such a wait leaves it through
+        SMx_INSTR (`jmp next`), and the writes of that group still queued are dropped with it."""
         if self._marks_pushed >= self._marks_queued:
             self._wait_pins.clear()
             return
@@ -319,23 +323,29 @@ class SimHal:
             return
         self._wait_pins -= dead
         sm = self.dac_sm
+        head = []  # the wait op the program is in (or about to enter): its group's writes go with it
         if sm.pc in _DAC_WAIT_PCS:
             entry = sm.pc if sm.pc in _DAC_WAIT_PIN else sm.pc - 1
             if _DAC_WAIT_PIN[entry] in dead:
                 self.system.exec_instruction(sm, pio.DAC_NEXT_ENTRY)  # jmp next
+                head = [entry]
         elif sm.pc == pio.DAC_NEXT_ENTRY + 1 and _DAC_WAIT_PIN.get(sm.osr & 31) in dead and not sm.osr >> 5:
             self.system.exec_instruction(sm, pio.DAC_NEXT_ENTRY)  # its `out pc` would enter one
+            head = [sm.osr & 31]
         dma = sm.dma
         words = [w for _t, w, _last in sm.tx]
         if dma._cur is not None:
             words += dma._cur[dma._pos:]
         for block in dma._once:
             words += block
-        kept = [w for w in words if _DAC_WAIT_PIN.get(w) not in dead]
-        if len(kept) != len(words):
+        kept = dma_chain.dac_drop_channels(head + words, dead)
+        if kept != words:
             dma.abort()
             sm.tx.clear()
             dma.queue(kept)
+        for ch in range(self.channels):  # as hal_rp2._dac_channel_off: the stopped channel's DAC off
+            if board.CH_POS[ch] in dead or board.CH_NEG[ch] in dead:
+                self.dac_play(dac_bus.shutdown_ops(ch))
 
     def dac_mark_pulses(self, ch: int) -> int:
         """Pulses of ``ch`` completed at the emulated cycle at which the most recent mark was
