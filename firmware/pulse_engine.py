@@ -315,8 +315,11 @@ def build_train(params):
         t.cycle_ticks = period
     t.delay_ticks = delay
 
-    dur = ns_to_ticks(params["train_duration_ns"])
-    t.repeats = (dur + t.cycle_ticks - 1) // t.cycle_ticks if dur > 0 else 0
+    # Cycles in the requested ns, not in ticks: a duration of exactly 3 cycles of 1000003 ns is 3
+    # cycles, though its ticks (375001 over 125000 a cycle) would round up to 4.
+    dur = params["train_duration_ns"]
+    cycle_ns = params["period_ns"] * n_burst + params["interburst_ns"] if n_burst > 0 else params["period_ns"]
+    t.repeats = (dur + cycle_ns - 1) // cycle_ns if dur > 0 else 0
 
     trig = params["trigger"]
     if trig == 0:

@@ -200,7 +200,8 @@ class SequenceBuilder:
         self.pulses = params["sequence_pulses"]
         self.period_ticks = pulse_engine.ns_to_ticks(params["period_ns"])
         self.cycle_ticks = pulse_engine.ns_to_ticks(params["sequence_cycle_ns"])
-        self.duration_ticks = pulse_engine.ns_to_ticks(params["train_duration_ns"])
+        self.cycle_ns = params["sequence_cycle_ns"]
+        self.duration_ns = params["train_duration_ns"]
         self.max_ns = limits["max_duration_ns"]
         self.amp_max = params["amplitude_ua"]
         self.records = records
@@ -268,11 +269,13 @@ class SequenceBuilder:
             self.records.finish()
 
     def repeats(self):
-        """Cycles to play: 1 when played once; looped, ceil(duration / cycle) or 0 (until stopped)."""
+        """Cycles to play: 1 when played once; looped, ceil(duration / cycle) in the requested ns (as
+        pulse_engine.build_train counts a train's cycles: ticks would round 3 cycles of 2000003 ns
+        up to 4), or 0 (until stopped)."""
         if not self.cycle_ticks:
             return 1
-        d = self.duration_ticks
-        return (d + self.cycle_ticks - 1) // self.cycle_ticks if d else 0
+        d = self.duration_ns
+        return (d + self.cycle_ns - 1) // self.cycle_ns if d else 0
 
     def source(self):
         """The SequenceSource of a complete upload."""

@@ -126,16 +126,14 @@ def test_api_upload_and_run_a_sequence(tmp_path):
         assert stim.client.tx_frames == sent
 
 
-@pytest.mark.xfail(strict=True, reason="firmware counts a loop's repeats as ceil(ticks(duration) / ticks(cycle)) "
-                   "(firmware/sequence.py SequenceBuilder.repeats, like pulse_engine.build_train for trains): "
-                   "a duration of exactly 3 cycles of 2000003 ns (250000.375 ticks -> 250000) is 750001.125 -> "
-                   "750001 ticks, so it plays 4 cycles; the file asks for ceil(6000009 / 2000003) = 3")
 def test_a_duration_of_exactly_three_cycles_plays_three(tmp_path, capsys):
+    """Cycles are counted in the file's ns: ceil(6000009 / 2000003) = 3. Counted in ticks (750001 over
+    250000 a cycle, as before this fix) a fourth cycle played."""
     f = tmp_path / "rep.toml"
     cycle = LIM + 3  # the limit + 3 ns: 3 ns below its tick's ns
     f.write_text(BASE + "train_duration_ns = %d\n[sequence]\nonsets_ms = [0]\namplitudes_ma = [1]\n"
                  "loop = true\ncycle_ns = %d\n" % (3 * cycle, cycle))
-    assert cli.main(["validate", str(f)]) == 0  # the file is legal: the xfail is the cycle count only
+    assert cli.main(["validate", str(f)]) == 0  # the file is legal
     capsys.readouterr()
     rc = cli.main(["--virtual", "run", str(f), "--json"])
     out = json.loads(capsys.readouterr().out)

@@ -122,12 +122,14 @@ def test_groups_are_exact_and_safe(p):
     assert sum(pe.words_ticks(g) * c for g, c in tr.runs) == tr.cycle_ticks
     assert pe.words_ticks(tr.delay) == r["train_delay"]
     assert all(w & pp.PIN_MASK == 0 for w in tr.delay)
-    # train length: whole cycles covering the requested duration
-    dur = pe.ns_to_ticks(p["train_duration_ns"])
+    # train length: whole cycles covering the requested duration, counted in the requested ns
+    dur = p["train_duration_ns"]
+    n = p["burst_pulses"]
+    cycle_ns = n * p["period_ns"] + p["interburst_ns"] if n > 0 else p["period_ns"]
     if dur == 0:
         assert tr.repeats == 0 and r["train_duration"] == 0
     else:
-        assert (tr.repeats - 1) * tr.cycle_ticks < dur <= tr.repeats * tr.cycle_ticks
+        assert (tr.repeats - 1) * cycle_ns < dur <= tr.repeats * cycle_ns
         assert r["train_duration"] == tr.repeats * tr.cycle_ticks
 
 
@@ -400,3 +402,16 @@ def test_micropython_builds_identical_words():
         t = pe.build_train(p)
         assert json.loads(line) == json.loads(json.dumps(
             [t.delay, pe.cycle_groups(t), t.repeats, t.cycle_ticks, t.realised]))
+
+
+def test_train_duration_counts_cycles_in_the_requested_ns():
+    """A duration of exactly 3 periods of 1000003 ns plays 3 pulses: the period is 125000 ticks after
+    rounding, and counting in ticks (375001 / 125000) would play a fourth; bursts count their whole
+    cycle (n x period + interburst) the same way."""
+    p = dict(P.DEFAULTS, period_ns=1_000_003, train_duration_ns=3 * 1_000_003)
+    assert pe.build_train(p).repeats == 3
+    assert pe.build_train(dict(p, train_duration_ns=3 * 1_000_003 + 1)).repeats == 4
+    b = dict(P.DEFAULTS, period_ns=1_000_003, burst_pulses=4, interburst_ns=5_000_001)
+    cycle = 4 * 1_000_003 + 5_000_001
+    assert pe.build_train(dict(b, train_duration_ns=2 * cycle)).repeats == 2
+    assert pe.build_train(dict(b, train_duration_ns=2 * cycle + 1)).repeats == 3
