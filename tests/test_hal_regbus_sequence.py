@@ -65,8 +65,9 @@ def sim_run(trains, mask, cycles):
     return [(c - t0, p, lv) for c, p, lv in sim.system.level_changes(pins) if c >= t0], sim
 
 
-def test_sequence_edges_equal_sim_hal_and_onsets_exact(bus):
-    n = 400  # > POOL_BLOCKS: pool entries are rewritten while the DMA runs
+def start_varying(bus, n):
+    """A varying-amplitude sequence of ``n`` pulses started on channel 0 of the board HAL, its DAC
+    writer's first chunk queued as the controller does: (onsets, amplitudes, trains, hal, writer, enable cycle)."""
     onsets = onsets_for(n)
     amps = [300 + 100 * (i % 9) for i in range(n)]
     t = seq_train(onsets, amps)
@@ -75,6 +76,12 @@ def test_sequence_edges_equal_sim_hal_and_onsets_exact(bus):
     writer = pe.sequence_writer(trains, [0])
     hal.start(trains, 1, [0] * 4, pe.start_ops(trains, [0]), writer.chunk(writer.lookahead()))
     t_en = start_cycle(bus)
+    return onsets, amps, trains, hal, writer, t_en
+
+
+def test_sequence_edges_equal_sim_hal_and_onsets_exact(bus):
+    n = 400  # > POOL_BLOCKS: pool entries are rewritten while the DMA runs
+    onsets, amps, trains, hal, writer, t_en = start_varying(bus, n)
     polls = 0
     longest = 0
     end = t_en + (onsets[-1] // 8) + 2 * MS // 8
@@ -169,14 +176,7 @@ def test_stop_of_a_varying_sequence_drops_its_queued_dac_ops(bus):
     shut down: after the last pulse at most the one group whose wait came, then the two shutdown
     commands, nothing else (the virtual Pico does the same: test_sequence_dac)."""
     n = 400
-    onsets = onsets_for(n)
-    amps = [300 + 100 * (i % 9) for i in range(n)]
-    t = seq_train(onsets, amps)
-    trains = [t, None, None, None]
-    hal = bus.load_hal()
-    writer = pe.sequence_writer(trains, [0])
-    hal.start(trains, 1, [0] * 4, pe.start_ops(trains, [0]), writer.chunk(writer.lookahead()))
-    t_en = start_cycle(bus)
+    onsets, amps, trains, hal, writer, t_en = start_varying(bus, n)
     while bus.now < t_en + 20 * LIM // 8:
         bus.run_us(400)
         hal.running(0)

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sequence_ops
 from mpyrun import CONFORMANCE_PASSED, run_ops, run_ops_cpython
+from test_mpy_conformance import collect
 from firmware.limits import LIMITS
 from protocol import messages as M
 from protocol.framing import FrameDecoder
@@ -25,19 +25,6 @@ if str(FUZZ) not in sys.path:  # link_targets.FakeHal, on CPython too
     sys.path.insert(0, str(FUZZ))
 MS = 1_000_000
 LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may have (2 ms)
-
-
-def collect(strategy, n):
-    out = []
-
-    @settings(max_examples=n, database=None, deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
-    @given(strategy)
-    def _draw(x):
-        out.append(x)
-
-    _draw()
-    return out
 
 
 def check(name, requests):
