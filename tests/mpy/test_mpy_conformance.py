@@ -27,10 +27,11 @@ pytestmark = pytest.mark.mpy
 RNG_SEED = 20240607
 
 
-def check_conformance(name, requests):
-    """Run ``requests`` on both interpreters and assert identical answers; returns the answers."""
-    golden = run_ops_cpython(conformance_ops.OPS, requests)
-    got = run_ops("conformance_ops", requests)
+def check_conformance(name, requests, ops=conformance_ops, extra_path=()):
+    """Run ``requests`` through the ``ops`` module's OPS on both interpreters and assert identical
+    answers; returns the answers."""
+    golden = run_ops_cpython(ops.OPS, requests)
+    got = run_ops(ops.__name__, requests, extra_path=list(extra_path))
     mismatches = [(req, g, m) for req, g, m in zip(requests, golden, got) if g != m]
     if mismatches:
         req, g, m = mismatches[0]

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import strategies as st
 
 import sequence_ops
-from mpyrun import CONFORMANCE_PASSED, run_ops, run_ops_cpython
-from test_mpy_conformance import collect
+from test_mpy_conformance import check_conformance, collect
 from firmware.limits import LIMITS
 from protocol import messages as M
 from protocol.framing import FrameDecoder
@@ -28,15 +27,7 @@ LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may
 
 
 def check(name, requests):
-    golden = run_ops_cpython(sequence_ops.OPS, requests)
-    got = run_ops("sequence_ops", requests, extra_path=[FUZZ])
-    bad = [(r, g, m) for r, g, m in zip(requests, golden, got) if g != m]
-    if bad:
-        r, g, m = bad[0]
-        pytest.fail("%s: %d of %d differ; first:\n request %r\n CPython %r\n MicroPython %r"
-                    % (name, len(bad), len(requests), r, g, m))
-    CONFORMANCE_PASSED[name] = CONFORMANCE_PASSED.get(name, 0) + len(requests)
-    return golden
+    return check_conformance(name, requests, sequence_ops, [FUZZ])
 
 
 @st.composite
