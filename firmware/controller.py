@@ -705,6 +705,7 @@ class Controller:
             seq = self._seq[ch]
             if seq is not None and not seq.complete:  # value = pulses received, limit = N
                 _refuse(M.E_SEQUENCE_INCOMPLETE, "sequence_pulses", seq.received, seq.pulses)
+        self._refuse_beside_varying_sequence(channels)
         self._plan = None
         ops = self._ramp_ops(channels, self._waits(channels, software))  # refuses an unplayable ramp first
         self._plan = (list(channels), software, ops)
@@ -952,8 +953,23 @@ class Controller:
         # µs since boot across the tick wrap (ms on the wire: u32, wraps after 49.7 days)
         return M.encode_status(self._uptime.now_us() // 1000 & 0xFFFFFFFF, chans, counters)
 
+    def _refuse_beside_varying_sequence(self, channels):
+        """A varying sequence's DAC ops follow its pulses on the one DAC bus state machine. A START or
+        an impedance check of another channel halts that machine for its own writes (the HAL's urgent
+        path), and a pulse of the sequence ending inside the halt would make its pending wait target
+        the next pulse: every later amplitude one pulse late. So, while such a sequence is armed or
+        running, both are refused for the other channels (E_DAC_BUSY naming the sequence's channel);
+        start the channels together instead. A train of another channel ending by itself also halts
+        the machine briefly (its DAC shutdown): that cannot be refused (docs/ARCHITECTURE.md)."""
+        for ch in range(self.hal.channels):
+            b = self._seq[ch]
+            if (b is not None and b.code_min != b.code_max and ch not in channels
+                    and self.state[ch] in (M.ST_RUNNING, M.ST_ARMED)):
+                _refuse(M.E_DAC_BUSY, "channel", ch, 0)
+
     def _impedance(self, body):
         channels = self._mask(body)
+        self._refuse_beside_varying_sequence(channels)
         readings = []
         for ch in channels:
             ohm = self.hal.measure_impedance(ch)

@@ -288,11 +288,10 @@ def test_set_params_discards_the_upload_even_with_the_same_n():
 
 def test_set_params_into_or_out_of_a_sequence_is_refused_while_running():
     b, on, am = loaded(45)
-    assert b.req(M.START, b"\x01") == b""
+    b.params(1, GOOD)
+    assert b.req(M.START, b"\x03") == b""  # together: a varying sequence refuses a later START beside it
     refused(b, M.SET_PARAMS, M.encode_params(0, GOOD), M.E_BAD_STATE, "sequence_pulses", 0, M.ST_RUNNING)
     refused(b, M.SET_PARAMS, M.encode_params(0, b.ctl.params[0]), M.E_BAD_STATE, "sequence_pulses", 45)
-    b.params(1, GOOD)
-    assert b.req(M.START, b"\x02") == b""
     refused(b, M.SET_PARAMS, M.encode_params(1, seq_params(3)), M.E_BAD_STATE, "sequence_pulses", 3)
 
 
@@ -343,6 +342,31 @@ def test_a_varying_sequence_needs_the_dac_bus_to_itself():
     assert call[3] == 2 and call[4] > 0  # pulse 0's codes, then the first chunk of the per-pulse ops
     a0, b0 = E._codes(b.ctl.trains[0], E.dac_code(am[0]))
     assert b.hal.ops[:2] == E.dac_bus.update_ops(0, a0, b0)
+
+
+def test_beside_a_running_varying_sequence_other_starts_and_impedance_checks_are_refused():
+    """The HAL's urgent DAC writes (a START's first codes, an impedance check) halt the DAC bus state
+    machine: a pulse of a varying sequence ending inside the halt would shift every later amplitude by
+    one pulse (review of hal_rp2._dac_now). While one runs, other channels' START and IMPEDANCE are
+    refused, naming the sequence's channel; together with it, or once it is stopped, they are not."""
+    b, on, am = loaded(45)
+    b.params(1, GOOD)
+    assert b.req(M.START, b"\x01") == b""
+    refused(b, M.START, b"\x02", M.E_DAC_BUSY, "channel", 0, 0)
+    refused(b, M.IMPEDANCE, b"\x02", M.E_DAC_BUSY, "channel", 0, 0)
+    assert isinstance(b.req(M.IMPEDANCE, b"\x01"), (bytes, dict))  # its own channel: not refused here
+    b.req(M.STOP, b"\x01")
+    b.ctl.state[0] = M.ST_IDLE  # as poll() leaves it once the stream has ended
+    assert b.req(M.START, b"\x02") == b""
+
+
+def test_a_constant_sequence_leaves_other_channels_free():
+    b = Bench()
+    b.params(0, seq_params(3, amp=2000))
+    b.upload(0, [0, LIM, 2 * LIM], [2000, 2000, 2000])
+    b.params(1, GOOD)
+    assert b.req(M.START, b"\x01") == b""
+    assert b.req(M.START, b"\x02") == b""
 
 
 def expected_ops(train, ch, amps):
