@@ -1089,7 +1089,7 @@ class Rp2Hal:
             # behind: jump (SequenceReader.seek) to the first pulse not completed yet, instead of reading
             # every record in between (~0.16 ms each on the M0+)
             done = st.feeder.pulses_after(self._played(st, self._consumed(st), True))
-            if done > st.mon_k and hasattr(reader, "seek"):
+            if done > st.mon_k:
                 reader.seek(done)
                 st.mon_k = done
                 x = reader.next()

@@ -68,7 +68,6 @@ class SequencePlan:
         for w in pulse:
             pt += word_ticks(w)
         self.pulse_ticks = pt
-        self.q = q
         self.iv = len(pulse)  # index of the variable idle word in a standard pulse entry
         self.fixed = (q - 1) * OVERHEAD  # the shortest idle words after it
         self.cap = MAX_TICKS + self.fixed  # the most idle a standard pulse entry holds
@@ -87,7 +86,6 @@ class SequencePlan:
         self.blocks = self.chunks + [self.idle]
         self.max_ahead = POOL_BLOCKS - 2
         self.tail_ticks = OVERHEAD
-        self.repeats = self.source.repeats
 
     def words(self):
         """32-bit words in every buffer of the plan (what the HAL allocates for the DMA)."""
