@@ -6,7 +6,8 @@ SET_SEQUENCE after SET_PARAMS, in chunks of at most ``messages.SEQUENCE_CHUNK`` 
 
 Rules per pulse (the same on the host, :func:`sequence_violation`, and in the firmware,
 :class:`SequenceBuilder`; ticks are ``pulse_engine.ns_to_ticks`` of the ABSOLUTE onset, never of a
-difference, so every onset is exact to the tick):
+difference, so every onset of a cycle is exact to the tick; a loop's cycle k starts k x the cycle's
+ticks later, which is k x (its rounding, at most half a tick) off the cycle's ns):
 
 * ``onset_ns`` <= limit ``max_duration_ns``;
 * the first onset is 0 ticks or at least one PIO segment (``pulse_engine.MIN_SEGMENT_TICKS``, 40 ns):
