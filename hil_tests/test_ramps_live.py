@@ -164,6 +164,18 @@ def capture(vb, params, armed: int):
     return runner.check_trace(trace, params, 0, None)
 
 
+def stop_and_check(vb, params, file, armed: int, max_cycles=60):
+    """STOP channel 0 and emulate until its stream has ended; returns (the EVENTs received, the
+    capture's report), the invariants and the file's timing already checked on it."""
+    vb.client.stop(1)
+    settle(vb, params, max_cycles)
+    events = vb.client.events(timeout=0.2)
+    rep = capture(vb, params, armed)
+    assert_invariants(rep)
+    assert_timing(rep, file, first_onset(vb.vp.hal, armed))
+    return events, rep
+
+
 # ---------------------------------------------------------------------------------------------------
 # (a) soft start by pulses and by time, at 20 Hz, 1 kHz and 10 kHz
 RAMP_UP = {
@@ -246,12 +258,7 @@ def test_soft_stop_k_decreasing_pulses_then_dac_off(virtual_bench, case, where):
     # STOP in the idle after pulse 5 (pulse 6 still plays at full: its end is the boundary), or 10 µs
     # into pulse 6's phase 1 (its end is the boundary)
     t_stop = advance_to(vb, armed, 5.6 * period_us if where == "idle" else 6 * period_us + 10)
-    vb.client.stop(1)
-    settle(vb, params, max_cycles=k + 20)
-    events = vb.client.events(timeout=0.2)
-    rep = capture(vb, params, armed)
-    assert_invariants(rep)
-    assert_timing(rep, file, first_onset(vb.vp.hal, armed))
+    events, rep = stop_and_check(vb, params, file, armed, max_cycles=k + 20)
     amps = rep.amplitude_ua
     code1 = code_of(file["amplitude_ua"])
     f = boundary_pulse(rep, t_stop)
@@ -298,12 +305,7 @@ def test_stop_during_soft_start_stops_at_the_next_boundary(virtual_bench, case):
     armed = start(vb, params)
     t_stop = advance_to(vb, armed, (n_stop - 1 + 0.6) * period_us)  # in the idle after pulse n_stop - 1
     assert vb.vp.hal.dac_busy()  # the ramp still plays
-    vb.client.stop(1)
-    settle(vb, params, max_cycles=6)
-    events = vb.client.events(timeout=0.2)
-    rep = capture(vb, params, armed)
-    assert_invariants(rep)
-    assert_timing(rep, file, first_onset(vb.vp.hal, armed))
+    events, rep = stop_and_check(vb, params, file, armed, max_cycles=6)
     n = rep.n_pulses
     after = int((rep.pulses.start[rep.pulses.complete] > t_stop).sum())
     assert n == n_stop + after and after <= 1  # at most the one queued pulse (SPEC §5), no soft stop
@@ -365,12 +367,7 @@ def test_live_changes_apply_from_the_events_pulse(virtual_bench, case):
         t_req.append(advance_to(vb, armed, t_us))
         resp.append(vb.client.set_amplitude(0, amp))
     advance_to(vb, armed, 14.6 * period_us)
-    vb.client.stop(1)
-    settle(vb, params)
-    events = vb.client.events(timeout=0.2)
-    rep = capture(vb, params, armed)
-    assert_invariants(rep)
-    assert_timing(rep, file, first_onset(vb.vp.hal, armed))
+    events, rep = stop_and_check(vb, params, file, armed)
     amp_ev = [e for e in events if e["kind"] == "amplitude"]
     assert [e["amplitude_ua"] for e in amp_ev] == [r["amplitude_ua"] for r in resp]
     p2 = file.get("phase2_us", file["phase1_us"])
@@ -402,12 +399,7 @@ def test_refused_change_changes_nothing(virtual_bench):
         vb.client.set_amplitude(0, 2000)
     assert err.value.nack["field"] == "period_ns"
     advance_to(vb, armed, 10.5 * 100)
-    vb.client.stop(1)
-    settle(vb, params)
-    events = vb.client.events(timeout=0.2)
-    rep = capture(vb, params, armed)
-    assert_invariants(rep)
-    assert_timing(rep, file, first_onset(vb.vp.hal, armed))
+    events, rep = stop_and_check(vb, params, file, armed)
     assert not [e for e in events if e["kind"] == "amplitude"]
     assert rep.amplitude_ua == [ua(code_of(1000))] * rep.n_pulses
     assert rep.dac["commands"] == 2  # START's A and B, nothing else
@@ -448,11 +440,8 @@ def _stop_while_change_plays(vb):
     t = advance_to(vb, armed, 3.6 * 50_000)  # the idle after pulse 3: pulse 4 is queued
     vb.client.set_amplitude(0, 2000)
     assert vb.vp.hal.dac_busy()
-    vb.client.stop(1)
-    settle(vb, params, max_cycles=6)
-    events = vb.client.events(timeout=0.2)
-    rep = capture(vb, params, armed)
-    return file, armed, t, events, rep
+    events, rep = stop_and_check(vb, params, file, armed, max_cycles=6)
+    return t, events, rep
 
 
 def test_stop_while_a_live_change_plays_stops_at_once(virtual_bench):
@@ -460,9 +449,7 @@ def test_stop_while_a_live_change_plays_stops_at_once(virtual_bench):
     does not ramp down: the stream ends at its next pulse boundary. The change waits for the end of the
     queued pulse 4, after which no pulse plays: every pulse keeps the old amplitude."""
     vb = virtual_bench
-    file, armed, t, events, rep = _stop_while_change_plays(vb)
-    assert_invariants(rep)
-    assert_timing(rep, file, first_onset(vb.vp.hal, armed))
+    t, events, rep = _stop_while_change_plays(vb)  # invariants and timing checked there
     n = rep.n_pulses
     after = int((rep.pulses.start[rep.pulses.complete] > t).sum())
     assert n == 4 + after and after <= 1  # no soft stop: at most the queued pulse
@@ -476,7 +463,7 @@ def test_a_change_that_never_reaches_a_pulse_is_not_reported(virtual_bench):
     that no pulse played is not reported and leaves the parameters (controller._stop: 'a change already
     queued is reported if it reaches a pulse')."""
     vb = virtual_bench
-    _file, _armed, _t, events, rep = _stop_while_change_plays(vb)
+    _t, events, rep = _stop_while_change_plays(vb)
     for ev in (e for e in events if e["kind"] == "amplitude"):
         assert ev["from_pulse"] < rep.n_pulses, ev
         assert rep.amplitude_ua[ev["from_pulse"]] == ua(code_of(ev["amplitude_ua"]))
