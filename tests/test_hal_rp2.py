@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from rp2_fakes import load_board_hal, unload_board_hal
+from test_pulse_engine import runs  # words -> [(ticks, pins)], equal pins merged: what a capture sees
 
 from firmware import board, dac_bus
 from firmware import dma_chain as dc
@@ -27,18 +28,6 @@ MS = 1_000_000
 def params(**kw):
     """Canonical parameters: the protocol's defaults (200 µs phases, 20 Hz, 1 mA) with overrides."""
     return P.complete(kw)
-
-
-def edges(words):
-    """Words -> [(ticks, pins)] with consecutive equal pins merged: what a capture sees."""
-    out = []
-    for w in words:
-        t, p = pe.decode_word(w)
-        if out and out[-1][1] == p:
-            out[-1] = (out[-1][0] + t, p)
-        else:
-            out.append((t, p))
-    return out
 
 
 # ---- register map and control words ------------------------------------------------------------
@@ -95,7 +84,7 @@ def test_split_to_keeps_edges(n):
              pe.make_word(6_200_000, pe.IDLE)]
     out = dc.split_to(words, n)
     assert len(out) == n
-    assert edges(out) == edges(words)
+    assert runs(out) == runs(words)
     assert all(dc.word_ticks(w) >= dc.OVERHEAD for w in out)
 
 
@@ -174,7 +163,7 @@ def test_chain_plays_exactly_the_engine_stream(kw):
     expected = list(train.delay)
     for _ in range(train.repeats):
         expected += pe.cycle_words(train)
-    assert edges(m.out) == edges(expected)
+    assert runs(m.out) == runs(expected)
     total_pulses = train.repeats * train.pulses_per_cycle
     assert f.pulses_after(len(m.out) // plan.p) == total_pulses
     assert pe.decode_word(m.out[-1])[1] == pe.IDLE
@@ -184,8 +173,8 @@ def test_forever_train_keeps_going_and_ring_wraps():
     train = pe.build_train(params(period_ns=1 * MS, burst_pulses=3, interburst_ns=2 * MS))
     plan, f, m = _run(train, limit=200, ring_len=32)
     assert m.alive and m.consumed > 10 * 32
-    got = edges(m.out)
-    cyc = edges(pe.cycle_words(train) * (m.consumed // 3 + 2))
+    got = runs(m.out)
+    cyc = runs(pe.cycle_words(train) * (m.consumed // 3 + 2))
     assert got[:-1] == cyc[:len(got) - 1]
 
 
@@ -200,7 +189,7 @@ def test_stop_ends_at_the_next_group_boundary():
     while m.step():
         pass
     assert len(m.out) == 7 * plan.p  # the entries handed over before the stop, whole
-    assert edges(m.out) == edges(pe.cycle_words(train) * 7)
+    assert runs(m.out) == runs(pe.cycle_words(train) * 7)
 
 
 def test_stop_clears_the_entry_the_dma_reads_next_first():
@@ -248,8 +237,8 @@ def test_replace_switches_at_an_entry_boundary_to_the_new_cycle():
     f.replace(new_plan, m.consumed)
     while m.step():
         f.fill(m.consumed)
-    want = edges(pe.cycle_words(old) * 5 + pe.cycle_words(new) * new.repeats)
-    assert edges(m.out) == want
+    want = runs(pe.cycle_words(old) * 5 + pe.cycle_words(new) * new.repeats)
+    assert runs(m.out) == want
     assert f.pulses_after(len(m.out) // plan.p) == 5 + new.repeats
 
 

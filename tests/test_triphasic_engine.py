@@ -18,6 +18,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from test_pulse_engine import runs  # words -> [(ticks, pins)], equal pins merged: what a capture sees
+
 from firmware import board, dac_bus, limits as fw_limits
 from firmware import pio_programs as pio
 from firmware import pulse_engine as pe
@@ -40,18 +42,6 @@ def tri(**kw):
     p = dict(shape=1, phase1_ns=100_000, phase2_ns=200_000, period_ns=2_000_000, amplitude_ua=1000)
     p.update(kw)
     return P.complete(p)
-
-
-def segments(words):
-    """Merge consecutive words with the same pins: [(ticks, pins)]."""
-    out: list = []
-    for w in words:
-        ticks, pins = pe.decode_word(w)
-        if out and out[-1][1] == pins:
-            out[-1] = (out[-1][0] + ticks, pins)
-        else:
-            out.append((ticks, pins))
-    return out
 
 
 @st.composite
@@ -86,7 +76,7 @@ def test_triphasic_words_are_flank_gap_main_gap_flank_to_the_tick(p):
     if p["recovery_ns"]:
         dead = nearest(Fraction(board.DEAD_TIME_NS) / TICK_NS)
         want += [(dead, pe.IDLE), (nearest(Fraction(p["recovery_ns"]) / TICK_NS), pe.RECOVERY)]
-    assert segments(train.pulse) == want
+    assert runs(train.pulse) == want
     for w in train.pulse:
         assert not (w & pe.POS and w & pe.NEG)
     r = train.realised
@@ -132,7 +122,7 @@ def test_odd_tick_phase2_gives_two_equal_flanks_rounded_half_up():
 def test_biphasic_is_unchanged_by_the_shape_field():
     b = pe.build_train(P.complete(dict(phase1_ns=100_000, phase2_ns=200_000, period_ns=2_000_000)))
     assert b.shape == 0 and b.realised["flank"] == 0
-    assert [(t, pins) for t, pins in segments(b.pulse)] == [(12500, pe.NEG | pe.SYNC), (125, pe.SYNC),
+    assert [(t, pins) for t, pins in runs(b.pulse)] == [(12500, pe.NEG | pe.SYNC), (125, pe.SYNC),
                                                            (25000, pe.POS | pe.SYNC)]
     assert pe.boundary_wait_ops(b, 0) == [dac_bus.wait_op(board.CH_POS[0])]
     assert pe.amplitude_ops(b, 1) == [dac_bus.wait_op(board.CH_POS[1])] + dac_bus.update_ops(1, b.dac_a, b.dac_b)
