@@ -45,17 +45,37 @@ params = P.complete({"phase1_ns": 100000, "phase2_ns": 100000, "period_ns": 1000
                      "sequence_pulses": N})
 onsets = [BASE_NS + i * 1000000 + (i % 7) * 8 for i in range(N)]
 amps = [300 + 100 * (i % 9) for i in range(N)]
-where = 'flash'
-try:
-    b = sq.SequenceBuilder(params, LIMITS, sq.FileStore('/').records(0))
+def upload(records):
+    b = sq.SequenceBuilder(params, LIMITS, records)
     for k in range(0, N, 20):
         b.add(k, onsets[k:k + 20], amps[k:k + 20])
+    return b
+def drain(f):
+    # top-ups of 32 entries until the plan ends: [(us, entries written)] per fill()
+    fills = []
+    consumed = 0
+    while not f.finished:
+        consumed = min(consumed + 32, f.head)
+        h = f.head
+        t0 = time.ticks_us()
+        f.fill(consumed)
+        fills.append((td(time.ticks_us(), t0), f.head - h))
+    return fills
+def write_all(w):
+    # the sequence writer's chunks of 32 boundaries until done: total us
+    us = 0
+    while not w.done:
+        t0 = time.ticks_us()
+        w.chunk(32)
+        us += td(time.ticks_us(), t0)
+    return us
+where = 'flash'
+try:
+    b = upload(sq.FileStore('/').records(0))
 except OSError as e:
     print('no flash file:', e)
     where = 'ram'
-    b = sq.SequenceBuilder(params, LIMITS, sq.RamRecords())
-    for k in range(0, N, 20):
-        b.add(k, onsets[k:k + 20], amps[k:k + 20])
+    b = upload(sq.RamRecords())
 t = pe.build_train(params)
 t.sequence = b.source()
 gc.collect()
@@ -69,14 +89,7 @@ t0 = time.ticks_us()
 f.load(plan)
 t_load = td(time.ticks_us(), t0)
 n_load = f.head
-fills = []
-consumed = 0
-while not f.finished:
-    consumed = min(consumed + 32, f.head)
-    h = f.head
-    t0 = time.ticks_us()
-    f.fill(consumed)
-    fills.append((td(time.ticks_us(), t0), f.head - h))
+fills = drain(f)
 fill_us = sum(x[0] for x in fills)
 fill_n = sum(x[1] for x in fills)
 fill_max = max(x[0] / max(1, x[1]) for x in fills if x[1])
@@ -85,13 +98,7 @@ t0 = time.ticks_us()
 for i in range(N):
     r.next()
 t_read = td(time.ticks_us(), t0)
-w = pe.sequence_writer([t], [0])
-chunks = []
-while not w.done:
-    t0 = time.ticks_us()
-    ops = w.chunk(32)
-    chunks.append(td(time.ticks_us(), t0))
-t_write = sum(chunks)
+t_write = write_all(pe.sequence_writer([t], [0]))
 reg = pe.build_train(P.complete({"phase1_ns": 100000, "phase2_ns": 100000, "period_ns": 1000000}))
 rp = dc.Plan(reg)
 f2 = dc.Feeder(ring, 0, dc.RING_LEN, lambda blk: uctypes.addressof(blk.words))
@@ -139,22 +146,10 @@ f_read = td(time.ticks_us(), t0)
 plan = dc.plan_for(t)
 f = dc.Feeder(ring, 0, dc.RING_LEN, lambda blk: uctypes.addressof(blk.words))
 f.load(plan)
-ff = 0
-fn = 0
-consumed = 0
-while not f.finished:
-    consumed = min(consumed + 32, f.head)
-    h = f.head
-    t0 = time.ticks_us()
-    f.fill(consumed)
-    ff += td(time.ticks_us(), t0)
-    fn += f.head - h
-w = pe.sequence_writer([t], [0])
-fw = 0
-while not w.done:
-    t0 = time.ticks_us()
-    w.chunk(32)
-    fw += td(time.ticks_us(), t0)
+fills = drain(f)
+ff = sum(x[0] for x in fills)
+fn = sum(x[1] for x in fills)
+fw = write_all(pe.sequence_writer([t], [0]))
 print('SEQFAST', f_read, ff, fn, fw)
 gc.collect()
 print('SEQWHERE', where)
