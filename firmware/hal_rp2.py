@@ -697,10 +697,13 @@ class Rp2Hal:
             drop = []
             for st in chosen:
                 drop.extend(self._channel_pins(st.ch))
+            codes = {}  # read once, before any write (a sequence's pulse 0 comes from its records)
+            for st in chosen:
+                codes[st.ch] = pulse_engine.first_codes(trains[st.ch])
             if ops is None:
                 ops = []
                 for st in chosen:
-                    a, b = pulse_engine.first_codes(trains[st.ch])  # a sequence: its first pulse's
+                    a, b = codes[st.ch]
                     ops.extend(dac_bus.update_ops(st.ch, a, b))
             if not self._dac_now(ops, drop):
                 for st in chosen:
@@ -711,7 +714,7 @@ class Rp2Hal:
                 raise RuntimeError("DAC bus: the start's DAC writes were not confirmed")
             t_dac = ticks_us()  # the first codes' CS edges: the outputs settle from here
             for st in chosen:
-                st.dac_codes = pulse_engine.first_codes(trains[st.ch])
+                st.dac_codes = codes[st.ch]
             if ramp_ops:
                 self._dac_queue(ramp_ops)
         mem32[dma_chain.DMA_MULTI_CHAN_TRIGGER] = trig_bits

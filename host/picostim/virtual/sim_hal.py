@@ -228,14 +228,14 @@ class SimHal:
             self._replace_token[ch] += 1
             self._replace_pending[ch] = False
         self._dac_release_dead_waits()  # the channels just halted: their old waits can never end
+        for ch in range(self.channels):  # read once (a sequence's pulse 0 comes from its records)
+            if mask >> ch & 1:
+                self._codes[ch] = pulse_engine.first_codes(trains[ch])
         if first_ops is None:
             first_ops = []
             for ch in range(self.channels):
                 if mask >> ch & 1:
-                    first_ops += dac_bus.update_ops(ch, *pulse_engine.first_codes(trains[ch]))
-        for ch in range(self.channels):
-            if mask >> ch & 1:
-                self._codes[ch] = pulse_engine.first_codes(trains[ch])
+                    first_ops += dac_bus.update_ops(ch, *self._codes[ch])
         if chosen:
             self._dac_run_to_mark(self.dac_play(first_ops))
             self.system.run_until(self.system.now + dac_bus.SETTLE_TICKS)  # the outputs settle
