@@ -180,6 +180,17 @@ def test_parse_electrode_and_specs():
         parse_electrode("1k,c=-1u")
 
 
+@pytest.mark.parametrize("bad", ["1e999", "1k,leak=1e999", "1k,c=1e999u", "1k,compliance=1e400V"])
+def test_parse_electrode_refuses_numbers_a_float_cannot_hold(bad):
+    """A value that overflows to inf would model an open circuit nobody asked for."""
+    with pytest.raises(SpecError, match="too large"):
+        parse_electrode(bad)
+    with pytest.raises(SpecError, match="too large"):
+        parse_fault("drift:1e999@1s")
+    with pytest.raises(SpecError, match="too large"):
+        parse_fault("open@1e999s")
+
+
 # ---- the virtual Pico's phase-1 readings ---------------------------------------------------------
 def _train(**kw):
     p = P.complete(dict(dict(phase1_ns=200_000, phase2_ns=200_000, period_ns=10_000_000, amplitude_ua=1000), **kw))

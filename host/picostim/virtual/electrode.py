@@ -100,12 +100,19 @@ _SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "m": 1e-3, "u": 1e-6, "µ": 1e-
 _TIME = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 
 
+def _finite(value: float, text: str) -> float:
+    """``1e999`` matches the number pattern but is inf in a float: say so instead of modelling it."""
+    if not math.isfinite(value):
+        raise SpecError("%r is too large a number" % text)
+    return value
+
+
 def parse_ohms(text: str) -> float:
     """``1k`` -> 1000.0, ``2.2k`` -> 2200.0, ``1M`` -> 1e6, ``470ohm``, ``10kΩ``."""
     m = re.fullmatch(r"(%s)\s*([kKM]?)\s*(?:ohms?|Ω)?" % _NUM, text.strip())
     if not m:
         raise SpecError("%r is not a resistance (e.g. 470, 1k, 2.2k, 1M)" % text)
-    return float(m.group(1)) * _SCALE[m.group(2)]
+    return _finite(float(m.group(1)) * _SCALE[m.group(2)], text)
 
 
 def parse_time(text: str) -> float:
@@ -113,14 +120,14 @@ def parse_time(text: str) -> float:
     m = re.fullmatch(r"(%s)\s*(s|ms|us|µs)?" % _NUM, text.strip())
     if not m:
         raise SpecError("%r is not a time (e.g. 0.5s, 500ms, 20us)" % text)
-    return float(m.group(1)) * _TIME[m.group(2) or ""]
+    return _finite(float(m.group(1)) * _TIME[m.group(2) or ""], text)
 
 
 def _parse_value(text: str, unit: str) -> float:
     m = re.fullmatch(r"(%s)\s*([kKMmuµnp]?)%s?" % (_NUM, unit), text.strip())
     if not m:
         raise SpecError("%r is not a value in %s" % (text, unit))
-    return float(m.group(1)) * _SCALE[m.group(2)]
+    return _finite(float(m.group(1)) * _SCALE[m.group(2)], text)
 
 
 def _keys(parts: list[str], allowed: tuple[str, ...], what: str) -> dict[str, str]:
