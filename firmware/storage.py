@@ -75,8 +75,8 @@ class Store:
 
     def save(self, slot, payload):
         """Write atomically; returns the record's CRC. Raises StorageError if the flash refuses."""
+        tmp = self._name(slot, "tmp")  # first: a slot out of range is a StorageError, not a struct.error
         record = encode_record(slot, payload)
-        tmp = self._name(slot, "tmp")
         try:
             self.files.write(tmp, record)
             if self.files.read(tmp) != record:  # read back before committing: flash can lie

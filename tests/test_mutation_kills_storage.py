@@ -71,9 +71,8 @@ def test_store_refusal_messages():
     with pytest.raises(storage.Empty) as e:
         s.load(3)
     assert str(e.value) == "slot 3 is empty"
-    # (save(-1) fails earlier, in encode_record's struct.pack: not reachable, the controller's slot is a u8
-    # checked against Store.slots first)
-    for call in (lambda: s.save(storage.SLOTS, b"x"), lambda: s.load(storage.SLOTS), lambda: s.load(-1)):
+    for call in (lambda: s.save(storage.SLOTS, b"x"), lambda: s.save(-1, b"x"), lambda: s.load(storage.SLOTS),
+                 lambda: s.load(-1)):
         with pytest.raises(storage.StorageError) as e:
             call()
         assert str(e.value) == "no such slot"
