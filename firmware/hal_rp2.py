@@ -304,6 +304,7 @@ class Rp2Hal:
         self._dac_pending = 0  # marks queued and not seen yet
         self._dac_seen = 0  # marks seen since boot
         self._mark_pulses = [0] * board.CHANNELS
+        self._dac_off_words = [dac_bus.shutdown_ops(ch) for ch in range(board.CHANNELS)]
         self._dac_on_pio = False
         self._dac_attach()
 
@@ -483,6 +484,11 @@ class Rp2Hal:
             return False
         if drop_pins:
             rest = dma_chain.dac_drop_channels(rest, drop_pins)
+            for ch in range(board.CHANNELS):  # and a shutdown deferred by _dac_channel_off: it must
+                if board.CH_POS[ch] in drop_pins:  # not follow a start's codes or a test current
+                    for w in self._dac_off_words[ch]:
+                        while w in rest:
+                            rest.remove(w)
         q = list(ops)
         q.append(dac_bus.MARK_OP)
         q.extend(rest)
@@ -507,13 +513,74 @@ class Rp2Hal:
     def _channel_pins(self, ch):
         return (board.CH_POS[ch], board.CH_NEG[ch])
 
-    def _dac_channel_off(self, ch):
+    def _dac_channel_off(self, ch, defer=False):
         """Both outputs of channel ``ch``'s DAC off through the DAC bus, its queued groups dropped (its
         pins no longer move). The channel is not running. RuntimeError (the crash path then shuts
-        every DAC down by the CPU) if the bus does not confirm it."""
+        every DAC down by the CPU) if the bus does not confirm it.
+
+        ``defer`` (a stream that has ended, a disarmed channel: its SM is halted with POS/NEG low, so
+        its DAC outputs pass no current): when other ops are still queued or playing and none of them
+        waits on this channel's pins, the shutdown is queued after them (dac_play-like, its own mark)
+        instead of halting the DAC SM. A halt inside another channel's open wait op would make that
+        wait miss a pulse end that comes during the halt, and every later amplitude of that channel
+        (a varying sequence, a ramp) would land one pulse late (docs/ARCHITECTURE.md "DAC bus").
+        _dac_now drops such a deferred shutdown when the channel's DAC is written again (a start, an
+        impedance test); the crash path shuts every DAC down by the CPU whatever is queued."""
         self._ch[ch].dac_codes = None
-        if not self._dac_now(dac_bus.shutdown_ops(ch), self._channel_pins(ch)):
+        pins = self._channel_pins(ch)
+        if defer and self._dac_on_pio:
+            self._dac_service()
+            if self._dac_pending and not self._dac_waits_on(pins):
+                self._dac_soon(self._dac_off_words[ch])
+                return
+        if not self._dac_now(self._dac_off_words[ch], pins):
             raise RuntimeError("DAC bus: channel %d's shutdown was not confirmed" % ch)
+
+    def _dac_soon(self, ops):
+        """Queue ``ops`` (writes of a channel that is not running) with a mark before and after them
+        at the first group boundary after the words the DAC SM already has (its TX FIFO, at most
+        DAC_TX_DEPTH words, and the writes bound to them), without stopping the SM: only its DMA
+        is stopped (EN cleared, aborted); the words of the batch it had not moved go back to the
+        queue, after the new ops. The SM runs on throughout, so every wait op it is in or pulls
+        still sees its pin's next edges. The leading mark keeps the ops out of the group before
+        them (dma_chain.dac_drop_channels)."""
+        n = self._dbatch_n
+        left = []
+        if n and mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY:
+            self._dac_abort()
+            moved = (mem32[self._r_dd_read] - self._dbuf_addr) >> 2  # words in the FIFO or pulled
+            if 0 <= moved < n:
+                k = len(self._dwords) - (n - moved)
+                left = self._dwords[k:]
+                self._dwords = self._dwords[:k]
+                self._dbatch_n = moved
+        tail = left + self._dq[self._dqi:]
+        i = 0
+        while i < len(tail) and dma_chain.dac_is_write(tail[i]):
+            i += 1  # writes bound to a wait (or a write) already in the FIFO go first
+        q = tail[:i]
+        q.append(dac_bus.MARK_OP)
+        q.extend(ops)
+        q.append(dac_bus.MARK_OP)
+        q.extend(tail[i:])
+        self._dq = q
+        self._dqi = 0
+        self._dac_pending += 2
+        self._dac_kick()
+
+    def _dac_waits_on(self, pins):
+        """A wait op on one of ``pins`` may still be ahead of the DAC SM or running in it: in the
+        queue, among the words handed to the DMA, or at the SM's PC (one of its two waits; `out pc`
+        with a word not known: counted as one)."""
+        pc = mem32[self._r_dac_pc] & 0x1F
+        if pc == pio.DAC_NEXT_ENTRY + 1:
+            return True
+        ahead = self._dwords + self._dq[self._dqi:]
+        for p in pins:
+            w = dac_bus.wait_op(p)
+            if pc == w or pc == w + 1 or w in ahead:
+                return True
+        return False
 
     # ---- contract: DAC bus -----------------------------------------------------------------------
     def dac_play(self, ops):
@@ -645,7 +712,7 @@ class Rp2Hal:
         st.active = False
         st.waits = False
         st.retired = []
-        self._dac_channel_off(st.ch)
+        self._dac_channel_off(st.ch, True)
 
     # ---- contract: stimulation -----------------------------------------------------------------
     def start(self, trains, mask, wait_trigger, first_ops=None, ramp_ops=()):
@@ -910,7 +977,7 @@ class Rp2Hal:
         st.active = False
         st.waits = False
         st.retired = []
-        self._dac_channel_off(ch)
+        self._dac_channel_off(ch, True)
         return False
 
     def input_level(self, n):

@@ -1,0 +1,179 @@
+"""A train of another channel ending by itself while a varying sequence (or a ramp) plays on channel 0
+must not move channel 0's amplitudes (docs/ARCHITECTURE.md "Custom sequences", "DAC bus").
+
+Register-level model of the board: firmware/hal_rp2.py unmodified on npm rp2040js's DMA and PIO
+(host/picostim/virtual/regbus.py). Channel 0 plays a sequence whose amplitude changes at every pulse
+(or a soft start), its DAC ops queued and topped up as the controller does; channel 1's plain train,
+started together with it, is shorter. The poll that sees channel 1's stream end (hal.running(1): the
+DAC shutdown of channel 1) is placed while channel 0's phase 2 is high, a few tens of µs before it
+falls. Before the fix that poll halted the DAC bus state machine inside channel 0's open wait op and
+the fall came during the halt, so the resumed wait waited for the NEXT pulse end: that write and every
+later one landed one pulse late. The DAC commands are decoded from the emulated SCK/MOSI/CS pads.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_hal_regbus import US, bus, pins_of, start_cycle, train  # noqa: F401
+from test_hal_regbus_dac import decode, drive_high_intervals
+from test_hal_regbus_sequence import LIM, onsets_for, seq_train
+
+from firmware import board, dac_bus
+from firmware import pulse_engine as pe
+from picostim.virtual import regbus as rb
+
+pytestmark = pytest.mark.skipif(rb.available() is not None, reason=str(rb.available()))
+
+MS = 1_000_000
+PIO1 = rb.PIO_BASE[1]
+B_TRAIN = dict(phase1_ns=50_000, phase2_ns=50_000, period_ns=1_000_000, train_duration_ns=12 * MS,
+               amplitude_ua=1500)
+
+
+def _feed(hal, writer, lead=0):
+    if writer is not None and not writer.done and writer.emitted - hal.pulses(lead) <= writer.lookahead() // 2:
+        hal.dac_play(writer.chunk(writer.lookahead()))
+
+
+def _run(bus, hal, writer, until, step_us=400):
+    """The main loop: poll channel 0 (and top its DAC ops up) every ``step_us``; channel 1 is not
+    polled, so the test chooses when its end is seen."""
+    while bus.now < until:
+        bus.run_until(min(until, bus.now + step_us * US))
+        hal.running(0)
+        _feed(hal, writer)
+
+
+def _end_b_inside_phase2(bus, hal, writer, fall_of, k_min, before_us):
+    """Let channel 1's stream drain, then see its end (the poll that shuts its DAC down) ``before_us``
+    before the fall of channel 0's phase-2 pin that ends pulse k (the first k >= k_min far enough
+    ahead). Returns (k, cycle of the poll)."""
+    while hal._ch[1].idle_since is None:  # drained: running(1) starts its tail timer
+        _run(bus, hal, writer, bus.now + 400 * US)
+        assert hal.running(1), "channel 1 ended before its drained state was seen"
+    k = k_min
+    while fall_of(k) - before_us * US < bus.now + 3 * MS // 8:  # its last idle word's tail is over by then
+        k += 1
+    _run(bus, hal, writer, fall_of(k) - before_us * US)
+    at = bus.now
+    assert not hal.running(1), "channel 1's end was not seen by this poll"
+    return k, at
+
+
+def _check_amplitudes(edges, t_en, rises, codes, phase2_falls, b_end):
+    """Every pulse of channel 0 gets its own phase-1 code (DAC B: cathodic first), every write of
+    channel 0 after the start lands after a pulse's end and settles before the next pulse, no channel
+    0 write lands while one of its drive pins is high, and channel 1's DAC is shut down after its
+    last pulse."""
+    d = decode(edges)
+    assert all(isinstance(x[3], int) for x in d), "a cut DAC frame"
+    writes0 = [(rise, cmd) for rise, _f, ch, cmd, _s in d if ch == 0]
+    b_codes = [(rise, cmd & dac_bus.CODE_MASK) for rise, cmd in writes0 if cmd & dac_bus.CMD_B and cmd & dac_bus.CMD_ACTIVE]
+    got = []
+    for r in rises:
+        before = [c for at, c in b_codes if at < r]
+        got.append(before[-1] if before else None)
+    wrong = [(j, got[j], codes[j]) for j in range(len(rises)) if got[j] != codes[j]]
+    assert not wrong, "pulse, code played, code wanted: %r" % wrong[:8]
+    high = drive_high_intervals(edges, 0)
+    for rise, cmd in writes0:
+        assert not any(a <= rise <= b for a, b in high), "channel 0 DAC write at %d inside a pulse" % rise
+        if rise > t_en and cmd & dac_bus.CMD_ACTIVE:
+            k = max(i for i, f in enumerate(phase2_falls) if f < rise)
+            assert rise - phase2_falls[k] < dac_bus.UPDATE_TICKS + 4 * dac_bus.WRITE_TICKS
+            assert k + 1 >= len(rises) or rise + dac_bus.SETTLE_TICKS <= rises[k + 1]
+    off1 = [(rise, cmd) for rise, _f, ch, cmd, _s in d if ch == 1 and rise > b_end]
+    assert sorted(c for _r, c in off1) == [dac_bus.shutdown_command(False), dac_bus.shutdown_command(True)], off1
+    return [r for r, _c in off1]
+
+
+def _dac_sm_disables(bus, t0, t1):
+    """Cycles of the HAL's writes that disable the DAC bus state machine (PIO1 CTRL clear alias)."""
+    clr = PIO1 + rb.PIO_CTRL + rb.ALIAS_CLR
+    return [c for c, rw, a, *v in bus.trace if rw == "w" and a == clr and v[0] & 1 << board.DAC_SM and t0 < c < t1]
+
+
+@pytest.mark.parametrize("before_us", [15, 50, 62])
+def test_channel_1_ending_by_itself_leaves_a_varying_sequence_on_time(bus, before_us):
+    n = 40
+    onsets = onsets_for(n)
+    amps = [300 + 100 * (i % 9) for i in range(n)]
+    a = seq_train(onsets, amps)
+    b = train(**B_TRAIN)
+    trains = [a, b, None, None]
+    hal = bus.load_hal()
+    writer = pe.sequence_writer(trains, [0, 1])
+    assert writer is not None and writer.channels == [0]
+    hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
+    t_en = start_cycle(bus)
+    _run(bus, hal, writer, t_en + 3 * MS // 8)
+    e0 = bus.edges()
+    neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
+    r0 = [c for c, p, lv in e0 if p == neg0 and lv and c >= t_en][0]
+    f0 = [c for c, p, lv in e0 if p == pos0 and not lv and c >= t_en][0]
+    length = f0 - r0  # pulse 0's first-phase rise to its phase-2 fall
+
+    def fall_of(k):
+        return t_en + 2 + pe.ns_to_ticks(onsets[k]) + length
+
+    k, at = _end_b_inside_phase2(bus, hal, writer, fall_of, 3, before_us)
+    assert k + 3 < n, "channel 1's end came too late in the sequence to test anything"
+    _run(bus, hal, writer, t_en + pe.ns_to_ticks(onsets[-1]) + 3 * MS // 8)
+    assert not hal.running(0) and hal.pulses(0) == n
+    bus.run_us(2000)
+    edges = [e for e in bus.edges()]
+    rises = [c for c, p, lv in edges if p == neg0 and lv and c >= t_en]
+    falls = [c for c, p, lv in edges if p == pos0 and not lv and c >= t_en]
+    assert [r - t_en - 2 for r in rises] == [pe.ns_to_ticks(o) for o in onsets]
+    assert falls[k] == fall_of(k) and falls[k] - before_us * US <= at  # the window: the poll sees B's end
+    p2_rise = [c for c, p, lv in edges if p == pos0 and lv and c >= t_en][k]
+    assert p2_rise <= at < falls[k]  # ... while pulse k's phase 2 is high
+    b_drive = [c for c, p, lv in edges if p in (board.CH_POS[1], board.CH_NEG[1])]
+    assert len([1 for c, p, lv in edges if p == board.CH_NEG[1] and lv]) == 12  # channel 1's whole train
+    codes = [pe.dac_code(x) for x in amps]
+    off1 = _check_amplitudes(edges, t_en, rises, codes, falls, max(b_drive))
+    # channel 1's shutdown goes out behind the few words already in the DAC SM's FIFO (the SM is
+    # never disabled while channel 0 plays): within a few of channel 0's pulses, not its lookahead
+    assert at < min(off1) and max(off1) < falls[k + 1 + 4], (at, off1, falls[k:k + 6])
+    assert _dac_sm_disables(bus, t_en, falls[-1]) == []
+
+
+@pytest.mark.parametrize("before_us", [50, 62])
+def test_channel_1_ending_by_itself_leaves_a_ramp_on_time(bus, before_us):
+    """The same with a soft start on channel 0 (pulse_engine.RampWriter's ops, 30 ramp pulses)."""
+    a = train(phase1_ns=60_000, phase2_ns=60_000, period_ns=LIM, amplitude_ua=3000, ramp_up_pulses=30,
+              train_duration_ns=80 * MS)
+    b = train(**B_TRAIN)
+    trains = [a, b, None, None]
+    hal = bus.load_hal()
+    writer = pe.ramp_up_writer(trains, [0, 1], [0] * 4)
+    assert writer is not None and writer.channels == [0]
+    first = writer.chunk(writer.lookahead())
+    hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), first)
+    t_en = start_cycle(bus)
+    _run(bus, hal, writer, t_en + 3 * MS // 8)
+    e0 = bus.edges()
+    neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
+    r0 = [c for c, p, lv in e0 if p == neg0 and lv and c >= t_en][0]
+    f0 = [c for c, p, lv in e0 if p == pos0 and not lv and c >= t_en][0]
+
+    def fall_of(k):
+        return f0 + k * a.period_ticks
+
+    k, at = _end_b_inside_phase2(bus, hal, writer, fall_of, 3, before_us)
+    assert k + 3 < 30
+    _run(bus, hal, writer, r0 + 42 * a.period_ticks)
+    assert not hal.running(0) and hal.pulses(0) == 40
+    bus.run_us(2000)
+    edges = bus.edges()
+    rises = [c for c, p, lv in edges if p == neg0 and lv and c >= t_en]
+    falls = [c for c, p, lv in edges if p == pos0 and not lv and c >= t_en]
+    assert falls[k] == fall_of(k) and rises[0] == r0
+    p2_rise = [c for c, p, lv in edges if p == pos0 and lv and c >= t_en][k]
+    assert p2_rise <= at < falls[k]
+    codes = [pe.pulse_codes(a, j)[1] for j in range(len(rises))]  # DAC B: the cathodic phase 1
+    assert len(set(codes[:30])) > 20  # the ramp does change the code pulse by pulse
+    b_drive = [c for c, p, lv in edges if p in (board.CH_POS[1], board.CH_NEG[1])]
+    off1 = _check_amplitudes(edges, t_en, rises, codes, falls, max(b_drive))
+    assert at < min(off1) and max(off1) < falls[k + 1 + 4], (at, off1, falls[k:k + 6])
+    assert _dac_sm_disables(bus, t_en, falls[-1]) == []
