@@ -5,6 +5,7 @@ no firmware capture is involved."""
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from fractions import Fraction
 
 import pytest
@@ -461,3 +462,253 @@ def test_sequence_file_keeps_metadata_and_exact_onsets(tmp_path):
     # 1000.0005 µs is 1000000.5 ns in decimal (halves up: 1000001), 1000000.4999... as a float
     assert ps.sequence.onsets_ns == [0, 1_000_001] == paramfile.loads(text).sequence.onsets_ns
     assert ps.params == paramfile.loads(text).params
+
+
+# ----------------------------------------------------------------------------------------------
+# third batch (issue 15): the [sequence] table (SEQ-C's code after e2ecbd3). Every refusal's exact
+# message, key and value; the limit messages in the sequence's own terms (which pulse, which pair,
+# the unit of the key the user wrote, the real firmware limit); check_sequence as client.set_sequence
+# calls it (a Sequence built from lists, default keys); the Sequence methods the runner and the CLI use
+# (cycles, play_ticks, end_ns, repr, in_unit, current). Expected values come from the numbers written
+# in each test.
+
+SB = "phase1_us = 200\nelectrode_area_mm2 = 5\n"  # a sequence file's pulse: 200 µs phases, 5 mm²
+SEQ_KEYS = ", ".join(getattr(paramfile, "SEQUENCE_KEYS", ()))
+SEQ_LIM = LIMITS["min_sequence_interval_ns"]
+
+
+def _seq(seq, extra=""):
+    return paramfile.loads(SB + extra + "[sequence]\n" + seq)
+
+
+def _seq_refusal(seq, extra=""):
+    with pytest.raises(ParamFileError) as ei:
+        _seq(seq, extra)
+    e = ei.value
+    return str(e), e.key, e.value
+
+
+TWO = "onsets_ms = [0, 10]\namplitudes_ma = [1, 1]\n"
+
+
+@needs_sequence
+@pytest.mark.parametrize("seq,extra,msg,key,value", [
+    # the table itself and its keys
+    (None, "sequence = 3\n", "sequence = 3: [sequence] must be a table (onsets_ms = [...], amplitudes_ma = [...], "
+     "loop = true|false)", "sequence", 3),
+    # a value of 41 characters (repr) is cut to 40 for an unknown key
+    (TWO + "repeat = '%s'\n" % ("x" * 39), "", "sequence.repeat = '%s...: unknown key in [sequence]; allowed keys: %s"
+     % ("x" * 36, SEQ_KEYS), "repeat", "x" * 39),
+    (TWO, "frequency_hz = 20\n", "frequency_hz = 20: not allowed with [sequence]: its onsets give every pulse's time "
+     "(no pulse rate, bursts, ramps or train delay)", "frequency_hz", 20),
+    (TWO, "amplitude_ma = 1.5\n", "amplitude_ma = 1.5: not allowed with [sequence]: its amplitudes_ma (or "
+     "amplitudes_ua) give every pulse's amplitude", "amplitude_ma", 1.5),
+    ("amplitudes_ma = [1]\n", "", "onsets_ms = (missing): [sequence] needs the pulse onsets: one of onsets_ms, "
+     "onsets_us, onsets_s, onsets_ns", "onsets_ms", None),
+    ("onsets_ms = [0]\n", "", "amplitudes_ma = (missing): [sequence] needs one amplitude per onset: amplitudes_ma "
+     "or amplitudes_ua", "amplitudes_ma", None),
+    # the second of two keys for the onsets: its value cut to 40 characters
+    ("onsets_ms = [0, 10]\nonsets_us = [0, 1000, 2000, 3000, 4000, 5000, 6000, 7000]\namplitudes_ma = [1, 1]\n", "",
+     "onsets_us = [0, 1000, 2000, 3000, 4000, 5000, 600...: conflicts with onsets_ms: give the onsets only once",
+     "onsets_us", [0, 1000, 2000, 3000, 4000, 5000, 6000, 7000]),
+    # the lists
+    ("onsets_ms = 5\namplitudes_ma = [1]\n", "", "onsets_ms = 5: expected a list of onset times, e.g. onsets_ms = "
+     "[0, 10, 25]", "onsets_ms", 5),
+    ("onsets_ms = [0]\namplitudes_ma = 5\n", "", "amplitudes_ma = 5: expected a list of amplitudes, e.g. "
+     "amplitudes_ma = [0, 10, 25]", "amplitudes_ma", 5),
+    ("onsets_ms = []\namplitudes_ma = [1]\n", "", "onsets_ms = []: a sequence needs at least one pulse", "onsets_ms", []),
+    ("onsets_ms = [0, 10]\namplitudes_ma = [1]\n", "", "amplitudes_ma: 1 amplitudes for 2 onsets (onsets_ms): give "
+     "one amplitude per onset", "amplitudes_ma", 1),
+    # the numbers in them (decimal text: the value is the Decimal the file wrote)
+    ("onsets_ms = [0, 10, 9.5]\namplitudes_ma = [1, 1, 1]\n", "", "onsets_ms[2] = 9.5: is not after onsets_ms[1] = 10: "
+     "onsets must be strictly increasing", "onsets_ms[2]", Decimal("9.5")),
+    ("onsets_ms = [0, true]\namplitudes_ma = [1, 1]\n", "", "onsets_ms[1] = True: expected a number", "onsets_ms[1]",
+     True),
+    ("onsets_ms = [0, inf]\namplitudes_ma = [1, 1]\n", "", "onsets_ms[1] = Infinity: expected a finite number",
+     "onsets_ms[1]", Decimal("Infinity")),
+    ("onsets_ms = [0, -1]\namplitudes_ma = [1, 1]\n", "", "onsets_ms[1] = -1: must not be negative", "onsets_ms[1]", -1),
+    ("onsets_ms = [0, 10]\namplitudes_ma = [1, 0]\n", "", "amplitudes_ma[1] = 0: must be greater than 0",
+     "amplitudes_ma[1]", 0),
+    ("onsets_ms = [0, 10]\namplitudes_ma = [1, 0.0004]\n", "", "amplitudes_ma[1] = 0.0004: is below 1 µA: every "
+     "pulse of a sequence has a current", "amplitudes_ma[1]", Decimal("0.0004")),
+    # loop and cycle
+    (TWO + "loop = 1\n", "", "loop = 1: expected true or false", "loop", 1),
+    (TWO + "cycle_ms = 30\n", "", "cycle_ms = 30: only with loop = true (a sequence played once has no cycle)",
+     "cycle_ms", 30),
+    (TWO + "loop = true\ncycle_ms = 0\n", "", "cycle_ms = 0: must be greater than 0", "cycle_ms", 0),
+    ("onsets_ms = [0, 10, 25]\namplitudes_ma = [1, 1, 1]\nloop = true\ncycle_ms = 20\n", "",
+     "cycle_ms = 20: must be longer than the last onset (onsets_ms[2] = 25): onsets are times within the cycle",
+     "cycle_ms", 20),
+    ("onsets_ms = [5]\namplitudes_ma = [1]\nloop = true\n", "", "cycle_ms = (missing): loop = true with a single "
+     "pulse: give the loop's cycle (cycle_ms, cycle_us or cycle_s)", "cycle_ms", None),
+    (TWO, "train_duration_ms = 500\n", "train_duration_ms = 500: only with loop = true: a sequence played once ends "
+     "after its last pulse", "train_duration_ms", 500),
+])
+def test_sequence_refusal_message_key_and_value(seq, extra, msg, key, value):
+    if seq is None:
+        with pytest.raises(ParamFileError) as ei:
+            paramfile.loads(SB + extra)
+        got = (str(ei.value), ei.value.key, ei.value.value)
+    else:
+        got = _seq_refusal(seq, extra)
+    assert got == (msg, key, value)
+
+
+@needs_sequence
+@pytest.mark.parametrize("seq,limits,msg,field,value", [
+    # two equal shortest intervals: the first pair is named (played once; looped, the wrap ties too)
+    ("onsets_ms = [0, 1, 2, 10]\namplitudes_ua = [1, 1, 1, 1]\n", {},
+     "the shortest interval between two onsets, onsets_ms[0] -> [1] = 1 ms: is below the firmware minimum 2 ms",
+     "period_ns", 1_000_000),
+    ("onsets_ms = [0, 1, 5]\namplitudes_ua = [1, 1, 1]\nloop = true\ncycle_ms = 6\n", {},
+     "the shortest interval between two onsets, onsets_ms[0] -> [1] = 1 ms: is below the firmware minimum 2 ms",
+     "period_ns", 1_000_000),
+    # one pulse played once: its period is this build's least (2 ms); a device that wants more says so
+    ("onsets_ms = [7]\namplitudes_ua = [300]\n", {"min_sequence_interval_ns": 5_000_000},
+     "the shortest interval between two onsets, onsets_ms (a single pulse) = 2 ms: is below the firmware minimum 5 ms",
+     "period_ns", SEQ_LIM),
+    # the loop's cycle in the unit of its key (cycle_s here, the onsets in ms); by default the onsets' unit
+    ("onsets_ms = [0, 10]\namplitudes_ua = [1, 1]\nloop = true\ncycle_s = 90000\n", {},
+     "the loop's cycle, cycle_s = 90000 s: exceeds the firmware limit 86400 s", "sequence_cycle_ns", 90_000 * 10 ** 9),
+    ("onsets_s = [0, 50000]\namplitudes_ua = [1, 1]\nloop = true\n", {},
+     "the loop's cycle, cycle_s = 100000 s: exceeds the firmware limit 86400 s", "sequence_cycle_ns", 100_000 * 10 ** 9),
+    # beyond the wire format (amplitude_ua is 32 bits, period_ns 64): the limit shown is the firmware's
+    ("onsets_ms = [0, 10]\namplitudes_ma = [1, 10000000000]\n", {},
+     "the largest amplitude, amplitudes_ma[1] = 10000000000 mA: exceeds the firmware limit 10 mA", "amplitude_ua",
+     10 ** 13),
+    ("onsets_ms = [0, 1e400]\namplitudes_ua = [1, 1]\n", {},  # a finite decimal, however large
+     "the shortest interval between two onsets, onsets_ms[0] -> [1] = 1e+400 ms: exceeds the firmware limit "
+     "86400000 ms", "period_ns", 10 ** 406),
+    ("onsets_ms = [0, 10]\namplitudes_ma = [1, 12.5]\n", {},
+     "the largest amplitude, amplitudes_ma[1] = 12.5 mA: exceeds the firmware limit 10 mA", "amplitude_ua", 12_500),
+    # an onset beyond 24 h, to the ns in the key's unit (9 digits: 10 would show the float's noise)
+    ("onsets_s = [0, 1, 1234567.123456789]\namplitudes_ua = [1, 1, 1]\n", {},
+     "onsets_s[2] = 1234567.123456789 s: exceeds the firmware limit 86400 s", "onset_ns", 1_234_567_123_456_789),
+    ("onsets_ms = [0, 10, 20]\namplitudes_ua = [1, 1, 1]\n", {"max_sequence_pulses": 2},
+     "the number of pulses (onsets_ms) = 3: exceeds the firmware limit 2", "sequence_pulses", 3),
+])
+def test_sequence_limit_messages(seq, limits, msg, field, value):
+    e = _limit_error(_seq(seq), dict(LIMITS, **limits))
+    assert (str(e), e.key, e.value, e.violation.field) == (msg, field, value, field)
+
+
+@needs_sequence
+def test_sequence_cycle_below_the_period_names_the_period():
+    """A ParamSet built in code whose cycle (1 h) is shorter than its period (25 h, beyond the longest
+    duration): the minimum shown is the period itself, not the 24 h maximum of the field."""
+    ps = _seq("onsets_s = [0, 1800]\namplitudes_ua = [1, 1]\nloop = true\ncycle_s = 3600\n")
+    params = dict(ps.params, period_ns=25 * 3600 * 10 ** 9)
+    e = _limit_error(ParamSet(params, sequence=ps.sequence, keys=ps.keys))
+    assert str(e) == "the loop's cycle, cycle_s = 3600 s: is below the firmware minimum 90000 s"
+    assert (e.key, e.value, e.violation.limit) == ("sequence_cycle_ns", 3600 * 10 ** 9, 25 * 3600 * 10 ** 9)
+
+
+@needs_sequence
+def test_sequence_keys_record_what_the_user_wrote():
+    once = _seq("onsets_us = [0, 10000]\namplitudes_ma = [1, 2]\n")
+    assert once.keys == {"phase1_ns": "phase1_us", "electrode_area_um2": "electrode_area_mm2", "period_ns": "onsets_us",
+                         "amplitude_ua": "amplitudes_ma", "sequence_pulses": "onsets_us"}
+    assert once.sequence.keys == {"onsets": "onsets_us", "amplitudes": "amplitudes_ma", "cycle": "cycle_us"}
+    loop = _seq("onsets_us = [0, 10000]\namplitudes_ua = [1, 2]\nloop = true\ncycle_ms = 30\n")
+    assert loop.keys["sequence_cycle_ns"] == "cycle_ms" and loop.keys["sequence_pulses"] == "onsets_us"
+    assert loop.sequence.keys == {"onsets": "onsets_us", "amplitudes": "amplitudes_ua", "cycle": "cycle_ms"}
+    default = _seq("onsets_us = [0, 10000]\namplitudes_ua = [1, 2]\nloop = true\n")  # cycle from the onsets
+    assert default.keys["sequence_cycle_ns"] == "onsets_us" and default.sequence.keys["cycle"] == "cycle_us"
+
+
+@needs_sequence
+def test_single_pulse_period_is_the_least_this_build_accepts():
+    """One pulse played once has no interval: its period is the largest of the sequence minimum (a
+    short pulse) and twice the pulse plus the DAC update idle (a long one: the duty limit is 50 %)."""
+    short = _seq("onsets_ms = [7]\namplitudes_ua = [300]\n")
+    assert short.params["period_ns"] == SEQ_LIM
+    long = paramfile.loads("phase1_ms = 5\ninterphase_us = 50\nelectrode_area_mm2 = 5\n[sequence]\n"
+                           "onsets_ms = [7]\namplitudes_ua = [100]\n")
+    length = 5_000_000 + 50_000 + 5_000_000  # phase 1, interphase, phase 2 (= phase 1), no recovery
+    assert long.params["period_ns"] == 2 * length + LIMITS["min_update_idle_ns"]
+    assert paramfile.check(long, LIMITS) is long.params  # duty (10 ms of 20.108 ms) just below 50 %
+
+
+@needs_sequence
+def test_sequence_numbers_from_a_dict():
+    """from_dict (the API's form): floats at their exact value (finite checked without Decimal's
+    is_finite), a signalling NaN refused as not finite, a huge Decimal is finite."""
+    d = {"phase1_us": 200, "electrode_area_mm2": 5, "sequence": {"onsets_ms": [0, 2.5], "amplitudes_ua": [1, 2]}}
+    assert paramfile.from_dict(d).sequence.onsets_ns == [0, 2_500_000]
+    for bad, shown in ((math.inf, "inf"), (Decimal("sNaN"), "sNaN")):
+        d["sequence"]["onsets_ms"] = [0, bad]
+        with pytest.raises(ParamFileError) as ei:
+            paramfile.from_dict(d)
+        assert (str(ei.value), ei.value.key) == ("onsets_ms[1] = %s: expected a finite number" % shown, "onsets_ms[1]")
+    d["sequence"]["onsets_ms"] = [0, Decimal("1e400")]  # beyond float range, still a number
+    assert paramfile.from_dict(d).sequence.onsets_ns == [0, 10 ** 406]
+
+
+@needs_sequence
+def test_sequence_cycles_play_ticks_end_and_repr():
+    extra = "interphase_us = 50\n"  # a 450 µs pulse: 200 + 50 + 200
+    once = _seq("onsets_ms = [0, 10, 25]\namplitudes_ua = [1, 2, 3]\n", extra)
+    s, p = once.sequence, once.params
+    assert s.cycles(p) == 1 and repr(s) == "Sequence(3 pulses, once)"
+    assert s.play_ticks(3) == [0, 1_250_000, 3_125_000]  # played once whatever the cycles asked
+    assert s.end_ns(p) == 25_450_000 and s.end_ns(p, cycles=3) == 25_450_000
+    loop = _seq("onsets_ms = [0, 10]\namplitudes_ua = [1, 2]\nloop = true\n", extra + "train_duration_ms = 50\n")
+    s, p = loop.sequence, loop.params
+    assert repr(s) == "Sequence(2 pulses, loop 20000000 ns)"
+    assert s.cycles(p) == 3  # ceil(50 / 20)
+    assert s.end_ns(p) == 2 * 20_000_000 + 10_000_000 + 450_000
+    assert s.end_ns(p, cycles=1) == 10_450_000 and s.end_ns(p, cycles=0) is None
+    assert s.cycles({}) == 0  # no duration: until stopped
+    endless = _seq("onsets_ms = [0, 10]\namplitudes_ua = [1, 2]\nloop = true\n", extra)
+    assert endless.sequence.cycles(endless.params) == 0 and endless.sequence.end_ns(endless.params) is None
+
+
+@needs_sequence
+def test_sequence_built_from_lists():
+    """A Sequence as client.set_sequence builds it (onsets, amplitudes, loop, cycle; default keys)."""
+    s = paramfile.Sequence([0, 5_000_000], [10, 2500])
+    assert (s.loop, s.cycle_ns, s.keys) == (False, 0, {"onsets": "onsets_ns", "amplitudes": "amplitudes_ua",
+                                                        "cycle": "cycle_ns"})
+    assert repr(s) == "Sequence(2 pulses, once)"
+    assert paramfile.Sequence([0], [1], loop=False, cycle_ns=7).cycle_ns == 0  # played once: no cycle
+    assert repr(paramfile.Sequence([0], [1], loop=True)) == "Sequence(1 pulses, loop 0 ns)"
+    assert s.in_unit(20_000_000, "cycle") == "20000000 ns" and s.current(2500) == "2500 µA"
+    odd = paramfile.Sequence([0], [1], keys={"onsets": "times", "amplitudes": "amps", "cycle": "period"})
+    assert odd.in_unit(1500) == "1500 ns" and odd.current(2500) == "2500 µA"  # keys without a unit: ns, µA
+
+
+def _seq_check_error(onsets_ns, amplitudes_ua):
+    """check_sequence as client.set_sequence calls it: a Sequence built from the lists (default keys),
+    the canonical parameters of a 2-pulse file (10 ms apart, at most 200 µA)."""
+    params = _seq("onsets_ms = [0, 10]\namplitudes_ua = [100, 200]\n").params
+    assert paramfile.check_sequence(params, paramfile.Sequence([0, 10_000_000], [100, 200]), LIMITS) is params
+    with pytest.raises(ParamLimitError) as ei:
+        paramfile.check_sequence(params, paramfile.Sequence(onsets_ns, amplitudes_ua), LIMITS)
+    return ei.value
+
+
+@needs_sequence
+@pytest.mark.parametrize("onsets,amps,msg,field,value", [
+    ([0, 10_000_000], [100, 300], "amplitudes_ua[1] = 300 µA: exceeds the firmware limit 200 µA",
+     "sequence_amplitude_ua", 300),
+    ([0, 10_000_000], [300, 300], "amplitudes_ua[0] = 300 µA: exceeds the firmware limit 200 µA",  # the first
+     "sequence_amplitude_ua", 300),
+    ([0, 10_000_000], [0, 100], "amplitudes_ua[0] = 0 µA: is below the firmware limit 1 µA", "sequence_amplitude_ua", 0),
+    ([0, 1_000_000], [100, 100], "onsets_ns[1] = 1000000 ns: is below the firmware limit 10000000 ns", "onset_ns",
+     1_000_000),
+    # not the parameters' number of pulses: said as a pulse count
+    ([0, 10_000_000, 20_000_000], [1, 1, 1], "sequence pulses = 3 pulses: exceeds the firmware limit 2 pulses (from "
+     "[sequence])", "sequence_pulses", 3),
+    ([0], [1], "sequence pulses = 1 pulses: is below the firmware limit 2 pulses (from [sequence])", "sequence_pulses", 1),
+])
+def test_check_sequence_names_the_pulse(onsets, amps, msg, field, value):
+    e = _seq_check_error(onsets, amps)
+    assert (str(e), e.key, e.value, e.violation.field) == (msg, field, value, field)
+
+
+@needs_sequence
+def test_check_sequence_fewer_amplitudes_than_onsets():
+    """Refused on the amplitudes (not a pulse of them: the count 1 is not one of the amplitudes)."""
+    e = _seq_check_error([0, 10_000_000], [100])
+    assert (e.key, e.value) == ("sequence_amplitude_ua", 1)
+    assert str(e).startswith("amplitudes_ua") and not str(e).startswith("amplitudes_ua[")
