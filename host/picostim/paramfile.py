@@ -880,13 +880,17 @@ def check_sequence(params, seq, limits):
     if v is None:
         return params
     why = "is below the firmware limit" if v.relation == ">=" else "exceeds the firmware limit"
-    if v.field == "sequence_amplitude_ua":
-        i = seq.amplitudes_ua.index(v.value) if v.value in seq.amplitudes_ua else None
-        where = "%s[%d]" % (seq.keys["amplitudes"], i) if i is not None else seq.keys["amplitudes"]
+    if v.field == "sequence_amplitude_ua" and len(seq.amplitudes_ua) != len(seq.onsets_ns):  # a Sequence from code
+        msg = "%s: %d amplitudes for %d onsets (%s): give one amplitude per onset" % (
+            seq.keys["amplitudes"], len(seq.amplitudes_ua), len(seq.onsets_ns), seq.keys["onsets"])
+    elif v.relation == "integer" and v.field in ("sequence_amplitude_ua", "onset_ns"):  # e.g. a float from code
+        values, key = (seq.amplitudes_ua, "amplitudes") if v.field == "sequence_amplitude_ua" else (seq.onsets_ns, "onsets")
+        msg = "%s[%d] = %s: is not a non-negative integer" % (seq.keys[key], values.index(v.value), _seq_show(v.value))
+    elif v.field == "sequence_amplitude_ua":  # the value is the pulse's own
+        where = "%s[%d]" % (seq.keys["amplitudes"], seq.amplitudes_ua.index(v.value))
         msg = "%s = %s: %s %s" % (where, seq.current(v.value), why, seq.current(v.limit))
     elif v.field == "onset_ns":
-        i = seq.onsets_ns.index(v.value) if v.value in seq.onsets_ns else None
-        where = "%s[%d]" % (seq.keys["onsets"], i) if i is not None else seq.keys["onsets"]
+        where = "%s[%d]" % (seq.keys["onsets"], seq.onsets_ns.index(v.value))
         msg = "%s = %s: %s %s" % (where, seq.in_unit(v.value), why, seq.in_unit(v.limit))
     else:
         msg = describe_violation(v.field, v.value, v.limit, v.relation) + " (from [sequence])"
