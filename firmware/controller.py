@@ -959,8 +959,8 @@ class Controller:
         path), and a pulse of the sequence ending inside the halt would make its pending wait target
         the next pulse: every later amplitude one pulse late. So, while such a sequence is armed or
         running, both are refused for the other channels (E_DAC_BUSY naming the sequence's channel);
-        start the channels together instead. A train of another channel ending by itself also halts
-        the machine briefly (its DAC shutdown): that cannot be refused (docs/ARCHITECTURE.md)."""
+        start the channels together instead. A train of another channel ending by itself cannot be
+        refused: the board HAL queues that channel's DAC shutdown without a halt (docs/ARCHITECTURE.md)."""
         for ch in range(self.hal.channels):
             b = self._seq[ch]
             if (b is not None and b.code_min != b.code_max and ch not in channels

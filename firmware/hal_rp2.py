@@ -299,7 +299,10 @@ class Rp2Hal:
         self._dqi = 0
         self._dbatch_n = 0  # words of the batch in self._dbuf handed to the DMA
         # the words handed to the DMA that may not have been pulled yet: the batch, after the last
-        # FIFO-depth words of the batches before it (they may still sit in the TX FIFO)
+        # FIFO-depth + 2 words of the batches before it (they may still sit in the TX FIFO; the two
+        # before them: the word the SM runs and the one before it, which dac_resume_ops needs; with
+        # only the FIFO-deep tail, a wait op the SM ran behind a full FIFO, e.g. among bare waits,
+        # was unknown and _dac_halt found no safe point until that wait ended)
         self._dwords = []
         self._dac_pending = 0  # marks queued and not seen yet
         self._dac_seen = 0  # marks seen since boot
@@ -371,7 +374,7 @@ class Rp2Hal:
             return
         n = dma_chain.dac_batch_len(q, i, _DAC_BUF_WORDS)
         buf = self._dbuf
-        words = self._dwords[-dma_chain.DAC_TX_DEPTH:]
+        words = self._dwords[-dma_chain.DAC_TX_DEPTH - 2:]
         for k in range(n):
             buf[k] = q[i + k]
             words.append(q[i + k])

@@ -9,6 +9,13 @@ DAC shutdown of channel 1) is placed while channel 0's phase 2 is high, a few te
 falls. Before the fix that poll halted the DAC bus state machine inside channel 0's open wait op and
 the fall came during the halt, so the resumed wait waited for the NEXT pulse end: that write and every
 later one landed one pulse late. The DAC commands are decoded from the emulated SCK/MOSI/CS pads.
+
+Where the window is: under the model's CPU costs (regbus.COSTS_US) the old HAL disabled the DAC SM
+about 35 µs after that poll began and re-enabled it about 34 µs later, so a poll 50 or 62 µs before
+the fall (``before_us``) put the fall inside the halt (both fail on ed87132 with every amplitude from
+the next pulse on one pulse late); 15 µs is too late for the halt to contain the fall (it passed there
+on amplitudes). Every case also checks that the DAC SM is never disabled while channel 0 plays and
+that channel 1's shutdown goes out within a few of channel 0's pulses.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from test_hal_regbus import US, bus, pins_of, start_cycle, train  # noqa: F401
 from test_hal_regbus_dac import decode, drive_high_intervals
 from test_hal_regbus_sequence import LIM, onsets_for, seq_train
 
-from firmware import board, dac_bus
+from firmware import board, dac_bus, impedance
 from firmware import pulse_engine as pe
 from picostim.virtual import regbus as rb
 
@@ -177,3 +184,64 @@ def test_channel_1_ending_by_itself_leaves_a_ramp_on_time(bus, before_us):
     off1 = _check_amplitudes(edges, t_en, rises, codes, falls, max(b_drive))
     assert at < min(off1) and max(off1) < falls[k + 1 + 4], (at, off1, falls[k:k + 6])
     assert _dac_sm_disables(bus, t_en, falls[-1]) == []
+
+
+@pytest.mark.parametrize("then", ["start", "impedance"])
+def test_a_deferred_shutdown_is_dropped_when_the_channel_is_written_again(bus, then):
+    """Channel 1 ends while channel 0's ramp keeps the DAC bus busy: its shutdown is queued behind the
+    words already in the DAC SM's FIFO. A start (or an impedance test) of channel 1 that comes before
+    that shutdown has gone out writes its own codes ahead of the queue; the stale shutdown must not
+    follow them (channel 1 would then run, or take its test pulse, with its DAC outputs off)."""
+    a = train(phase1_ns=60_000, phase2_ns=60_000, period_ns=LIM, amplitude_ua=3000, ramp_up_pulses=60,
+              train_duration_ns=200 * MS)
+    b = train(**B_TRAIN)
+    trains = [a, b, None, None]
+    hal = bus.load_hal()
+    writer = pe.ramp_up_writer(trains, [0, 1], [0] * 4)
+    hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
+    t_en = start_cycle(bus)
+    _run(bus, hal, writer, t_en + 3 * MS // 8)
+    e0 = bus.edges()
+    f0 = [c for c, p, lv in e0 if p == board.CH_POS[0] and not lv and c >= t_en][0]
+
+    def fall_of(k):
+        return f0 + k * a.period_ticks
+
+    # the poll that sees channel 1's end comes 20 µs after a pulse end of channel 0: its writes are
+    # out, the next wait is in the SM, so the deferred shutdown waits for channel 0's next pulse end
+    k, at = _end_b_inside_phase2(bus, hal, writer, fall_of, 3, -20)
+    assert hal.dac_busy()
+    b2 = train(**dict(B_TRAIN, amplitude_ua=2500))
+    if then == "start":
+        hal.start([a, b2, None, None], 0b10, [0] * 4)
+        t1 = start_cycle(bus)
+        assert t1 < fall_of(k + 1)  # before channel 0's next pulse end: the shutdown had not gone out
+        _run(bus, hal, writer, t1 + 13 * MS // 8)
+        for _ in range(20):
+            _run(bus, hal, writer, bus.now + 400 * US)
+            if not hal.running(1):
+                break
+        assert not hal.running(1)
+        edges = bus.edges()
+        b_pulses = [c for c, p, lv in edges if p == board.CH_NEG[1] and lv and c > t1]
+        assert len(b_pulses) == 12
+        cmds1 = [(rise, cmd) for rise, _f, ch, cmd, _s in decode(edges) if ch == 1 and at < rise]
+        before = [cmd for rise, cmd in cmds1 if rise < b_pulses[0]]
+        assert before == [dac_bus.command(False, b2.dac_a), dac_bus.command(True, b2.dac_b)], [hex(c) for c in before]
+        during = [cmd for rise, cmd in cmds1 if b_pulses[0] <= rise < b_pulses[-1]]
+        assert during == []  # no stale shutdown under channel 1's new train
+    else:
+        hal.measure_impedance(1)
+        t_test = bus.now
+        assert t_test < fall_of(k + 1)
+        bus.run_us(3000)
+        edges = bus.edges()
+        test_high = [(r, f) for r, f in drive_high_intervals(edges, 1) if r > at]
+        assert len(test_high) == 2  # the test pulse: cathodic, then anodic
+        cmds1 = [(rise, cmd) for rise, _f, ch, cmd, _s in decode(edges) if ch == 1 and at < rise]
+        code = pe.dac_code(impedance.TEST_CURRENT_UA)
+        test = [dac_bus.command(False, code), dac_bus.command(True, code)]
+        assert [cmd for rise, cmd in cmds1 if rise < test_high[0][0]] == test, [hex(c) for _r, c in cmds1]
+        assert [cmd for rise, cmd in cmds1 if test_high[0][0] <= rise <= test_high[-1][1]] == []
+        after = [cmd for rise, cmd in cmds1 if rise > test_high[-1][1]]
+        assert sorted(after) == [dac_bus.shutdown_command(False), dac_bus.shutdown_command(True)]
