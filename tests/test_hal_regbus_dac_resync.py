@@ -245,3 +245,49 @@ def test_a_deferred_shutdown_is_dropped_when_the_channel_is_written_again(bus, t
         assert [cmd for rise, cmd in cmds1 if test_high[0][0] <= rise <= test_high[-1][1]] == []
         after = [cmd for rise, cmd in cmds1 if rise > test_high[-1][1]]
         assert sorted(after) == [dac_bus.shutdown_command(False), dac_bus.shutdown_command(True)]
+
+
+def test_a_start_beside_a_group_ramp_finds_a_safe_point_at_a_batch_boundary(bus):
+    """Channels 0 and 2 ramp together (one wait, then the writes of both: 5 words a pulse, several
+    DMA batches). Right after the HAL hands the DAC DMA a new batch, the DAC SM sits in the wait of
+    the previous batch's last group with that group's 4 writes filling its TX FIFO. A start of
+    channel 1 then (its first codes go ahead of the queue: _dac_now halts the SM at a safe point) must
+    find that wait as its safe point: with only the FIFO-deep tail of the previous batch kept, the
+    HAL did not know the word the SM ran, found no safe point until the pulse ended (2 ms away) and
+    refused the start's writes as unconfirmed (RuntimeError: the crash path)."""
+    kw = dict(phase1_ns=60_000, phase2_ns=60_000, period_ns=LIM, amplitude_ua=3000, ramp_up_pulses=80,
+              train_duration_ns=200 * MS)
+    a, c = train(**kw), train(**dict(kw, amplitude_ua=2000))
+    trains = [a, None, c, None]
+    hal = bus.load_hal()
+    writer = pe.ramp_up_writer(trains, [0, 2], [0] * 4)
+    assert writer.channels == [0, 2]
+    hal.start(trains, 0b101, [0] * 4, pe.start_ops(trains, [0, 2]), writer.chunk(writer.lookahead()))
+    t_en = start_cycle(bus)
+    kicked = None
+    batch = hal._dwords  # (a new list for every batch handed to the DMA)
+    wait = dac_bus.wait_op(pe.phase2_pin(a, 0))
+    while bus.now < t_en + 120 * MS // 8:
+        _run(bus, hal, writer, bus.now + 400 * US)
+        if hal._dwords is not batch:  # a new batch was handed to the DMA in this poll
+            if bus.peek_sm(board.DAC_SM, 1)["pc"] in (wait, wait + 1):
+                kicked = bus.now
+                break
+        batch = hal._dwords
+    assert kicked is not None, "no batch boundary with the SM in a wait"
+    b = train(**B_TRAIN)
+    hal.start([a, b, c, None], 0b10, [0] * 4)  # raised RuntimeError with the FIFO-deep tail
+    t1 = start_cycle(bus)
+    assert t1 - kicked < 1 * MS // 8  # the halt found its safe point at once, not at the pulse end
+    _run(bus, hal, writer, t1 + 4 * MS // 8)
+    edges = bus.edges()
+    d = decode(edges)
+    assert all(isinstance(x[3], int) for x in d)
+    b_first = [c1 for c1, p, lv in edges if p == board.CH_NEG[1] and lv and c1 > t1][0]
+    before = [cmd for rise, _f, ch, cmd, _s in d if ch == 1 and rise < b_first]
+    assert before[-2:] == [dac_bus.command(False, b.dac_a), dac_bus.command(True, b.dac_b)]
+    for ch in (0, 2):  # no DAC write of a ramping channel inside one of its pulses
+        high = drive_high_intervals(edges, ch)
+        for rise, _f, ch2, _cmd, _s in d:
+            if ch2 == ch:
+                assert not any(lo <= rise <= hi for lo, hi in high)
