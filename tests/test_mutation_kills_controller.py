@@ -1142,3 +1142,135 @@ def test_boot_and_crash_events_are_on_channel_0_and_stay_first_in_the_log():
     assert len(log) == M.EVENT_LOG_LEN
     assert [seq for seq, _ in log[:2]] == [1, 2]
     assert [seq for seq, _ in log[2:]] == list(range(42 - (M.EVENT_LOG_LEN - 2) + 1, 43))
+
+
+# ---- custom sequences: every refusal names its channel, value and limit (issue 15, new since the
+# first run) ----------------------------------------------------------------------------------------
+
+def _seq_params(n, amp=2000, **kw):
+    from firmware.limits import LIMITS
+
+    return P.complete(dict({"sequence_pulses": n, "period_ns": LIMITS["min_sequence_interval_ns"],
+                            "amplitude_ua": amp, "sequence_cycle_ns": 0}, **kw))
+
+
+def _onsets(n):
+    from firmware.limits import LIMITS
+
+    return [i * LIMITS["min_sequence_interval_ns"] for i in range(n)]
+
+
+def _sequence(r, ch, amps, **kw):
+    """Parameters in sequence mode on ``ch`` and its pulses uploaded (one chunk)."""
+    assert r.ask(M.SET_PARAMS, M.encode_params(ch, _seq_params(len(amps), **kw)))[0] == M.SET_PARAMS | M.RESPONSE
+    kind, body = r.ask(M.SET_SEQUENCE, M.encode_set_sequence(ch, 0, _onsets(len(amps)), amps))
+    assert kind == M.SET_SEQUENCE | M.RESPONSE, body
+    assert M.decode_sequence_response(body) == {"channel": ch, "received": len(amps), "complete": 1}
+
+
+def test_two_varying_sequences_refused_naming_the_second_and_the_first():
+    r = Rig(configure=())
+    _sequence(r, 1, [100, 200, 300])
+    _sequence(r, 2, [300, 200, 100])
+    kind, body = r.ask(M.START, bytes((0b110,)))
+    assert kind == M.NACK and (body["code"], body["field"], body["value"], body["limit"], body["relation"]) == (
+        M.E_RAMP_TIMING, "sequence_pulses", 2, 1, "<="), body
+    assert r.started() == [] and r.ctl.state[1:3] == [M.ST_IDLE, M.ST_IDLE]
+
+
+def test_a_varying_sequence_refused_while_the_dac_bus_is_busy_names_its_channel():
+    r = Rig(configure=())
+    _sequence(r, 2, [100, 200, 300])
+    r.hal.busy = True
+    nack(r.ask(M.START, bytes((0b100,))), M.E_DAC_BUSY, value=2, limit=0)
+    assert r.started() == [] and r.ctl.state[2] == M.ST_IDLE
+    r.hal.busy = False
+    assert r.ask(M.START, bytes((0b100,)))[0] == M.START | M.RESPONSE
+
+
+def test_without_a_dac_bus_a_sequence_off_the_trains_amplitude_names_that_amplitude():
+    class NoDac(ZHal):
+        dac_busy = None
+
+    r = Rig.__new__(Rig)
+    r.hal, r.out, r.seq = NoDac(), [], 0
+    r.ctl = Controller(r.hal, r.out.append)
+    _sequence(r, 1, [1000, 500, 1000], amp=1000)
+    nack(r.ask(M.START, bytes((0b10,))), M.E_OUT_OF_RANGE, field="sequence_amplitude_ua", value=1000, limit=0)
+    assert r.started() == []
+
+
+def test_set_amplitude_and_save_of_a_sequence_channel_name_its_pulses_limit_0():
+    r = Rig(configure=(), storage=_store())
+    _sequence(r, 3, [100, 200, 300, 400])
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(3, 500)), M.E_BAD_STATE, field="sequence_pulses",
+         value=4, limit=0)
+    nack(r.ask(M.SAVE, bytes((3, 1))), M.E_BAD_STATE, field="sequence_pulses", value=4, limit=0)
+
+
+@pytest.mark.parametrize("n,k", [(0, 1), (2, 1), (22, 1), (30, 2), (40, 3), (14, 1), (16, 1), (250, 20)])
+def test_set_sequence_bad_length_names_the_nearest_good_length(n, k):
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, _seq_params(3)))[0] == M.SET_PARAMS | M.RESPONSE
+    nack(r.ask(M.SET_SEQUENCE, bytes(n)), M.E_BAD_LENGTH, field="body", value=n,
+         limit=M.SEQUENCE_HEAD_SIZE + k * M.SEQUENCE_PULSE_SIZE)
+
+
+def test_set_sequence_state_refusals_name_the_channel():
+    r = Rig(configure=())
+    body = M.encode_set_sequence(2, 0, _onsets(3), [1, 2, 3])
+    nack(r.ask(M.SET_SEQUENCE, body), M.E_NOT_CONFIGURED, value=2, limit=0)
+    assert r.ask(M.SET_PARAMS, M.encode_params(2, _seq_params(3)))[0] == M.SET_PARAMS | M.RESPONSE
+    r.hal._running[2] = True  # idle, but its last stream still drains
+    nack(r.ask(M.SET_SEQUENCE, body), M.E_BAD_STATE, value=2, limit=M.ST_IDLE)
+    r.hal._running[2] = False
+    _sequence(r, 3, [5, 5, 5])
+    assert r.ask(M.START, bytes((0b1000,)))[0] == M.START | M.RESPONSE
+    r.hal._running[3] = False  # ended, not yet seen by poll(): still running for the controller
+    nack(r.ask(M.SET_SEQUENCE, M.encode_set_sequence(3, 0, _onsets(3), [1, 2, 3])), M.E_BAD_STATE, value=3,
+         limit=M.ST_RUNNING)
+    kind, body = r.ask(M.SET_SEQUENCE, body)
+    assert kind == M.SET_SEQUENCE | M.RESPONSE and M.decode_sequence_response(body)["received"] == 3
+
+
+def test_a_failed_sequence_write_names_the_channel_and_the_pulses_kept():
+    from firmware import sequence as S
+
+    class Failing:
+        stalls = False
+
+        def __init__(self):
+            self.rec = S.RamRecords()
+
+            def write_at(offset, data):
+                raise OSError(28, "no space")
+
+            self.rec.write_at = write_at
+
+        def records(self, ch):
+            return self.rec
+
+    r = Rig.__new__(Rig)
+    r.hal, r.out, r.seq = ZHal(), [], 0
+    r.ctl = Controller(r.hal, r.out.append, sequences=Failing())
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, _seq_params(3)))[0] == M.SET_PARAMS | M.RESPONSE
+    nack(r.ask(M.SET_SEQUENCE, M.encode_set_sequence(1, 0, _onsets(3), [1, 2, 3])), M.E_STORAGE, value=1, limit=0)
+
+
+def test_a_sequence_directory_keeps_the_records_in_files_and_waits_for_every_channel(tmp_path):
+    from firmware import sequence as S
+
+    r = Rig.__new__(Rig)
+    r.hal, r.out, r.seq = ZHal(), [], 0
+    r.ctl = Controller(r.hal, r.out.append, sequences=str(tmp_path / "seqs"))
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, GOOD))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, _seq_params(3)))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    body = M.encode_set_sequence(1, 0, _onsets(3), [1, 2, 3])
+    nack(r.ask(M.SET_SEQUENCE, body), M.E_BAD_STATE, value=0, limit=M.ST_RUNNING)  # a flash write stalls
+    assert not (tmp_path / "seqs").exists()
+    r.ask(M.STOP, bytes((1,)))
+    r.hal._running[0] = False
+    r.ctl.poll()
+    assert r.ask(M.SET_SEQUENCE, body)[0] == M.SET_SEQUENCE | M.RESPONSE
+    assert (tmp_path / "seqs" / "seq1.bin").stat().st_size == 3 * S.RECORD_SIZE
