@@ -37,8 +37,8 @@ class ZHal(FakeHal):
 
 
 class Rig:
-    def __init__(self, configure=(0,), storage=None):
-        self.hal = ZHal()
+    def __init__(self, configure=(0,), storage=None, hal=None):
+        self.hal = ZHal() if hal is None else hal
         self.out = []
         self.ctl = Controller(self.hal, self.out.append, storage=storage)
         self.seq = 0
@@ -1274,3 +1274,225 @@ def test_a_sequence_directory_keeps_the_records_in_files_and_waits_for_every_cha
     r.ctl.poll()
     assert r.ask(M.SET_SEQUENCE, body)[0] == M.SET_SEQUENCE | M.RESPONSE
     assert (tmp_path / "seqs" / "seq1.bin").stat().st_size == 3 * S.RECORD_SIZE
+
+
+# ---- electrode monitoring: warnings, faults and what they stop (a HAL with phase-1 readings) -------
+
+class MonHal(ZHal):
+    """ZHal with phase-1 electrode readings the test queues per channel: (time_us, ADC code), oldest
+    first, handed out once (hal.phase1_samples); and the crash path's safe state."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 1_000_000
+        self.samples = [[] for _ in range(self.channels)]
+
+    def phase1_samples(self, ch, min_interval_us):
+        out, self.samples[ch] = self.samples[ch], []
+        return out
+
+    def safe_state(self, wait_us=0):
+        self.calls.append(["safe_state"])
+        return True
+
+
+def _na(params, j=None):
+    """Realised phase-1 current (nA) of ``params`` (of its pulse ``j`` when given: soft start)."""
+    from firmware import pulse_engine as E
+
+    train = E.build_train(params)
+    if j is None:
+        return train.realised["amplitude_na"]
+    a, b = E.pulse_codes(train, j)
+    return E.code_to_na(b if train.first == E.NEG else a)
+
+
+def _code(ohm, na):
+    """The ADC code a phase-1 reading of ``ohm`` gives at ``na``."""
+    from firmware import impedance
+
+    return impedance.electrode_uv_to_adc(ohm * na // 1000)
+
+
+def _ohm(code, na):
+    from firmware import impedance
+
+    return impedance.phase1_ohms(code, na)
+
+
+def _status(r, ch):
+    kind, body = r.ask(M.STATUS)
+    assert kind == M.STATUS | M.RESPONSE
+    return M.decode_status(body)["channels"][ch]
+
+
+SATURATED = 4095  # a reading at the compliance rail: an open lead whatever the current
+
+
+def test_impedance_high_warns_once_per_entry_with_the_readings_channel_ohms_and_time():
+    from firmware import impedance
+
+    r = Rig(configure=(2,), hal=MonHal())
+    _running(r, 2)
+    na = _na(GOOD)
+    high, ok = _code(3000, na), _code(1000, na)
+    oh = _ohm(high, na)
+    assert impedance.classify(oh) == M.Z_HIGH and impedance.classify(_ohm(ok, na)) == M.Z_OK
+    r.out.clear()
+    r.hal.samples[2] = [(900_000, high), (910_000, high), (920_000, high), (930_000, high)]
+    r.ctl.poll()
+    ev = [e for e in _events(r) if e["kind"] != M.EVENT_NAMES[M.EV_TRAIN_DONE]]
+    assert [(e["kind"], e["channel"], e["value"], e["time_us"]) for e in ev] == [
+        (M.EVENT_NAMES[M.EV_IMPEDANCE_HIGH], 2, oh, 920_000)]  # the third agreeing reading
+    r.out.clear()
+    r.hal.samples[2] = [(940_000, high)] * 3  # still high: no second warning
+    r.ctl.poll()
+    assert _events(r) == []
+    r.hal.samples[2] = [(950_000, ok)] * 3 + [(960_000, high), (961_000, high), (962_000, high)]
+    r.ctl.poll()  # back to ok, then high again: a new warning
+    ev = _events(r)
+    assert [(e["kind"], e["channel"], e["value"], e["time_us"]) for e in ev] == [
+        (M.EVENT_NAMES[M.EV_IMPEDANCE_HIGH], 2, oh, 962_000)]
+    st = _status(r, 2)
+    assert (st["state"], st["fault"], st["impedance_ohm"]) == ("running", "none", oh)
+    assert not [c for c in r.hal.calls if c[0] == "stop"]  # stimulation goes on
+
+
+@pytest.mark.parametrize("kind,ohm", [(M.EV_FAULT_OPEN, 9000), (M.EV_FAULT_SHORT, 40)])
+def test_a_fault_in_the_poll_its_stream_ended_latches_and_reports_the_reading(kind, ohm):
+    r = Rig(configure=(1,), hal=MonHal())
+    _running(r, 1)
+    na = _na(GOOD)
+    code = _code(ohm, na)
+    value = _ohm(code, na)
+    assert value not in (0, 0x7FFFFFFF)
+    r.hal._running[1] = False  # its last pulse has ended too: the stream is over in this very poll
+    r.hal.samples[1] = [(950_000, code), (951_000, code), (952_000, code)]
+    r.out.clear()
+    r.ctl.poll()
+    ev = _events(r)
+    assert [(e["kind"], e["channel"], e["value"], e["time_us"]) for e in ev] == [
+        (M.EVENT_NAMES[kind], 1, value, 952_000)]
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b10]]
+    r.out.clear()
+    r.ctl.poll()  # a latched fault never turns into train_done
+    assert _events(r) == []
+    st = _status(r, 1)
+    assert (st["state"], st["fault"], st["impedance_ohm"]) == ("fault", M.EVENT_NAMES[kind], value)
+    nack(r.ask(M.START, bytes((0b10,))), M.E_FAULT_LATCHED, value=1)
+
+
+def test_a_saturated_reading_faults_open_with_the_int32_maximum():
+    r = Rig(configure=(0,), hal=MonHal())
+    _running(r, 0)
+    r.hal.samples[0] = [(990_000, SATURATED)] * 3
+    r.out.clear()
+    r.ctl.poll()
+    ev = _events(r)
+    assert [(e["kind"], e["channel"], e["value"]) for e in ev] == [(M.EVENT_NAMES[M.EV_FAULT_OPEN], 0, 0x7FFFFFFF)]
+
+
+def test_a_fault_of_one_channel_does_not_hide_another_channels_end_in_the_same_poll():
+    r = Rig(configure=(0, 1), hal=MonHal())
+    _running(r, 0)
+    _running(r, 1)
+    r.hal._running[1] = False
+    r.hal.samples[0] = [(990_000, SATURATED)] * 3
+    r.out.clear()
+    r.ctl.poll()
+    ev = _events(r)
+    assert [(e["kind"], e["channel"]) for e in ev] == [(M.EVENT_NAMES[M.EV_FAULT_OPEN], 0),
+                                                        (M.EVENT_NAMES[M.EV_TRAIN_DONE], 1)]
+    assert [_status(r, ch)["state"] for ch in (0, 1)] == ["fault", "idle"]
+
+
+def test_a_fault_beside_another_channels_soft_stop_leaves_that_stop_to_its_ramp():
+    r = Rig(configure=(0, 2), hal=MonHal())
+    _running(r, 0)
+    _soft_running(r, 1)
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE  # ramps down: the bus is busy
+    r.hal.samples[0] = [(990_000, SATURATED)] * 3
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b01]]
+    r.hal.busy = False  # the ramp-down's mark: now channel 1 stops
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b01], ["stop", 0b10]]
+    r.hal._running[1] = False
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b01], ["stop", 0b10]]
+    assert [_status(r, ch)["state"] for ch in (0, 1)] == ["fault", "idle"]
+    # the other channels' DAC work is not blocked by a fault
+    _running(r, 2)
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(2, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+
+
+def test_a_fault_during_its_own_soft_stop_stops_once_and_never_again_at_the_ramps_mark():
+    r = Rig(configure=(), hal=MonHal())
+    _soft_running(r, 1)
+    r.hal.played[1] = 5
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    r.hal.played[1] = 6  # the first pulse of the ramp-down in progress
+    r.hal.samples[1] = [(r.hal.now, SATURATED)] * 3
+    r.out.clear()
+    r.ctl.poll()
+    assert [e["kind"] for e in _events(r)] == [M.EVENT_NAMES[M.EV_FAULT_OPEN]]
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b10]]
+    r.hal.busy = False
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 0b10]]
+
+
+def test_a_fault_during_a_long_soft_start_stops_writing_the_ramp():
+    r = Rig(configure=(), hal=MonHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, ramp_up_pulses=200)))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r)
+    r.hal.played[0] = 10
+    r.hal.samples[0] = [(r.hal.now, SATURATED)] * 3
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 1]]
+    plays = len([c for c in r.hal.calls if c[0] == "dac_play"])
+    r.hal.played[0] = 1000  # the stream still drains its last pulse: no more of the ramp is queued
+    r.ctl.poll()
+    assert len([c for c in r.hal.calls if c[0] == "dac_play"]) == plays
+
+
+def test_trigger_seen_when_an_armed_channel_fires_even_before_its_first_pulse_ends():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(3, dict(GOOD, trigger=P.TRIGGER_EXT2)))[0] == M.SET_PARAMS | M.RESPONSE
+    r.hal.waiting = lambda ch: True
+    assert r.ask(M.START, bytes((0b1000,)))[0] == M.START | M.RESPONSE
+    r.ctl.poll()
+    assert _status(r, 3)["state"] == "armed"
+    r.hal.waiting = lambda ch: False  # fired: running, no pulse completed yet
+    r.out.clear()
+    r.ctl.poll()
+    ev = _events(r)
+    assert [(e["kind"], e["channel"], e["value"]) for e in ev] == [(M.EVENT_NAMES[M.EV_TRIGGER_SEEN], 3, 0)]
+    assert _status(r, 3)["state"] == "running"
+
+
+def test_a_gated_train_runs_on_while_its_gate_is_high():
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, trigger=P.TRIGGER_GATED1)))[0] == \
+        M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((1,)))[0] == M.START | M.RESPONSE
+    r.hal.played[0] = 2
+    for _ in range(3):
+        r.ctl.poll()  # fired, gate input 1 high
+    assert _status(r, 0)["state"] == "running" and not [c for c in r.hal.calls if c[0] == "stop"]
+    r.hal.input_level = lambda n: 0 if n == 1 else 1
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == [["stop", 1]]
+
+
+def test_a_crash_after_a_poll_is_reported_in_the_main_loop():
+    from firmware import crash
+
+    r = Rig(hal=MonHal())
+    _running(r)
+    r.ctl.poll()
+    out = []
+    new = crash.recover(r.hal, r.ctl, ValueError("x"), lambda: Controller(r.hal, out.append))
+    evs = [M.decode_event(f.body) for c in out for f in FrameDecoder().feed(c) if f.type == M.EVENT]
+    assert M.decode_crash(evs[1]["value"]) == {"exception": "ValueError", "where": "loop"}
+    assert new.crashes == 1
