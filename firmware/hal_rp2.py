@@ -523,10 +523,11 @@ class Rp2Hal:
 
         ``defer`` (a stream that has ended, a disarmed channel: its SM is halted with POS/NEG low, so
         its DAC outputs pass no current): when other ops are still queued or playing and none of them
-        waits on this channel's pins, the shutdown is queued after them (dac_play-like, its own mark)
-        instead of halting the DAC SM. A halt inside another channel's open wait op would make that
-        wait miss a pulse end that comes during the halt, and every later amplitude of that channel
-        (a varying sequence, a ramp) would land one pulse late (docs/ARCHITECTURE.md "DAC bus").
+        waits on this channel's pins, the shutdown goes in behind the words the DAC SM already has
+        (_dac_soon: a few op words later, marks around it) instead of halting the DAC SM. A halt
+        inside another channel's open wait op would make that wait miss a pulse end that comes
+        during the halt, and every later amplitude of that channel (a varying sequence, a ramp)
+        would land one pulse late (docs/ARCHITECTURE.md "Custom sequences").
         _dac_now drops such a deferred shutdown when the channel's DAC is written again (a start, an
         impedance test); the crash path shuts every DAC down by the CPU whatever is queued."""
         self._ch[ch].dac_codes = None
