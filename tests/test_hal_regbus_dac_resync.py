@@ -291,3 +291,48 @@ def test_a_start_beside_a_group_ramp_finds_a_safe_point_at_a_batch_boundary(bus)
         for rise, _f, ch2, _cmd, _s in d:
             if ch2 == ch:
                 assert not any(lo <= rise <= hi for lo, hi in high)
+
+
+@pytest.mark.parametrize("before_us", [90, 100])
+def test_disarming_channel_1_leaves_a_varying_sequence_on_time(bus, before_us):
+    """Channel 1 started together with the sequence but waiting for its trigger (never fired), then
+    stopped (disarmed at once: hal.stop -> _shut, its DAC shutdown) ``before_us`` before a fall of
+    channel 0's phase-2 pin: the same exposure as a train ending by itself (the DAC shutdown of a
+    channel whose SM is halted). On ed87132 the stop disabled the DAC SM ~71 µs after the call for
+    ~34 µs, so both offsets put the fall inside that halt (every later amplitude one pulse late)."""
+    n = 30
+    onsets = onsets_for(n)
+    amps = [300 + 100 * (i % 9) for i in range(n)]
+    a = seq_train(onsets, amps)
+    b = train(**dict(B_TRAIN, trigger=1))
+    trains = [a, b, None, None]
+    hal = bus.load_hal()
+    writer = pe.sequence_writer(trains, [0, 1])
+    hal.start(trains, 0b11, [0, 1, 0, 0], pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
+    t_en = start_cycle(bus)
+    _run(bus, hal, writer, t_en + 3 * MS // 8)
+    assert hal.waiting(1)
+    e0 = bus.edges()
+    neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
+    r0 = [c for c, p, lv in e0 if p == neg0 and lv and c >= t_en][0]
+    f0 = [c for c, p, lv in e0 if p == pos0 and not lv and c >= t_en][0]
+
+    def fall_of(k):
+        return t_en + 2 + pe.ns_to_ticks(onsets[k]) + (f0 - r0)
+
+    k = 5
+    _run(bus, hal, writer, fall_of(k) - before_us * US)
+    at = bus.now
+    hal.stop(0b10)
+    assert not hal.running(1) and hal.pulses(1) == 0
+    _run(bus, hal, writer, t_en + pe.ns_to_ticks(onsets[-1]) + 3 * MS // 8)
+    assert not hal.running(0) and hal.pulses(0) == n
+    bus.run_us(2000)
+    edges = bus.edges()
+    rises = [c for c, p, lv in edges if p == neg0 and lv and c >= t_en]
+    falls = [c for c, p, lv in edges if p == pos0 and not lv and c >= t_en]
+    assert falls[k] - 110 * US < at < falls[k] == fall_of(k)
+    assert not [1 for c, p, lv in edges if p in (board.CH_POS[1], board.CH_NEG[1]) and lv]  # never fired
+    off1 = _check_amplitudes(edges, t_en, rises, [pe.dac_code(x) for x in amps], falls, at)
+    assert max(off1) < falls[k + 1 + 4]
+    assert _dac_sm_disables(bus, t_en, falls[-1]) == []
