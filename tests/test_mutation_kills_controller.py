@@ -1496,3 +1496,95 @@ def test_a_crash_after_a_poll_is_reported_in_the_main_loop():
     evs = [M.decode_event(f.body) for c in out for f in FrameDecoder().feed(c) if f.type == M.EVENT]
     assert M.decode_crash(evs[1]["value"]) == {"exception": "ValueError", "where": "loop"}
     assert new.crashes == 1
+
+
+# ---- a fresh controller, the crash report's place, the event log, HALs without a DAC bus ----------
+
+def test_a_fresh_controller_reports_no_crash_no_fault_no_pulses():
+    r = Rig(configure=())
+    kind, body = r.ask(M.STATUS)
+    st = M.decode_status(body)
+    assert st["counters"]["crashes"] == 0
+    assert [(c["state"], c["fault"], c["pulses"], c["impedance_ohm"]) for c in st["channels"]] == [
+        ("idle", "none", 0, None)] * 4
+
+
+def _crash_where(hal, ctl):
+    from firmware import crash
+
+    out = []
+    crash.recover(hal, ctl, KeyError("x"), lambda: Controller(hal, out.append))
+    evs = [M.decode_event(f.body) for c in out for f in FrameDecoder().feed(c) if f.type == M.EVENT]
+    return M.decode_crash(evs[1]["value"])["where"]
+
+
+def test_the_crash_report_names_the_loop_before_any_request_and_after_one():
+    hal = MonHal()
+    assert _crash_where(hal, Controller(hal, [].append)) == "loop"
+    r = Rig(hal=MonHal())
+    assert r.ask(M.STATUS)[0] == M.STATUS | M.RESPONSE
+    assert _crash_where(r.hal, r.ctl) == "loop"
+
+
+def test_the_crash_report_names_the_link_when_decoding_fails_after_a_frame():
+    r = Rig(configure=(), hal=MonHal())
+    real = r.ctl.decoder.feed
+
+    def feed(data):  # the link layer fails after handing out the first frame of the chunk
+        for f in real(data):
+            yield f
+            raise MemoryError("link")
+
+    r.ctl.decoder.feed = feed
+    with pytest.raises(MemoryError):
+        r.ctl.receive(encode_frame(M.STATUS, 1, b"") + encode_frame(M.STATUS, 2, b""))
+    assert _crash_where(r.hal, r.ctl) == "link"
+
+
+def test_without_a_crash_the_event_log_drops_its_oldest_entry():
+    r = Rig(configure=())
+    r.ctl.boot()
+    for i in range(M.EVENT_LOG_LEN):
+        r.ctl.emit(M.EV_TRAIN_DONE, 1, i)
+    assert [seq for seq, _ in r.ctl.event_log] == list(range(2, M.EVENT_LOG_LEN + 2))
+    kind, body = r.ask(M.EVENT_LOG, bytes((0, 0)))
+    assert M.decode_event_log(body)[0]["kind"] == M.EVENT_NAMES[M.EV_TRAIN_DONE]
+
+
+def test_a_hal_without_a_dac_bus_at_all_runs_and_refuses_live_changes():
+    class Bare(ZHal):
+        def __getattribute__(self, name):
+            if name in ("dac_busy", "dac_play", "dac_mark_pulses"):
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    r = Rig(hal=Bare())
+    _running(r)
+    nack(r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1200)), M.E_DAC_BUSY, value=0)
+
+
+def test_link_answers_an_empty_body():
+    r = Rig()
+    assert r.ask(M.LINK, _ms(100)) == (M.LINK | M.RESPONSE, b"")
+
+
+def test_starts_and_impedance_checks_beside_a_varying_sequence_name_its_channel():
+    r = Rig(configure=(0, 1))
+    _sequence(r, 2, [100, 200, 300])
+    assert r.ask(M.START, bytes((0b100,)))[0] == M.START | M.RESPONSE
+    nack(r.ask(M.START, bytes((0b10,))), M.E_DAC_BUSY, value=2, limit=0)
+    nack(r.ask(M.IMPEDANCE, bytes((0b01,))), M.E_DAC_BUSY, value=2, limit=0)
+
+
+def test_a_sequence_needs_the_update_idle_of_one_channel_after_each_pulse():
+    from firmware import pulse_engine as E
+
+    r = _lax_rig()
+    tight = _seq_params(3, amp=1000, phase1_ns=996_000, phase2_ns=996_000)
+    need = E.build_train(tight).realised["pulse"] + E.dac_bus.min_idle_ticks(1)
+    kind, body = r.ask(M.SET_PARAMS, M.encode_params(1, tight))
+    assert kind == M.NACK and (body["code"], body["field"], body["value"], body["limit"], body["relation"]) == (
+        M.E_OUT_OF_RANGE, "period_ns", 2_000_000, E.ticks_to_ns(need), ">="), body
+    assert r.ctl.params[1] is None
+    fits_one = _seq_params(3, amp=1000, phase1_ns=995_000, phase2_ns=995_000)  # not two channels' updates
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, fits_one))[0] == M.SET_PARAMS | M.RESPONSE
