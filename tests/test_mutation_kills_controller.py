@@ -1161,10 +1161,13 @@ def _onsets(n):
 
 
 def _sequence(r, ch, amps, **kw):
-    """Parameters in sequence mode on ``ch`` and its pulses uploaded (one chunk)."""
+    """Parameters in sequence mode on ``ch`` and its pulses uploaded (2 ms apart)."""
     assert r.ask(M.SET_PARAMS, M.encode_params(ch, _seq_params(len(amps), **kw)))[0] == M.SET_PARAMS | M.RESPONSE
-    kind, body = r.ask(M.SET_SEQUENCE, M.encode_set_sequence(ch, 0, _onsets(len(amps)), amps))
-    assert kind == M.SET_SEQUENCE | M.RESPONSE, body
+    on = _onsets(len(amps))
+    for first in range(0, len(amps), M.SEQUENCE_CHUNK):
+        end = first + M.SEQUENCE_CHUNK
+        kind, body = r.ask(M.SET_SEQUENCE, M.encode_set_sequence(ch, first, on[first:end], amps[first:end]))
+        assert kind == M.SET_SEQUENCE | M.RESPONSE, body
     assert M.decode_sequence_response(body) == {"channel": ch, "received": len(amps), "complete": 1}
 
 
@@ -1588,3 +1591,195 @@ def test_a_sequence_needs_the_update_idle_of_one_channel_after_each_pulse():
     assert r.ctl.params[1] is None
     fits_one = _seq_params(3, amp=1000, phase1_ns=995_000, phase2_ns=995_000)  # not two channels' updates
     assert r.ask(M.SET_PARAMS, M.encode_params(1, fits_one))[0] == M.SET_PARAMS | M.RESPONSE
+
+
+# ---- monitoring while the current changes pulse by pulse: each reading at its own pulse's current ---
+# A reading is taken MONITOR_SAMPLE_NS into phase 1; its pulse ends (pulse - sample) later. So one
+# taken at least that long before now belongs to a completed pulse (counted back by the period, or a
+# sequence's own intervals); a later one to the pulse in progress (index = pulses completed).
+
+def _rest_us(params):
+    from firmware import impedance
+    from firmware import pulse_engine as E
+
+    return (E.build_train(params).realised["pulse"] - E.ns_to_ticks(impedance.MONITOR_SAMPLE_NS)) // 125
+
+
+def _phase1_na(params, codes):
+    """nA of phase 1 for a pulse's (DAC A, DAC B): the side phase 1 drives (B when cathodic first)."""
+    from firmware import pulse_engine as E
+
+    a, b = codes
+    return E.code_to_na(b if params["polarity"] == P.POLARITY_CATHODIC_FIRST else a)
+
+
+def _read(r, ch, p_now, back_us, code):
+    """One poll with ``p_now`` pulses completed and one reading taken ``back_us`` before now: the
+    ohms STATUS then reports for the channel."""
+    r.hal.played[ch] = p_now
+    r.hal.samples[ch] = [(r.hal.now - back_us, code)]
+    r.ctl.poll()
+    return _status(r, ch)["impedance_ohm"]
+
+
+ASYM = dict(GOOD, phase2_ns=400_000)  # phase 2 twice as long: its code is half phase 1's
+
+
+@pytest.mark.parametrize("polarity", [P.POLARITY_CATHODIC_FIRST, P.POLARITY_ANODIC_FIRST])
+def test_readings_during_a_soft_start_use_their_own_pulses_current(polarity):
+    """Each poll's readings are of pulses since the last poll (the HAL contract), a late one up to a
+    period or two after its pulse ended; the per-pulse current is kept until the ramp has passed."""
+    from firmware import pulse_engine as E
+
+    p = dict(ASYM, ramp_up_pulses=8, polarity=polarity)
+    train = E.build_train(p)
+    na = [_phase1_na(p, E.pulse_codes(train, j)) for j in range(8)]
+    assert len(set(na)) == 8
+    r = Rig(configure=(), hal=MonHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, p))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 1)
+    rest = _rest_us(p)
+    period_us = p["period_ns"] // 1000
+    code = _code(250, na[7])
+    cases = [
+        (0, rest, 0),  # the pulse count lags the clock: never before pulse 0
+        (1, rest, 0),  # pulse 0 has just ended
+        (1, rest - 1, 1),  # still in pulse 1
+        (2, rest, 1), (2, rest + 1, 1),
+        (4, rest + period_us, 2),  # a whole period before pulse 3's end: pulse 2
+        (5, 49_700, 4),  # less than a period before pulse 4's end
+        (5, rest + period_us - 1, 4),
+        (8, rest + period_us, 6),  # late, the ramp's last partial pulse
+        (8, 0, 7),
+    ]
+    for p_now, back, j in cases:
+        assert _read(r, 1, p_now, back, code) == _ohm(code, na[j]), (p_now, back, j)
+
+
+def test_a_soft_start_of_two_pulses_is_monitored_at_its_first_pulses_current():
+    from firmware import pulse_engine as E
+
+    p = dict(GOOD, ramp_up_pulses=2)
+    train = E.build_train(p)
+    half = _phase1_na(p, E.pulse_codes(train, 0))
+    r = Rig(configure=(), hal=MonHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, p))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    code = _code(500, _na(GOOD))
+    assert half != _na(GOOD)
+    assert _read(r, 0, 0, 0, code) == _ohm(code, half)
+
+
+@pytest.mark.parametrize("polarity", [P.POLARITY_CATHODIC_FIRST, P.POLARITY_ANODIC_FIRST])
+def test_readings_during_a_soft_stop_use_its_pulses_current_and_none_after_the_dac_shutdown(polarity):
+    from firmware import pulse_engine as E
+
+    p = dict(ASYM, ramp_down_pulses=3, polarity=polarity)
+    train = E.build_train(p)
+    down = [_phase1_na(p, E.ramp_down_codes(train, i)) for i in range(3)]
+    full = _na(p)
+    assert len(set(down + [full])) == 4
+    r = Rig(configure=(), hal=MonHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(2, p))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 2)
+    r.hal.played[2] = 5
+    assert r.ask(M.STOP, bytes((0b100,)))[0] == M.STOP | M.RESPONSE  # the soft stop's first pulse: 6
+    code = _code(300, full)
+    assert _read(r, 2, 5, 0, code) == _ohm(code, full)  # pulse 5: before the ramp
+    for i in range(3):
+        assert _read(r, 2, 6 + i, 0, code) == _ohm(code, down[i]), i
+    last = _ohm(code, down[2])
+    for p_now in (9, 10, 11, 12, 20):  # the DAC is shut down: no current, no reading counts
+        assert _read(r, 2, p_now, 0, code) == last, p_now
+    assert _status(r, 2)["state"] == "running"  # nothing was taken for an open lead
+
+
+def test_readings_after_an_early_soft_stops_dac_shutdown_never_count():
+    p = dict(GOOD, ramp_down_pulses=2)
+    r = Rig(configure=(), hal=MonHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, p))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    r.hal.played[0] = 1
+    assert r.ask(M.STOP, bytes((1,)))[0] == M.STOP | M.RESPONSE  # the soft stop's pulses: 2 and 3
+    code = _code(300, _na(GOOD))
+    first = _read(r, 0, 2, 0, code)
+    for p_now in (4, 5, 6, 7, 8, 9):
+        assert _read(r, 0, p_now, 0, code + 1 + p_now) == first, p_now
+
+
+@pytest.mark.parametrize("p_now,periods,new", [(13, 1, False), (13, 0, True), (14, 1, True), (14, 2, False)])
+def test_readings_around_a_live_change_use_the_old_current_before_its_first_pulse(p_now, periods, new):
+    r = Rig(configure=(), hal=MonHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(3, GOOD))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 3)
+    r.hal.played[3] = 10
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(3, 2000))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    old, na = _na(GOOD), _na(dict(GOOD, amplitude_ua=2000))
+    r.hal.busy = False
+    r.hal.mark_pulses[3] = 12  # pulse 12 is the first with the new codes
+    code = _code(800, old)
+    back = _rest_us(GOOD) + periods * GOOD["period_ns"] // 1000  # pulse p_now - 1 - periods
+    assert _read(r, 3, p_now, back, code) == _ohm(code, na if new else old)
+    assert _read(r, 3, p_now, 0, code) == _ohm(code, na)  # the pulse in progress
+
+
+def _seq_rig(n, amps):
+    r = Rig(configure=(), hal=MonHal())
+    _sequence(r, 1, amps, phase1_ns=200_000, phase2_ns=200_000)
+    _running(r, 1)
+    return r
+
+
+@pytest.mark.parametrize("p_now,ivs,extra_us,j", [
+    (0, 0, 0, 0),  # the pulse count lags the clock: never before pulse 0
+    (1, 0, 0, 0),
+    (2, 0, 0, 1),
+    (2, 1, 0, 0),  # exactly one interval before pulse 1's end: pulse 0
+    (3, 1, 0, 1),
+    (3, 1, -1, 2),
+    (3, 2, 1000, 0),
+    (3, 10, 0, 0),
+    (90, 100, 0, 89 - 64),  # walked back 64 pulses at most
+    (90, 63, 0, 89 - 63),
+])
+def test_readings_of_a_sequence_walk_back_over_its_intervals_at_most_64_pulses(p_now, ivs, extra_us, j):
+    from firmware import pulse_engine as E
+    from firmware.limits import LIMITS
+
+    n = 90
+    amps = [100 + 20 * i for i in range(n)]
+    r = _seq_rig(n, amps)
+    na = [E.code_to_na(E.dac_code(a)) for a in amps]
+    rest = _rest_us(_seq_params(n, phase1_ns=200_000, phase2_ns=200_000))
+    iv = LIMITS["min_sequence_interval_ns"] // 1000  # every interval: 2 ms
+    code = _code(400, na[45])
+    assert _read(r, 1, p_now, rest + ivs * iv + extra_us, code) == _ohm(code, na[j])
+
+
+def test_a_reading_past_a_sequences_last_pulse_is_taken_at_the_trains_amplitude():
+    from firmware import pulse_engine as E
+
+    amps = [300, 600, 900]
+    r = _seq_rig(3, amps)
+    full = E.code_to_na(E.dac_code(2000))  # the parameters' amplitude_ua
+    code = _code(400, full)
+    assert _read(r, 1, 3, 0, code) == _ohm(code, full)
+
+
+@pytest.mark.parametrize("op", [M.START, M.TRIGGER])
+def test_monitoring_starts_from_the_start_checks_class(op):
+    r = Rig(configure=(1,), hal=MonHal())
+    assert r.ask(op, bytes((0b10,)))[0] == op | M.RESPONSE
+    high = _code(3000, _na(GOOD))
+    r.out.clear()
+    r.hal.samples[1] = [(990_000, high)]  # one high reading: the check said ok, it takes three
+    r.ctl.poll()
+    assert _events(r) == []
+    r.hal.ohms[1] = 3000
+    r2 = Rig(configure=(1,), hal=MonHal())
+    r2.hal.ohms[1] = 3000  # the check itself is high: no warning while it stays high
+    assert r2.ask(op, bytes((0b10,)))[0] == op | M.RESPONSE
+    r2.out.clear()
+    r2.hal.samples[1] = [(990_000, high)] * 4
+    r2.ctl.poll()
+    assert _events(r2) == []
