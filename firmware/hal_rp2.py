@@ -1253,7 +1253,7 @@ class Rp2Hal:
             if ok:
                 raw = v >> (16 - board.ADC_BITS)
                 break
-        self._dac_channel_off(ch)
+        self._dac_channel_off(ch, True)  # (its SM is halted: no halt of the DAC SM when others' ops play)
         if raw < 0:
             return None
         st.last_ohm = impedance.ohms(impedance.adc_to_electrode_uv(raw), current_ua)
