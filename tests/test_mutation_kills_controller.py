@@ -1783,3 +1783,150 @@ def test_monitoring_starts_from_the_start_checks_class(op):
     r2.hal.samples[1] = [(990_000, high)] * 4
     r2.ctl.poll()
     assert _events(r2) == []
+
+
+# ---- gated trains with a soft start: the ramp again at every opening ------------------------------
+
+class GateHal(MonHal):
+    """MonHal with trigger inputs the test sets, recording each start's trains (period ticks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = {1: 1, 2: 1}
+        self.loaded = []
+
+    def input_level(self, n):
+        return self.gate[n]
+
+    def start(self, trains, mask, wait, first_ops=None, ramp_ops=()):
+        self.loaded.append([trains[ch].period_ticks for ch in range(self.channels) if mask >> ch & 1])
+        super().start(trains, mask, wait, first_ops, ramp_ops)
+
+
+def _close_and_drain(r, ch, gate, pulses):
+    """The gate closes after ``pulses`` pulses of this opening; the stream stops and drains."""
+    r.hal.played[ch] = pulses
+    r.hal.gate[gate] = 0
+    stops = [c for c in r.hal.calls if c[0] == "stop"]
+    r.ctl.poll()
+    assert [c for c in r.hal.calls if c[0] == "stop"] == stops + [["stop", 1 << ch]]
+    r.hal._running[ch] = False
+    n = len(r.started())
+    r.ctl.poll()  # drained: re-armed on the gate
+    assert len(r.started()) == n + 1
+    r.hal.gate[gate] = 1
+    r.hal.played[ch] = 0
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_a_gated_soft_start_ramps_again_at_every_opening(k):
+    from firmware import pulse_engine as E
+
+    p = dict(GOOD, trigger=P.TRIGGER_GATED2, ramp_up_pulses=k)
+    r = Rig(configure=(), hal=GateHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, p))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE
+    r.ctl.poll()  # the gate is open: running
+    assert _status(r, 1)["state"] == "running"
+    n_ops = len(r.hal.ops)
+    _close_and_drain(r, 1, 2, 5)
+    trains = [None, E.build_train(p), None, None]
+    wait = [0, 2, 0, 0]
+    w = E.ramp_up_writer(trains, [1], wait)
+    first, chunk = E.start_ops(trains, [1]), w.chunk(w.lookahead())
+    assert r.started()[-1] == ["start", 0b10, wait, len(first), len(chunk)]
+    assert r.hal.ops[n_ops:] == first + chunk and chunk
+    assert r.hal.loaded[-1] == [trains[1].period_ticks]
+    assert _status(r, 1)["state"] == "armed"
+    r.ctl.poll()  # the gate opens again: running, from the ramp's first pulse
+    assert _status(r, 1)["state"] == "running"
+    na0 = _phase1_na(p, E.pulse_codes(trains[1], 0))
+    code = _code(300, na0)
+    assert _read(r, 1, 1, _rest_us(p), code) == _ohm(code, na0)
+    # the ramp's ops are queued for this channel: no timing change under them
+    nack(r.ask(M.SET_PARAMS, M.encode_params(1, dict(p, period_ns=25_000_000))), M.E_DAC_BUSY, value=1)
+    r.hal.busy = False
+    _close_and_drain(r, 1, 2, 7)  # closes again: stopped again, re-armed again
+    assert _status(r, 1)["pulses"] == 12  # both openings
+
+
+def test_a_gated_opening_keeps_another_channels_queued_dac_work():
+    r = Rig(configure=(0,), hal=GateHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, trigger=P.TRIGGER_GATED1, ramp_up_pulses=4)))[0] \
+        == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE
+    r.hal.busy = False
+    r.ctl.poll()
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    _close_and_drain(r, 1, 1, 3)  # channel 1 re-armed with its soft start while channel 0's change is queued
+    nack(r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, period_ns=25_000_000))), M.E_DAC_BUSY, value=0)
+
+
+def test_a_gated_opening_without_a_free_dac_bus_restarts_without_its_soft_start():
+    r = Rig(configure=(), hal=GateHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, ramp_up_pulses=200)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, trigger=P.TRIGGER_GATED1, ramp_up_pulses=4)))[0] \
+        == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE
+    r.hal.busy = False
+    r.ctl.poll()
+    _running(r, 0)  # a long soft start: its ramp is still being written
+    _close_and_drain(r, 1, 1, 3)
+    assert r.started()[-1] == ["start", 0b10, [0, 1, 0, 0]]
+
+
+def _top_up_at(r, ch, threshold):
+    """No DAC ops are queued one pulse before ``threshold`` pulses, the next chunk at it."""
+    plays = len([c for c in r.hal.calls if c[0] == "dac_play"])
+    r.hal.played[ch] = threshold - 1
+    r.ctl.poll()
+    assert len([c for c in r.hal.calls if c[0] == "dac_play"]) == plays
+    r.hal.played[ch] = threshold
+    r.ctl.poll()
+    assert len([c for c in r.hal.calls if c[0] == "dac_play"]) == plays + 1
+
+
+def _first_chunk(p, down=False):
+    from firmware import pulse_engine as E
+
+    trains = [E.build_train(p)]
+    w = E.RampWriter(trains, [0], None, True) if down else E.ramp_up_writer(trains, [0], [0])
+    w.chunk(w.lookahead())
+    return w.emitted, w.lookahead()
+
+
+def test_a_long_soft_start_is_topped_up_once_half_a_lookahead_is_left():
+    p = dict(GOOD, ramp_up_pulses=200)
+    emitted, ahead = _first_chunk(p)
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(2, p))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 2)
+    _top_up_at(r, 2, emitted - ahead // 2)
+    r.hal._running[2] = False  # the stream ends: the rest of the ramp is never queued
+    r.ctl.poll()
+    r.ctl.poll()
+    assert _status(r, 2)["state"] == "idle"
+
+
+def test_a_gated_long_soft_start_is_topped_up_from_each_openings_first_pulse():
+    p = dict(GOOD, trigger=P.TRIGGER_GATED2, ramp_up_pulses=200)
+    emitted, ahead = _first_chunk(dict(p, trigger=P.TRIGGER_SOFTWARE))
+    r = Rig(configure=(), hal=GateHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(3, p))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b1000,)))[0] == M.START | M.RESPONSE
+    r.ctl.poll()
+    r.hal._running[3] = True
+    _close_and_drain(r, 3, 2, 25)
+    r.ctl.poll()
+    _top_up_at(r, 3, emitted - ahead // 2)
+
+
+def test_a_long_soft_stop_is_topped_up_counting_from_the_stop():
+    p = dict(GOOD, ramp_down_pulses=200)
+    emitted, ahead = _first_chunk(p, down=True)
+    r = Rig(configure=())
+    _soft_running(r, 1, params=p)
+    r.hal.played[1] = 5
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    _top_up_at(r, 1, 5 + emitted - ahead // 2)
