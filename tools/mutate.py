@@ -64,7 +64,8 @@ MODULES: dict[str, list[str]] = {
                                      "tests/test_sigrok_spi_agrees.py", "hil_tests/test_triphasic.py",
                                      "tests/test_sequence_analyzer.py", "tests/test_mutation_kills_analyzer.py"],
     "picostim/paramfile.py": ["tests/test_paramfile.py", "tests/test_paramfile_ramps.py",
-                              "tests/test_paramfile_sequence.py", "tests/test_mutation_kills_paramfile.py"],
+                              "tests/test_paramfile_sequence.py", "tests/test_paramfile_check_sequence.py",
+                              "tests/test_mutation_kills_paramfile.py"],
 }
 
 # tests of a selected file left out of a module's run (pytest --deselect, node id prefix): unmarked
