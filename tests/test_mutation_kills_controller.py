@@ -1930,3 +1930,295 @@ def test_a_long_soft_stop_is_topped_up_counting_from_the_stop():
     r.hal.played[1] = 5
     assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
     _top_up_at(r, 1, 5 + emitted - ahead // 2)
+
+
+# ---- DAC follow-up: changes waiting for their pulse, ended streams, soft stops of several channels ---
+
+def _stops(r):
+    return [c for c in r.hal.calls if c[0] == "stop"]
+
+
+def test_a_change_pending_on_a_faulted_channel_whose_stream_ended_is_dropped_quietly():
+    r = Rig(configure=(0,), hal=MonHal())
+    _running(r, 0)
+    r.hal.played[0] = 4
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    r.hal.samples[0] = [(990_000, SATURATED)] * 3
+    r.ctl.poll()
+    assert _status(r, 0)["state"] == "fault"
+    r.hal.busy = False
+    r.hal.mark_pulses[0] = 4  # written after the last pulse: no pulse ever has it
+    r.hal._running[0] = False
+    r.out.clear()
+    for _ in range(3):
+        r.ctl.poll()
+    assert _events(r) == [] and _status(r, 0)["state"] == "fault"
+
+
+def test_two_pending_changes_one_not_yet_played_the_other_reported():
+    r = Rig(configure=(0, 1))
+    _running(r, 0)
+    _running(r, 1)
+    r.hal.played[0] = r.hal.played[1] = 5
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    r.hal.busy = False
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1700))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    r.hal.busy = False
+    r.hal.mark_pulses[0] = r.hal.mark_pulses[1] = 5
+    r.hal.played[1] = 6  # channel 1 played a pulse with its change, channel 0 not yet
+    r.out.clear()
+    r.ctl.poll()
+    ev = [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_AMPLITUDE]]
+    assert [(e["channel"], e["amplitude_ua"], e["from_pulse"]) for e in ev] == [(1, 1700, 5)]
+
+
+def test_changes_still_waiting_for_their_pulse_keep_guarding_their_channels():
+    r = Rig(configure=(0, 1, 2))
+    for ch in (0, 1, 2):
+        _running(r, ch)
+    for ch in (0, 1):
+        assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(ch, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+        r.hal.busy = False  # their marks are pushed, no pulse has played them yet
+    r.ctl.poll()
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(2, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE  # busy
+    for ch in (0, 1):
+        nack(r.ask(M.SET_PARAMS, M.encode_params(ch, dict(GOOD, period_ns=25_000_000))), M.E_DAC_BUSY, value=ch)
+
+
+def test_a_change_of_a_gated_train_whose_gate_closed_never_reaches_the_next_opening():
+    r = Rig(configure=(), hal=GateHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, trigger=P.TRIGGER_GATED1)))[0] == \
+        M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b10,)))[0] == M.START | M.RESPONSE
+    r.ctl.poll()
+    r.hal.played[1] = 3
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    _close_and_drain(r, 1, 1, 3)  # the bus is still busy with the change's wait when the stream ends
+    r.hal.busy = False
+    r.hal.played[1] = 2  # the next opening's pulses
+    r.out.clear()
+    r.ctl.poll()
+    assert not [e for e in _events(r) if e["kind"] == M.EVENT_NAMES[M.EV_AMPLITUDE]]
+    assert M.decode_params_response(r.ask(M.GET_PARAMS, bytes((1,)))[1])["params"]["amplitude_ua"] == 1000
+
+
+def test_a_train_ending_beside_another_channels_soft_stop_leaves_that_stop_to_its_mark():
+    r = Rig(configure=(1,))
+    _running(r, 1)
+    _soft_running(r, 2)
+    assert r.ask(M.STOP, bytes((0b100,)))[0] == M.STOP | M.RESPONSE
+    r.hal._running[1] = False
+    r.ctl.poll()  # channel 1's train is done
+    r.hal.busy = False
+    r.ctl.poll()
+    assert _stops(r) == [["stop", 0b100]]
+
+
+def test_a_soft_stop_whose_stream_ends_before_its_mark_is_not_stopped_again():
+    r = Rig(configure=(0,))
+    _soft_running(r, 1)
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    r.hal._running[1] = False  # the train ended by itself during the ramp-down
+    r.ctl.poll()
+    r.hal.busy = False
+    r.ctl.poll()
+    assert _stops(r) == []
+    _running(r, 0)  # nothing is left ramping down: live changes are free again
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+
+
+def test_a_train_ending_beside_another_channels_queued_change_keeps_that_change_guarded():
+    r = Rig(configure=(0, 1))
+    _running(r, 0)
+    _running(r, 1)
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    r.hal._running[1] = False
+    r.ctl.poll()
+    nack(r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, period_ns=25_000_000))), M.E_DAC_BUSY, value=0)
+
+
+def test_a_restarted_channel_is_free_of_its_last_runs_dac_ops():
+    r = Rig(configure=(1,))
+    _running(r, 1)
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    r.hal._running[1] = False
+    r.ctl.poll()  # train_done; the bus still holds the change's wait
+    _running(r, 1)
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, period_ns=25_000_000)))[0] == \
+        M.SET_PARAMS | M.RESPONSE
+
+
+def test_a_ramp_group_that_ended_is_no_group_for_the_next_starts():
+    r = Rig(configure=())
+    for ch in (1, 2):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b110,)))[0] == M.START | M.RESPONSE
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert _stops(r) == [["stop", 0b110]]
+    r.hal._running[1] = r.hal._running[2] = False
+    r.ctl.poll()  # both done; the bus still busy
+    for ch in (1, 2):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, GOOD))[0] == M.SET_PARAMS | M.RESPONSE
+        _running(r, ch)
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert _stops(r)[-1] == ["stop", 0b10]
+
+
+# ---- STOP: the idle of a train replace()d away, stops at once beside soft stops ---------------------
+
+SOFT44 = dict(GOOD, phase1_ns=44_000, phase2_ns=44_000, period_ns=100_000, ramp_down_pulses=3)
+
+
+@pytest.mark.parametrize("first_phase,ramps", [(45_500, False), (44_000, True)])
+def test_a_soft_stop_needs_the_update_idle_of_the_train_replaced_away_too(first_phase, ramps):
+    r = _lax_rig()
+    first = dict(SOFT44, phase1_ns=first_phase, phase2_ns=first_phase)
+    if not ramps:  # too little idle for a DAC update: it has no soft stop of its own (refused otherwise)
+        first["ramp_down_pulses"] = 0
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, first))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(SOFT44, period_ns=200_000)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.STOP, bytes((1,)))[0] == M.STOP | M.RESPONSE
+    plays = [c for c in r.hal.calls if c[0] == "dac_play"]
+    if ramps:
+        assert plays and _stops(r) == []
+    else:
+        assert not plays and _stops(r) == [["stop", 1]]
+
+
+def test_a_soft_stop_of_two_channels_needs_two_updates_of_idle_in_a_replaced_train():
+    r = _lax_rig()
+    fits_one = dict(SOFT44, phase1_ns=45_000, phase2_ns=45_000)
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, fits_one))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, SOFT44))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    _running(r, 1)
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, SOFT44))[0] == M.SET_PARAMS | M.RESPONSE  # replaced
+    assert r.ask(M.STOP, bytes((0b11,)))[0] == M.STOP | M.RESPONSE
+    assert not [c for c in r.hal.calls if c[0] == "dac_play"] and _stops(r) == [["stop", 0b11]]
+
+
+def test_a_soft_stop_keeps_another_channels_pending_change_guarded():
+    r = Rig(configure=(0,))
+    _running(r, 0)
+    _soft_running(r, 1)
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(0, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    r.hal.busy = False  # its mark is out, no pulse has it yet
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE  # the ramp-down keeps the bus busy
+    nack(r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, period_ns=25_000_000))), M.E_DAC_BUSY, value=0)
+
+
+def test_a_stop_with_a_busy_bus_stops_every_masked_channel_at_once():
+    r = Rig(configure=(0,))
+    _running(r, 0)
+    _soft_running(r, 1)
+    r.hal.busy = True
+    assert r.ask(M.STOP, bytes((0b11,)))[0] == M.STOP | M.RESPONSE
+    assert _stops(r) == [["stop", 0b11]] and not [c for c in r.hal.calls if c[0] == "dac_play"]
+
+
+def test_a_second_stop_of_a_soft_stopping_channel_1_is_final():
+    r = Rig(configure=())
+    _soft_running(r, 1)
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    r.hal.busy = False
+    r.ctl.poll()
+    assert _stops(r) == [["stop", 0b10]]
+
+
+# ---- START: which channels are monitored, ramp groups, a TRIGGER of partly fired ramps -------------
+
+@pytest.mark.parametrize("hz,phase1_ns,monitored", [
+    (0, 200_000, False), (1, 200_000, True), (1000, 200_000, True),
+    (1000, 62_000, True), (1000, 61_992, False)])
+def test_monitoring_needs_a_rate_and_a_phase_1_long_enough(hz, phase1_ns, monitored):
+    from firmware import impedance
+
+    assert impedance.MONITOR_MIN_PHASE_NS == 62_000
+    hal = MonHal()
+    r = Rig.__new__(Rig)
+    r.hal, r.out, r.seq = hal, [], 0
+    r.ctl = Controller(hal, r.out.append, monitor_max_hz=hz)
+    p = dict(GOOD, phase1_ns=phase1_ns, phase2_ns=phase1_ns)
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, p))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    assert _status(r, 0)["impedance_ohm"] == 1000  # the start's check
+    code = _code(700, _na(p))
+    r.out.clear()
+    assert _read(r, 0, 1, 0, code) == (_ohm(code, _na(p)) if monitored else 1000)
+    assert _events(r) == [] and _status(r, 0)["state"] == "running"
+
+
+def test_a_ramp_of_one_channel_makes_no_group_with_the_others():
+    r = Rig(configure=(0,))
+    assert r.ask(M.SET_PARAMS, M.encode_params(2, RAMP))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    _running(r, 2)
+    assert r.ask(M.STOP, bytes((0b100,)))[0] == M.STOP | M.RESPONSE
+    assert r.ask(M.STOP, bytes((0b001,)))[0] == M.STOP | M.RESPONSE
+    assert _stops(r) == [["stop", 0b100], ["stop", 0b001]]
+
+
+@pytest.mark.parametrize("k0,k1,group", [(1, 4, False), (2, 4, True), (0, 2, False)])
+def test_the_channels_that_ramp_in_one_start_are_its_group(k0, k1, group):
+    r = Rig(configure=())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, ramp_up_pulses=k0)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, ramp_up_pulses=k1)))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b11,)))[0] == M.START | M.RESPONSE
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert _stops(r) == [["stop", 0b11 if group else 0b10]]
+
+
+def test_constant_sequences_started_with_a_varying_one_are_not_its_group():
+    r = Rig(configure=())
+    _sequence(r, 0, [100, 200, 300])
+    _sequence(r, 1, [400, 400, 400], amp=400)
+    _sequence(r, 2, [500, 500, 500], amp=500)
+    assert r.ask(M.START, bytes((0b111,)))[0] == M.START | M.RESPONSE
+    assert r.ask(M.STOP, bytes((0b10,)))[0] == M.STOP | M.RESPONSE
+    assert _stops(r) == [["stop", 0b10]]
+
+
+def test_a_soft_start_keeps_another_channels_pending_change_guarded():
+    r = Rig(configure=(1,))
+    _running(r, 1)
+    assert r.ask(M.SET_AMPLITUDE, M.encode_set_amplitude(1, 1500))[0] == M.SET_AMPLITUDE | M.RESPONSE
+    r.hal.busy = False  # its mark is out, no pulse has it yet
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, dict(GOOD, ramp_up_pulses=200)))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    nack(r.ask(M.SET_PARAMS, M.encode_params(1, dict(GOOD, period_ns=25_000_000))), M.E_DAC_BUSY, value=1)
+
+
+def test_a_trigger_of_armed_ramps_one_of_which_fired_starts_the_other_with_its_own_ramp():
+    from firmware import pulse_engine as E
+
+    class HalfFired(ZHal):
+        def disarm(self, mask):
+            self.calls.append(["disarm", mask])
+            return mask & 1  # channel 0's edge came first
+
+    r = Rig(configure=(), hal=HalfFired())
+    p = dict(RAMP, trigger=P.TRIGGER_EXT1)
+    for ch in (0, 1):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, p))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b11,)))[0] == M.START | M.RESPONSE
+    r.hal.busy = False
+    n = len(r.hal.ops)
+    assert r.ask(M.TRIGGER, bytes((0b11,)))[0] == M.TRIGGER | M.RESPONSE
+    trains = [E.build_train(p)] * 2
+    w = E.ramp_up_writer(trains, [1], [0, 0])
+    first, chunk = E.start_ops(trains, [1]), w.chunk(w.lookahead())
+    assert r.started()[-1] == ["start", 0b10, [0, 0, 0, 0], len(first), len(chunk)]
+    assert r.hal.ops[n:] == first + chunk
+
+
+def test_soft_starts_of_one_pulse_trains_queue_no_ramp_and_make_no_group():
+    p = dict(GOOD, ramp_up_pulses=4, train_duration_ns=50_000_000)  # one pulse: no boundary to ramp at
+    r = Rig(configure=())
+    for ch in (0, 1):
+        assert r.ask(M.SET_PARAMS, M.encode_params(ch, p))[0] == M.SET_PARAMS | M.RESPONSE
+    assert r.ask(M.START, bytes((0b11,)))[0] == M.START | M.RESPONSE
+    assert r.started()[-1][-1] == 0  # an empty first chunk
+    assert r.ask(M.STOP, bytes((0b01,)))[0] == M.STOP | M.RESPONSE
+    assert _stops(r) == [["stop", 0b01]]
