@@ -39,7 +39,7 @@ class SequencePlan:
       one: 32 s an entry). The first onset is a lead of idle entries (>= P x OVERHEAD ticks) or, when
       shorter, an idle word merged in front of the first pulse (below OVERHEAD ticks: unrealisable).
     * The last pulse (played once, or of the last cycle) is followed by ``period - pulse`` ticks of
-      idle (the tightest interval's), then the stream ends.
+      idle (the tightest interval's; at most ``cap``, ~2.1 s, for a longer period), then the stream ends.
     * Every entry ends on a shortest idle word: an entry boundary never cuts a pulse, and the SM's
       last word after the chain ends is OVERHEAD ticks (``tail_ticks``).
 
