@@ -295,6 +295,8 @@ class Rp2Hal:
         self._dac_pins_pio = dma_chain.dac_pinctrl()
         self._dbuf = array("I", [0] * _DAC_BUF_WORDS)
         self._dbuf_addr = uctypes.addressof(self._dbuf)
+        self._dbuf2 = array("I", [0] * _DAC_BUF_WORDS)  # the next batch, built while the DMA runs (_dac_soon)
+        self._dbuf2_addr = uctypes.addressof(self._dbuf2)
         self._dq = []  # op words not handed to the DMA yet (self._dqi: the next one)
         self._dqi = 0
         self._dbatch_n = 0  # words of the batch in self._dbuf handed to the DMA
@@ -541,32 +543,77 @@ class Rp2Hal:
             raise RuntimeError("DAC bus: channel %d's shutdown was not confirmed" % ch)
 
     def _dac_soon(self, ops):
-        """Queue ``ops`` (writes of a channel that is not running) with a mark before and after them
-        at the first group boundary after the words the DAC SM already has (its TX FIFO, at most
-        DAC_TX_DEPTH words, and the writes bound to them), without stopping the SM: only its DMA
-        is stopped (EN cleared, aborted); the words of the batch it had not moved go back to the
-        queue, after the new ops. The SM runs on throughout, so every wait op it is in or pulls
-        still sees its pin's next edges. The leading mark keeps the ops out of the group before
-        them (dma_chain.dac_drop_channels)."""
+        """Queue ``ops`` (writes of a channel that is not running), a mark before and after them (the
+        leading one keeps them out of the group before them: dma_chain.dac_drop_channels), without
+        stopping the DAC SM, so every wait op it is in or pulls still sees its pin's next edges.
+
+        Near the SM: when it waits in a wait op with its TX FIFO full (the DMA stalled on it) and
+        that FIFO holds a wait op too or the DMA's next word starts a group, the SM needs no word
+        from the DMA before a pulse end that is at least a period away. The new batch (the
+        not-yet-moved writes bound to the FIFO's last group, the ops, the rest of the batch and of
+        the queue) is built in the second buffer while the DMA runs on; then the DMA alone is
+        stopped (EN cleared, aborted) and, if it had not moved on meanwhile, started on the new
+        buffer at once (a few register writes: tens of µs), else resumed where it stopped. The ops
+        then go out after the FIFO's words: within about two pulse ends of the waiting channel.
+        Otherwise (or when the DMA moved on) the ops go to the front of the queue: after the batch
+        the DMA has (a group boundary, dma_chain.dac_batch_len), never between a wait and its
+        writes."""
         n = self._dbatch_n
-        left = []
-        if n and mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY:
+        t0 = ticks_us()
+        tries = 3
+        while n and mem32[self._r_dd_ctrl] & dma_chain.CTRL_BUSY:
+            moved = n - mem32[self._r_dd_count]
+            pc = mem32[self._r_dac_pc] & 0x1F
+            full = mem32[self._r_dac_flevel] & 0xF == dma_chain.DAC_TX_DEPTH
+            if not (full and 0 < moved < n and (pc in dma_chain.DAC_WAIT_OPS or pc - 1 in dma_chain.DAC_WAIT_OPS)):
+                if ticks_diff(ticks_us(), t0) >= _DAC_SAFE_POINT_US:
+                    break
+                continue  # a write burst, or the DMA refilling the FIFO: microseconds
+            d = self._dwords
+            b0 = len(d) - n  # d[b0:] is the batch; its last moved words are in the full FIFO
+            fifo = d[b0 + moved - dma_chain.DAC_TX_DEPTH:b0 + moved] if b0 + moved >= dma_chain.DAC_TX_DEPTH else []
+            if len(fifo) < dma_chain.DAC_TX_DEPTH or (dma_chain.dac_is_write(d[b0 + moved])
+                                                     and not [w for w in fifo if w in dma_chain.DAC_WAIT_OPS]):
+                break  # the SM could need a bound write from the DMA at its next pulse end
+            tail = d[b0 + moved:] + self._dq[self._dqi:]
+            i = 0
+            while i < len(tail) and dma_chain.dac_is_write(tail[i]):
+                i += 1  # writes bound to a wait (or a write) already in the FIFO go first
+            new = tail[:i] + [dac_bus.MARK_OP] + list(ops) + [dac_bus.MARK_OP] + tail[i:]
+            m = dma_chain.dac_batch_len(new, 0, _DAC_BUF_WORDS)
+            buf = self._dbuf2
+            for k in range(m):
+                buf[k] = new[k]
             self._dac_abort()
-            moved = (mem32[self._r_dd_read] - self._dbuf_addr) >> 2  # words in the FIFO or pulled
-            if 0 <= moved < n:
-                k = len(self._dwords) - (n - moved)
-                left = self._dwords[k:]
-                self._dwords = self._dwords[:k]
-                self._dbatch_n = moved
-        tail = left + self._dq[self._dqi:]
-        i = 0
-        while i < len(tail) and dma_chain.dac_is_write(tail[i]):
-            i += 1  # writes bound to a wait (or a write) already in the FIFO go first
-        q = tail[:i]
-        q.append(dac_bus.MARK_OP)
+            at = (mem32[self._r_dd_read] - self._dbuf_addr) >> 2
+            if at == moved:  # stopped where it waited: switch to the new batch
+                mem32[self._r_dd_read] = self._dbuf2_addr
+                mem32[self._r_dd_write] = self._r_dac_txf
+                mem32[self._r_dd_count] = m
+                mem32[self._r_dd_trig] = self._dac_run
+                self._dbuf, self._dbuf2 = buf, self._dbuf
+                self._dbuf_addr, self._dbuf2_addr = self._dbuf2_addr, self._dbuf_addr
+                self._dwords = d[:b0 + moved][-dma_chain.DAC_TX_DEPTH - 2:] + new[:m]
+                self._dbatch_n = m
+                self._dq = new[m:]
+                self._dqi = 0
+                self._dac_pending += 2
+                return
+            if not 0 <= at < n:
+                break
+            # it moved on (a wait ended while the batch was built): resume where it stopped, try again
+            mem32[self._r_dd_read] = self._dbuf_addr + 4 * at
+            mem32[self._r_dd_write] = self._r_dac_txf
+            mem32[self._r_dd_count] = n - at
+            mem32[self._r_dd_trig] = self._dac_run
+            tries -= 1
+            if not tries:
+                break
+            t0 = ticks_us()
+        q = [dac_bus.MARK_OP]
         q.extend(ops)
         q.append(dac_bus.MARK_OP)
-        q.extend(tail[i:])
+        q.extend(self._dq[self._dqi:])
         self._dq = q
         self._dqi = 0
         self._dac_pending += 2
