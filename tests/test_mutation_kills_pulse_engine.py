@@ -355,3 +355,361 @@ def test_build_train_refusals_carry_limit_and_relation():
             train(**kw)
         e = ei.value
         assert (e.field, e.value, e.limit, e.relation) == want, kw
+
+
+# ---- custom sequences: start_ops / first_codes / sequence_writer -----------------------------------
+from firmware import dac_bus  # noqa: E402
+from firmware.limits import LIMITS  # noqa: E402
+
+SEQ_MS = 1_000_000
+SEQ_BASE = dict(phase1_ns=100_000, phase2_ns=100_000, period_ns=2 * SEQ_MS, amplitude_ua=3000)
+
+
+def seq_train(amps_ua, **kw):
+    """A train playing a custom sequence once: pulses 2 ms apart with these amplitudes."""
+    from firmware import sequence as seq
+
+    onsets = [i * 2 * SEQ_MS for i in range(len(amps_ua))]
+    params = P.complete(dict(SEQ_BASE, sequence_pulses=len(amps_ua), **kw))
+    assert P.validate(params, LIMITS) is None
+    b = seq.SequenceBuilder(params, LIMITS, seq.RamRecords())
+    assert b.check(0, onsets, amps_ua) is None
+    b.add(0, onsets, amps_ua)
+    t = pe.build_train(params)
+    t.sequence = b.source()
+    return t
+
+
+def test_start_ops_write_a_sequences_first_pulse_codes():
+    t = seq_train([1000, 2000, 3000])  # the parameters' amplitude is 3000 µA (code 1200)
+    assert (t.dac_a, t.dac_b) == (1200, 1200)
+    assert pe.first_codes(t) == (400, 400)  # pulse 0: 1000 µA
+    plain = pe.build_train(P.complete(SEQ_BASE))
+    assert pe.first_codes(plain) == (1200, 1200)
+    assert pe.start_ops([plain, t], [0, 1]) == dac_bus.update_ops(0, 1200, 1200) + dac_bus.update_ops(1, 400, 400)
+
+
+def test_sequence_writer_picks_the_one_varying_channel():
+    plain = pe.build_train(P.complete(SEQ_BASE))
+    const = seq_train([1000, 1000, 1000])
+    vary = seq_train([1000, 2000, 1000])
+    assert pe.sequence_writer([plain, plain], [0, 1]) is None          # no sequence
+    assert pe.sequence_writer([const, plain, const], [0, 1, 2]) is None  # none varies
+    w = pe.sequence_writer([const, vary, plain], [0, 1, 2])
+    assert w.channels == [1] and w.train is vary
+    ops = w.chunk(10)  # waits on channel 1's phase-2 pin, channel 1's codes
+    assert ops == [dac_bus.wait_op(pe.phase2_pin(vary, 1))] + dac_bus.update_ops(1, 800, 800) + \
+        [dac_bus.wait_op(pe.phase2_pin(vary, 1))] + dac_bus.update_ops(1, 400, 400)
+    # a channel whose soft start is a single pulse (no ramp) does not conflict
+    w = pe.sequence_writer([pe.build_train(P.complete(dict(SEQ_BASE, ramp_up_pulses=1))), vary], [0, 1])
+    assert w.channels == [1]
+
+
+def test_sequence_writer_refuses_a_second_varying_channel_or_a_ramp():
+    vary = seq_train([1000, 2000, 1000])
+    ramp = pe.build_train(P.complete(dict(SEQ_BASE, ramp_up_pulses=2)))
+    for trains, chans, other, lead in (([ramp, vary], [0, 1], 0, 1), ([vary, ramp], [0, 1], 1, 0),
+                                       ([vary, seq_train([500, 700])], [0, 1], 1, 0)):
+        with pytest.raises(pe.RampMismatch) as ei:
+            pe.sequence_writer(trains, chans)
+        e = ei.value
+        assert (e.field, e.value, e.limit, e.relation) == ("sequence_pulses", other, lead, "<=")
+        assert str(e) == ("sequence_pulses: channel %d cannot change its amplitude pulse by pulse with channel %d"
+                          " in one start" % (other, lead))
+
+
+# ---- RampWriter with several channels: word for word against the per-pulse codes -----------------
+def ramp_params(**kw):
+    return P.complete(dict({"phase1_ns": 200_000, "phase2_ns": 300_000, "period_ns": 20 * SEQ_MS,
+                            "amplitude_ua": 1000}, **kw))
+
+
+def group_bounds(trains, channels, down):
+    """The slow construction, per boundary: the lead's wait(s), then each channel whose codes change
+    (pulse_codes / ramp_down_codes), a soft stop's shutdown at boundary K of each channel."""
+    lead = channels[0]
+    waits = pe.boundary_wait_ops(trains[lead], lead)
+    if down:
+        n = max(trains[ch].ramp_down_k for ch in channels) + 1
+        prev = {ch: (trains[ch].dac_a, trains[ch].dac_b) for ch in channels}
+    else:
+        n = max(trains[ch].ramp_up_k for ch in channels) - 1
+        prev = {ch: pe.pulse_codes(trains[ch], 0) for ch in channels}
+    bounds = []
+    for j in range(n):
+        ops, changed = list(waits), False
+        for ch in channels:
+            t = trains[ch]
+            if down:
+                if j == t.ramp_down_k:
+                    ops += dac_bus.shutdown_ops(ch)
+                    changed = True
+                    continue
+                if j > t.ramp_down_k:
+                    continue
+                codes = pe.ramp_down_codes(t, j)
+            else:
+                codes = pe.pulse_codes(t, j + 1)
+            if codes != prev[ch]:
+                prev[ch] = codes
+                ops += dac_bus.update_ops(ch, *codes)
+                changed = True
+        bounds.append((ops, changed))
+    return bounds
+
+
+def _trim(bounds):
+    """Boundaries flattened, nothing after the last change (bare waits at the very end dropped)."""
+    out, last = [], 0
+    for ops, changed in bounds:
+        out += ops
+        if changed:
+            last = len(out)
+    return out[:last]
+
+
+def group_reference(trains, channels, down):
+    return _trim(group_bounds(trains, channels, down))
+
+
+def chunked_reference(trains, channels, down, size):
+    """What chunk(size) calls give one after the other: whole boundaries (bare waits included: they
+    count pulses), only the last chunk cut after its last change."""
+    b = group_bounds(trains, channels, down)
+    last = (len(b) - 1) // size * size
+    out = []
+    for ops, _ in b[:last]:
+        out += ops
+    return out + _trim(b[last:])
+
+
+def writer_chunks(w, size):
+    got = []
+    while not w.done:
+        got += w.chunk(size)
+    return got
+
+
+# phase 2 of 1.5 x phase 1 (balanced codes round down or up), 2 x (halves round up), 3 x (a 1-LSB
+# phase 1 balances to 1/3 LSB: phase 2 floors at 1 LSB)
+PHASE2 = [dict(phase2_ns=300_000), dict(phase2_ns=400_000), dict(phase1_ns=100_000, phase2_ns=300_000)]
+
+
+@pytest.mark.parametrize("shape", [0, 1])
+@pytest.mark.parametrize("ph", PHASE2)
+def test_group_ramp_up_equals_the_reference(shape, ph):
+    # different amplitudes (one of 3 codes: its first steps floor at 1 LSB), polarities and K; the
+    # same pulse timing
+    trains = [pe.build_train(ramp_params(shape=shape, amplitude_ua=1000, ramp_up_pulses=7, **ph)),
+              pe.build_train(ramp_params(shape=shape, amplitude_ua=7, polarity=1, ramp_up_pulses=12, **ph)),
+              pe.build_train(ramp_params(shape=shape, amplitude_ua=10000, ramp_up_pulses=3, **ph)),
+              pe.build_train(ramp_params(shape=shape, amplitude_ua=2, ramp_up_pulses=5, **ph))]
+    assert trains[1].code1 == 3 and trains[3].code1 == 1
+    for chans in ([0, 1, 2], [2, 1, 0], [1, 3], [0, 1, 2, 3]):
+        ops = pe.ramp_up_ops(trains, chans)
+        assert ops and ops == group_reference(trains, chans, False), chans
+        for size in (2, 3):
+            assert writer_chunks(pe.ramp_up_writer(trains, chans), size) == \
+                chunked_reference(trains, chans, False, size), (chans, size)
+
+
+@pytest.mark.parametrize("shape", [0, 1])
+@pytest.mark.parametrize("ph", PHASE2)
+def test_group_ramp_down_equals_the_reference(shape, ph):
+    trains = [pe.build_train(ramp_params(shape=shape, amplitude_ua=1000, ramp_down_pulses=6, **ph)),
+              pe.build_train(ramp_params(shape=shape, amplitude_ua=7, polarity=1, ramp_down_pulses=9, **ph)),
+              pe.build_train(ramp_params(shape=shape, amplitude_ua=10000, ramp_down_pulses=1, **ph)),
+              pe.build_train(ramp_params(shape=shape, amplitude_ua=2, ramp_down_pulses=4, **ph))]
+    for chans in ([0, 1, 2], [2, 0, 1], [1, 3], [0, 1, 2, 3], [2, 3], [2, 0]):
+        ops = pe.ramp_down_ops(trains, chans)
+        assert ops == group_reference(trains, chans, True), chans
+        for size in (1, 2, 3):  # chunked as the controller streams a long soft stop
+            w = pe.RampWriter(trains, chans, None, True)
+            assert writer_chunks(w, size) == chunked_reference(trains, chans, True, size), (chans, size)
+        assert ops[-2:] == dac_bus.shutdown_ops(max(chans, key=lambda c: trains[c].ramp_down_k))
+        # every channel is shut down exactly once
+        for ch in chans:
+            sd = dac_bus.shutdown_ops(ch)
+            assert sum(ops[i:i + 2] == sd for i in range(len(ops) - 1)) == 1
+
+
+def test_ramp_up_writer_ignores_a_one_pulse_soft_start():
+    one = pe.build_train(ramp_params(ramp_up_pulses=1))
+    assert pe.ramp_up_writer([one], [0]) is None and pe.ramp_up_ops([one], [0]) == []
+    # nor does such a channel constrain a ramping one with other timing
+    four = pe.build_train(ramp_params(ramp_up_pulses=4, period_ns=33 * SEQ_MS))
+    assert pe.ramp_up_writer([four, one], [0, 1]).channels == [0]
+
+
+def test_ramp_mismatch_names_the_ramps_time_or_pulse_field():
+    base = pe.build_train(ramp_params(ramp_up_pulses=4, ramp_down_pulses=4))
+    cases = ((dict(ramp_up_ns=60 * SEQ_MS), False, "ramp_up_ns"), (dict(ramp_up_pulses=3), False, "ramp_up_pulses"),
+             (dict(ramp_down_ns=60 * SEQ_MS), True, "ramp_down_ns"), (dict(ramp_down_pulses=3), True, "ramp_down_pulses"))
+    for kw, down, field in cases:
+        other = pe.build_train(ramp_params(period_ns=21 * SEQ_MS, **kw))
+        with pytest.raises(pe.RampMismatch) as ei:
+            if down:
+                pe.ramp_down_ops([base, other], [0, 1])
+            else:
+                pe.ramp_up_ops([base, other], [0, 1])
+        assert (ei.value.field, ei.value.value, ei.value.limit) == (field, 1, 0), kw
+        assert str(ei.value) == "%s: channel 1 cannot ramp with channel 0: their pulse timing differs" % field
+
+
+def test_ramp_lookahead_boundaries():
+    def la(period_ns, n=1, shape=0):
+        t = pe.build_train(ramp_params(period_ns=period_ns, ramp_up_pulses=50, shape=shape))
+        return pe.ramp_up_writer([t] * n, list(range(n))).lookahead()
+    assert la(1_000_000 * 1000) == pe.RAMP_CHUNK_MIN        # 1 s pulses: at least 16 boundaries
+    assert la(100 * SEQ_MS) == pe.RAMP_CHUNK_MIN
+    # 125 000 000 ticks = 499 x 250 501 + 1: the ceiling is 500 boundaries
+    assert pe.ns_to_ticks(2_004_008) == 250_501 and la(2_004_008) == 500
+    assert la(2 * SEQ_MS) == 500
+    # 1 ms pulses: 1000 boundaries, within 4096 words of 3 (1 channel): 1000; of 9 (4 channels): 455
+    assert la(SEQ_MS) == 1000
+    v = la(SEQ_MS, 4)
+    assert v == 455 and type(v) is int
+    v = la(SEQ_MS, 1, 1)  # triphasic: 2 waits + 2 writes a boundary
+    assert v == 1000 and la(SEQ_MS, 4, 1) == 409 and type(la(SEQ_MS, 4, 1)) is int
+
+
+def test_all_ops_bound_exactly_at_max_ramp_ops():
+    # triphasic, one channel: 4 words a boundary; K = 1025 pulses are 1024 boundaries = 4096 words
+    t = pe.build_train(ramp_params(shape=1, ramp_up_pulses=1025, amplitude_ua=10000))
+    assert len(pe.ramp_up_ops([t], [0])) <= pe.MAX_RAMP_OPS
+    t = pe.build_train(ramp_params(shape=1, ramp_up_pulses=1026, amplitude_ua=10000))
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.ramp_up_ops([t], [0])
+    e = ei.value
+    assert (e.field, e.value, e.limit, e.relation) == ("ramp_up_pulses", 1026, 1025, "<=")
+    assert str(e) == "ramp_up_pulses: more than 4096 DAC op words"
+
+
+def test_all_ops_refusal_names_the_longest_ramp_of_the_group():
+    P_ = ramp_params
+    # soft start: channel 0's K (1000) is the longest; channel 1 has the longer soft stop
+    up = [pe.build_train(P_(ramp_up_pulses=1000)), pe.build_train(P_(ramp_up_pulses=900, ramp_down_pulses=1100))]
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.ramp_up_ops(up, [0, 1])  # 5 words a boundary
+    assert (ei.value.field, ei.value.value, ei.value.limit, ei.value.relation) == ("ramp_up_pulses", 1000, 4096 // 5 + 1, "<=")
+    # soft stop: channel 1's K (1000) is the longest; channel 0 has the longer soft start
+    down = [pe.build_train(P_(ramp_down_pulses=900, ramp_up_pulses=1200)), pe.build_train(P_(ramp_down_pulses=1000))]
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.ramp_down_ops(down, [0, 1])
+    assert (ei.value.field, ei.value.value, ei.value.limit, ei.value.relation) == ("ramp_down_pulses", 1000, 4096 // 5 - 1, "<=")
+    assert str(ei.value) == "ramp_down_pulses: more than 4096 DAC op words"
+    # equal K: the first channel's field (pulses) is named, not the second's (time)
+    tie = [pe.build_train(P_(ramp_up_pulses=1000)), pe.build_train(P_(ramp_up_ns=999 * 20 * SEQ_MS + 8))]
+    assert tie[1].ramp_up_k == 1000
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.ramp_up_ops(tie, [0, 1])
+    assert ei.value.field == "ramp_up_pulses"
+    # one channel alone
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.ramp_up_ops([pe.build_train(P_(ramp_up_pulses=1400))], [0])
+    assert (ei.value.field, ei.value.value, ei.value.limit) == ("ramp_up_pulses", 1400, 4096 // 3 + 1)
+
+
+def test_all_ops_refusal_of_a_time_ramp_names_its_ns_and_the_longest_that_fits():
+    ms = SEQ_MS
+    # 1 ms pulses, a 1.5 s soft start: 1500 pulses, 1499 boundaries of 3 words
+    t = pe.build_train(ramp_params(period_ns=ms, ramp_up_ns=1500 * ms, ramp_down_ns=700 * ms))
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.ramp_up_ops([t], [0])
+    e = ei.value
+    k_max = 4096 // 3 + 1  # 1366 pulses: pulse 1366 starts at 1366 ms
+    assert (e.field, e.value, e.limit, e.relation) == ("ramp_up_ns", 1500 * ms, k_max * ms, "<=")
+    assert str(e) == "ramp_up_ns: more than 4096 DAC op words"
+    t = pe.build_train(ramp_params(period_ns=ms, ramp_down_ns=1500 * ms + 8, ramp_up_ns=700 * ms))
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.ramp_down_ops([t], [0])
+    e = ei.value
+    assert (e.field, e.value, e.limit, e.relation) == ("ramp_down_ns", 1500 * ms + 8, (4096 // 3 - 1) * ms, "<=")
+    assert str(e) == "ramp_down_ns: more than 4096 DAC op words"
+
+
+def test_update_idle_violation_names_the_period_and_the_idle_it_needs():
+    need = pe.ns_to_ticks(501_000) + dac_bus.min_idle_ticks(1)  # 200 + 1 + 300 µs pulse + one DAC update
+    L = dict(LIMITS, max_duty_permille=1000, min_period_ns=0)
+    ok = pe.build_checked(ramp_params(period_ns=pe.ticks_to_ns(need)), L)[0]
+    assert pe.update_idle_violation(ok, 1) is None and pe.update_idle_violation(ok) is None  # default: 1 channel
+    short = pe.build_train(ramp_params(period_ns=pe.ticks_to_ns(need - 1)))
+    v = pe.update_idle_violation(short)
+    assert (v.field, v.value, v.limit, v.relation) == ("period_ns", pe.ticks_to_ns(need - 1), pe.ticks_to_ns(need), ">=")
+    need2 = pe.ns_to_ticks(501_000) + dac_bus.min_idle_ticks(2)
+    v = pe.update_idle_violation(ok, 2)
+    assert (v.value, v.limit, v.relation) == (pe.ticks_to_ns(need), pe.ticks_to_ns(need2), ">=")
+    # a group ramp whose boundary is too short for 2 channels' updates: the same fields, its own message
+    with pytest.raises(pe.Unrealisable) as ei:
+        pe.ramp_up_ops([pe.build_train(ramp_params(period_ns=pe.ticks_to_ns(need), ramp_up_pulses=3))] * 2, [0, 1])
+    e = ei.value
+    assert (e.field, e.value, e.limit, e.relation) == ("period_ns", pe.ticks_to_ns(need), pe.ticks_to_ns(need2), ">=")
+    assert str(e) == "period_ns: 2 channels updating at one boundary need more idle"
+
+
+def test_timing_key_counts_the_trigger_mode_only_for_a_triggered_start():
+    soft = pe.build_train(ramp_params(ramp_up_pulses=3))
+    edge = pe.build_train(ramp_params(ramp_up_pulses=3, trigger=1))   # TRIG1, rising edge
+    gate = pe.build_train(ramp_params(ramp_up_pulses=3, trigger=3))   # TRIG1, gate
+    assert edge.entry != gate.entry
+    assert pe.timing_key(soft) == pe.timing_key(edge) == pe.timing_key(gate, 0)  # default: a start now
+    assert pe.timing_key(edge, 1) != pe.timing_key(gate, 1)
+    assert pe.timing_key(edge, 1) != pe.timing_key(edge)
+    # a group started on one trigger input ramps together when the trigger mode is the same...
+    w = pe.ramp_up_writer([edge, edge], [0, 1], [1, 1, 0, 0])
+    assert w.channels == [0, 1] and w.n == 2
+    # ...and not when one waits for an edge and the other for a level
+    with pytest.raises(pe.RampMismatch):
+        pe.ramp_up_writer([edge, gate], [0, 1], [1, 1, 0, 0])
+
+
+def test_a_group_ramp_stops_at_the_last_pulse_of_equal_finite_trains():
+    P_ = ramp_params
+    period = 20 * SEQ_MS
+    nine = pe.build_train(P_(ramp_up_pulses=10, train_duration_ns=9 * period))
+    ten = pe.build_train(P_(ramp_up_pulses=10, train_duration_ns=10 * period))
+    endless = pe.build_train(P_(ramp_up_pulses=10))
+    assert pe.total_pulses(nine) == 9 and pe.total_pulses(ten) == 10
+
+    def waits(ops):
+        return sum(1 for o in ops if o == dac_bus.wait_op(pe.phase2_pin(nine, 0)))
+    assert waits(pe.ramp_up_ops([nine, nine], [0, 1])) == 8   # after pulses 0..7: pulse 8 is the last
+    assert waits(pe.ramp_up_ops([ten, ten], [0, 1])) == 9     # the whole ramp fits: K - 1 boundaries
+    assert waits(pe.ramp_up_ops([ten, endless], [0, 1])) == 9  # a train of exactly K pulses does not cut it
+    # two equally short trains and a longer one: the first short channel is named, the longer one is the limit
+    with pytest.raises(pe.RampMismatch) as ei:
+        pe.ramp_up_ops([nine, nine, endless], [0, 1, 2])
+    e = ei.value
+    assert (e.field, e.value, e.limit, e.relation) == ("train_duration_ns", 0, 2, "<=")
+    assert str(e) == "train_duration_ns: channel 0's train ends before the ramp of channel 2"
+
+
+def test_ramp_chunks_are_bounded_by_max_ramp_ops_and_continue_where_they_stopped():
+    trains = [pe.build_train(ramp_params(ramp_up_pulses=1000, amplitude_ua=10000)) for _ in range(4)]
+    w = pe.ramp_up_writer(trains, [0, 1, 2, 3])
+    first = w.chunk(999)  # 999 boundaries of 9 words would be 8991 words
+    assert w.emitted == pe.MAX_RAMP_OPS // 9 and len(first) == 9 * w.emitted
+    w.chunk(10)
+    assert w.emitted == pe.MAX_RAMP_OPS // 9 + 10
+
+
+@pytest.mark.parametrize("ch,amp,k", [(0, 7, 12), (1, 1000, 9), (2, 2, 6)])
+def test_one_channel_ramp_in_chunks_equals_the_whole(ch, amp, k):
+    t = pe.build_train(ramp_params(amplitude_ua=amp, ramp_up_pulses=k, ramp_down_pulses=k, polarity=ch % 2))
+    trains = [None] * 4
+    trains[ch] = t
+    assert pe.ramp_up_ops(trains, [ch]) == group_reference(trains, [ch], False)
+    for size in (1, 2, 3):
+        assert writer_chunks(pe.ramp_up_writer(trains, [ch]), size) == chunked_reference(trains, [ch], False, size)
+        assert writer_chunks(pe.RampWriter(trains, [ch], None, True), size) == \
+            chunked_reference(trains, [ch], True, size)
+
+
+def test_ramp_chunks_never_pass_the_last_pulse_of_a_finite_train():
+    t = pe.build_train(ramp_params(ramp_up_pulses=10, train_duration_ns=4 * 20 * SEQ_MS))  # 4 pulses
+    w = pe.ramp_up_writer([t], [0])
+    assert w.n == 3
+    got = w.chunk(2) + w.chunk(2)
+    assert w.done and got == pe.ramp_up_ops([t], [0])
+    assert sum(1 for o in got if o == dac_bus.wait_op(pe.phase2_pin(t, 0))) == 3
+    assert w.chunk(2) == []
