@@ -51,17 +51,17 @@ def _run(bus, hal, writer, until, step_us=400):
         _feed(hal, writer)
 
 
-def _end_b_inside_phase2(bus, hal, writer, fall_of, k_min, before_us):
+def _end_b_inside_phase2(bus, hal, writer, fall_of, k_min, before_us, step_us=400):
     """Let channel 1's stream drain, then see its end (the poll that shuts its DAC down) ``before_us``
     before the fall of channel 0's phase-2 pin that ends pulse k (the first k >= k_min far enough
     ahead). Returns (k, cycle of the poll)."""
     while hal._ch[1].idle_since is None:  # drained: running(1) starts its tail timer
-        _run(bus, hal, writer, bus.now + 400 * US)
+        _run(bus, hal, writer, bus.now + 400 * US, step_us)
         assert hal.running(1), "channel 1 ended before its drained state was seen"
     k = k_min
     while fall_of(k) - before_us * US < bus.now + 3 * MS // 8:  # its last idle word's tail is over by then
         k += 1
-    _run(bus, hal, writer, fall_of(k) - before_us * US)
+    _run(bus, hal, writer, fall_of(k) - before_us * US, step_us)
     at = bus.now
     assert not hal.running(1), "channel 1's end was not seen by this poll"
     return k, at
@@ -336,3 +336,43 @@ def test_disarming_channel_1_leaves_a_varying_sequence_on_time(bus, before_us):
     off1 = _check_amplitudes(edges, t_en, rises, [pe.dac_code(x) for x in amps], falls, at)
     assert max(off1) < falls[k + 1 + 4]
     assert _dac_sm_disables(bus, t_en, falls[-1]) == []
+
+
+@pytest.mark.parametrize("before_us", [5, 30, 55, 80])
+def test_channel_1_ending_beside_a_10khz_ramp_never_writes_inside_a_pulse(bus, before_us):
+    """A 10 kHz soft start (100 µs period, 27 µs pulses, 73 µs idle) on channel 0: the shutdown of
+    channel 1 going in behind the DAC SM's FIFO must not leave the DAC DMA stopped while the SM needs
+    a write bound to a wait: with pulse ends every 100 µs, a write held back that long lands inside
+    a later pulse. Every write of channel 0 lands after a pulse end and before the next pulse, every
+    pulse has its ramp code."""
+    a = train(phase1_ns=10_000, phase2_ns=10_000, interphase_ns=5_000, period_ns=100_000, amplitude_ua=2000,
+              ramp_up_pulses=400, train_duration_ns=50 * MS)
+    b = train(**dict(B_TRAIN, period_ns=200_000, train_duration_ns=2 * MS))
+    trains = [a, b, None, None]
+    hal = bus.load_hal()
+    writer = pe.ramp_up_writer(trains, [0, 1], [0] * 4)
+    hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
+    t_en = start_cycle(bus)
+    _run(bus, hal, writer, t_en + 1 * MS // 8, step_us=50)
+    e0 = bus.edges()
+    f0 = [c for c, p, lv in e0 if p == board.CH_POS[0] and not lv and c >= t_en][0]
+
+    def fall_of(k):
+        return f0 + k * a.period_ticks
+
+    k, at = _end_b_inside_phase2(bus, hal, writer, fall_of, 3, before_us, 50)
+    _run(bus, hal, writer, at + 20 * MS // 8, step_us=50)
+    hal.stop(1)
+    for _ in range(100):
+        _run(bus, hal, writer, bus.now + 200 * US, step_us=50)
+        if not hal.running(0):
+            break
+    assert not hal.running(0)
+    bus.run_us(500)
+    edges = bus.edges()
+    rises = [c for c, p, lv in edges if p == board.CH_NEG[0] and lv and c >= t_en]
+    falls = [c for c, p, lv in edges if p == board.CH_POS[0] and not lv and c >= t_en]
+    codes = [pe.pulse_codes(a, j)[1] for j in range(len(rises))]
+    b_drive = [c for c, p, lv in edges if p in (board.CH_POS[1], board.CH_NEG[1])]
+    off1 = _check_amplitudes(edges, t_en, rises, codes, falls, max(b_drive))
+    assert at < min(off1)
