@@ -2222,3 +2222,39 @@ def test_soft_starts_of_one_pulse_trains_queue_no_ramp_and_make_no_group():
     assert r.started()[-1][-1] == 0  # an empty first chunk
     assert r.ask(M.STOP, bytes((0b01,)))[0] == M.STOP | M.RESPONSE
     assert _stops(r) == [["stop", 0b01]]
+
+
+class RaceHal(MonHal):
+    """MonHal on which ``race`` pulses end while a poll runs, right after it has taken the readings."""
+
+    def __init__(self):
+        super().__init__()
+        self.race = 0
+
+    def phase1_samples(self, ch, min_interval_us):
+        out = super().phase1_samples(ch, min_interval_us)
+        self.played[ch] += self.race
+        return out
+
+
+@pytest.mark.parametrize("race", [1, 4])
+def test_a_soft_starts_per_pulse_current_outlives_pulses_ending_during_a_poll(race):
+    """The pulse in progress when a poll takes the readings delivers its own reading at the next poll,
+    however many pulses (up to the margin of two) end meanwhile: it is still read at its current."""
+    from firmware import pulse_engine as E
+
+    p = dict(GOOD, ramp_up_pulses=8)
+    train = E.build_train(p)
+    r = Rig(configure=(), hal=RaceHal())
+    assert r.ask(M.SET_PARAMS, M.encode_params(0, p))[0] == M.SET_PARAMS | M.RESPONSE
+    _running(r, 0)
+    r.hal.played[0] = 6  # pulse 6 (of the 8 ramp pulses) in progress, its reading not taken yet
+    r.hal.race = race
+    r.ctl.poll()
+    r.hal.race = 0
+    now = 6 + race
+    na6 = _phase1_na(p, E.pulse_codes(train, 6))
+    assert na6 != _na(p)
+    code = _code(300, na6)
+    back = _rest_us(p) + (now - 1 - 6) * p["period_ns"] // 1000
+    assert _read(r, 0, now, back, code) == _ohm(code, na6)
