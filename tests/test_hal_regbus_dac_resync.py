@@ -13,8 +13,9 @@ later one landed one pulse late. The DAC commands are decoded from the emulated 
 Where the window is: under the model's CPU costs (regbus.COSTS_US) the old HAL disabled the DAC SM
 about 35 µs after that poll began and re-enabled it about 34 µs later, so a poll 50 or 62 µs before
 the fall (``before_us``) put the fall inside the halt (both fail on ed87132 with every amplitude from
-the next pulse on one pulse late); 15 µs would be too late for the halt to contain the fall. Every case also checks that the DAC SM is never disabled while channel 0 plays and
-that channel 1's shutdown goes out within a few of channel 0's pulses.
+the next pulse on one pulse late); 15 µs would be too late for the halt to contain the fall. The
+sequence and ramp cases also check that the DAC SM is never disabled while channel 0 plays and that
+channel 1's shutdown goes out within a few of channel 0's pulses.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _check_amplitudes(edges, t_en, rises, codes, phase2_falls, b_end):
     d = decode(edges)
     assert all(isinstance(x[3], int) for x in d), "a cut DAC frame"
     writes0 = [(rise, cmd) for rise, _f, ch, cmd, _s in d if ch == 0]
-    b_codes = [(rise, cmd & dac_bus.CODE_MASK) for rise, cmd in writes0 if cmd & dac_bus.CMD_B and cmd & dac_bus.CMD_ACTIVE]
+    b_codes = [(rise, cmd & dac_bus.CODE_MASK) for rise, cmd in writes0
+               if cmd & dac_bus.CMD_B and cmd & dac_bus.CMD_ACTIVE]
     got = []
     for r in rises:
         before = [c for at, c in b_codes if at < r]
