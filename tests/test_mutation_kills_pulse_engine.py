@@ -713,3 +713,51 @@ def test_ramp_chunks_never_pass_the_last_pulse_of_a_finite_train():
     assert w.done and got == pe.ramp_up_ops([t], [0])
     assert sum(1 for o in got if o == dac_bus.wait_op(pe.phase2_pin(t, 0))) == 3
     assert w.chunk(2) == []
+
+
+# ---- build_train: the DAC range checks at their edges, burst cycles, realised values ---------------
+def test_shape_refusal_message():
+    with pytest.raises(pe.Unrealisable) as ei:
+        train(shape=2)
+    assert str(ei.value) == "shape: not 0 or 1"
+
+
+def test_dac_codes_at_the_top_of_the_range_are_accepted():
+    # phase 1 three times phase 2: 3412 µA is code 1365, its balancing phase 2 exactly code 4095
+    t = train(amplitude_ua=3412, phase1_ns=300_000, phase2_ns=100_000)
+    assert (t.realised["dac_code1"], t.realised["dac_code2"]) == (1365, 4095)
+    # 10238 µA is code 4095 (the largest): equal phases, both at 4095
+    t = train(amplitude_ua=10_238)
+    assert (t.code1, t.realised["dac_code2"]) == (4095, 4095)
+
+
+def test_phase2_beyond_the_dac_message():
+    with pytest.raises(pe.Unrealisable) as ei:
+        train(amplitude_ua=3414, phase1_ns=300_000, phase2_ns=100_000)  # code 1366: phase 2 would be 4098
+    assert str(ei.value) == "phase2_amplitude_ua: DAC code 4098 beyond 4095"
+
+
+def test_amplitude_outside_the_dac_codes_is_refused_naming_it():
+    for amp, code, kw in ((0, 0, {}), (10_240, 4096, dict(phase2_ns=400_000))):  # phase 2 of 4096 balances to 2048
+        with pytest.raises(pe.Unrealisable) as ei:
+            train(amplitude_ua=amp, **kw)
+        e = ei.value
+        assert (e.field, e.value, e.limit, e.relation) == ("amplitude_ua", amp, 10_238, "<="), amp
+        assert str(e) == "amplitude_ua: DAC code %d out of range" % code
+
+
+def test_a_one_pulse_burst_cycle_includes_its_interburst():
+    # bursts of 1 pulse, 1 ms period + 5 ms interburst: a 6 ms cycle, so 12 ms is 2 cycles (not 12)
+    t = train(period_ns=1_000_000, burst_pulses=1, interburst_ns=5_000_000, train_duration_ns=12_000_000)
+    assert t.repeats == 2 and t.realised["train_duration"] == 2 * 750_000
+    assert pe.total_pulses(t) == 2
+
+
+def test_realised_dead_time_and_residual_in_pc():
+    # a 1-LSB phase 1 of 200 µs against a 600 µs phase 2 floored at 1 LSB: 1 x 25000 - 1 x 75000
+    # code-ticks = -50000 x 20 fC = -1 000 000 fC = -1000 pC
+    t = train(amplitude_ua=3, phase2_ns=600_000)
+    r = t.realised
+    assert (r["dac_code1"], r["dac_code2"]) == (1, 1)
+    assert (r["residual_fc"], r["residual_pc"]) == (-1_000_000, -1000)
+    assert r["dead_time"] == pe.DEAD_TICKS == 125
