@@ -320,3 +320,12 @@ def test_decode_crash_unknown_kind_and_place():
     # only the low 16 bits count: higher bits of the i32 value are ignored
     assert M.decode_crash(0x12F102) == {"exception": "ValueError", "where": "poll"}
     assert M.decode_crash(M.REPL << 8)["where"] == "repl"
+
+
+@pytest.mark.parametrize("onsets, amps", [([], []), ([0, 1], [5]), ([0], [5, 6]),
+                                          (list(range(M.SEQUENCE_CHUNK + 1)), [5] * (M.SEQUENCE_CHUNK + 1))])
+def test_set_sequence_chunk_refused_with_its_rule(onsets, amps):
+    """The host's encoder says what a SET_SEQUENCE chunk must be (the client splits uploads by it)."""
+    with pytest.raises(ValueError) as e:
+        M.encode_set_sequence(0, 0, onsets, amps)
+    assert str(e.value) == "1..20 pulses, as many onsets as amplitudes"
