@@ -167,26 +167,41 @@ def run_module(module: str, only_survivors: bool = False) -> dict:
            "no_tests": st["no_tests"],
            "score": 100.0 * killed / real if real else 0.0,
            "date": datetime.date.today().isoformat(),
+           "source": source_commit(module, only_survivors),
            "tests": [t for t in tests if (ROOT / t).exists()]}
     print("   killed %d / %d (%.1f %%), survived %d, no tests %d; survivors in %s" % (
         killed, real, row["score"], st["survived"], st["no_tests"], d / "survivors.txt"), flush=True)
     return row
 
 
+def source_commit(module: str, only_survivors: bool) -> str:
+    """The commit whose sources were mutated: a --survivors run keeps its full run's sources (it may
+    not be re-run on changed sources), a full run uses the checkout's HEAD (uncommitted changes: +)."""
+    if only_survivors:
+        return old_rows().get(module, {}).get("source", "?")
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "firmware", "protocol", "host"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+" if dirty else "")
+
+
 def table(rows: dict[str, dict]) -> str:
     out = [MARK_START, "",
-           "| module | killed / total | score | survived | no test reaches | date | tests run |",
-           "|---|---|---|---|---|---|---|"]
+           "| module | killed / total | score | survived | no test reaches | sources | date | tests run |",
+           "|---|---|---|---|---|---|---|---|"]
     for module in MODULES:
         r = rows.get(module)
         if r is None:
             continue
-        out.append("| `%s` | %d / %d | %.1f %% | %d | %d | %s | %s |" % (
-            r["module"], r["killed"], r["total"], r["score"], r["survived"], r["no_tests"], r["date"],
+        out.append("| `%s` | %d / %d | %.1f %% | %d | %d | %s | %s | %s |" % (
+            r["module"], r["killed"], r["total"], r["score"], r["survived"], r["no_tests"], r.get("source", "?"),
+            r["date"],
             ", ".join("`%s`" % Path(t).name for t in r["tests"])))
     out += ["", "Command: `make mutate` (= `python tools/mutate.py`; one module: "
             "`python tools/mutate.py impedance`), mutmut %s, `--max-children %s`. Total excludes mutants "
-            "no selected test reaches (shown separately). Surviving mutants and why each is "
+            "no selected test reaches (shown separately). *Sources*: the commit whose module was mutated (a "
+            "`--survivors` re-run keeps it and adds the tests written since). Surviving mutants and why each is "
             "equivalent or still open: [tests/mutation-survivors.md](tests/mutation-survivors.md)."
             % (mutmut_version(), MAX_CHILDREN), "", MARK_END]
     return "\n".join(out)
