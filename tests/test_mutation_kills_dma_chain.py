@@ -893,3 +893,94 @@ def test_a_fresh_feeder_has_nothing_queued():
     assert f.fill(5) == 0 and list(ring) == [0xDEAD] * len(ring)  # finished: fill writes nothing
     with pytest.raises(ValueError, match=r"^replace needs the stream's words per entry \(1\)$"):
         f.prepare_replace(dc.Plan(train(period_ns=MS), p=9))
+
+
+# ------------------------------------- custom sequences: plan_for, the jit Feeder and max_ahead
+def seq_train(n, p_ms=2, **kw):
+    """A train playing a custom sequence of ``n`` pulses ``p_ms`` ms apart, once."""
+    from firmware import sequence as seq
+    from firmware.limits import LIMITS
+
+    onsets = [i * p_ms * MS for i in range(n)]
+    amps = [100 + 10 * (i % 5) for i in range(n)]
+    params = P.complete(dict(phase1_ns=100_000, phase2_ns=100_000, period_ns=2 * MS, amplitude_ua=3000,
+                             sequence_pulses=n, **kw))
+    assert P.validate(params, LIMITS) is None
+    b = seq.SequenceBuilder(params, LIMITS, seq.RamRecords())
+    b.add(0, onsets, amps)
+    t = pe.build_train(params)
+    t.sequence = b.source()
+    return t
+
+
+def test_plan_for_chooses_by_the_sequence_and_passes_p():
+    from firmware.seq_stream import SequencePlan
+
+    plain = train(period_ns=1 * MS)
+    assert type(dc.plan_for(plain)) is dc.Plan and dc.plan_for(plain).p == dc.ENTRY_WORDS
+    assert dc.plan_for(plain, 9).p == 9 and dc.plan_for(plain, p=9).runs[0][0].entries == 1
+    s = seq_train(4)
+    sp = dc.plan_for(s, 12)
+    assert type(sp) is SequencePlan and sp.p == 12 and sp.jit and sp.max_ahead == 126
+    assert dc.plan_for(s).p == dc.ENTRY_WORDS
+    del plain.sequence  # an object without the attribute: a regular plan
+    assert type(dc.plan_for(plain)) is dc.Plan
+
+
+def seq_feeder(ring_len=dc.RING_LEN, margin=dc.RING_MARGIN, base=2):
+    ring = array("I", [0xDEAD] * (ring_len + base + 1))
+    return dc.Feeder(ring, base, ring_len, addresses(), margin=margin), ring
+
+
+def test_load_and_fill_of_a_sequence_stay_within_max_ahead():
+    plan = dc.plan_for(seq_train(400))
+    f, ring = seq_feeder()
+    assert f.load(plan) == plan.max_ahead == 126 and f.jit and f.max_ahead == 126
+    assert not f.finished and f.pulses_total == 126 and f.cum[125] == 126
+    assert slots(f, ring)[126] == 0 and all(slots(f, ring)[:126])
+    assert slots(f, ring)[127:] == [0] * (dc.RING_LEN - 127)
+    assert f.fill(0) == 126 and f.fill(10) == 136 and f.head == 136 and f.pulses_total == 136
+    assert slots(f, ring)[136] == 0 and f.cum[135] == 136
+    # the ring's own bound when it is the tighter one
+    g, ring2 = seq_feeder(ring_len=64, margin=4)
+    assert g.load(dc.plan_for(seq_train(400))) == 60
+    assert g.fill(7) == 67
+    # a regular plan after a sequence: the ring is the bound again
+    f.load(dc.Plan(train(period_ns=1 * MS), p=16))
+    assert not f.jit and f.max_ahead == dc.RING_LEN and f.head == dc.RING_LEN - dc.RING_MARGIN
+
+
+def test_a_short_sequence_finishes_in_load():
+    plan = dc.plan_for(seq_train(5))
+    f, ring = seq_feeder()
+    head = f.load(plan)
+    assert f.finished and head >= 5 and f.pulses_total == 5
+    assert slots(f, ring)[head] == 0 and all(slots(f, ring)[:head])
+    ring[f.base + head] = 0xBEEF
+    assert f.fill(head) == head and ring[f.base + head] == 0xBEEF  # finished: nothing written
+
+
+def test_prepare_replace_into_a_sequence_stages_pool_entries():
+    f, ring = seq_feeder()
+    f.load(dc.Plan(train(period_ns=2 * MS), p=16))
+    plan = dc.plan_for(seq_train(200))
+    f.prepare_replace(plan, n=500)
+    vals, dones = f.staged
+    assert f.jit and f.max_ahead == 126
+    assert len(vals) == min(dc.RING_LEN - dc.RING_MARGIN - 1, 126) == 126
+    pool = [f.addr_of(c) for c in plan.chunks]
+    # entry e of the pool is entry e % 16 of chunk e // 16, 64 bytes (16 words) apart
+    assert vals[:20] == [pool[e // 16] + 64 * (e % 16) for e in range(20)]
+    assert dones == [1] * 126  # one pulse completed by each entry
+
+
+def test_dac_drop_channels_without_a_wait_on_the_pins_is_a_copy():
+    ops = [A, W2, C_, M, W2, D_, M]
+    out = dc.dac_drop_channels(ops, (5,))  # nothing waits on GP5
+    assert out == ops and out is not ops
+    out.append(A)
+    assert ops == [A, W2, C_, M, W2, D_, M]
+    assert dc.dac_drop_channels(ops, (5, 11)) == [A, M, M]  # one of the pins has waits: dropped
+    assert dc.dac_drop_channels(ops, (11, 5)) == [A, M, M]
+    assert dc.dac_drop_channels([W, A, W2, B, M], (11,)) == [W, A, M]
+    assert dc.dac_drop_channels([], (5,)) == []
