@@ -937,7 +937,7 @@ def test_load_and_fill_of_a_sequence_stay_within_max_ahead():
     f, ring = seq_feeder()
     assert f.load(plan) == plan.max_ahead == 126 and f.jit and f.max_ahead == 126
     assert not f.finished and f.pulses_total == 126 and f.cum[125] == 126
-    assert slots(f, ring)[126] == 0 and all(slots(f, ring)[:126])
+    assert slots(f, ring)[126] == 0 and all(slots(f, ring)[:126]) and f.cum[126] == 126
     assert slots(f, ring)[127:] == [0] * (dc.RING_LEN - 127)
     assert f.fill(0) == 126 and f.fill(10) == 136 and f.head == 136 and f.pulses_total == 136
     assert slots(f, ring)[136] == 0 and f.cum[135] == 136
@@ -955,6 +955,7 @@ def test_a_short_sequence_finishes_in_load():
     f, ring = seq_feeder()
     head = f.load(plan)
     assert f.finished and head >= 5 and f.pulses_total == 5
+    assert f.cum[head] == 5 and f.pulses_after(head + 1) == 5  # the slot of the 0: every pulse played
     assert slots(f, ring)[head] == 0 and all(slots(f, ring)[:head])
     ring[f.base + head] = 0xBEEF
     assert f.fill(head) == head and ring[f.base + head] == 0xBEEF  # finished: nothing written
