@@ -211,3 +211,33 @@ def test_shannon_violation_value_is_the_rounded_k():
     q_uc = 2049 * 200_000 / 1e9
     k = 2 * math.log10(q_uc) - math.log10(100 / 1e8)   # 5.2251
     assert v.field == "shannon_k_centi" and v.value == int(k * 100 + 0.5) == 523
+
+
+# ---- protocol 8 and triphasic additions (survivors of the 45ffc0d run)
+def test_a_triphasic_pulse_has_two_interphases():
+    # flank, gap, main phase, gap, flank: the period must hold both realised gaps
+    p = dict(BASE, shape=P.SHAPE_TRIPHASIC, phase1_ns=1000, interphase_ns=300, phase2_ns=2000, recovery_ns=0)
+    assert P.pulse_length_ns(p, 48) == 1000 + 2 * 300 + 2000
+    assert P.pulse_length_ns(p, 500) == 1000 + 2 * 500 + 2000
+    assert P.pulse_length_ns(dict(p, shape=P.SHAPE_BIPHASIC), 48) == 1000 + 300 + 2000
+    L = dict(LIMITS, min_dead_time_ns=100, min_period_ns=0, max_duty_permille=1000)
+    kw = dict(shape=P.SHAPE_TRIPHASIC, phase1_ns=1000, interphase_ns=300, phase2_ns=2000, amplitude_ua=10)
+    need = 1000 + 2 * 300 + 2000 + 100
+    assert v_of(L, period_ns=need, **kw) is None
+    assert v_of(L, period_ns=need - 1, **kw) == ("period_ns", need - 1, need, ">=")
+
+
+def test_each_triphasic_flank_is_at_least_the_shortest_phase():
+    # phase 2 is two flanks of phase2_ns / 2 each: phase2_ns >= 2 x min_phase_ns (80 ns)
+    kw = dict(shape=P.SHAPE_TRIPHASIC, phase1_ns=40, amplitude_ua=100, period_ns=10**6)
+    assert v_of(phase2_ns=80, **kw) is None
+    assert v_of(phase2_ns=79, **kw) == ("phase2_ns", 79, 80, ">=")
+    assert v_of(phase2_ns=79, **dict(kw, shape=P.SHAPE_BIPHASIC)) is None
+
+
+def test_is_sequence_of_a_partial_dict():
+    # a dict without the field (an older parameter set) is a regular train; one pulse is a sequence
+    assert P.is_sequence({}) is False
+    assert P.is_sequence({"period_ns": 10**6}) is False
+    assert P.is_sequence({"sequence_pulses": 1}) is True
+    assert P.is_sequence({"sequence_pulses": 0}) is False
