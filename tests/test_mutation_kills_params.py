@@ -241,3 +241,16 @@ def test_is_sequence_of_a_partial_dict():
     assert P.is_sequence({"period_ns": 10**6}) is False
     assert P.is_sequence({"sequence_pulses": 1}) is True
     assert P.is_sequence({"sequence_pulses": 0}) is False
+
+
+
+def test_shannon_violation_reports_k_of_the_exact_charge():
+    # 1481 µA x 7979 ns = 11 816 899 fC on 100 µm²: k = 2.145007, reported rounded as 215. Flooring the
+    # charge to 11 816 pC first gave 2.144993 -> 214 (bug found by mutation testing, issue 15)
+    import math
+    kw = dict(amplitude_ua=1481, phase1_ns=7979, phase2_ns=7979, electrode_area_um2=100, period_ns=10**7)
+    q_uc = 1481 * 7979 / 1e9
+    k_centi = (2 * math.log10(q_uc) - math.log10(100 / 1e8)) * 100
+    assert 214.5 < k_centi < 214.501
+    v = P.validate(dict(BASE, **kw), LIMITS)
+    assert (v.field, v.value, v.limit, v.relation) == ("shannon_k_centi", 215, 185, "<=")
