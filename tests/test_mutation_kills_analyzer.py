@@ -1263,3 +1263,186 @@ def test_burst_split_threshold_counts_the_recovery_gap_in_the_pulse():
     r = analyze(t, expected=exp)
     assert r.bursts["count"] == 2 and r.ok, r.failures
     assert r.bursts["split_threshold_us"] == pytest.approx(((200_000 + pulse) / 125 + 1000) / 2)
+
+
+# ---- custom sequences (protocol 8): _check_sequence's per-pulse results on hand-built irregular trains
+SEQ_AT = [5_000, 130_000, 380_000, 405_000, 905_000]  # pulse starts (samples): intervals 125k, 250k, 25k, 500k
+
+
+def seq_trace(at=SEQ_AT, sr=SR, p1=5_000, gap=500, p2=10_000, codes=None, first_code_written=True):
+    """Pulses starting at the samples ``at`` (phase 1 NEG, phase 2 POS, SYNC over both); with ``codes``
+    [(c1, c2), ...] the DAC writes 2_000 samples before each pulse (pulse 0's left out when
+    ``first_code_written`` is False: its amplitude is unknown to the capture)."""
+    ln = Lines(("SCK", "MOSI", "CS0", "POS", "NEG", "SYNC") if codes else ("POS", "NEG", "SYNC"))
+    for k, s in enumerate(at):
+        if codes and (k or first_code_written):
+            t = ln.frame("CS0", s - 2_000, B_ON | codes[k][0])
+            ln.frame("CS0", t + 10, A_ON | codes[k][1])
+        end = ln.pulse("NEG", s, p1, gap, p2)
+        ln.set("SYNC", s, 1)
+        ln.set("SYNC", end, 0)
+    tr = ln.trace(at[-1] + p1 + gap + p2 + 10_000)
+    return Trace(sr, tr.n_samples, tr.channels)
+
+
+SEQ_US = [40.0, 1040.0, 3040.0, 3240.0, 7240.0]  # SEQ_AT at 125 MS/s (8 ns per sample)
+
+
+def test_no_sequence_expected_no_sequence_report():
+    r = analyze(seq_trace())
+    assert r.sequence == {} and "sequence" not in r.to_json() and "sequence " not in r.summary()
+    r = analyze(seq_trace(), expected=dict(onsets_us=None, amplitudes_ua=None))
+    assert r.sequence == {} and r.ok
+    assert r.to_json()["expected"] == {"onsets_us": None, "amplitudes_ua": None}
+
+
+def test_irregular_onsets_exact_to_the_sample():
+    r = analyze(seq_trace(), expected=dict(onsets_us=SEQ_US))
+    assert r.ok and r.exact, r.failures
+    q = r.sequence
+    assert q == {"exact": True, "checked": 5, "onset_mismatches": 0, "worst_onset_error_samples": 0,
+                 "worst_onset_error_us": 0.0, "first_onset_mismatch": None, "onsets_us": SEQ_US,
+                 "amplitudes_checked": 0, "amplitude_mismatches": 0, "amplitudes_unknown": 0,
+                 "first_amplitude_mismatch": None, "expected_pulses": 5}
+    # the first pulse is placed at the file's first onset: a later origin shifts every measured onset
+    r = analyze(seq_trace(), expected=dict(onsets_us=[x + 500 for x in SEQ_US]))
+    assert r.ok and r.sequence["onsets_us"] == [x + 500 for x in SEQ_US]
+    assert "  sequence    5/5 pulses checked: onsets exact to the sample (worst 0 samples), amplitudes 0 checked, " \
+           "0 differ" in r.summary().splitlines()
+    assert r.to_json()["expected"] == {"onsets_us": 5}
+
+
+@pytest.mark.parametrize("k,samples", [(2, 1), (2, -1), (4, 1), (1, 0.6), (3, -0.6)])
+def test_one_onset_off_by_a_sample_in_exact_mode(k, samples):
+    exp = list(SEQ_US)
+    exp[k] += samples * 0.008
+    r = analyze(seq_trace(), expected=dict(onsets_us=exp))
+    q = r.sequence
+    assert q["onset_mismatches"] == 1 and q["checked"] == 5
+    assert q["worst_onset_error_samples"] == 1 and isinstance(q["worst_onset_error_samples"], int)
+    assert q["worst_onset_error_us"] == pytest.approx(0.008)
+    assert q["first_onset_mismatch"] == {"pulse": k, "expected_us": exp[k], "measured_us": SEQ_US[k],
+                                         "error_samples": pytest.approx(-samples)}
+    assert r.failures == [f"sequence onsets: 1/5 pulses off the file's onsets (origin: pulse 0 at 40 µs), first #{k}: "
+                          f"{SEQ_US[k]:.4f} µs vs {exp[k]:.4f} µs ({-samples:+.1f} samples)"]
+    assert f"onsets 1 off (worst 1 samples)" in r.summary()
+
+
+def test_less_than_half_a_sample_off_rounds_to_the_same_sample_in_exact_mode():
+    exp = list(SEQ_US)
+    exp[2] += 0.4 * 0.008
+    exp[4] -= 0.45 * 0.008
+    r = analyze(seq_trace(), expected=dict(onsets_us=exp))
+    assert r.ok, r.failures
+    assert r.sequence["worst_onset_error_samples"] == 0 and r.sequence["worst_onset_error_us"] == 0.0
+
+
+def test_two_onsets_off_names_the_first_and_counts_both():
+    exp = list(SEQ_US)
+    exp[1] -= 3 * 0.008
+    exp[3] += 2 * 0.008
+    r = analyze(seq_trace(), expected=dict(onsets_us=exp))
+    q = r.sequence
+    assert q["onset_mismatches"] == 2 and q["first_onset_mismatch"]["pulse"] == 1
+    assert q["worst_onset_error_samples"] == 3 and q["worst_onset_error_us"] == pytest.approx(0.024)
+    assert fails(r, "sequence onsets: 2/5 pulses off") and "onsets 2 off (worst 3 samples)" in r.summary()
+
+
+SR25 = 25_000_000
+
+
+def test_asynchronous_onset_tolerance_grows_with_the_span():
+    # 25 MS/s: +-1 sample plus 100 ppm of the expected span from pulse 0; pulse 1 is 100_000 samples
+    # (4 ms) after pulse 0: 11 samples allowed there, 11.25 at pulse 2 (102_500 samples)
+    at = [1_000, 101_000, 103_500]
+    tr = seq_trace(at, sr=SR25, p1=1_000, gap=100, p2=1_000)
+    base = [40.0, 4040.0, 4140.0]
+    r = analyze(tr, expected=dict(onsets_us=base))
+    assert r.ok and not r.exact and r.sequence["worst_onset_error_samples"] == 0.0
+
+    def run(k, samples, **kw):
+        exp = list(base)
+        exp[k] += samples * 0.04
+        return analyze(tr, expected=dict(onsets_us=exp), **kw).sequence
+
+    q = run(1, 10.9)
+    assert q["onset_mismatches"] == 0 and q["worst_onset_error_samples"] == pytest.approx(10.9)
+    assert q["worst_onset_error_us"] == pytest.approx(10.9 * 0.04)
+    assert run(1, -10.9)["onset_mismatches"] == 0
+    q = run(1, 11.1)
+    assert q["onset_mismatches"] == 1 and q["first_onset_mismatch"]["error_samples"] == pytest.approx(-11.1)
+    assert run(1, -11.1)["onset_mismatches"] == 1
+    assert run(2, 11.2)["onset_mismatches"] == 0 and run(2, -11.3)["onset_mismatches"] == 1
+    # clock_ppm 0: one sample only, wherever the pulse is
+    assert run(1, 0.9, clock_ppm=0)["onset_mismatches"] == 0
+    assert run(1, 1.1, clock_ppm=0)["onset_mismatches"] == 1
+    r = analyze(tr, expected=dict(onsets_us=[40.0, 4040.0 + 0.2, 4140.0]))
+    assert "onsets within tolerance (worst 5.0" in r.summary()
+
+
+def test_sequence_count_from_the_amplitudes_when_no_onsets_are_given():
+    tr = seq_trace(codes=[(40, 20)] * 5)
+    r = analyze(tr, expected=dict(amplitudes_ua=[100.0] * 5))
+    assert r.ok and r.sequence["expected_pulses"] == 5 and r.sequence["checked"] == 0, r.failures
+    assert r.sequence["amplitudes_checked"] == 5 and r.sequence["onsets_us"] is None
+    r = analyze(tr, expected=dict(amplitudes_ua=[100.0] * 4))
+    assert r.sequence["expected_pulses"] == 4 and r.sequence["amplitudes_checked"] == 4
+    assert r.failures == ["sequence: 5 complete pulses in the capture, the sequence has 4"]
+
+
+def test_an_empty_sequence_and_a_capture_without_pulses():
+    r = analyze(seq_trace(), expected=dict(onsets_us=[]))
+    assert r.sequence["expected_pulses"] == 0 and r.sequence["checked"] == 0
+    assert r.failures == ["sequence: 5 complete pulses in the capture, the sequence has 0"]
+    empty = Trace(SR, 10_000, {"POS": Channel(0), "NEG": Channel(0)})
+    r = analyze(empty, expected=dict(onsets_us=SEQ_US, amplitudes_ua=[100.0] * 5))
+    assert r.failures == ["no complete pulse found"]
+    q = r.sequence
+    assert q["checked"] == 0 and q["onsets_us"] is None and q["amplitudes_checked"] == 0
+    assert q["expected_pulses"] == 5 and q["worst_onset_error_samples"] is None
+    assert "0/5 pulses checked: onsets exact to the sample (worst - samples)" in r.summary()
+
+
+def test_amplitudes_compared_to_a_nanoampere():
+    codes = [(40, 20), (80, 40), (401, 201), (4, 2), (40, 20)]
+    tr = seq_trace(codes=codes)
+    want = [100.0, 200.0, 1002.5, 10.0, 100.0]
+    r = analyze(tr, expected=dict(onsets_us=SEQ_US, amplitudes_ua=want))
+    assert r.ok, r.failures
+    assert r.sequence["amplitudes_checked"] == 5 and r.sequence["amplitude_mismatches"] == 0
+    assert analyze(tr, expected=dict(amplitudes_ua=[100.0, 200.0009, 1002.5, 10.0, 100.0])).ok
+    bad = [100.0, 200.0, 1002.5, 10.0, 100.0]
+    bad[2], bad[4] = 1002.49, 102.5
+    r = analyze(tr, expected=dict(onsets_us=SEQ_US, amplitudes_ua=bad))
+    q = r.sequence
+    assert q["amplitude_mismatches"] == 2 and q["amplitudes_checked"] == 5 and q["amplitudes_unknown"] == 0
+    assert q["first_amplitude_mismatch"] == {"pulse": 2, "expected_ua": 1002.49, "measured_ua": 1002.5}
+    assert r.failures == ["sequence amplitudes: 2/5 pulses differ from the file after DAC rounding, first #2: "
+                          "1002.5 µA vs 1002.49 µA"]
+    assert "amplitudes 5 checked, 2 differ" in r.summary()
+    # fewer expected amplitudes than pulses: only those are compared (and the count fails)
+    r = analyze(tr, expected=dict(amplitudes_ua=[100.0, 200.0, 1.0]))
+    assert r.sequence["amplitudes_checked"] == 3 and r.sequence["amplitude_mismatches"] == 1
+    # more: the capture's pulses are compared
+    r = analyze(tr, expected=dict(amplitudes_ua=want + [5.0, 5.0]))
+    assert r.ok and r.sequence["amplitudes_checked"] == 5
+
+
+def test_an_amplitude_the_capture_does_not_show_is_unknown_not_compared():
+    tr = seq_trace(codes=[(40, 20), (80, 40), (40, 20), (80, 40), (40, 20)], first_code_written=False)
+    r = analyze(tr, expected=dict(amplitudes_ua=[999.0, 200.0, 100.0, 200.0, 100.0]))
+    assert r.amplitude_ua[0] is None
+    q = r.sequence
+    assert q["amplitudes_unknown"] == 1 and q["amplitudes_checked"] == 4 and q["amplitude_mismatches"] == 0
+    assert not fails(r, "sequence")
+    assert r.summary().splitlines()[-1 - len(r.failures)].endswith("amplitudes 4 checked, 0 differ, 1 unknown")
+    r = analyze(tr, expected=dict(amplitudes_ua=[999.0, 200.0, 100.0, 200.0, 102.5]))
+    assert r.sequence["amplitude_mismatches"] == 1 and r.sequence["first_amplitude_mismatch"]["pulse"] == 4
+
+
+def test_amplitudes_without_dac_lines_are_noted_not_checked():
+    r = analyze(seq_trace(), expected=dict(amplitudes_ua=[1.0] * 5))
+    assert r.ok and r.sequence["amplitude_note"] == "the capture has no DAC lines: amplitudes not checked"
+    assert r.sequence["amplitudes_checked"] == 0
+    assert "amplitude_note" not in analyze(seq_trace(codes=[(40, 20)] * 5),
+                                           expected=dict(amplitudes_ua=[100.0] * 5)).sequence
