@@ -1446,3 +1446,17 @@ def test_amplitudes_without_dac_lines_are_noted_not_checked():
     assert r.sequence["amplitudes_checked"] == 0
     assert "amplitude_note" not in analyze(seq_trace(codes=[(40, 20)] * 5),
                                            expected=dict(amplitudes_ua=[100.0] * 5)).sequence
+
+
+@pytest.mark.parametrize("exact,ppm,half", [(True, None, 0.5), (False, 0, 1.0)])
+def test_an_onset_exactly_at_the_tolerance_passes(exact, ppm, half):
+    # 4 MS/s: 0.25 µs per sample, so the expected onsets below are exact binary fractions and the error
+    # is exactly the tolerance (half a sample in exact mode, one sample asynchronously without clock error)
+    tr = seq_trace([1_000, 5_000, 12_000], sr=4_000_000, p1=100, gap=10, p2=200)
+    kw = dict(exact=exact, clock_ppm=ppm) if ppm is not None else dict(exact=exact)
+    for sign in (1, -1):
+        exp = [250.0, 1250.0 + sign * half * 0.25, 3000.0]
+        r = analyze(tr, expected=dict(onsets_us=exp), **kw)
+        assert r.sequence["onset_mismatches"] == 0 and not fails(r, "sequence"), r.failures
+        exp[1] += sign * 0.25  # a sample further: outside
+        assert analyze(tr, expected=dict(onsets_us=exp), **kw).sequence["onset_mismatches"] == 1
