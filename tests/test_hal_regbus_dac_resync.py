@@ -42,6 +42,14 @@ def _feed(hal, writer, lead=0):
         hal.dac_play(writer.chunk(writer.lookahead()))
 
 
+def _first_pulse(bus, t_en):
+    """Channel 0's first pulse after the enable write: (its first phase's rise, its phase-2 fall)."""
+    e0 = bus.edges()
+    r0 = [c for c, p, lv in e0 if p == board.CH_NEG[0] and lv and c >= t_en][0]
+    f0 = [c for c, p, lv in e0 if p == board.CH_POS[0] and not lv and c >= t_en][0]
+    return r0, f0
+
+
 def _run(bus, hal, writer, until, step_us=400):
     """The main loop: poll channel 0 (and top its DAC ops up) every ``step_us``; channel 1 is not
     polled, so the test chooses when its end is seen."""
@@ -115,10 +123,8 @@ def test_channel_1_ending_by_itself_leaves_a_varying_sequence_on_time(bus, befor
     hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
     t_en = start_cycle(bus)
     _run(bus, hal, writer, t_en + 3 * MS // 8)
-    e0 = bus.edges()
     neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
-    r0 = [c for c, p, lv in e0 if p == neg0 and lv and c >= t_en][0]
-    f0 = [c for c, p, lv in e0 if p == pos0 and not lv and c >= t_en][0]
+    r0, f0 = _first_pulse(bus, t_en)
     length = f0 - r0  # pulse 0's first-phase rise to its phase-2 fall
 
     def fall_of(k):
@@ -160,10 +166,8 @@ def test_channel_1_ending_by_itself_leaves_a_ramp_on_time(bus, before_us):
     hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), first)
     t_en = start_cycle(bus)
     _run(bus, hal, writer, t_en + 3 * MS // 8)
-    e0 = bus.edges()
     neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
-    r0 = [c for c, p, lv in e0 if p == neg0 and lv and c >= t_en][0]
-    f0 = [c for c, p, lv in e0 if p == pos0 and not lv and c >= t_en][0]
+    r0, f0 = _first_pulse(bus, t_en)
 
     def fall_of(k):
         return f0 + k * a.period_ticks
@@ -202,8 +206,7 @@ def test_a_deferred_shutdown_is_dropped_when_the_channel_is_written_again(bus, t
     hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
     t_en = start_cycle(bus)
     _run(bus, hal, writer, t_en + 3 * MS // 8)
-    e0 = bus.edges()
-    f0 = [c for c, p, lv in e0 if p == board.CH_POS[0] and not lv and c >= t_en][0]
+    f0 = _first_pulse(bus, t_en)[1]
 
     def fall_of(k):
         return f0 + k * a.period_ticks
@@ -313,10 +316,8 @@ def test_disarming_channel_1_leaves_a_varying_sequence_on_time(bus, before_us):
     t_en = start_cycle(bus)
     _run(bus, hal, writer, t_en + 3 * MS // 8)
     assert hal.waiting(1)
-    e0 = bus.edges()
     neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
-    r0 = [c for c, p, lv in e0 if p == neg0 and lv and c >= t_en][0]
-    f0 = [c for c, p, lv in e0 if p == pos0 and not lv and c >= t_en][0]
+    r0, f0 = _first_pulse(bus, t_en)
 
     def fall_of(k):
         return t_en + 2 + pe.ns_to_ticks(onsets[k]) + (f0 - r0)
@@ -355,8 +356,7 @@ def test_channel_1_ending_beside_a_10khz_ramp_never_writes_inside_a_pulse(bus, b
     hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
     t_en = start_cycle(bus)
     _run(bus, hal, writer, t_en + 1 * MS // 8, step_us=50)
-    e0 = bus.edges()
-    f0 = [c for c, p, lv in e0 if p == board.CH_POS[0] and not lv and c >= t_en][0]
+    f0 = _first_pulse(bus, t_en)[1]
 
     def fall_of(k):
         return f0 + k * a.period_ticks
