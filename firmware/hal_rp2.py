@@ -49,6 +49,7 @@ _ANCHOR_WAIT_US = 400  # _anchor: longest wait (interrupts off) for a first-phas
 # dac state machine from a bounded buffer, one batch at a time; _DAC_BUF_WORDS = 42 updates of one
 # channel ([wait, write A, write B]) per batch.
 _DAC_BUF_WORDS = 128
+_DAC_TAIL = dma_chain.DAC_TX_DEPTH + 2  # words of earlier batches kept in _dwords (see __init__)
 _DAC_MARK_TIMEOUT_US = 2000  # a write takes 1.4 us: the HAL's own writes are done far sooner
 _DAC_SAFE_POINT_US = 500  # longest wait for the DAC SM to leave a write burst (8 writes: 11 us)
 
@@ -376,7 +377,7 @@ class Rp2Hal:
             return
         n = dma_chain.dac_batch_len(q, i, _DAC_BUF_WORDS)
         buf = self._dbuf
-        words = self._dwords[-dma_chain.DAC_TX_DEPTH - 2:]
+        words = self._dwords[-_DAC_TAIL:]
         for k in range(n):
             buf[k] = q[i + k]
             words.append(q[i + k])
@@ -390,7 +391,11 @@ class Rp2Hal:
             del q[:i]  # (a sequence's, pulse after pulse) would otherwise grow for good
             i = 0
         self._dqi = i
-        mem32[self._r_dd_read] = self._dbuf_addr
+        self._dac_dma_go(self._dbuf_addr, n)
+
+    def _dac_dma_go(self, addr, n):
+        """Start the DAC DMA on ``n`` words at ``addr`` into the DAC SM's TX FIFO."""
+        mem32[self._r_dd_read] = addr
         mem32[self._r_dd_write] = self._r_dac_txf
         mem32[self._r_dd_count] = n
         mem32[self._r_dd_trig] = self._dac_run
@@ -489,11 +494,12 @@ class Rp2Hal:
             return False
         if drop_pins:
             rest = dma_chain.dac_drop_channels(rest, drop_pins)
-            for ch in range(board.CHANNELS):  # and a shutdown deferred by _dac_channel_off: it must
-                if board.CH_POS[ch] in drop_pins:  # not follow a start's codes or a test current
-                    for w in self._dac_off_words[ch]:
-                        while w in rest:
-                            rest.remove(w)
+            stale = []  # and a shutdown deferred by _dac_channel_off: it must not follow a start's
+            for ch in range(board.CHANNELS):  # codes or a test current
+                if board.CH_POS[ch] in drop_pins:
+                    stale.extend(self._dac_off_words[ch])
+            if stale:
+                rest = [w for w in rest if w not in stale]
         q = list(ops)
         q.append(dac_bus.MARK_OP)
         q.extend(rest)
@@ -587,13 +593,10 @@ class Rp2Hal:
             self._dac_abort()
             at = (mem32[self._r_dd_read] - self._dbuf_addr) >> 2
             if at == moved:  # stopped where it waited: switch to the new batch
-                mem32[self._r_dd_read] = self._dbuf2_addr
-                mem32[self._r_dd_write] = self._r_dac_txf
-                mem32[self._r_dd_count] = m
-                mem32[self._r_dd_trig] = self._dac_run
+                self._dac_dma_go(self._dbuf2_addr, m)
                 self._dbuf, self._dbuf2 = buf, self._dbuf
                 self._dbuf_addr, self._dbuf2_addr = self._dbuf2_addr, self._dbuf_addr
-                self._dwords = d[:b0 + moved][-dma_chain.DAC_TX_DEPTH - 2:] + new[:m]
+                self._dwords = d[:b0 + moved][-_DAC_TAIL:] + new[:m]
                 self._dbatch_n = m
                 self._dq = new[m:]
                 self._dqi = 0
@@ -602,10 +605,7 @@ class Rp2Hal:
             if not 0 <= at < n:
                 break
             # it moved on (a wait ended while the batch was built): resume where it stopped, try again
-            mem32[self._r_dd_read] = self._dbuf_addr + 4 * at
-            mem32[self._r_dd_write] = self._r_dac_txf
-            mem32[self._r_dd_count] = n - at
-            mem32[self._r_dd_trig] = self._dac_run
+            self._dac_dma_go(self._dbuf_addr + 4 * at, n - at)
             tries -= 1
             if not tries:
                 break
