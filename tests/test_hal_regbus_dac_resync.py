@@ -42,6 +42,15 @@ def _feed(hal, writer, lead=0):
         hal.dac_play(writer.chunk(writer.lookahead()))
 
 
+def _start(bus, trains, writer, channels, wait=None):
+    """Load hal_rp2 and START ``channels`` with their first codes and ``writer``'s first chunk of DAC
+    ops (what the controller passes); returns (the HAL, the cycle of the enable write)."""
+    hal = bus.load_hal()
+    mask = sum(1 << ch for ch in channels)
+    hal.start(trains, mask, wait or [0] * 4, pe.start_ops(trains, channels), writer.chunk(writer.lookahead()))
+    return hal, start_cycle(bus)
+
+
 def _first_pulse(bus, t_en):
     """Channel 0's first pulse after the enable write: (its first phase's rise, its phase-2 fall)."""
     e0 = bus.edges()
@@ -117,11 +126,9 @@ def test_channel_1_ending_by_itself_leaves_a_varying_sequence_on_time(bus, befor
     a = seq_train(onsets, amps)
     b = train(**B_TRAIN)
     trains = [a, b, None, None]
-    hal = bus.load_hal()
     writer = pe.sequence_writer(trains, [0, 1])
     assert writer is not None and writer.channels == [0]
-    hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
-    t_en = start_cycle(bus)
+    hal, t_en = _start(bus, trains, writer, [0, 1])
     _run(bus, hal, writer, t_en + 3 * MS // 8)
     neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
     r0, f0 = _first_pulse(bus, t_en)
@@ -159,12 +166,9 @@ def test_channel_1_ending_by_itself_leaves_a_ramp_on_time(bus, before_us):
               train_duration_ns=80 * MS)
     b = train(**B_TRAIN)
     trains = [a, b, None, None]
-    hal = bus.load_hal()
     writer = pe.ramp_up_writer(trains, [0, 1], [0] * 4)
     assert writer is not None and writer.channels == [0]
-    first = writer.chunk(writer.lookahead())
-    hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), first)
-    t_en = start_cycle(bus)
+    hal, t_en = _start(bus, trains, writer, [0, 1])
     _run(bus, hal, writer, t_en + 3 * MS // 8)
     neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
     r0, f0 = _first_pulse(bus, t_en)
@@ -201,10 +205,8 @@ def test_a_deferred_shutdown_is_dropped_when_the_channel_is_written_again(bus, t
               train_duration_ns=200 * MS)
     b = train(**B_TRAIN)
     trains = [a, b, None, None]
-    hal = bus.load_hal()
     writer = pe.ramp_up_writer(trains, [0, 1], [0] * 4)
-    hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
-    t_en = start_cycle(bus)
+    hal, t_en = _start(bus, trains, writer, [0, 1])
     _run(bus, hal, writer, t_en + 3 * MS // 8)
     f0 = _first_pulse(bus, t_en)[1]
 
@@ -263,11 +265,9 @@ def test_a_start_beside_a_group_ramp_finds_a_safe_point_at_a_batch_boundary(bus)
               train_duration_ns=200 * MS)
     a, c = train(**kw), train(**dict(kw, amplitude_ua=2000))
     trains = [a, None, c, None]
-    hal = bus.load_hal()
     writer = pe.ramp_up_writer(trains, [0, 2], [0] * 4)
     assert writer.channels == [0, 2]
-    hal.start(trains, 0b101, [0] * 4, pe.start_ops(trains, [0, 2]), writer.chunk(writer.lookahead()))
-    t_en = start_cycle(bus)
+    hal, t_en = _start(bus, trains, writer, [0, 2])
     kicked = None
     batch = hal._dwords  # (a new list for every batch handed to the DMA)
     wait = dac_bus.wait_op(pe.phase2_pin(a, 0))
@@ -310,10 +310,8 @@ def test_disarming_channel_1_leaves_a_varying_sequence_on_time(bus, before_us):
     a = seq_train(onsets, amps)
     b = train(**dict(B_TRAIN, trigger=1))
     trains = [a, b, None, None]
-    hal = bus.load_hal()
     writer = pe.sequence_writer(trains, [0, 1])
-    hal.start(trains, 0b11, [0, 1, 0, 0], pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
-    t_en = start_cycle(bus)
+    hal, t_en = _start(bus, trains, writer, [0, 1], [0, 1, 0, 0])
     _run(bus, hal, writer, t_en + 3 * MS // 8)
     assert hal.waiting(1)
     neg0, pos0 = board.CH_NEG[0], board.CH_POS[0]
@@ -351,10 +349,8 @@ def test_channel_1_ending_beside_a_10khz_ramp_never_writes_inside_a_pulse(bus, b
               ramp_up_pulses=400, train_duration_ns=50 * MS)
     b = train(**dict(B_TRAIN, period_ns=200_000, train_duration_ns=2 * MS))
     trains = [a, b, None, None]
-    hal = bus.load_hal()
     writer = pe.ramp_up_writer(trains, [0, 1], [0] * 4)
-    hal.start(trains, 0b11, [0] * 4, pe.start_ops(trains, [0, 1]), writer.chunk(writer.lookahead()))
-    t_en = start_cycle(bus)
+    hal, t_en = _start(bus, trains, writer, [0, 1])
     _run(bus, hal, writer, t_en + 1 * MS // 8, step_us=50)
     f0 = _first_pulse(bus, t_en)[1]
 

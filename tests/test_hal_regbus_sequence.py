@@ -15,10 +15,10 @@ from __future__ import annotations
 import pytest
 from test_hal_regbus import US, bus, pins_of, start_cycle  # noqa: F401
 from test_hal_regbus_dac import decode
+from seq_trains import sequence_train
 
 from firmware import board, dac_bus
 from firmware import pulse_engine as pe
-from firmware import sequence as seq
 from firmware.limits import LIMITS
 from picostim.virtual import regbus as rb
 from picostim.virtual.sim_hal import SimHal
@@ -33,13 +33,7 @@ LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may
 def seq_train(onsets, amps, cycle_ns=0, duration_ns=0, **kw):
     params = P.complete(dict(dict(phase1_ns=60_000, phase2_ns=60_000, period_ns=LIM, amplitude_ua=3000), **kw,
                              sequence_pulses=len(onsets), sequence_cycle_ns=cycle_ns, train_duration_ns=duration_ns))
-    assert P.validate(params, LIMITS) is None
-    b = seq.SequenceBuilder(params, LIMITS, seq.RamRecords())
-    assert b.check(0, onsets, amps) is None
-    b.add(0, onsets, amps)
-    t = pe.build_train(params)
-    t.sequence = b.source()
-    return t
+    return sequence_train(params, onsets, amps)
 
 
 def onsets_for(n):

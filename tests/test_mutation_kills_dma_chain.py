@@ -898,19 +898,13 @@ def test_a_fresh_feeder_has_nothing_queued():
 # ------------------------------------- custom sequences: plan_for, the jit Feeder and max_ahead
 def seq_train(n, p_ms=2, **kw):
     """A train playing a custom sequence of ``n`` pulses ``p_ms`` ms apart, once."""
-    from firmware import sequence as seq
-    from firmware.limits import LIMITS
+    from seq_trains import sequence_train
 
     onsets = [i * p_ms * MS for i in range(n)]
     amps = [100 + 10 * (i % 5) for i in range(n)]
     params = P.complete(dict(phase1_ns=100_000, phase2_ns=100_000, period_ns=2 * MS, amplitude_ua=3000,
                              sequence_pulses=n, **kw))
-    assert P.validate(params, LIMITS) is None
-    b = seq.SequenceBuilder(params, LIMITS, seq.RamRecords())
-    b.add(0, onsets, amps)
-    t = pe.build_train(params)
-    t.sequence = b.source()
-    return t
+    return sequence_train(params, onsets, amps)
 
 
 def test_plan_for_chooses_by_the_sequence_and_passes_p():

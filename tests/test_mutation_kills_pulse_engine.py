@@ -367,17 +367,10 @@ SEQ_BASE = dict(phase1_ns=100_000, phase2_ns=100_000, period_ns=2 * SEQ_MS, ampl
 
 def seq_train(amps_ua, **kw):
     """A train playing a custom sequence once: pulses 2 ms apart with these amplitudes."""
-    from firmware import sequence as seq
+    from seq_trains import sequence_train
 
     onsets = [i * 2 * SEQ_MS for i in range(len(amps_ua))]
-    params = P.complete(dict(SEQ_BASE, sequence_pulses=len(amps_ua), **kw))
-    assert P.validate(params, LIMITS) is None
-    b = seq.SequenceBuilder(params, LIMITS, seq.RamRecords())
-    assert b.check(0, onsets, amps_ua) is None
-    b.add(0, onsets, amps_ua)
-    t = pe.build_train(params)
-    t.sequence = b.source()
-    return t
+    return sequence_train(P.complete(dict(SEQ_BASE, sequence_pulses=len(amps_ua), **kw)), onsets, amps_ua)
 
 
 def test_start_ops_write_a_sequences_first_pulse_codes():

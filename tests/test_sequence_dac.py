@@ -20,9 +20,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from seq_trains import sequence_train
 
 from firmware import board, pulse_engine as pe
-from firmware import sequence as seq
 from firmware.limits import LIMITS
 from picostim.capture.analyzer import analyze
 from picostim.virtual.sim_hal import SimHal
@@ -37,13 +37,7 @@ LIM = LIMITS["min_sequence_interval_ns"]  # the shortest interval a sequence may
 def make(ch_params, onsets_ns, amps_ua, cycle_ns=0, duration_ns=0):
     params = P.complete(dict(ch_params, sequence_pulses=len(onsets_ns), sequence_cycle_ns=cycle_ns,
                              train_duration_ns=duration_ns))
-    assert P.validate(params, LIMITS) is None, P.validate(params, LIMITS)
-    b = seq.SequenceBuilder(params, LIMITS, seq.RamRecords())
-    assert b.check(0, onsets_ns, amps_ua) is None, b.check(0, onsets_ns, amps_ua)
-    b.add(0, onsets_ns, amps_ua)
-    train = pe.build_train(params)
-    train.sequence = b.source()
-    return params, train
+    return params, sequence_train(params, onsets_ns, amps_ua)
 
 
 def play(hal, trains, channels, until_s, max_gap_s=0.25):
